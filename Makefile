@@ -1,0 +1,42 @@
+# vhotplug: `make demo` and `make test` are the two commands the README shows first.
+SHELL := /bin/bash
+SWIFT ?= swift
+DEB_PACKAGES := libudev-dev libusb-1.0-0-dev libpci-dev pciutils usbutils usb.ids pci.ids hwdata \
+	umockdev libumockdev-dev gir1.2-umockdev-1.0 socat qemu-system-x86 udev busybox-static cpio python3
+
+.PHONY: all build release deps test test-unit test-lab demo bench clean
+
+all: build
+
+## deps: install the Debian packages vhotplug and its tests need (only the missing ones).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+## test: every test: unit and umockdev tests (swift test), then the real-kernel lab.
+test: deps
+	$(SWIFT) build
+	$(SWIFT) test
+	$(MAKE) test-lab
+
+test-unit: deps
+	$(SWIFT) test
+
+test-lab:
+	@echo "(the lab tests come with tools/lab)"
+
+demo: deps
+	@echo "(the demo comes with tools/lab)"
+
+clean:
+	rm -rf .build

@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// The data path, one module per arrow (see README "Architecture"):
+// udev event -> HostDevices (sysfs + libusb + libpci) -> DeviceModel values
+// -> HotplugRules (pure matcher, with HotplugConfig) -> decision -> actions.
+let package = Package(
+    name: "vhotplug",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "vhotplug", targets: ["vhotplug"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries, through pkg-config.
+        .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
+        .systemLibrary(name: "CUSB", pkgConfig: "libusb-1.0", providers: [.apt(["libusb-1.0-0-dev"])]),
+        .systemLibrary(name: "CPCI", pkgConfig: "libpci", providers: [.apt(["libpci-dev"])]),
+
+        // Pure: the configuration (model, JSON5 loading with positions, validation).
+        .target(name: "HotplugConfig"),
+        // Pure: plain device values, no I/O.
+        .target(name: "DeviceModel"),
+        // Pure: device value + configuration -> decision.
+        .target(name: "HotplugRules", dependencies: ["HotplugConfig", "DeviceModel"]),
+        // I/O: sysfs, libusb descriptors, usb.ids / libpci names, udev events.
+        .target(name: "HostDevices", dependencies: [
+            "DeviceModel", "CUdev", "CUSB", "CPCI",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The commands (inspect, check, ...): argument parsing and output only.
+        .target(name: "VHotplugCommands", dependencies: [
+            "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vhotplug", dependencies: ["VHotplugCommands"]),
+
+        .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "HotplugRulesTests", dependencies: ["HotplugRules", "HotplugConfig", "DeviceModel"]),
+        .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "VHotplugCommandsTests", dependencies: ["VHotplugCommands"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

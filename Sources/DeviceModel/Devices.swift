@@ -1,0 +1,196 @@
+/// Plain values describing host devices, as read from sysfs. No I/O here:
+/// `HostDevices` fills them, `HotplugRules` decides on them.
+
+/// How the kernel sees a USB port: `removable`, `fixed` or `unknown`
+/// (sysfs `removable` attribute of the device).
+public enum Removability: String, Sendable, Hashable, Codable, CaseIterable {
+    case removable
+    case fixed
+    case unknown
+}
+
+/// One interface of a USB device's active configuration.
+public struct USBInterface: Sendable, Hashable, Codable {
+    public var interfaceNumber: UInt8
+    public var interfaceClass: UInt8
+    public var interfaceSubclass: UInt8
+    public var interfaceProtocol: UInt8
+    /// The host driver bound to it, if any.
+    public var driver: String?
+
+    public init(interfaceNumber: UInt8, interfaceClass: UInt8, interfaceSubclass: UInt8,
+                interfaceProtocol: UInt8, driver: String? = nil) {
+        self.interfaceNumber = interfaceNumber
+        self.interfaceClass = interfaceClass
+        self.interfaceSubclass = interfaceSubclass
+        self.interfaceProtocol = interfaceProtocol
+        self.driver = driver
+    }
+}
+
+/// A USB device (udev DEVTYPE `usb_device`).
+public struct USBDevice: Sendable, Hashable, Codable {
+    /// Kernel name, e.g. `1-2.3`.
+    public var sysName: String
+    /// The sysfs path below `/sys`, e.g. `/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2.3`.
+    public var sysPath: String
+    public var bus: Int
+    public var devnum: Int
+    /// The root port: first number after the dash of `sysName`.
+    public var port: Int
+    /// Port numbers from the root hub down, e.g. `[2, 3]` for `1-2.3`.
+    public var portPath: [Int]
+    public var vendorId: UInt16
+    public var productId: UInt16
+    public var bcdDevice: UInt16
+    public var deviceClass: UInt8
+    public var deviceSubclass: UInt8
+    public var deviceProtocol: UInt8
+    /// The device's own strings (may be absent or sanitised).
+    public var manufacturer: String?
+    public var product: String?
+    public var serial: String?
+    /// Names from the system's usb.ids, when listed there.
+    public var vendorName: String?
+    public var productName: String?
+    public var interfaces: [USBInterface]
+    /// Speed in Mbit/s as the kernel says it (`1.5`, `12`, `480`, `5000`, ...).
+    public var speed: String?
+    public var removable: Removability
+    /// `/dev/bus/usb/BBB/DDD`.
+    public var devnode: String
+    /// True for hubs (device class 9 or a hub interface).
+    public var isHub: Bool
+    /// True when a filesystem the host has mounted at `/` or `/boot` lives on it.
+    public var holdsHostBootFilesystem: Bool
+
+    public init(sysName: String, sysPath: String, bus: Int, devnum: Int, port: Int, portPath: [Int],
+                vendorId: UInt16, productId: UInt16, bcdDevice: UInt16 = 0,
+                deviceClass: UInt8 = 0, deviceSubclass: UInt8 = 0, deviceProtocol: UInt8 = 0,
+                manufacturer: String? = nil, product: String? = nil, serial: String? = nil,
+                vendorName: String? = nil, productName: String? = nil, interfaces: [USBInterface] = [],
+                speed: String? = nil, removable: Removability = .unknown, devnode: String,
+                isHub: Bool = false, holdsHostBootFilesystem: Bool = false) {
+        self.sysName = sysName
+        self.sysPath = sysPath
+        self.bus = bus
+        self.devnum = devnum
+        self.port = port
+        self.portPath = portPath
+        self.vendorId = vendorId
+        self.productId = productId
+        self.bcdDevice = bcdDevice
+        self.deviceClass = deviceClass
+        self.deviceSubclass = deviceSubclass
+        self.deviceProtocol = deviceProtocol
+        self.manufacturer = manufacturer
+        self.product = product
+        self.serial = serial
+        self.vendorName = vendorName
+        self.productName = productName
+        self.interfaces = interfaces
+        self.speed = speed
+        self.removable = removable
+        self.devnode = devnode
+        self.isHub = isHub
+        self.holdsHostBootFilesystem = holdsHostBootFilesystem
+    }
+}
+
+/// A PCI function.
+public struct PCIDevice: Sendable, Hashable, Codable {
+    /// `dddd:bb:dd.f`, lower case.
+    public var address: String
+    public var sysPath: String
+    public var vendorId: UInt16
+    public var deviceId: UInt16
+    public var subsystemVendorId: UInt16
+    public var subsystemDeviceId: UInt16
+    /// Base class, subclass and programming interface (sysfs `class` = 0xCCSSPP).
+    public var deviceClass: UInt8
+    public var deviceSubclass: UInt8
+    public var deviceProgIf: UInt8
+    public var vendorName: String?
+    public var deviceName: String?
+    public var driver: String?
+    public var iommuGroup: Int?
+    /// Other functions in the same IOMMU group (addresses), this one excluded.
+    public var iommuGroupPeers: [String]
+    /// PCI-to-PCI bridges (class 06/04) and other bridges (class 06): never passed through.
+    public var isBridge: Bool
+    /// True when a filesystem the host has mounted at `/` or `/boot` is served by it.
+    public var holdsHostBootFilesystem: Bool
+
+    public init(address: String, sysPath: String, vendorId: UInt16, deviceId: UInt16,
+                subsystemVendorId: UInt16 = 0, subsystemDeviceId: UInt16 = 0,
+                deviceClass: UInt8 = 0, deviceSubclass: UInt8 = 0, deviceProgIf: UInt8 = 0,
+                vendorName: String? = nil, deviceName: String? = nil, driver: String? = nil,
+                iommuGroup: Int? = nil, iommuGroupPeers: [String] = [], isBridge: Bool = false,
+                holdsHostBootFilesystem: Bool = false) {
+        self.address = address
+        self.sysPath = sysPath
+        self.vendorId = vendorId
+        self.deviceId = deviceId
+        self.subsystemVendorId = subsystemVendorId
+        self.subsystemDeviceId = subsystemDeviceId
+        self.deviceClass = deviceClass
+        self.deviceSubclass = deviceSubclass
+        self.deviceProgIf = deviceProgIf
+        self.vendorName = vendorName
+        self.deviceName = deviceName
+        self.driver = driver
+        self.iommuGroup = iommuGroup
+        self.iommuGroupPeers = iommuGroupPeers
+        self.isBridge = isBridge
+        self.holdsHostBootFilesystem = holdsHostBootFilesystem
+    }
+}
+
+/// What an input device is, computed from its capability bitmaps as udev's input_id does.
+public enum InputKind: String, Sendable, Hashable, Codable, CaseIterable {
+    case keyboard
+    case key
+    case mouse
+    case touchpad
+    case touchscreen
+    case tablet
+    case joystick
+    case accelerometer
+    case pointingStick = "pointingstick"
+    case `switch`
+}
+
+/// An input event device (`/dev/input/eventN`).
+public struct InputDevice: Sendable, Hashable, Codable {
+    /// `event3`.
+    public var sysName: String
+    public var sysPath: String
+    public var devnode: String
+    public var name: String?
+    public var phys: String?
+    /// Linux bus type (`BUS_USB` = 3, `BUS_I8042` = 0x11, `BUS_I2C` = 0x18, ...).
+    public var busType: UInt16
+    public var vendorId: UInt16
+    public var productId: UInt16
+    /// True when a USB device is an ancestor (then USB passthrough owns it).
+    public var hasUSBAncestor: Bool
+    public var kinds: [InputKind]
+    /// udev-style path of the parent, e.g. `platform-i8042-serio-0`.
+    public var pathTag: String?
+
+    public init(sysName: String, sysPath: String, devnode: String, name: String? = nil, phys: String? = nil,
+                busType: UInt16 = 0, vendorId: UInt16 = 0, productId: UInt16 = 0,
+                hasUSBAncestor: Bool = false, kinds: [InputKind] = [], pathTag: String? = nil) {
+        self.sysName = sysName
+        self.sysPath = sysPath
+        self.devnode = devnode
+        self.name = name
+        self.phys = phys
+        self.busType = busType
+        self.vendorId = vendorId
+        self.productId = productId
+        self.hasUSBAncestor = hasUSBAncestor
+        self.kinds = kinds
+        self.pathTag = pathTag
+    }
+}

@@ -1,0 +1,287 @@
+import DeviceModel
+
+/// A device of any kind, as read from sysfs.
+public enum HostDevice: Sendable, Hashable {
+    case usb(USBDevice)
+    case pci(PCIDevice)
+    case input(InputDevice)
+
+    public var sysName: String {
+        switch self {
+        case .usb(let d): d.sysName
+        case .pci(let d): d.address
+        case .input(let d): d.sysName
+        }
+    }
+}
+
+/// Which kinds of device to read.
+public struct DeviceKinds: OptionSet, Sendable, Hashable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    public static let usb = DeviceKinds(rawValue: 1)
+    public static let pci = DeviceKinds(rawValue: 2)
+    public static let input = DeviceKinds(rawValue: 4)
+    public static let all: DeviceKinds = [.usb, .pci, .input]
+}
+
+/// Reads devices from sysfs into plain values: sysfs attributes, libusb's
+/// configuration descriptors for USB interfaces, usb.ids and libpci for names.
+/// It knows nothing of rules or VMs. Not thread-safe (libpci); one per thread.
+public final class DeviceReader {
+    public let sysfs: Sysfs
+    private let usbIDs: USBIDs?
+    private let pciNames: PCINames
+    private let bootDevices: BootDevices
+    /// When false, interfaces come from sysfs interface folders only (tests without umockdev's preload).
+    private let useLibUSB: Bool
+
+    /// - Parameters:
+    ///   - sysfs: the sysfs tree (`/sys` on a host).
+    ///   - usbIDs: the usb.ids database; nil leaves names empty.
+    ///   - bootDevices: the devices behind `/` and `/boot`; read from mountinfo when nil.
+    public init(sysfs: Sysfs = Sysfs(), usbIDs: USBIDs? = USBIDs(), pciNames: PCINames = PCINames(),
+                bootDevices: BootDevices? = nil, useLibUSB: Bool = true) {
+        self.sysfs = sysfs
+        self.usbIDs = usbIDs
+        self.pciNames = pciNames
+        self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
+        self.useLibUSB = useLibUSB
+    }
+
+    /// Every device of the given kinds, sorted by kind then name; a device that
+    /// cannot be read yields its error in `failures` and does not stop the others.
+    public func enumerate(_ kinds: DeviceKinds = .all) -> (devices: [HostDevice], failures: [DeviceReadError]) {
+        var devices: [HostDevice] = []
+        var failures: [DeviceReadError] = []
+        func collect(_ r: Result<HostDevice, DeviceReadError>) {
+            switch r {
+            case .success(let d): devices.append(d)
+            case .failure(let e): failures.append(e)
+            }
+        }
+        if kinds.contains(.usb) {
+            let snapshot = useLibUSB ? LibUSBSnapshot() : nil
+            let names = Sysfs.list(sysfs.path("/bus/usb/devices")).filter { !$0.contains(":") }
+            for name in names.sorted(by: Self.naturalOrder) {
+                collect(Result { () throws(DeviceReadError) in
+                    .usb(try readUSB(sysPath: try devicePath("/bus/usb/devices/" + name), libusb: snapshot))
+                })
+            }
+        }
+        if kinds.contains(.pci) {
+            for name in Sysfs.list(sysfs.path("/bus/pci/devices")).sorted() {
+                collect(Result { () throws(DeviceReadError) in
+                    .pci(try readPCI(sysPath: try devicePath("/bus/pci/devices/" + name)))
+                })
+            }
+        }
+        if kinds.contains(.input) {
+            let events = Sysfs.list(sysfs.path("/class/input")).filter { $0.hasPrefix("event") }
+            for name in events.sorted(by: Self.naturalOrder) {
+                collect(Result { () throws(DeviceReadError) in
+                    .input(try readInput(sysPath: try devicePath("/class/input/" + name)))
+                })
+            }
+        }
+        return (devices, failures)
+    }
+
+    /// Reads one device by its sysfs path (below the sysfs root, e.g. from a uevent's DEVPATH).
+    public func read(sysPath: String, subsystem: String) throws(DeviceReadError) -> HostDevice {
+        switch subsystem {
+        case "usb": return .usb(try readUSB(sysPath: sysPath, libusb: useLibUSB ? LibUSBSnapshot() : nil))
+        case "pci": return .pci(try readPCI(sysPath: sysPath))
+        case "input": return .input(try readInput(sysPath: sysPath))
+        default: throw DeviceReadError(device: sysPath, attribute: "subsystem", reason: "unsupported subsystem \(quoted(subsystem))")
+        }
+    }
+
+    /// Resolves a link below the sysfs root to the device's own path (`/devices/...`).
+    private func devicePath(_ link: String) throws(DeviceReadError) -> String {
+        guard let real = Sysfs.realPath(sysfs.path(link)) else {
+            throw DeviceReadError(device: link, attribute: "path", reason: "vanished while being read")
+        }
+        return real.hasPrefix(sysfs.root + "/") ? String(real.dropFirst(sysfs.root.count)) : real
+    }
+
+    // MARK: USB
+
+    /// Reads a USB device (DEVTYPE usb_device) folder.
+    public func readUSB(sysPath: String, libusb: LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
+        let dir = sysfs.path(sysPath)
+        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let a = AttributeReader(dir: dir, device: sysPath)
+        let bus = try a.int("busnum", max: 255)
+        let devnum = try a.int("devnum", max: 255)
+        let vendorId = UInt16(try a.hex("idVendor"))
+        let productId = UInt16(try a.hex("idProduct"))
+        let (port, portPath) = try Self.ports(sysName: sysName, device: sysPath)
+        let deviceClass = try a.byteHex("bDeviceClass")
+        var interfaces: [USBInterface]
+        if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
+            switch known {
+            case .success(let list): interfaces = list
+            case .failure(var e):
+                e.device = sysPath
+                throw e
+            }
+        } else {
+            interfaces = try sysfsInterfaces(dir: dir, sysName: sysName)
+        }
+        // Drivers per interface: from each interface folder's `driver` link.
+        let config = (try? a.optionalString("bConfigurationValue")).flatMap { $0 }.flatMap { Int($0) }
+        if let config {
+            for k in interfaces.indices {
+                let ifDir = "\(dir)/\(sysName):\(config).\(interfaces[k].interfaceNumber)"
+                interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
+            }
+        }
+        let removable: Removability = (try a.optionalString("removable")).flatMap(Removability.init(rawValue:)) ?? .unknown
+        let isHub = deviceClass == 9 || interfaces.contains { $0.interfaceClass == 9 }
+        return USBDevice(
+            sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
+            vendorId: vendorId, productId: productId, bcdDevice: UInt16(try a.optionalHex("bcdDevice") ?? 0),
+            deviceClass: deviceClass, deviceSubclass: try a.byteHex("bDeviceSubClass"),
+            deviceProtocol: try a.byteHex("bDeviceProtocol"),
+            manufacturer: try a.optionalString("manufacturer"), product: try a.optionalString("product"),
+            serial: try a.optionalString("serial"),
+            vendorName: usbIDs?.vendorName(vendorId), productName: usbIDs?.productName(vendorId, productId),
+            interfaces: interfaces, speed: try a.optionalString("speed"), removable: removable,
+            devnode: Self.usbDevnode(bus: bus, devnum: devnum), isHub: isHub,
+            holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
+    }
+
+    /// `/dev/bus/usb/BBB/DDD`.
+    public static func usbDevnode(bus: Int, devnum: Int) -> String {
+        func pad(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 3 - s.count)) + s }
+        return "/dev/bus/usb/\(pad(bus))/\(pad(devnum))"
+    }
+
+    /// `1-2.3` -> root port 2, path [2, 3]; `usb1` (a root hub) -> 0, [].
+    static func ports(sysName: String, device: String) throws(DeviceReadError) -> (Int, [Int]) {
+        if sysName.hasPrefix("usb"), Int(sysName.dropFirst(3)) != nil { return (0, []) }
+        guard let dash = sysName.firstIndex(of: "-") else {
+            throw DeviceReadError(device: device, attribute: "name", reason: "not a USB device name: \(quoted(sysName))")
+        }
+        let parts = sysName[sysName.index(after: dash)...].split(separator: ".", omittingEmptySubsequences: false)
+        var path: [Int] = []
+        for p in parts {
+            guard let n = Int(p), n >= 0, n <= 255 else {
+                throw DeviceReadError(device: device, attribute: "name", reason: "bad port path in \(quoted(sysName))")
+            }
+            path.append(n)
+        }
+        return (path.first ?? 0, path)
+    }
+
+    /// Interfaces from the interface folders (`1-2:1.0`) of the active configuration.
+    private func sysfsInterfaces(dir: String, sysName: String) throws(DeviceReadError) -> [USBInterface] {
+        var out: [USBInterface] = []
+        for entry in Sysfs.list(dir) where entry.hasPrefix(sysName + ":") {
+            let a = AttributeReader(dir: dir + "/" + entry, device: entry)
+            guard (try a.optionalString("bInterfaceClass")) != nil else { continue }
+            out.append(USBInterface(
+                interfaceNumber: try a.byteHex("bInterfaceNumber"), interfaceClass: try a.byteHex("bInterfaceClass"),
+                interfaceSubclass: try a.byteHex("bInterfaceSubClass"), interfaceProtocol: try a.byteHex("bInterfaceProtocol")))
+        }
+        return out.sorted { $0.interfaceNumber < $1.interfaceNumber }
+    }
+
+    // MARK: PCI
+
+    /// Reads a PCI function folder.
+    public func readPCI(sysPath: String) throws(DeviceReadError) -> PCIDevice {
+        let dir = sysfs.path(sysPath)
+        let address = String(sysPath.split(separator: "/").last ?? "").lowercased()
+        let a = AttributeReader(dir: dir, device: sysPath)
+        let vendorId = UInt16(try a.hex("vendor"))
+        let deviceId = UInt16(try a.hex("device"))
+        let cls = try a.hex("class", max: 0xFF_FFFF)
+        var group: Int?
+        var peers: [String] = []
+        if let g = Sysfs.linkName(dir + "/iommu_group").flatMap({ Int($0) }) {
+            group = g
+            peers = Sysfs.list(sysfs.path("/kernel/iommu_groups/\(g)/devices")).filter { $0 != address }.sorted()
+        }
+        return PCIDevice(
+            address: address, sysPath: sysPath, vendorId: vendorId, deviceId: deviceId,
+            subsystemVendorId: UInt16(try a.optionalHex("subsystem_vendor") ?? 0),
+            subsystemDeviceId: UInt16(try a.optionalHex("subsystem_device") ?? 0),
+            deviceClass: UInt8(cls >> 16), deviceSubclass: UInt8((cls >> 8) & 0xFF), deviceProgIf: UInt8(cls & 0xFF),
+            vendorName: pciNames.vendorName(vendorId), deviceName: pciNames.deviceName(vendorId, deviceId),
+            driver: Sysfs.linkName(dir + "/driver"), iommuGroup: group, iommuGroupPeers: peers,
+            isBridge: cls >> 16 == 0x06, holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
+    }
+
+    // MARK: Input
+
+    /// Reads an event device (`/devices/.../inputN/eventM`); its capabilities live in the parent `inputN`.
+    public func readInput(sysPath: String) throws(DeviceReadError) -> InputDevice {
+        guard Sysfs.exists(sysfs.path(sysPath)) else {
+            throw DeviceReadError(device: sysPath, attribute: "path", reason: "vanished while being read")
+        }
+        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let parentPath = String(sysPath[..<(sysPath.lastIndex(of: "/") ?? sysPath.endIndex)])
+        let parent = AttributeReader(dir: sysfs.path(parentPath), device: parentPath)
+        func bitmap(_ name: String) throws(DeviceReadError) -> Bitmap {
+            guard let text = try parent.optionalString("capabilities/" + name) else { return Bitmap(words: []) }
+            guard let b = Bitmap(sysfs: text) else {
+                throw DeviceReadError(device: parentPath, attribute: "capabilities/" + name, reason: "not a bitmap: \(quoted(text))")
+            }
+            return b
+        }
+        guard let ev = Bitmap(sysfs: try parent.string("capabilities/ev")) else {
+            throw DeviceReadError(device: parentPath, attribute: "capabilities/ev", reason: "not a bitmap")
+        }
+        let caps = InputCapabilities(ev: ev, key: try bitmap("key"), rel: try bitmap("rel"), abs: try bitmap("abs"),
+                                     sw: try bitmap("sw"), properties: try bitmap("properties"))
+        return InputDevice(
+            sysName: sysName, sysPath: sysPath, devnode: "/dev/input/" + sysName,
+            name: try parent.optionalString("name"), phys: try parent.optionalString("phys"),
+            busType: UInt16(try parent.optionalHex("id/bustype") ?? 0),
+            vendorId: UInt16(try parent.optionalHex("id/vendor") ?? 0),
+            productId: UInt16(try parent.optionalHex("id/product") ?? 0),
+            hasUSBAncestor: hasAncestor(of: parentPath, inSubsystem: "usb"),
+            kinds: caps.kinds, pathTag: pathTag(of: parentPath))
+    }
+
+    /// True when a folder above `sysPath` belongs to `subsystem` (its `subsystem` link).
+    private func hasAncestor(of sysPath: String, inSubsystem subsystem: String) -> Bool {
+        var path = Substring(sysPath)
+        while let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            path = path[..<slash]
+            if Sysfs.linkName(sysfs.path(String(path)) + "/subsystem") == subsystem { return true }
+        }
+        return false
+    }
+
+    /// A short tag of where the device hangs: the path below `/devices/` up to the
+    /// input node, e.g. `platform/i8042/serio0` (rule entries match it with a regex).
+    private func pathTag(of inputPath: String) -> String? {
+        var parts = inputPath.split(separator: "/")
+        guard parts.first == "devices" else { return nil }
+        parts.removeFirst()
+        if parts.last?.hasPrefix("input") == true { parts.removeLast() }
+        return parts.joined(separator: "/")
+    }
+
+    /// `1-2` before `1-10`; `event2` before `event10`.
+    static func naturalOrder(_ a: String, _ b: String) -> Bool {
+        var i = a.utf8.makeIterator(), j = b.utf8.makeIterator()
+        var x = i.next(), y = j.next()
+        func isDigit(_ c: UInt8?) -> Bool { c.map { $0 >= 0x30 && $0 <= 0x39 } ?? false }
+        while let cx = x, let cy = y {
+            if isDigit(cx) && isDigit(cy) {
+                var nx = 0, ny = 0, lx = 0, ly = 0
+                while isDigit(x), lx < 18 { nx = nx * 10 + Int(x! - 0x30); lx += 1; x = i.next() }
+                while isDigit(y), ly < 18 { ny = ny * 10 + Int(y! - 0x30); ly += 1; y = j.next() }
+                if nx != ny { return nx < ny }
+                continue
+            }
+            if cx != cy { return cx < cy }
+            x = i.next(); y = j.next()
+        }
+        return x == nil && y != nil
+    }
+}

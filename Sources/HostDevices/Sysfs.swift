@@ -1,0 +1,208 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Why one device could not be read. It concerns that device only.
+public struct DeviceReadError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The device's sysfs path (below the sysfs root).
+    public var device: String
+    /// The attribute or step that failed.
+    public var attribute: String
+    public var reason: String
+
+    public init(device: String, attribute: String, reason: String) {
+        self.device = device
+        self.attribute = attribute
+        self.reason = reason
+    }
+
+    public var description: String { "\(device): \(attribute): \(reason)" }
+}
+
+/// Text of an errno value.
+func errnoText(_ code: Int32) -> String {
+    String(cString: strerror(code))
+}
+
+/// Raw access to a sysfs tree rooted at `root` (normally `/sys`; a umockdev testbed's
+/// `sys` folder in tests). Every read of the package goes through here.
+public struct Sysfs: Sendable {
+    /// The folder that stands for `/sys`.
+    public let root: String
+
+    public init(root: String = "/sys") {
+        self.root = root.hasSuffix("/") && root.count > 1 ? String(root.dropLast()) : root
+    }
+
+    /// Absolute path of a path relative to `/sys` (`/devices/...` or `bus/usb/...`).
+    public func path(_ relative: String) -> String {
+        relative.hasPrefix("/") ? root + relative : root + "/" + relative
+    }
+
+    /// The bytes of a file, or an errno.
+    public static func readBytes(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], Errno> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return .failure(Errno(errno)) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .failure(Errno(errno))
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return .success(out)
+    }
+
+    /// The target of a symbolic link, or nil.
+    public static func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The last component of a link's target (a driver's or group's name).
+    public static func linkName(_ path: String) -> String? {
+        readLink(path).flatMap { $0.split(separator: "/").last.map(String.init) }
+    }
+
+    /// Entries of a folder, without `.` and `..`; empty when it cannot be read.
+    public static func list(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// True when something exists at the path (a link is followed).
+    public static func exists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+
+    /// The canonical path, links resolved.
+    public static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}
+
+/// An errno value from a failed call.
+public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
+    public var code: Int32
+    public init(_ code: Int32) { self.code = code }
+    public var description: String { errnoText(code) }
+}
+
+/// Reads the attributes of one device folder, turning every failure into a
+/// `DeviceReadError` that names the device and the attribute.
+struct AttributeReader {
+    let dir: String
+    let device: String
+
+    /// The attribute's text without the trailing newline, nil when absent.
+    /// Garbage (non-UTF-8, NUL bytes) is an error.
+    func optionalString(_ name: String) throws(DeviceReadError) -> String? {
+        switch Sysfs.readBytes(dir + "/" + name, limit: 64 * 1024) {
+        case .failure(let e) where e.code == ENOENT || e.code == ENODATA:
+            return nil
+        case .failure(let e):
+            throw DeviceReadError(device: device, attribute: name, reason: e.description)
+        case .success(var bytes):
+            while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+            guard !bytes.contains(0), let s = String(validating: bytes, as: UTF8.self) else {
+                throw DeviceReadError(device: device, attribute: name, reason: "not valid UTF-8 text")
+            }
+            return s
+        }
+    }
+
+    func string(_ name: String) throws(DeviceReadError) -> String {
+        guard let s = try optionalString(name) else {
+            throw DeviceReadError(device: device, attribute: name, reason: "missing (device removed?)")
+        }
+        return s
+    }
+
+    /// A hexadecimal attribute (`046d`, `0x8086`), checked against `max`.
+    func hex(_ name: String, max: UInt64 = UInt64(UInt16.max)) throws(DeviceReadError) -> UInt64 {
+        let s = try string(name)
+        guard let v = parseHex(s), v <= max else {
+            throw DeviceReadError(device: device, attribute: name, reason: "expected a hex number up to \(String(max, radix: 16)), found \(quoted(s))")
+        }
+        return v
+    }
+
+    func optionalHex(_ name: String, max: UInt64 = UInt64(UInt16.max)) throws(DeviceReadError) -> UInt64? {
+        guard try optionalString(name) != nil else { return nil }
+        return try hex(name, max: max)
+    }
+
+    /// A decimal attribute.
+    func int(_ name: String, max: Int = Int(Int32.max)) throws(DeviceReadError) -> Int {
+        let s = try string(name)
+        guard let v = Int(s.trimmingWhitespace()), v >= 0, v <= max else {
+            throw DeviceReadError(device: device, attribute: name, reason: "expected a number up to \(max), found \(quoted(s))")
+        }
+        return v
+    }
+
+    func byteHex(_ name: String) throws(DeviceReadError) -> UInt8 {
+        UInt8(try hex(name, max: 0xFF))
+    }
+}
+
+/// Parses `046d`, `0x046D`; nil on anything else (empty, too long, not hex).
+public func parseHex(_ text: String) -> UInt64? {
+    var s = Substring(text.trimmingWhitespace())
+    if s.hasPrefix("0x") || s.hasPrefix("0X") { s = s.dropFirst(2) }
+    guard !s.isEmpty, s.count <= 16 else { return nil }
+    return UInt64(s, radix: 16)
+}
+
+/// A device-supplied string made safe for one log or terminal line:
+/// control characters escaped, length bounded.
+public func quoted(_ s: String, limit: Int = 80) -> String {
+    var out = "\""
+    var count = 0
+    for scalar in s.unicodeScalars {
+        if count >= limit { out += "…"; break }
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\t": out += "\\t"
+        case "\r": out += "\\r"
+        default:
+            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        count += 1
+    }
+    return out + "\""
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\n" || f == "\t" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\n" || l == "\t" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+
+/// Reads, parses and validates vhotplug configuration files.
+///
+/// The format is JSON with a few JSON5 conveniences (comments, trailing commas,
+/// single-quoted strings, unquoted keys). Every problem found is reported at
+/// once, each with its line, column and JSON path, in a thrown
+/// ``ConfigurationError``.
+public enum ConfigurationLoader {
+    /// Configuration files larger than this are refused (16 MiB).
+    public static let maximumFileSize = 16 << 20
+
+    /// Loads the configuration file at `path`.
+    ///
+    /// - Throws: ``ConfigurationError`` when the file cannot be read, is not
+    ///   UTF-8, is not valid JSON5, or does not describe a valid configuration.
+    public static func load(path: String) throws -> Configuration {
+        let bytes = try readFile(path)
+        return try parse(bytes: bytes, file: path)
+    }
+
+    /// Parses and validates configuration text; `file` names it in diagnostics.
+    ///
+    /// - Throws: ``ConfigurationError`` listing every problem found.
+    public static func parse(_ text: String, file: String = "<config>") throws -> Configuration {
+        try parse(validUTF8: Array(text.utf8), file: file)
+    }
+
+    /// Parses configuration bytes, which must be UTF-8 (an initial byte order mark is allowed).
+    ///
+    /// - Throws: ``ConfigurationError``; for bytes that are not UTF-8 it points at the first bad byte.
+    public static func parse(bytes: [UInt8], file: String = "<config>") throws -> Configuration {
+        if let offset = firstInvalidUTF8Offset(bytes) {
+            let (line, column) = position(ofOffset: offset, in: bytes)
+            throw ConfigurationError(diagnostics: [Diagnostic(
+                file: file, line: line, column: column, path: "",
+                message: "the file is not valid UTF-8: invalid byte 0x\(hex(UInt32(bytes[offset]), width: 2).lowercased()); configuration files must be UTF-8 text")])
+        }
+        return try parse(validUTF8: bytes, file: file)
+    }
+
+    // MARK: - Implementation
+
+    private static func parse(validUTF8 bytes: [UInt8], file: String) throws(ConfigurationError) -> Configuration {
+        var parser = JSONParser(bytes: bytes)
+        let root: JSONNode
+        do {
+            root = try parser.parseDocument()
+        } catch {
+            throw ConfigurationError(diagnostics: [Diagnostic(
+                file: file, line: error.line, column: error.column, path: "", message: error.message)])
+        }
+        var validator = ConfigValidator(file: file)
+        for issue in parser.issues {
+            validator.error(line: issue.line, column: issue.column, path: issue.path, issue.message)
+        }
+        let configuration = validator.configuration(root)
+        let diagnostics = sortedByPosition(validator.diagnostics)
+        guard diagnostics.isEmpty, let configuration else {
+            throw ConfigurationError(diagnostics: diagnostics.isEmpty
+                ? [Diagnostic(file: file, line: root.line, column: root.column, path: "$", message: "invalid configuration")]
+                : diagnostics)
+        }
+        return configuration
+    }
+
+    /// Stable sort by line, then column.
+    private static func sortedByPosition(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
+        diagnostics.enumerated().sorted { a, b in
+            (a.element.line, a.element.column, a.offset) < (b.element.line, b.element.column, b.offset)
+        }.map(\.element)
+    }
+
+    private static func readFile(_ path: String) throws(ConfigurationError) -> [UInt8] {
+        func failure(_ message: String) -> ConfigurationError {
+            ConfigurationError(diagnostics: [Diagnostic(file: path, line: 0, column: 0, path: "", message: message)])
+        }
+        func errnoText(_ code: Int32) -> String {
+            "\(String(cString: strerror(code))) (errno \(code))"
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            let code = errno
+            throw failure("cannot open configuration file \(quoted(path, limit: 200)): \(errnoText(code))")
+        }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw failure("cannot read configuration file \(quoted(path, limit: 200)): \(errnoText(code))")
+            }
+            if count == 0 { break }
+            result.append(contentsOf: chunk[0..<count])
+            if result.count > maximumFileSize {
+                throw failure("configuration file \(quoted(path, limit: 200)) is too large (more than \(maximumFileSize >> 20) MiB)")
+            }
+        }
+        return result
+    }
+
+    /// The offset of the first byte that does not belong to valid UTF-8, or nil.
+    static func firstInvalidUTF8Offset(_ bytes: [UInt8]) -> Int? {
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        var offset = 0
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar):
+                offset += UTF8.width(scalar)
+            case .emptyInput:
+                return nil
+            case .error:
+                return min(offset, max(0, bytes.count - 1))
+            }
+        }
+    }
+
+    /// 1-based line and column (in scalars) of a byte offset.
+    static func position(ofOffset offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
+        var line = 1, column = 1
+        for b in bytes.prefix(offset) {
+            if b == 0x0A {
+                line += 1
+                column = 1
+            } else if b & 0xC0 != 0x80 {
+                column += 1
+            }
+        }
+        return (line, column)
+    }
+}

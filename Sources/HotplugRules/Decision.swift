@@ -1,0 +1,87 @@
+import DeviceModel
+import HotplugConfig
+
+/// Why a device goes where it goes (or nowhere).
+public enum DecisionReason: String, Sendable, Hashable, Codable {
+    /// An enabled allow entry of a rule set matched and no deny entry of that set did.
+    case matched
+    /// Every rule set whose allow entry matched also had a matching deny entry.
+    case denied
+    /// Only disabled entries or disabled rule sets would have taken it.
+    case disabled
+    /// No entry of any rule set matches it.
+    case noRule = "no-rule"
+    /// USB hubs are never passed through.
+    case hub
+    /// The device holds a filesystem the host has mounted at `/` or `/boot`.
+    case bootDevice = "boot-device"
+    /// PCI bridges are never passed through.
+    case bridge
+    /// Input devices with a USB ancestor belong to USB passthrough.
+    case usbInput = "usb-input"
+    /// No `evdevPassthrough` section, or it is disabled.
+    case evdevDisabled = "evdev-disabled"
+}
+
+/// A rule entry named by its position and description, for logs and `inspect`.
+public struct EntryRef: Sendable, Hashable, Codable {
+    /// 0-based index in its `allow` or `deny` list.
+    public var index: Int
+    public var description: String?
+    public var location: String?
+
+    public init(index: Int, description: String?, location: String?) {
+        self.index = index
+        self.description = description
+        self.location = location
+    }
+}
+
+/// The matcher's verdict for one device.
+public struct Decision: Sendable, Hashable {
+    /// The VM that takes the device, or nil.
+    public var targetVm: String?
+    /// 0-based index of the rule set that decided (or that denied it).
+    public var ruleSetIndex: Int?
+    public var ruleSetDescription: String?
+    /// The allow entry that matched.
+    public var entry: EntryRef?
+    /// The deny entry that stopped it.
+    public var deniedBy: EntryRef?
+    public var reason: DecisionReason
+
+    public init(targetVm: String? = nil, ruleSetIndex: Int? = nil, ruleSetDescription: String? = nil,
+                entry: EntryRef? = nil, deniedBy: EntryRef? = nil, reason: DecisionReason) {
+        self.targetVm = targetVm
+        self.ruleSetIndex = ruleSetIndex
+        self.ruleSetDescription = ruleSetDescription
+        self.entry = entry
+        self.deniedBy = deniedBy
+        self.reason = reason
+    }
+
+    /// One line for people: `vm1 (rule set 0 "Devices for VM1", allow[0] "HID Mouse")`.
+    public var summary: String {
+        func ref(_ kind: String, _ e: EntryRef) -> String {
+            "\(kind)[\(e.index)]" + (e.description.map { " \"\($0)\"" } ?? "")
+        }
+        var set = ""
+        if let i = ruleSetIndex {
+            set = "rule set \(i)" + (ruleSetDescription.map { " \"\($0)\"" } ?? "")
+        }
+        switch reason {
+        case .matched:
+            return "\(targetVm ?? "?") (\([set, entry.map { ref("allow", $0) } ?? ""].filter { !$0.isEmpty }.joined(separator: ", ")))"
+        case .denied:
+            return "none: denied by \(set)" + (deniedBy.map { ", " + ref("deny", $0) } ?? "")
+        case .disabled:
+            return "none: only disabled rules match" + (set.isEmpty ? "" : " (\(set)" + (entry.map { ", " + ref("allow", $0) } ?? "") + ")")
+        case .noRule: return "none: no rule matches"
+        case .hub: return "none: USB hubs are never passed through"
+        case .bootDevice: return "none: holds the host's / or /boot"
+        case .bridge: return "none: PCI bridges are never passed through"
+        case .usbInput: return "none: input device of a USB device (USB rules decide)"
+        case .evdevDisabled: return "none: evdev passthrough is disabled"
+        }
+    }
+}

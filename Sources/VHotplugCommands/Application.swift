@@ -1,0 +1,107 @@
+import ArgumentParser
+import HotplugConfig
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `vhotplug` command line: the daemon (root command, the seed's options),
+/// plus `inspect` and `check`.
+public struct Application: ParsableCommand {
+    public static let version = "0.1.0"
+
+    public static let configuration = CommandConfiguration(
+        commandName: "vhotplug",
+        abstract: "Hot-plugging USB, PCI and input devices to virtual machines",
+        discussion: """
+            Watches the host's device events and attaches each device to the VM its rules name \
+            (QEMU over QMP, crosvm through its control socket).
+            """,
+        version: version,
+        subcommands: [Inspect.self, Check.self]
+    )
+
+    @Option(name: [.short, .long], help: "Path to the configuration file")
+    var config: String?
+
+    @Flag(name: [.customShort("a"), .customLong("attach-connected")], inversion: .prefixedNo,
+          help: "Attach connected devices on startup")
+    var attachConnected = false
+
+    @Flag(name: [.customShort("d"), .customLong("debug")], inversion: .prefixedNo, help: "Enable debug messages")
+    var debug = false
+
+    public init() {}
+
+    public func run() throws {
+        guard let config else {
+            throw ValidationError("Missing expected argument '--config <config>'")
+        }
+        bootstrapLogging(debug: debug)
+        _ = try loadConfiguration(config)
+        // The event loop and the VM backends come with the daemon issue (#4).
+        writeStderr("vhotplug: the daemon is not built yet; use `vhotplug inspect -c \(config)` to see decisions\n")
+        throw ExitCode(1)
+    }
+}
+
+/// Loads and validates a configuration; on errors prints every diagnostic to
+/// stderr and exits with code 2.
+func loadConfiguration(_ path: String) throws -> Configuration {
+    do {
+        return try ConfigurationLoader.load(path: path)
+    } catch let error as ConfigurationError {
+        writeStderr(error.description + "\n")
+        let n = error.diagnostics.count
+        writeStderr("vhotplug: \(path): \(n) error\(n == 1 ? "" : "s") in the configuration\n")
+        throw ExitCode(2)
+    }
+}
+
+func writeStderr(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in
+        var off = 0
+        while off < buf.count {
+            let n = write(2, buf.baseAddress! + off, buf.count - off)
+            if n <= 0 { if errno == EINTR { continue }; return }
+            off += n
+        }
+    }
+}
+
+func writeStdout(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in
+        var off = 0
+        while off < buf.count {
+            let n = write(1, buf.baseAddress! + off, buf.count - off)
+            if n <= 0 { if errno == EINTR { continue }; return }
+            off += n
+        }
+    }
+}
+
+/// Logging to stderr; `-d` lowers the level to debug.
+func bootstrapLogging(debug: Bool) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = debug ? .debug : .info
+        return handler
+    }
+}
+
+/// `vhotplug check -c FILE`: validates a configuration.
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a configuration file and print a summary",
+        discussion: "Exit code 0 when the configuration is valid, 2 when it is not (every error is printed).")
+
+    @Option(name: [.short, .long], help: "Path to the configuration file")
+    var config: String
+
+    func run() throws {
+        let configuration = try loadConfiguration(config)
+        writeStdout("\(config): \(configuration.summary)\n")
+    }
+}

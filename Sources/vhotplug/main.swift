@@ -1,0 +1,3 @@
+import VHotplugCommands
+
+Application.main()
