@@ -38,6 +38,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vhotplug", dependencies: ["VHotplugCommands"]),
+        // Benchmarks (tools/bench/run.sh builds them in release mode).
+        .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
+                          path: "tools/bench/VHotplugBench"),
 
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig"],
                     resources: [.copy("Fixtures")]),

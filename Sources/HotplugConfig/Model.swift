@@ -16,20 +16,69 @@ public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
 
 /// A case-insensitive regular expression, searched anywhere in a name
 /// (Python `re.search` semantics, as the reference vhotplug uses).
+///
+/// Most patterns people write are plain words (`ethernet`, `.*ethernet.*`,
+/// `^Logitech$`): those are recognised when compiled and matched by string
+/// comparison on the lower-cased name, without running the regex engine.
 public struct NamePattern: @unchecked Sendable, Hashable {
+    /// How a literal pattern is matched.
+    public enum Literal: Sendable, Hashable {
+        case contains(String)
+        case equals(String)
+        case prefix(String)
+        case suffix(String)
+    }
+
     /// The expression as written in the configuration.
     public let source: String
+    /// Set when the expression is a plain ASCII word with optional anchors (lower case).
+    public let literal: Literal?
     private let regex: NSRegularExpression
 
     /// Compiles `source`; throws when it is not a valid expression.
     public init(_ source: String) throws {
         self.source = source
         self.regex = try NSRegularExpression(pattern: source, options: [.caseInsensitive])
+        self.literal = Self.literalForm(source)
     }
 
     /// True when the pattern occurs anywhere in `text`.
     public func matches(_ text: String) -> Bool {
-        regex.firstMatch(in: text, options: [], range: NSRange(text.startIndex..., in: text)) != nil
+        matches(text, lowercased: literal == nil ? text : text.lowercased())
+    }
+
+    /// The same, with the caller's lower-cased copy of `text` (computed once per device).
+    public func matches(_ text: String, lowercased: String) -> Bool {
+        switch literal {
+        case .contains(let w): return w.isEmpty || lowercased.contains(w)
+        case .equals(let w): return lowercased == w
+        case .prefix(let w): return lowercased.hasPrefix(w)
+        case .suffix(let w): return lowercased.hasSuffix(w)
+        case nil:
+            return regex.firstMatch(in: text, options: [], range: NSRange(text.startIndex..., in: text)) != nil
+        }
+    }
+
+    /// `word`, `.*word.*`, `^word`, `word$`, `^word$` with word in [A-Za-z0-9 _,-]
+    /// (no regex metacharacters, ASCII so lower-casing equals case folding).
+    static func literalForm(_ source: String) -> Literal? {
+        var s = Substring(source)
+        var anchoredStart = false, anchoredEnd = false
+        if s.hasPrefix("^") { anchoredStart = true; s = s.dropFirst() }
+        else if s.hasPrefix(".*") { s = s.dropFirst(2) }
+        if s.hasSuffix("$") && !s.hasSuffix("\\$") { anchoredEnd = true; s = s.dropLast() }
+        else if s.hasSuffix(".*") { s = s.dropLast(2) }
+        let allowed = s.unicodeScalars.allSatisfy { c in
+            (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == " " || c == "_" || c == "," || c == "-"
+        }
+        guard allowed else { return nil }
+        let w = s.lowercased()
+        switch (anchoredStart, anchoredEnd) {
+        case (true, true): return .equals(w)
+        case (true, false): return .prefix(w)
+        case (false, true): return .suffix(w)
+        case (false, false): return .contains(w)
+        }
     }
 
     public static func == (lhs: NamePattern, rhs: NamePattern) -> Bool { lhs.source == rhs.source }

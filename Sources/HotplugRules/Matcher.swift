@@ -4,16 +4,25 @@ import HotplugConfig
 /// Matches one entry against one device. Every field present must match (AND).
 public protocol RuleEntry: Sendable, Hashable {
     associatedtype Device
+    /// What one decision computes once for all entries (e.g. lower-cased names).
+    associatedtype Prepared
+    static func prepare(_ device: Device) -> Prepared
     /// True when the entry would match if it were enabled.
-    func matches(_ device: Device) -> Bool
+    func matches(_ device: Prepared) -> Bool
     var disable: Bool { get }
     var description: String? { get }
     var location: SourceLocation? { get }
 }
 
 extension USBRule: RuleEntry {
+    public static func prepare(_ d: USBDevice) -> (USBDevice, USBNames) { (d, USBNames(d)) }
+
+    /// True when the entry would match (numeric fields first, names last).
+    public func matches(_ d: USBDevice) -> Bool { matches(Self.prepare(d)) }
+
     /// Numeric fields are compared first; regular expressions run only when they pass.
-    public func matches(_ d: USBDevice) -> Bool {
+    public func matches(_ p: (USBDevice, USBNames)) -> Bool {
+        let d = p.0
         if let v = vendorId, v != d.vendorId { return false }
         if let v = productId, v != d.productId { return false }
         if let v = bus, v != d.bus { return false }
@@ -30,20 +39,34 @@ extension USBRule: RuleEntry {
             }
             if !hit { return false }
         }
-        if let p = vendorName, !Self.either(p, d.vendorName, d.manufacturer) { return false }
-        if let p = productName, !Self.either(p, d.productName, d.product) { return false }
+        let names = p.1
+        if let p = vendorName, !names.vendor.contains(where: { p.matches($0.text, lowercased: $0.lowercased) }) { return false }
+        if let p = productName, !names.product.contains(where: { p.matches($0.text, lowercased: $0.lowercased) }) { return false }
         return true
     }
+}
 
-    /// The database name or the device's own string.
-    private static func either(_ p: NamePattern, _ a: String?, _ b: String?) -> Bool {
-        if let a, p.matches(a) { return true }
-        if let b, b != a, p.matches(b) { return true }
-        return false
+/// A USB device's names, from usb.ids and from its own strings, with their
+/// lower-cased copies: computed once per decision, not once per entry.
+public struct USBNames: Sendable {
+    var vendor: [(text: String, lowercased: String)]
+    var product: [(text: String, lowercased: String)]
+
+    init(_ d: USBDevice) {
+        func both(_ a: String?, _ b: String?) -> [(String, String)] {
+            var out: [(String, String)] = []
+            if let a { out.append((a, a.lowercased())) }
+            if let b, b != a { out.append((b, b.lowercased())) }
+            return out
+        }
+        vendor = both(d.vendorName, d.manufacturer)
+        product = both(d.productName, d.product)
     }
 }
 
 extension PCIRule: RuleEntry {
+    public static func prepare(_ d: PCIDevice) -> PCIDevice { d }
+
     public func matches(_ d: PCIDevice) -> Bool {
         if let v = vendorId, v != d.vendorId { return false }
         if let v = deviceId, v != d.deviceId { return false }
@@ -88,34 +111,36 @@ public struct Matcher: Sendable {
         return Decision(targetVm: evdev.targetVm, ruleSetDescription: "evdevPassthrough", reason: .matched)
     }
 
-    static func decide<R: RuleEntry>(_ device: R.Device, in sets: [RuleSet<R>]) -> Decision {
+    static func decide<R: RuleEntry>(_ raw: R.Device, in sets: [RuleSet<R>]) -> Decision {
+        let device = R.prepare(raw)
         var denied: Decision?
         var disabled: Decision?
-        for (setIndex, set) in sets.enumerated() {
-            // First allow entry that matches, enabled ones first in file order.
-            var allowHit: (Int, R)?
-            for (i, entry) in set.allow.enumerated() where entry.matches(device) {
-                if entry.disable || set.disable {
+        for setIndex in sets.indices {
+            // Entries are visited in place (no copies of their strings and patterns).
+            var allowIndex: Int?
+            for i in sets[setIndex].allow.indices where sets[setIndex].allow[i].matches(device) {
+                if sets[setIndex].allow[i].disable || sets[setIndex].disable {
                     if disabled == nil {
-                        disabled = Decision(ruleSetIndex: setIndex, ruleSetDescription: set.description,
-                                            entry: ref(i, entry), reason: .disabled)
+                        disabled = Decision(ruleSetIndex: setIndex, ruleSetDescription: sets[setIndex].description,
+                                            entry: ref(i, sets[setIndex].allow[i]), reason: .disabled)
                     }
                     continue
                 }
-                allowHit = (i, entry)
+                allowIndex = i
                 break
             }
-            guard let (allowIndex, allowEntry) = allowHit else { continue }
-            if let (denyIndex, denyEntry) = set.deny.enumerated().first(where: { !$0.element.disable && $0.element.matches(device) }) {
+            guard let allowIndex else { continue }
+            let set = sets[setIndex]
+            if let denyIndex = set.deny.indices.first(where: { !set.deny[$0].disable && set.deny[$0].matches(device) }) {
                 if denied == nil {
                     denied = Decision(ruleSetIndex: setIndex, ruleSetDescription: set.description,
-                                      entry: ref(allowIndex, allowEntry), deniedBy: ref(denyIndex, denyEntry),
+                                      entry: ref(allowIndex, set.allow[allowIndex]), deniedBy: ref(denyIndex, set.deny[denyIndex]),
                                       reason: .denied)
                 }
                 continue
             }
             return Decision(targetVm: set.targetVm, ruleSetIndex: setIndex, ruleSetDescription: set.description,
-                            entry: ref(allowIndex, allowEntry), reason: .matched)
+                            entry: ref(allowIndex, set.allow[allowIndex]), reason: .matched)
         }
         return denied ?? disabled ?? Decision(reason: .noRule)
     }
