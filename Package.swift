@@ -19,6 +19,8 @@ let package = Package(
         .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
         .systemLibrary(name: "CUSB", pkgConfig: "libusb-1.0", providers: [.apt(["libusb-1.0-0-dev"])]),
         .systemLibrary(name: "CPCI", pkgConfig: "libpci", providers: [.apt(["libpci-dev"])]),
+        // Tests only: umockdev testbeds (fake sysfs devices and uevents).
+        .systemLibrary(name: "CUmockdev", pkgConfig: "umockdev-1.0", providers: [.apt(["libumockdev-dev"])]),
 
         // Pure: the configuration (model, JSON5 loading with positions, validation).
         .target(name: "HotplugConfig"),
@@ -42,12 +44,13 @@ let package = Package(
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
                           path: "tools/bench/VHotplugBench"),
 
+        .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "HotplugRulesTests", dependencies: ["HotplugRules", "HotplugConfig", "DeviceModel"]),
-        .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel"],
+        .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel", "VHotplugTestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "VHotplugCommandsTests", dependencies: ["VHotplugCommands"]),
+        .testTarget(name: "VHotplugCommandsTests", dependencies: ["VHotplugCommands", "DeviceModel", "VHotplugTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

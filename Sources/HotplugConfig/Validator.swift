@@ -146,7 +146,7 @@ struct ConfigValidator {
     /// Checks that `node` is an object and reports its unknown keys.
     mutating func object(_ node: JSONNode, path: String, kind: ObjectKind, what: String) -> ObjectView? {
         guard case .object(let object) = node.value else {
-            error(node, path: path, "expected \(what) (an object), found \(node.foundDescription)")
+            error(node, path: path, "expected an object (\(what)), found \(node.foundDescription)")
             return nil
         }
         let known = kind.keys
@@ -271,7 +271,7 @@ struct ConfigValidator {
     // MARK: - The configuration
 
     mutating func configuration(_ root: JSONNode) -> Configuration? {
-        guard let top = object(root, path: "$", kind: .top, what: "a configuration object") else {
+        guard let top = object(root, path: "$", kind: .top, what: "the configuration") else {
             return nil
         }
         var config = Configuration()
@@ -349,13 +349,13 @@ struct ConfigValidator {
     mutating func checkTarget(_ name: String, node: JSONNode, path: String, context: VMContext) -> KnownVM? {
         if let vm = context.known[name] { return vm }
         var message = "unknown VM \(quoted(name)) in targetVm"
+        if context.names.isEmpty {
+            message += " (no VMs are defined; add them under \"vms\")"
+        } else {
+            message += " (defined VMs: " + context.names.map { quoted($0) }.joined(separator: ", ") + ")"
+        }
         if let suggestion = closestMatch(name, among: context.names) {
             message += "; did you mean \(quoted(suggestion))?"
-        }
-        if context.names.isEmpty {
-            message += "; no VMs are defined (add them under \"vms\")"
-        } else {
-            message += "; defined VMs: " + context.names.map { quoted($0) }.joined(separator: ", ")
         }
         error(node, path: path, message)
         return nil
@@ -379,7 +379,7 @@ struct ConfigValidator {
         var lists: [[Rule]] = [[], []]
         for (i, key) in ["allow", "deny"].enumerated() {
             for (node, path) in array(view, key) {
-                guard let entryView = object(node, path: path, kind: entryKind, what: "an \(key) entry") else { continue }
+                guard let entryView = object(node, path: path, kind: entryKind, what: key == "allow" ? "an allow entry" : "a deny entry") else { continue }
                 let matchKeys = isPCI ? ObjectKind.pciMatchKeys : ObjectKind.usbMatchKeys
                 let allKeysKnown = entryView.object.members.allSatisfy { entryKind.keys.contains($0.key) }
                 if allKeysKnown && !matchKeys.contains(where: entryView.has) {

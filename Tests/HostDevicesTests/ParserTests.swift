@@ -1,0 +1,188 @@
+import DeviceModel
+@testable import HostDevices
+import Testing
+
+@Suite("usb.ids")
+struct USBIDsTests {
+    let sample = USBIDs(bytes: Array("""
+        # comment
+        #
+        046d  Logitech, Inc.
+        \tc52b  Unifying Receiver
+        \t\t00  interface line, not a product
+        \tc077  M105 Optical Mouse
+        0bda  Realtek Semiconductor Corp.
+        \t8153  RTL8153 Gigabit Ethernet Adapter\r
+        ffff  Last vendor
+        C 00  (Defined at Interface level)
+        \t01  Audio
+        """.utf8))
+
+    @Test("vendor and product names")
+    func names() {
+        #expect(sample.vendorName(0x046d) == "Logitech, Inc.")
+        #expect(sample.productName(0x046d, 0xc52b) == "Unifying Receiver")
+        #expect(sample.productName(0x046d, 0xc077) == "M105 Optical Mouse")
+        #expect(sample.productName(0x0bda, 0x8153) == "RTL8153 Gigabit Ethernet Adapter")
+        #expect(sample.vendorName(0xffff) == "Last vendor")
+    }
+
+    @Test("unknown IDs, interface lines and class lists give nothing")
+    func unknown() {
+        #expect(sample.vendorName(0x1234) == nil)
+        #expect(sample.productName(0x046d, 0x0000) == nil)
+        #expect(sample.productName(0x046d, 0x00) == nil)
+        #expect(sample.productName(0xffff, 0x0001) == nil)
+        #expect(sample.vendorCount == 3)
+    }
+
+    @Test("garbage does not crash", arguments: [
+        "", "\n\n", "zzzz  no", "046d", "046d ", "\t\t\t", "046d  x\n\tc5", "046d  x\n\tc52bQ", String(repeating: "\t", count: 10_000),
+    ])
+    func garbage(_ text: String) {
+        let ids = USBIDs(bytes: Array(text.utf8))
+        _ = ids.vendorName(0x046d)
+        _ = ids.productName(0x046d, 0xc52b)
+    }
+
+    @Test("the system's usb.ids loads and knows Logitech")
+    func system() throws {
+        let ids = try #require(USBIDs(), "usb.ids not found: install the Debian package usb.ids")
+        #expect(ids.vendorCount > 1000)
+        #expect(ids.vendorName(0x046d)?.contains("Logitech") == true)
+        #expect(ids.productName(0x1d6b, 0x0002) == "2.0 root hub")
+    }
+}
+
+@Suite("Sysfs attribute parsing")
+struct AttributeParsingTests {
+    @Test("hex forms")
+    func hex() {
+        #expect(parseHex("046d") == 0x046d)
+        #expect(parseHex("0x8086\n") == 0x8086)
+        #expect(parseHex("0X0280") == 0x280)
+        #expect(parseHex("") == nil)
+        #expect(parseHex("0x") == nil)
+        #expect(parseHex("zz") == nil)
+        #expect(parseHex("12345678901234567") == nil)
+    }
+
+    @Test("port paths from USB names")
+    func ports() throws {
+        #expect(try DeviceReader.ports(sysName: "1-2", device: "x") == (2, [2]))
+        #expect(try DeviceReader.ports(sysName: "3-10.4.1", device: "x") == (10, [10, 4, 1]))
+        #expect(try DeviceReader.ports(sysName: "usb1", device: "x") == (0, []))
+        #expect(throws: DeviceReadError.self) { try DeviceReader.ports(sysName: "1-", device: "x") }
+        #expect(throws: DeviceReadError.self) { try DeviceReader.ports(sysName: "1-2..3", device: "x") }
+        #expect(throws: DeviceReadError.self) { try DeviceReader.ports(sysName: "weird", device: "x") }
+    }
+
+    @Test("device strings in logs: control characters escaped, length bounded")
+    func quoting() {
+        #expect(quoted("Mouse") == "\"Mouse\"")
+        #expect(quoted("a\u{1b}[31mred\n") == "\"a\\u{1b}[31mred\\n\"")
+        #expect(quoted(String(repeating: "x", count: 500)).count < 90)
+    }
+
+    @Test("natural order of device names")
+    func order() {
+        #expect(["1-10", "1-2", "usb2", "1-2.3", "usb10"].sorted(by: DeviceReader.naturalOrder) == ["1-2", "1-2.3", "1-10", "usb2", "usb10"])
+        #expect(["event10", "event2"].sorted(by: DeviceReader.naturalOrder) == ["event2", "event10"])
+    }
+}
+
+@Suite("Mount points of the host's boot filesystems")
+struct MountInfoTests {
+    let mountInfo = """
+        22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw
+        23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
+        30 22 259:1 / /boot/efi rw,relatime shared:2 - vfat /dev/nvme0n1p1 rw
+        31 22 8:17 / /media/usb\\040stick rw - vfat /dev/sdb1 rw
+        32 22 0:45 / /boot rw - btrfs /dev/mapper/boot rw
+        """
+
+    @Test("/, /boot and /boot/efi are found; other mounts are not")
+    func parse() {
+        let found = BootDevices.mountedDevices(mountInfo: mountInfo)
+        #expect(found.map(\.devno) == ["259:2", "259:1", "0:45"])
+        #expect(found.last?.source == "/dev/mapper/boot")
+    }
+
+    @Test("octal escapes in mount points")
+    func escapes() {
+        #expect(BootDevices.unescapeOctal("/media/usb\\040stick") == "/media/usb stick")
+        #expect(BootDevices.unescapeOctal("\\0") == "\\0")
+        #expect(BootDevices.unescapeOctal("a\\") == "a\\")
+    }
+
+    @Test("a device holds a boot filesystem when one lives below its folder")
+    func held() {
+        let b = BootDevices(paths: ["/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host0/target0:0:0/0:0:0:0/block/sda/sda1"])
+        #expect(b.isHeld(by: "/devices/pci0000:00/0000:00:14.0/usb2/2-1"))
+        #expect(!b.isHeld(by: "/devices/pci0000:00/0000:00:14.0/usb2/2-10"))
+        #expect(b.isHeld(by: "/devices/pci0000:00/0000:00:14.0"))
+    }
+}
+
+@Suite("Input kinds from capability bitmaps (udev input_id)")
+struct InputKindTests {
+    func caps(ev: String, key: String = "0", rel: String = "0", abs: String = "0", sw: String = "0", props: String = "0") -> InputCapabilities {
+        InputCapabilities(ev: Bitmap(sysfs: ev)!, key: Bitmap(sysfs: key)!, rel: Bitmap(sysfs: rel)!,
+                          abs: Bitmap(sysfs: abs)!, sw: Bitmap(sysfs: sw)!, properties: Bitmap(sysfs: props)!)
+    }
+
+    @Test("bitmap words are most significant first")
+    func bitmap() throws {
+        let b = try #require(Bitmap(sysfs: "1 0 fffffffffffffffe"))
+        #expect(b.has(1) && b.has(63) && !b.has(0) && b.has(128) && !b.has(127) && !b.has(500))
+        #expect(Bitmap(sysfs: "zz") == nil)
+        #expect(Bitmap(sysfs: "11111111111111111") == nil)
+    }
+
+    @Test("AT keyboard")
+    func keyboard() {
+        let k = caps(ev: "120013", key: "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe")
+        #expect(k.kinds == [.key, .keyboard])
+    }
+
+    @Test("USB mouse")
+    func mouse() {
+        #expect(caps(ev: "17", key: "70000 0 0 0 0", rel: "903").kinds == [.mouse])
+    }
+
+    @Test("touchpad: absolute finger tool, not direct")
+    func touchpad() {
+        let t = caps(ev: "1b", key: "e520 10000 0 0 0 0", abs: "2e0800000000003", props: "5")
+        #expect(t.kinds == [.touchpad])
+    }
+
+    @Test("touchscreen: direct with touch")
+    func touchscreen() {
+        #expect(caps(ev: "b", key: "400 0 0 0 0 0", abs: "260800000000003", props: "2").kinds == [.touchscreen])
+    }
+
+    @Test("tablet: stylus")
+    func tablet() {
+        #expect(caps(ev: "b", key: "1c03 0 0 0 0 0", abs: "1000003").kinds == [.tablet])
+    }
+
+    @Test("lid switch")
+    func lid() {
+        #expect(caps(ev: "21", sw: "1").kinds == [.switch])
+    }
+
+    @Test("power button: a key, not a keyboard")
+    func powerButton() {
+        #expect(caps(ev: "3", key: "10000000000000 0").kinds == [.key])
+    }
+
+    @Test("accelerometer: 3D coordinates and no keys")
+    func accelerometer() {
+        #expect(caps(ev: "9", abs: "7").kinds == [.accelerometer])
+    }
+
+    @Test("joystick axes and buttons")
+    func joystick() {
+        #expect(caps(ev: "1b", key: "ffff00000000 0 0 0 0", abs: "3003f").kinds == [.joystick])
+    }
+}

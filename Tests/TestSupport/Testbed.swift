@@ -1,0 +1,156 @@
+import CUmockdev
+import Foundation
+import Synchronization
+
+/// A umockdev testbed: a fake sysfs tree (and /dev) in a temporary folder, with
+/// uevents. Code under test reads it through `sysRoot` (no LD_PRELOAD needed);
+/// programs started under `umockdev-wrapper`/`umockdev-run` see it as /sys.
+///
+/// umockdev keeps its state in the process-global `UMOCKDEV_DIR`: only one
+/// testbed exists at a time (`Testbed.lock` is held for its whole life).
+public final class Testbed: @unchecked Sendable {
+    private static let lock = Mutex(())
+    private static let busy = Mutex(false)
+    private let tb: UnsafeMutablePointer<UMockdevTestbed>
+
+    /// The testbed's root folder (it holds `sys/` and `dev/`).
+    public let root: String
+    /// The folder standing for `/sys`.
+    public var sysRoot: String { root + "/sys" }
+
+    /// Waits until no other testbed exists, then makes an empty one.
+    public init() {
+        while true {
+            let taken = Testbed.busy.withLock { b -> Bool in
+                if b { return false }
+                b = true
+                return true
+            }
+            if taken { break }
+            usleep(1000)
+        }
+        tb = umockdev_testbed_new()
+        let dir = umockdev_testbed_get_root_dir(tb)!
+        root = String(cString: dir)
+        g_free(dir)
+    }
+
+    deinit {
+        g_object_unref(tb)
+        try? FileManager.default.removeItem(atPath: root)
+        Testbed.busy.withLock { $0 = false }
+    }
+
+    /// Adds the devices of a umockdev description file (emits `add` uevents).
+    public func add(file: String) throws {
+        var error: UnsafeMutablePointer<GError>?
+        if umockdev_testbed_add_from_file(tb, file, &error) == 0 {
+            let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"
+            if let error { g_error_free(error) }
+            throw TestbedError(message: "umockdev cannot load \(file): \(message)")
+        }
+    }
+
+    /// Adds one device; returns its sysfs path (as the testbed sees it: `/sys/devices/...`).
+    @discardableResult
+    public func addDevice(subsystem: String, name: String, parent: String? = nil,
+                          attributes: [(String, String)], properties: [(String, String)] = []) -> String {
+        func flat(_ pairs: [(String, String)]) -> [UnsafePointer<CChar>?] {
+            pairs.flatMap { [UnsafePointer(strdup($0.0)), UnsafePointer(strdup($0.1))] } + [nil]
+        }
+        var a = flat(attributes)
+        var p = flat(properties)
+        defer { (a + p).forEach { free(UnsafeMutablePointer(mutating: $0)) } }
+        let path = a.withUnsafeMutableBufferPointer { ab in
+            p.withUnsafeMutableBufferPointer { pb in
+                vh_umockdev_add_device(tb, subsystem, name, parent, ab.baseAddress, pb.baseAddress)
+            }
+        }
+        guard let path else { return "" }
+        defer { g_free(path) }
+        return String(cString: path)
+    }
+
+    /// Writes an attribute with arbitrary bytes (garbage, binary descriptors).
+    public func setAttribute(_ devpath: String, _ name: String, bytes: [UInt8]) {
+        var copy = bytes
+        copy.withUnsafeMutableBufferPointer { b in
+            umockdev_testbed_set_attribute_binary(tb, devpath, name, b.baseAddress, Int32(b.count))
+        }
+    }
+
+    /// Sends a uevent (`add`, `change`, `remove`, `bind`, ...).
+    public func uevent(_ devpath: String, _ action: String) {
+        umockdev_testbed_uevent(tb, devpath, action)
+    }
+
+    /// Removes a device (send the `remove` uevent first: this sends none).
+    public func remove(_ devpath: String) {
+        umockdev_testbed_remove_device(tb, devpath)
+    }
+}
+
+public struct TestbedError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Paths of the repository, for tests.
+public enum Repository {
+    /// The repository root (from this file's place: Tests/TestSupport/Testbed.swift).
+    public static let root: String = {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }()
+
+    /// The folder of the built products (the test bundle's own folder).
+    public static let productsDir: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast()
+        // Inside an .xctest bundle folder on some layouts: go up to the products folder.
+        while let last = parts.last, last.hasSuffix(".xctest") || last == "MacOS" || last == "Contents" { parts.removeLast() }
+        return parts.joined(separator: "/")
+    }()
+
+    /// The `vhotplug` executable built beside the tests.
+    public static var vhotplug: String { productsDir + "/vhotplug" }
+}
+
+/// Runs a program, returning its exit status and outputs. Fails the caller clearly
+/// when the program does not exist (a missing Debian package).
+public func run(_ argv: [String], environment: [String: String]? = nil, input: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
+    p.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
+    if let environment { p.environment = environment }
+    let out = Pipe(), err = Pipe(), inp = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = inp
+    try p.run()
+    if let input { inp.fileHandleForWriting.write(Data(input.utf8)) }
+    try? inp.fileHandleForWriting.close()
+    // Read both pipes to the end before waiting (no deadlock on large output).
+    let group = DispatchGroup()
+    nonisolated(unsafe) var errData = Data()
+    group.enter()
+    DispatchQueue.global().async {
+        errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+}
+
+/// The path of a program on PATH, or a failure naming the Debian package to install.
+public func requireProgram(_ name: String, package: String) throws -> String {
+    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let p = "\(dir)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: p) { return p }
+    }
+    throw TestbedError(message: "\(name) not found: install the Debian package \(package) (make deps)")
+}
