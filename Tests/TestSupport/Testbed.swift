@@ -51,9 +51,19 @@ public final class Testbed: @unchecked Sendable {
         }
     }
 
-    /// Adds one device; returns its sysfs path (as the testbed sees it: `/sys/devices/...`).
+    /// Adds devices from umockdev description text (`P:`, `E:`, `A:`, `H:`, `L:`, `N:` lines).
+    public func add(record: String) throws {
+        var error: UnsafeMutablePointer<GError>?
+        if umockdev_testbed_add_from_string(tb, record, &error) == 0 {
+            let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"
+            if let error { g_error_free(error) }
+            throw TestbedError(message: "umockdev cannot load the record: \(message)")
+        }
+    }
+
+    /// Adds one device (no parent: see `add(record:)` for trees); returns its sysfs path (as the testbed sees it: `/sys/devices/...`).
     @discardableResult
-    public func addDevice(subsystem: String, name: String, parent: String? = nil,
+    public func addDevice(subsystem: String, name: String,
                           attributes: [(String, String)], properties: [(String, String)] = []) -> String {
         func flat(_ pairs: [(String, String)]) -> [UnsafePointer<CChar>?] {
             pairs.flatMap { [UnsafePointer(strdup($0.0)), UnsafePointer(strdup($0.1))] } + [nil]
@@ -63,7 +73,7 @@ public final class Testbed: @unchecked Sendable {
         defer { (a + p).forEach { free(UnsafeMutablePointer(mutating: $0)) } }
         let path = a.withUnsafeMutableBufferPointer { ab in
             p.withUnsafeMutableBufferPointer { pb in
-                vh_umockdev_add_device(tb, subsystem, name, parent, ab.baseAddress, pb.baseAddress)
+                vh_umockdev_add_device(tb, subsystem, name, nil, ab.baseAddress, pb.baseAddress)
             }
         }
         guard let path else { return "" }

@@ -1016,7 +1016,7 @@ class Lab:
 
     def inner_usb(self, vm):
         """The inner VM's `info usb` lines."""
-        return self.inner_qmp(vm, "human-monitor-command", command_line="info usb")
+        return self.inner_qmp(vm, "human-monitor-command", **{"command-line": "info usb"})
 
     def vm_start(self, vm, timeout=30):
         with self.step("inner VM %s start" % vm):
@@ -1035,7 +1035,7 @@ class Lab:
     # -- plugging --------------------------------------------------------------
 
     def _usb_ports_in_use(self):
-        text = self.outer_qmp("human-monitor-command", command_line="info usb")
+        text = self.outer_qmp("human-monitor-command", **{"command-line": "info usb"})
         return set(re.findall(r"Port ([0-9.]+)", text))
 
     def free_usb_port(self):

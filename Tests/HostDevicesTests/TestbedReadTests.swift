@@ -1,0 +1,89 @@
+import DeviceModel
+@testable import HostDevices
+import Testing
+import VHotplugTestSupport
+
+/// A USB device's attributes as the kernel shows them.
+func usbAttributes(vendor: String = "046d", product: String = "c077", devnum: String = "3",
+                   extra: [(String, String)] = []) -> [(String, String)] {
+    [("idVendor", vendor), ("idProduct", product), ("bcdDevice", "7200"), ("busnum", "1"), ("devnum", devnum),
+     ("bDeviceClass", "00"), ("bDeviceSubClass", "00"), ("bDeviceProtocol", "00"), ("bConfigurationValue", "1"),
+     ("speed", "1.5"), ("removable", "removable"), ("manufacturer", "Logitech"), ("product", "USB Optical Mouse")] + extra
+}
+
+/// Reads a testbed directly (no preload): interfaces from the interface folders.
+func reader(_ tb: Testbed, boot: [String] = []) -> DeviceReader {
+    DeviceReader(sysfs: Sysfs(root: tb.sysRoot), usbIDs: USBIDs(), bootDevices: BootDevices(paths: boot), useLibUSB: false)
+}
+
+@Suite("Reading devices from a umockdev testbed", .serialized)
+struct TestbedReadTests {
+    @Test("a device with garbage attributes yields an error for that device only")
+    func garbage() throws {
+        let tb = Testbed()
+        tb.addDevice(subsystem: "usb", name: "1-1", attributes: usbAttributes(), properties: [("DEVTYPE", "usb_device")])
+        tb.addDevice(subsystem: "usb", name: "1-2", attributes: usbAttributes(vendor: "zz!", devnum: "4"),
+                     properties: [("DEVTYPE", "usb_device")])
+        let bad = tb.addDevice(subsystem: "usb", name: "1-3", attributes: usbAttributes(devnum: "5"),
+                               properties: [("DEVTYPE", "usb_device")])
+        tb.setAttribute(bad, "product", bytes: [0x4d, 0xff, 0xfe, 0x00, 0x41])
+        tb.addDevice(subsystem: "usb", name: "1-4", attributes: usbAttributes(devnum: "999"),
+                     properties: [("DEVTYPE", "usb_device")])
+        let (devices, failures) = reader(tb).enumerate(.usb)
+        #expect(devices.map(\.sysName) == ["1-1"])
+        #expect(failures.count == 3)
+        let text = failures.map(\.description).joined(separator: "\n")
+        #expect(text.contains("1-2: idVendor: expected a hex number"))
+        #expect(text.contains("1-3: product: not valid UTF-8 text"))
+        #expect(text.contains("1-4: devnum: expected a number up to 255"))
+    }
+
+    @Test("a device that vanishes while being read is an error for it")
+    func vanished() throws {
+        let tb = Testbed()
+        let path = tb.addDevice(subsystem: "usb", name: "1-1", attributes: usbAttributes(), properties: [("DEVTYPE", "usb_device")])
+        let sysPath = String(path.dropFirst(4)) // "/sys/devices/..." -> "/devices/..."
+        let r = reader(tb)
+        #expect(throws: Never.self) { try r.read(sysPath: sysPath, subsystem: "usb") }
+        tb.uevent(path, "remove")
+        tb.remove(path)
+        let e = #expect(throws: DeviceReadError.self) { try r.read(sysPath: sysPath, subsystem: "usb") }
+        #expect(e?.attribute == "busnum")
+        #expect(e?.reason.contains("missing") == true)
+    }
+
+    @Test("attributes of a plain USB device, interfaces from sysfs, names from usb.ids")
+    func plainMouse() throws {
+        let tb = Testbed()
+        let attributes = usbAttributes().map { "A: \($0.0)=\($0.1)" }.joined(separator: "\n")
+        try tb.add(record: """
+            P: /devices/pci0000:00/0000:00:14.0/usb1/1-1
+            E: SUBSYSTEM=usb
+            E: DEVTYPE=usb_device
+            \(attributes)
+
+            P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0
+            E: SUBSYSTEM=usb
+            E: DEVTYPE=usb_interface
+            A: bInterfaceNumber=00
+            A: bInterfaceClass=03
+            A: bInterfaceSubClass=01
+            A: bInterfaceProtocol=02
+            L: driver=../../../../../../bus/usb/drivers/usbhid
+
+            """)
+        let (devices, failures) = reader(tb).enumerate(.usb)
+        #expect(failures.isEmpty)
+        guard case .usb(let d)? = devices.first else { Issue.record("no USB device"); return }
+        #expect(d.sysName == "1-1" && d.bus == 1 && d.devnum == 3 && d.port == 1 && d.portPath == [1])
+        #expect(d.vendorId == 0x046d && d.productId == 0xc077 && d.bcdDevice == 0x7200)
+        #expect(d.manufacturer == "Logitech" && d.product == "USB Optical Mouse" && d.serial == nil)
+        #expect(d.vendorName == "Logitech, Inc.")
+        #expect(d.productName != nil && d.productName == USBIDs()?.productName(0x046d, 0xc077))
+        #expect(d.interfaces == [USBInterface(interfaceNumber: 0, interfaceClass: 3, interfaceSubclass: 1, interfaceProtocol: 2,
+                                              driver: "usbhid")])
+        #expect(d.sysPath == "/devices/pci0000:00/0000:00:14.0/usb1/1-1")
+        #expect(d.speed == "1.5" && d.removable == .removable && d.devnode == "/dev/bus/usb/001/003")
+        #expect(!d.isHub && !d.holdsHostBootFilesystem)
+    }
+}
