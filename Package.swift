@@ -22,8 +22,13 @@ let package = Package(
         // Tests only: umockdev testbeds (fake sysfs devices and uevents).
         .systemLibrary(name: "CUmockdev", pkgConfig: "umockdev-1.0", providers: [.apt(["libumockdev-dev"])]),
 
+        // Linux interfaces Glibc does not export (epoll, timerfd, signalfd, inotify, sockaddr_un).
+        .target(name: "CLinux"),
+        // The event loop: one epoll thread, the serial executor of the daemon's actors.
+        .target(name: "Reactor", dependencies: ["CLinux"]),
+
         // Pure: the configuration (model, JSON5 loading with positions, validation).
-        .target(name: "HotplugConfig"),
+        .target(name: "HotplugConfig", exclude: ["README.md"]),
         // Pure: plain device values, no I/O.
         .target(name: "DeviceModel"),
         // Pure: device value + configuration -> decision.
@@ -47,6 +52,7 @@ let package = Package(
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
         .testTarget(name: "HotplugRulesTests", dependencies: ["HotplugRules", "HotplugConfig", "DeviceModel"]),
         .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel", "VHotplugTestSupport"],
                     resources: [.copy("Fixtures")]),
@@ -54,3 +60,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Async functions that belong to no actor run on their caller's executor, so the
+// daemon's code stays on the event loop's thread (Swift 6.2+ semantics).
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
+}

@@ -99,6 +99,8 @@ struct JSONParser {
 
     init(bytes: [UInt8]) {
         self.bytes = bytes
+        // An initial byte order mark is not part of the text: columns start after it.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3 }
     }
 
     /// Parses the whole input as one value followed by nothing but whitespace and comments.

@@ -122,7 +122,8 @@ public enum ConfigurationLoader {
     /// 1-based line and column (in scalars) of a byte offset.
     static func position(ofOffset offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
         var line = 1, column = 1
-        for b in bytes.prefix(offset) {
+        let start = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? min(3, offset) : 0
+        for b in bytes[start..<max(start, min(offset, bytes.count))] {
             if b == 0x0A {
                 line += 1
                 column = 1

@@ -3,14 +3,19 @@ import Foundation
 /// Where something stands in a configuration file: 1-based line and column,
 /// plus the JSON path (`$.usbPassthrough[0].allow[1].vendorId`).
 public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
+    /// 1-based line.
     public var line: Int
+    /// 1-based column, counted in Unicode scalars.
     public var column: Int
+    /// JSON path, such as `$.vms[0]`.
     public var path: String
+    /// Creates a location.
     public init(line: Int, column: Int, path: String) {
         self.line = line
         self.column = column
         self.path = path
     }
+    /// `LINE:COL`.
     public var description: String { "\(line):\(column)" }
 }
 
@@ -81,29 +86,46 @@ public struct NamePattern: @unchecked Sendable, Hashable {
         }
     }
 
+    /// Patterns are equal when their sources are.
     public static func == (lhs: NamePattern, rhs: NamePattern) -> Bool { lhs.source == rhs.source }
+    /// Hashes the source.
     public func hash(into hasher: inout Hasher) { hasher.combine(source) }
 }
 
 /// One allow or deny entry for USB devices. Only the fields present take part in matching.
 public struct USBRule: Sendable, Hashable {
+    /// `idVendor`, from a hex string such as `"046d"`.
     public var vendorId: UInt16?
+    /// `idProduct`, from a hex string such as `"c52b"`.
     public var productId: UInt16?
+    /// Matched against the vendor name.
     public var vendorName: NamePattern?
+    /// Matched against the product name.
     public var productName: NamePattern?
+    /// USB bus number (0-255).
     public var bus: Int?
+    /// USB root port (0-255).
     public var port: Int?
+    /// Matches when at least one interface has this class.
     public var interfaceClass: UInt8?
+    /// Matches when at least one interface has this subclass.
     public var interfaceSubclass: UInt8?
+    /// Matches when at least one interface has this protocol.
     public var interfaceProtocol: UInt8?
+    /// `bDeviceClass`.
     public var deviceClass: UInt8?
+    /// `bDeviceSubClass`.
     public var deviceSubclass: UInt8?
+    /// `bDeviceProtocol`.
     public var deviceProtocol: UInt8?
+    /// Free text, for logs.
     public var description: String?
+    /// A disabled entry is ignored.
     public var disable: Bool
     /// Where the entry starts in the file.
     public var location: SourceLocation?
 
+    /// Creates an entry; fields left nil do not take part in matching.
     public init(vendorId: UInt16? = nil, productId: UInt16? = nil, vendorName: NamePattern? = nil,
                 productName: NamePattern? = nil, bus: Int? = nil, port: Int? = nil,
                 interfaceClass: UInt8? = nil, interfaceSubclass: UInt8? = nil, interfaceProtocol: UInt8? = nil,
@@ -131,15 +153,24 @@ public struct USBRule: Sendable, Hashable {
 public struct PCIRule: Sendable, Hashable {
     /// Canonical `dddd:bb:dd.f`, lower case.
     public var address: String?
+    /// Vendor ID, from a hex string such as `"8086"`.
     public var vendorId: UInt16?
+    /// Device ID, from a hex string such as `"a7a1"`.
     public var deviceId: UInt16?
+    /// Base class (0-255).
     public var deviceClass: UInt8?
+    /// Subclass (0-255).
     public var deviceSubclass: UInt8?
+    /// Programming interface (0-255).
     public var deviceProgIf: UInt8?
+    /// Free text, for logs.
     public var description: String?
+    /// A disabled entry is ignored.
     public var disable: Bool
+    /// Where the entry starts in the file.
     public var location: SourceLocation?
 
+    /// Creates an entry; fields left nil do not take part in matching.
     public init(address: String? = nil, vendorId: UInt16? = nil, deviceId: UInt16? = nil,
                 deviceClass: UInt8? = nil, deviceSubclass: UInt8? = nil, deviceProgIf: UInt8? = nil,
                 description: String? = nil, disable: Bool = false, location: SourceLocation? = nil) {
@@ -157,13 +188,20 @@ public struct PCIRule: Sendable, Hashable {
 
 /// A rule set: devices allowed (and not denied) go to `targetVm`.
 public struct RuleSet<Rule: Sendable & Hashable>: Sendable, Hashable {
+    /// Free text, for logs.
     public var description: String?
+    /// The name of the VM (in `Configuration.vms`) the devices go to.
     public var targetVm: String
+    /// Entries a device must match one of.
     public var allow: [Rule]
+    /// Entries a device must match none of.
     public var deny: [Rule]
+    /// A disabled rule set is ignored.
     public var disable: Bool
+    /// Where the rule set starts in the file.
     public var location: SourceLocation?
 
+    /// Creates a rule set.
     public init(description: String? = nil, targetVm: String, allow: [Rule] = [], deny: [Rule] = [],
                 disable: Bool = false, location: SourceLocation? = nil) {
         self.description = description
@@ -175,15 +213,22 @@ public struct RuleSet<Rule: Sendable & Hashable>: Sendable, Hashable {
     }
 }
 
+/// A rule set of USB entries (`usbPassthrough`).
 public typealias USBRuleSet = RuleSet<USBRule>
+/// A rule set of PCI entries (`pciPassthrough`).
 public typealias PCIRuleSet = RuleSet<PCIRule>
 
 /// `evdevPassthrough`: non-USB input devices go to one QEMU VM as virtio-input-host-pci.
 public struct EvdevPassthrough: Sendable, Hashable {
+    /// When true, evdev passthrough is off.
     public var disable: Bool
+    /// Prefix of the PCIe root port ids to plug the devices into.
     public var pcieBusPrefix: String?
+    /// The QEMU VM that gets the devices; empty when disabled and not given.
     public var targetVm: String
+    /// Where the object starts in the file.
     public var location: SourceLocation?
+    /// Creates the settings.
     public init(disable: Bool = false, pcieBusPrefix: String? = nil, targetVm: String, location: SourceLocation? = nil) {
         self.disable = disable
         self.pcieBusPrefix = pcieBusPrefix
@@ -194,17 +239,23 @@ public struct EvdevPassthrough: Sendable, Hashable {
 
 /// The hypervisor a VM runs under.
 public enum VMType: String, Sendable, Hashable, CaseIterable {
+    /// QEMU, driven through QMP.
     case qemu
+    /// crosvm, driven through its control socket (no PCI hot-plug).
     case crosvm
 }
 
 /// A VM devices can be given to.
 public struct VMDefinition: Sendable, Hashable {
+    /// The name rule sets refer to in `targetVm`.
     public var name: String
+    /// The hypervisor.
     public var type: VMType
     /// QMP socket (QEMU) or control socket (crosvm).
     public var socket: String
+    /// Where the VM starts in the file.
     public var location: SourceLocation?
+    /// Creates a VM definition.
     public init(name: String, type: VMType, socket: String, location: SourceLocation? = nil) {
         self.name = name
         self.type = type
@@ -215,11 +266,16 @@ public struct VMDefinition: Sendable, Hashable {
 
 /// A whole, validated configuration.
 public struct Configuration: Sendable, Hashable {
+    /// USB rule sets, in file order.
     public var usbPassthrough: [USBRuleSet]
+    /// PCI rule sets, in file order.
     public var pciPassthrough: [PCIRuleSet]
+    /// Evdev passthrough settings, when the key is present.
     public var evdevPassthrough: EvdevPassthrough?
+    /// The VMs, in file order.
     public var vms: [VMDefinition]
 
+    /// Creates a configuration.
     public init(usbPassthrough: [USBRuleSet] = [], pciPassthrough: [PCIRuleSet] = [],
                 evdevPassthrough: EvdevPassthrough? = nil, vms: [VMDefinition] = []) {
         self.usbPassthrough = usbPassthrough

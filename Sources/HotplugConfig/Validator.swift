@@ -121,6 +121,7 @@ struct KnownVM {
     var name: String
     var type: VMType?
     var line: Int
+    var column: Int
 }
 
 struct ConfigValidator {
@@ -282,7 +283,7 @@ struct ConfigValidator {
             guard let view = object(node, path: path, kind: .vm, what: "a VM") else { continue }
             if let vm = vmDefinition(view, known: &known) { config.vms.append(vm) }
         }
-        let namesInFileOrder = known.values.sorted { ($0.line, $0.name) < ($1.line, $1.name) }.map(\.name)
+        let namesInFileOrder = known.values.sorted { ($0.line, $0.column) < ($1.line, $1.column) }.map(\.name)
         let context = VMContext(known: known, names: namesInFileOrder)
 
         for (node, path) in array(top, "usbPassthrough") {
@@ -338,7 +339,7 @@ struct ConfigValidator {
                 error(m.value, path: appendingKey(view.path, "name"),
                       "duplicate VM name \(quoted(name)); the first VM with this name is on line \(first.line)")
             } else {
-                known[name] = KnownVM(name: name, type: type, line: view.line)
+                known[name] = KnownVM(name: name, type: type, line: view.line, column: view.column)
             }
         }
         guard diagnostics.count == errorsBefore, let name, let type, let socket else { return nil }

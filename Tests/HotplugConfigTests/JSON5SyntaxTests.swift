@@ -368,6 +368,13 @@ struct JSON5SyntaxTests {
                 #expect(!error.diagnostics.isEmpty)
                 #expect(error.diagnostics.allSatisfy { $0.line >= 1 && $0.column >= 1 })
             }
+            // The same bytes as text (invalid UTF-8 repaired), so the parser itself sees every mutation.
+            do {
+                _ = try ConfigurationLoader.parse(String(decoding: bytes, as: UTF8.self))
+            } catch let error as ConfigurationError {
+                #expect(!error.diagnostics.isEmpty)
+                #expect(error.diagnostics.allSatisfy { $0.line >= 1 && $0.column >= 1 })
+            }
         }
     }
 }

@@ -1,0 +1,1 @@
+/* clinux: header-only shims; this file gives the target a source. */

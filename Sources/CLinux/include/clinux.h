@@ -1,0 +1,30 @@
+#pragma once
+/* Linux system interfaces Glibc's Swift module does not export. */
+#include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/signalfd.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* sockaddr_un set-up: sun_path is a fixed C array, awkward from Swift. Returns -1 when too long. */
+static inline int vh_sockaddr_un(struct sockaddr_un *addr, const char *path) {
+    size_t n = strlen(path);
+    if (n >= sizeof(addr->sun_path)) return -1;
+    memset(addr, 0, sizeof(*addr));
+    addr->sun_family = AF_UNIX;
+    memcpy(addr->sun_path, path, n + 1);
+    return (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+static inline int vh_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}

@@ -1,0 +1,314 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Why a wait ended without its event.
+public enum LoopError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The deadline passed first.
+    case timeout
+    /// The wait was cancelled (the fd was closed by its owner, or the loop stopped).
+    case cancelled
+    /// A system call failed.
+    case system(String, Int32)
+
+    public var description: String {
+        switch self {
+        case .timeout: "timed out"
+        case .cancelled: "cancelled"
+        case .system(let call, let code): "\(call): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+/// A point in time on the monotonic clock, in nanoseconds.
+public struct Deadline: Sendable, Hashable, Comparable {
+    public var nanoseconds: UInt64
+
+    public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+
+    public static func now() -> Deadline {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Deadline(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
+    }
+
+    /// `seconds` from now.
+    public static func after(_ seconds: Double) -> Deadline {
+        Deadline(nanoseconds: now().nanoseconds &+ UInt64(max(0, seconds) * 1e9))
+    }
+
+    /// Seconds from `earlier` to this deadline.
+    public func seconds(since earlier: Deadline) -> Double {
+        Double(Int64(bitPattern: nanoseconds &- earlier.nanoseconds)) / 1e9
+    }
+
+    public static func < (a: Deadline, b: Deadline) -> Bool { a.nanoseconds < b.nanoseconds }
+}
+
+/// A handle to a timer, for cancelling it.
+public struct TimerToken: Sendable, Hashable {
+    let id: UInt64
+}
+
+/// One thread, one epoll: file descriptors, timers (one timerfd armed to the
+/// earliest deadline, disarmed when there is none), and Swift jobs. It is the
+/// serial executor of every actor of the daemon, so all of the daemon's state
+/// is touched from this thread only and an idle daemon makes no system calls.
+///
+/// The methods that register waits must be called on the loop's thread (from an
+/// actor that uses this executor); `enqueue` and `stop` from anywhere.
+public final class EventLoop: SerialExecutor, @unchecked Sendable {
+    private let epfd: Int32
+    private let wakeFd: Int32
+    private let timerFd: Int32
+    private let queue = Mutex<[UnownedJob]>([])
+    private let stopped = Atomic<Bool>(false)
+    private var thread: pthread_t?
+
+    private struct Waiter {
+        var continuation: CheckedContinuation<Void, any Error>
+        var timer: TimerToken?
+    }
+    /// One-shot waits for readability (or writability), by fd.
+    private var readWaiters: [Int32: Waiter] = [:]
+    private var writeWaiters: [Int32: Waiter] = [:]
+    /// Persistent handlers (udev monitor, signals, inotify).
+    private var handlers: [Int32: () -> Void] = [:]
+    /// The events each fd is registered for in epoll.
+    private var registered: [Int32: UInt32] = [:]
+
+    private var timers: [UInt64: (deadline: Deadline, fire: () -> Void)] = [:]
+    private var nextTimerId: UInt64 = 1
+    private var armedFor: Deadline?
+
+    public init() throws(LoopError) {
+        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wakeFd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        timerFd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK))
+        guard epfd >= 0, wakeFd >= 0, timerFd >= 0 else { throw .system("epoll/eventfd/timerfd", errno) }
+        for fd in [wakeFd, timerFd] {
+            var ev = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
+            epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
+        }
+    }
+
+    deinit {
+        close(epfd)
+        close(wakeFd)
+        close(timerFd)
+    }
+
+    // MARK: Executor
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        let first = queue.withLock { q -> Bool in
+            q.append(unowned)
+            return q.count == 1
+        }
+        if first { wake() }
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    public func isSameExclusiveExecutionContext(other: EventLoop) -> Bool { self === other }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFd, &one, 8)
+    }
+
+    /// True on the loop's own thread.
+    public var inLoop: Bool {
+        guard let thread else { return false }
+        return pthread_equal(thread, pthread_self()) != 0
+    }
+
+    // MARK: Running
+
+    /// Runs the loop on the calling thread until `stop()`.
+    public func run() {
+        thread = pthread_self()
+        var events = [epoll_event](repeating: epoll_event(), count: 32)
+        while !stopped.load(ordering: .acquiring) {
+            let jobs = queue.withLock { q -> [UnownedJob] in
+                let batch = q
+                q.removeAll(keepingCapacity: true)
+                return batch
+            }
+            for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
+            if stopped.load(ordering: .acquiring) { break }
+            if queue.withLock({ !$0.isEmpty }) { continue }
+            let n = epoll_wait(epfd, &events, Int32(events.count), -1)
+            if n < 0 { continue } // EINTR
+            for k in 0..<Int(n) {
+                let fd = events[k].data.fd
+                let flags = events[k].events
+                if fd == wakeFd {
+                    var v: UInt64 = 0
+                    _ = read(wakeFd, &v, 8)
+                } else if fd == timerFd {
+                    var v: UInt64 = 0
+                    _ = read(timerFd, &v, 8)
+                    fireTimers()
+                } else {
+                    dispatch(fd: fd, flags: flags)
+                }
+            }
+        }
+        // Whatever still waits is cancelled, so that no task hangs forever.
+        for (_, w) in readWaiters { w.continuation.resume(throwing: LoopError.cancelled) }
+        for (_, w) in writeWaiters { w.continuation.resume(throwing: LoopError.cancelled) }
+        readWaiters.removeAll()
+        writeWaiters.removeAll()
+    }
+
+    /// Ends `run()` after the jobs in hand.
+    public func stop() {
+        stopped.store(true, ordering: .releasing)
+        wake()
+    }
+
+    private func dispatch(fd: Int32, flags: UInt32) {
+        let error = flags & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0
+        if let handler = handlers[fd] {
+            handler()
+            return
+        }
+        if flags & EPOLLIN.rawValue != 0 || error, let w = readWaiters.removeValue(forKey: fd) {
+            if let t = w.timer { cancel(t) }
+            w.continuation.resume()
+        }
+        if flags & EPOLLOUT.rawValue != 0 || error, let w = writeWaiters.removeValue(forKey: fd) {
+            if let t = w.timer { cancel(t) }
+            w.continuation.resume()
+        }
+        updateRegistration(fd)
+    }
+
+    private func updateRegistration(_ fd: Int32) {
+        var want: UInt32 = 0
+        if readWaiters[fd] != nil || handlers[fd] != nil { want |= EPOLLIN.rawValue }
+        if writeWaiters[fd] != nil { want |= EPOLLOUT.rawValue }
+        let have = registered[fd]
+        if want == 0 {
+            if have != nil {
+                var ev = epoll_event()
+                epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
+                registered[fd] = nil
+            }
+            return
+        }
+        guard want != have else { return }
+        var ev = epoll_event(events: want, data: epoll_data_t(fd: fd))
+        if epoll_ctl(epfd, have == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0 {
+            registered[fd] = want
+        }
+    }
+
+    // MARK: Waiting for file descriptors
+
+    /// Suspends until `fd` is readable (or has an error or hang-up), or throws
+    /// `.timeout` at the deadline. One waiter per fd and direction.
+    public func readable(_ fd: Int32, deadline: Deadline? = nil) async throws {
+        try await wait(fd, write: false, deadline: deadline)
+    }
+
+    /// Suspends until `fd` is writable (a non-blocking connect completed), or the deadline.
+    public func writable(_ fd: Int32, deadline: Deadline? = nil) async throws {
+        try await wait(fd, write: true, deadline: deadline)
+    }
+
+    private func wait(_ fd: Int32, write: Bool, deadline: Deadline?) async throws {
+        precondition(inLoop, "EventLoop waits must be registered on the loop's thread")
+        if stopped.load(ordering: .acquiring) { throw LoopError.cancelled }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            var timer: TimerToken?
+            if let deadline {
+                timer = schedule(at: deadline) { [unowned self] in
+                    let w = write ? self.writeWaiters.removeValue(forKey: fd) : self.readWaiters.removeValue(forKey: fd)
+                    self.updateRegistration(fd)
+                    w?.continuation.resume(throwing: LoopError.timeout)
+                }
+            }
+            let waiter = Waiter(continuation: c, timer: timer)
+            let previous = write ? writeWaiters.updateValue(waiter, forKey: fd) : readWaiters.updateValue(waiter, forKey: fd)
+            if let previous {
+                if let t = previous.timer { cancel(t) }
+                previous.continuation.resume(throwing: LoopError.cancelled)
+            }
+            updateRegistration(fd)
+        }
+    }
+
+    /// Cancels the waits on `fd` (call before closing it).
+    public func forget(_ fd: Int32) {
+        for w in [readWaiters.removeValue(forKey: fd), writeWaiters.removeValue(forKey: fd)].compactMap({ $0 }) {
+            if let t = w.timer { cancel(t) }
+            w.continuation.resume(throwing: LoopError.cancelled)
+        }
+        handlers[fd] = nil
+        updateRegistration(fd)
+    }
+
+    /// Calls `handler` on the loop's thread each time `fd` is readable, until `unwatch`.
+    public func watch(_ fd: Int32, _ handler: @escaping () -> Void) {
+        precondition(thread == nil || inLoop, "watch must be called on the loop's thread")
+        handlers[fd] = handler
+        updateRegistration(fd)
+    }
+
+    public func unwatch(_ fd: Int32) {
+        handlers[fd] = nil
+        updateRegistration(fd)
+    }
+
+    // MARK: Timers
+
+    /// Calls `fire` on the loop's thread at `deadline`.
+    @discardableResult
+    public func schedule(at deadline: Deadline, _ fire: @escaping () -> Void) -> TimerToken {
+        let id = nextTimerId
+        nextTimerId += 1
+        timers[id] = (deadline, fire)
+        if armedFor == nil || deadline < armedFor! { arm(deadline) }
+        return TimerToken(id: id)
+    }
+
+    public func cancel(_ token: TimerToken) {
+        guard timers.removeValue(forKey: token.id) != nil else { return }
+        if timers.isEmpty { arm(nil) }
+    }
+
+    /// Suspends for `seconds` (retry back-off; never used to wait for an event).
+    public func sleep(_ seconds: Double) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            schedule(at: .after(seconds)) { c.resume() }
+        }
+    }
+
+    /// Number of timers pending (tests check that an idle daemon holds none).
+    public var pendingTimers: Int { timers.count }
+
+    private func arm(_ deadline: Deadline?) {
+        armedFor = deadline
+        var spec = itimerspec()
+        if let deadline {
+            let ns = max(deadline.nanoseconds, 1)
+            spec.it_value = timespec(tv_sec: Int(ns / 1_000_000_000), tv_nsec: Int(ns % 1_000_000_000))
+        }
+        timerfd_settime(timerFd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+    }
+
+    private func fireTimers() {
+        let now = Deadline.now()
+        let due = timers.filter { $0.value.deadline <= now }.sorted { $0.value.deadline < $1.value.deadline }
+        for (id, _) in due { timers[id] = nil }
+        arm(timers.values.map(\.deadline).min())
+        for (_, t) in due { t.fire() }
+    }
+}

@@ -1,0 +1,142 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outcome of a program run to its end.
+public struct ProcessResult: Sendable, Hashable {
+    /// Exit status, or 128 + signal number when it was killed.
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+extension EventLoop {
+    /// Runs a program without a shell (`argv[0]` is a path, or a name looked up
+    /// on PATH), following its output and exit through the loop (pipes and a
+    /// pidfd). At the deadline it is killed and `.timeout` is thrown.
+    public func runProcess(_ argv: [String], deadline: Deadline) async throws -> ProcessResult {
+        precondition(!argv.isEmpty && inLoop)
+        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+        guard pipe(&outPipe) == 0 else { throw LoopError.system("pipe", errno) }
+        guard pipe(&errPipe) == 0 else {
+            close(outPipe[0]); close(outPipe[1])
+            throw LoopError.system("pipe", errno)
+        }
+        for fd in [outPipe[0], outPipe[1], errPipe[0], errPipe[1]] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        for fd in [outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        close(outPipe[1])
+        close(errPipe[1])
+        guard rc == 0 else {
+            close(outPipe[0]); close(errPipe[0])
+            throw LoopError.system("spawn \(argv[0])", rc)
+        }
+        let pidfd = vh_pidfd_open(pid)
+        guard pidfd >= 0 else {
+            let e = errno
+            close(outPipe[0]); close(errPipe[0])
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            throw LoopError.system("pidfd_open", e)
+        }
+        let child = RunningProcess(pid: pid, pidfd: pidfd, out: outPipe[0], err: errPipe[0])
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<ProcessResult, any Error>) in
+            child.start(loop: self, deadline: deadline, continuation: c)
+        }
+    }
+
+    static func exitCode(_ status: Int32) -> Int32 {
+        let sig = status & 0x7f
+        return sig == 0 ? (status >> 8) & 0xff : 128 + sig
+    }
+}
+
+/// A child process followed by the loop: both pipes drained as they fill, the
+/// exit seen through its pidfd, a timer for the deadline. No polling.
+private final class RunningProcess {
+    let pid: pid_t
+    let pidfd: Int32
+    let outFd: Int32
+    let errFd: Int32
+    var open: Set<Int32>
+    var output: [Int32: [UInt8]] = [:]
+    var exited = false
+    var timer: TimerToken?
+    var continuation: CheckedContinuation<ProcessResult, any Error>?
+
+    init(pid: pid_t, pidfd: Int32, out: Int32, err: Int32) {
+        self.pid = pid
+        self.pidfd = pidfd
+        outFd = out
+        errFd = err
+        open = [out, err]
+    }
+
+    func start(loop: EventLoop, deadline: Deadline, continuation: CheckedContinuation<ProcessResult, any Error>) {
+        self.continuation = continuation
+        for fd in open {
+            loop.watch(fd) { [self] in drain(fd, loop) }
+        }
+        loop.watch(pidfd) { [self] in
+            loop.unwatch(pidfd)
+            exited = true
+            finishIfDone(loop)
+        }
+        timer = loop.schedule(at: deadline) { [self] in fail(loop, LoopError.timeout) }
+    }
+
+    private func drain(_ fd: Int32, _ loop: EventLoop) {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = read(fd, &buf, buf.count)
+        if n > 0 {
+            output[fd, default: []] += buf[0..<n]
+            if output.values.reduce(0, { $0 + $1.count }) > 1 << 20 { fail(loop, LoopError.system("output", EFBIG)) }
+            return
+        }
+        if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+        loop.unwatch(fd)
+        close(fd)
+        open.remove(fd)
+        finishIfDone(loop)
+    }
+
+    private func reap() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(pidfd)
+        return status
+    }
+
+    private func finishIfDone(_ loop: EventLoop) {
+        guard exited, open.isEmpty, let c = continuation else { return }
+        continuation = nil
+        if let timer { loop.cancel(timer) }
+        let status = reap()
+        c.resume(returning: ProcessResult(status: EventLoop.exitCode(status),
+                                          stdout: String(decoding: output[outFd] ?? [], as: UTF8.self),
+                                          stderr: String(decoding: output[errFd] ?? [], as: UTF8.self)))
+    }
+
+    private func fail(_ loop: EventLoop, _ error: LoopError) {
+        guard let c = continuation else { return }
+        continuation = nil
+        if let timer { loop.cancel(timer) }
+        for fd in open { loop.unwatch(fd); close(fd) }
+        open.removeAll()
+        if !exited { loop.unwatch(pidfd) }
+        kill(pid, SIGKILL)
+        _ = reap()
+        c.resume(throwing: error)
+    }
+}
