@@ -28,14 +28,16 @@ let package = Package(
         .target(name: "Reactor", dependencies: ["CLinux"]),
 
         // Pure: the configuration (model, JSON5 loading with positions, validation).
-        .target(name: "HotplugConfig", exclude: ["README.md"]),
+        // Pure: JSON (JSON5 subset) parsing with positions, JSON writing, text escaping for logs.
+        .target(name: "JSONKit"),
+        .target(name: "HotplugConfig", dependencies: ["JSONKit"], exclude: ["README.md"]),
         // Pure: plain device values, no I/O.
-        .target(name: "DeviceModel"),
+        .target(name: "DeviceModel", dependencies: ["JSONKit"]),
         // Pure: device value + configuration -> decision.
         .target(name: "HotplugRules", dependencies: ["HotplugConfig", "DeviceModel"]),
         // I/O: sysfs, libusb descriptors, usb.ids / libpci names, udev events.
         .target(name: "HostDevices", dependencies: [
-            "DeviceModel", "CUdev", "CUSB", "CPCI",
+            "DeviceModel", "JSONKit", "CUdev", "CUSB", "CPCI",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The commands (inspect, check, ...): argument parsing and output only.
@@ -50,11 +52,11 @@ let package = Package(
                           path: "tools/bench/VHotplugBench"),
 
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev"], path: "Tests/TestSupport"),
-        .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig"],
+        .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
         .testTarget(name: "HotplugRulesTests", dependencies: ["HotplugRules", "HotplugConfig", "DeviceModel"]),
-        .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel", "VHotplugTestSupport"],
+        .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel", "JSONKit", "VHotplugTestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "VHotplugCommandsTests", dependencies: ["VHotplugCommands", "DeviceModel", "VHotplugTestSupport"]),
     ],

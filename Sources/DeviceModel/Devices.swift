@@ -1,3 +1,5 @@
+import JSONKit
+
 /// Plain values describing host devices, as read from sysfs. No I/O here:
 /// `HostDevices` fills them, `HotplugRules` decides on them.
 

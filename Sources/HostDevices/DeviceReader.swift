@@ -1,3 +1,4 @@
+import JSONKit
 import DeviceModel
 
 /// A device of any kind, as read from sysfs.

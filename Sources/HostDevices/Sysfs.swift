@@ -1,3 +1,4 @@
+import JSONKit
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -171,31 +172,6 @@ public func parseHex(_ text: String) -> UInt64? {
     if s.hasPrefix("0x") || s.hasPrefix("0X") { s = s.dropFirst(2) }
     guard !s.isEmpty, s.count <= 16 else { return nil }
     return UInt64(s, radix: 16)
-}
-
-/// A device-supplied string made safe for one log or terminal line:
-/// control characters escaped, length bounded.
-public func quoted(_ s: String, limit: Int = 80) -> String {
-    var out = "\""
-    var count = 0
-    for scalar in s.unicodeScalars {
-        if count >= limit { out += "…"; break }
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        case "\r": out += "\\r"
-        default:
-            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
-                out += "\\u{\(String(scalar.value, radix: 16))}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        count += 1
-    }
-    return out + "\""
 }
 
 extension String {

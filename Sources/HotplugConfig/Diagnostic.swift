@@ -1,3 +1,4 @@
+import JSONKit
 import Foundation
 
 /// One problem found in a configuration file, with where it is.

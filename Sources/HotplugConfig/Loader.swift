@@ -1,3 +1,4 @@
+import JSONKit
 import Foundation
 
 /// Reads, parses and validates vhotplug configuration files.

@@ -1,3 +1,4 @@
+import JSONKit
 import Foundation
 
 /// Where something stands in a configuration file: 1-based line and column,

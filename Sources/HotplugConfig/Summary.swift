@@ -1,3 +1,4 @@
+import JSONKit
 extension Configuration {
     /// A one-line summary for `vhotplug check`, such as
     /// `ok: 1 USB rule set (3 allow, 2 deny entries), 1 PCI rule set (2 allow, 0 deny entries),

@@ -1,3 +1,4 @@
+import JSONKit
 // Turns a parsed JSON tree into a `Configuration`, collecting every problem.
 
 /// The kinds of object the configuration has, with their keys.

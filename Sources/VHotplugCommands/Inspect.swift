@@ -1,3 +1,4 @@
+import JSONKit
 import ArgumentParser
 import DeviceModel
 import HostDevices

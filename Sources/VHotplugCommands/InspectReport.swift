@@ -1,3 +1,4 @@
+import JSONKit
 import DeviceModel
 import HostDevices
 import HotplugRules

@@ -1,4 +1,5 @@
 import DeviceModel
+import JSONKit
 @testable import HostDevices
 import Testing
 
@@ -80,7 +81,7 @@ struct AttributeParsingTests {
     @Test("device strings in logs: control characters escaped, length bounded")
     func quoting() {
         #expect(quoted("Mouse") == "\"Mouse\"")
-        #expect(quoted("a\u{1b}[31mred\n") == "\"a\\u{1b}[31mred\\n\"")
+        #expect(quoted("a\u{1b}[31mred\n\u{9b}") == "\"a\\u001B[31mred\\n\\u009B\"")
         #expect(quoted(String(repeating: "x", count: 500)).count < 90)
     }
 

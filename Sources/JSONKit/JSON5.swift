@@ -10,8 +10,8 @@
 // unwraps, no unchecked arithmetic, nesting limited to `maxDepth`.
 
 /// A parsed value with the 1-based line and column where it starts.
-struct JSONNode: Sendable {
-    enum Value: Sendable {
+public struct JSONNode: Sendable {
+    public enum Value: Sendable {
         case object(JSONObject)
         case array([JSONNode])
         case string(String)
@@ -20,13 +20,13 @@ struct JSONNode: Sendable {
         case null
     }
 
-    var value: Value
-    var line: Int
-    var column: Int
+    public var value: Value
+    public var line: Int
+    public var column: Int
 
     /// `object`, `array`, `string`, ... as used in "found ..." messages, with the
     /// value itself for scalars.
-    var foundDescription: String {
+    public var foundDescription: String {
         switch value {
         case .object: return "object"
         case .array: return "array"
@@ -37,56 +37,56 @@ struct JSONNode: Sendable {
         }
     }
 
-    var isNull: Bool {
+    public var isNull: Bool {
         if case .null = value { return true }
         return false
     }
 }
 
 /// One `key: value` pair, with the position of the key.
-struct JSONMember: Sendable {
-    var key: String
-    var keyLine: Int
-    var keyColumn: Int
-    var value: JSONNode
+public struct JSONMember: Sendable {
+    public var key: String
+    public var keyLine: Int
+    public var keyColumn: Int
+    public var value: JSONNode
 }
 
 /// An object's members in file order; keys are unique (a duplicate is reported
 /// and only the first occurrence kept).
-struct JSONObject: Sendable {
-    var members: [JSONMember] = []
+public struct JSONObject: Sendable {
+    public var members: [JSONMember] = []
 
-    func member(_ key: String) -> JSONMember? { members.first { $0.key == key } }
+    public func member(_ key: String) -> JSONMember? { members.first { $0.key == key } }
 }
 
 /// A number as written, and its integer value when it has one.
-struct JSONNumber: Sendable {
+public struct JSONNumber: Sendable {
     /// The source text, such as `-12`, `3.5` or `1e3`.
-    var text: String
+    public var text: String
     /// True when written without fraction or exponent.
-    var isIntegerLiteral: Bool
+    public var isIntegerLiteral: Bool
     /// The value when `isIntegerLiteral` and it fits in an `Int`; nil otherwise.
-    var integer: Int?
+    public var integer: Int?
 }
 
 /// A fatal syntax error.
-struct JSONSyntaxError: Error, Sendable {
-    var line: Int
-    var column: Int
-    var message: String
+public struct JSONSyntaxError: Error, Sendable {
+    public var line: Int
+    public var column: Int
+    public var message: String
 }
 
 /// A non-fatal problem found while parsing (duplicate keys).
-struct JSONParseIssue: Sendable {
-    var line: Int
-    var column: Int
-    var path: String
-    var message: String
+public struct JSONParseIssue: Sendable {
+    public var line: Int
+    public var column: Int
+    public var path: String
+    public var message: String
 }
 
 /// Parses one JSON5-subset document.
-struct JSONParser {
-    static let maxDepth = 64
+public struct JSONParser {
+    public static let maxDepth = 64
 
     private let bytes: [UInt8]
     private var index = 0
@@ -95,16 +95,16 @@ struct JSONParser {
     private var depth = 0
     private var path: [JSONPathComponent] = []
     /// Duplicate keys found; parsing goes on past them.
-    private(set) var issues: [JSONParseIssue] = []
+    public private(set) var issues: [JSONParseIssue] = []
 
-    init(bytes: [UInt8]) {
+    public init(bytes: [UInt8]) {
         self.bytes = bytes
         // An initial byte order mark is not part of the text: columns start after it.
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3 }
     }
 
     /// Parses the whole input as one value followed by nothing but whitespace and comments.
-    mutating func parseDocument() throws(JSONSyntaxError) -> JSONNode {
+    public mutating func parseDocument() throws(JSONSyntaxError) -> JSONNode {
         try skipWhitespaceAndComments()
         if peek() == nil {
             throw JSONSyntaxError(line: line, column: column,
@@ -557,19 +557,19 @@ private func printable(_ b: UInt8) -> String {
 }
 
 /// Upper-case hexadecimal, zero-padded to `width`.
-func hex(_ value: UInt32, width: Int) -> String {
+public func hex(_ value: UInt32, width: Int) -> String {
     let digits = String(value, radix: 16, uppercase: true)
     return String(repeating: "0", count: max(0, width - digits.count)) + digits
 }
 
 /// Shortens long text for messages.
-func truncated(_ text: String, limit: Int = 60) -> String {
+public func truncated(_ text: String, limit: Int = 60) -> String {
     guard text.count > limit else { return text }
     return String(text.prefix(limit)) + "…"
 }
 
 /// `"text"` with JSON escapes, shortened when long, for messages.
-func quoted(_ text: String, limit: Int = 60) -> String {
+public func quoted(_ text: String, limit: Int = 60) -> String {
     var out = "\""
     var count = 0
     for scalar in text.unicodeScalars {
@@ -585,7 +585,7 @@ func quoted(_ text: String, limit: Int = 60) -> String {
         case "\r": out += "\\r"
         case "\t": out += "\\t"
         default:
-            if scalar.value < 0x20 || scalar.value == 0x7F {
+            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
                 out += "\\u\(hex(scalar.value, width: 4))"
             } else {
                 out.unicodeScalars.append(scalar)
@@ -598,13 +598,13 @@ func quoted(_ text: String, limit: Int = 60) -> String {
 // MARK: - JSON paths
 
 /// One step of a JSON path.
-enum JSONPathComponent: Sendable, Hashable {
+public enum JSONPathComponent: Sendable, Hashable {
     case key(String)
     case index(Int)
 }
 
 /// `$.a.b[0]["odd key"]`.
-func renderPath(_ components: [JSONPathComponent]) -> String {
+public func renderPath(_ components: [JSONPathComponent]) -> String {
     components.reduce("$") { path, component in
         switch component {
         case .key(let key): return appendingKey(path, key)
@@ -614,7 +614,7 @@ func renderPath(_ components: [JSONPathComponent]) -> String {
 }
 
 /// `path.key`, or `path["key"]` when the key is not a plain identifier.
-func appendingKey(_ path: String, _ key: String) -> String {
+public func appendingKey(_ path: String, _ key: String) -> String {
     let plain = !key.isEmpty && key.utf8.count <= 60 && key.utf8.enumerated().allSatisfy { i, b in
         i == 0 ? isIdentifierStart(b) : isIdentifierPart(b)
     }
@@ -622,4 +622,4 @@ func appendingKey(_ path: String, _ key: String) -> String {
 }
 
 /// `path[index]`.
-func appendingIndex(_ path: String, _ index: Int) -> String { "\(path)[\(index)]" }
+public func appendingIndex(_ path: String, _ index: Int) -> String { "\(path)[\(index)]" }
