@@ -40,6 +40,11 @@ let package = Package(
             "DeviceModel", "JSONKit", "CUdev", "CUSB", "CPCI",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The VMs: QMP client and QEMU backend, crosvm backend, behind one protocol.
+        .target(name: "VMM", dependencies: [
+            "DeviceModel", "HotplugConfig", "JSONKit", "Reactor", "CLinux",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The commands (inspect, check, ...): argument parsing and output only.
         .target(name: "VHotplugCommands", dependencies: [
             "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices",

@@ -43,20 +43,24 @@ public struct BootDevices: Sendable, Hashable {
         guard case .success(let bytes) = Sysfs.readBytes(mountInfoPath, limit: 8 << 20) else {
             return BootDevices(paths: [])
         }
-        var devnos: [String] = []
+        var queue: [String] = []
         for (devno, source) in mountedDevices(mountInfo: String(decoding: bytes, as: UTF8.self)) {
-            if !devno.hasPrefix("0:") {
-                devnos.append(devno)
-            } else if source.hasPrefix("/dev/") {
+            var number = devno
+            if devno.hasPrefix("0:"), source.hasPrefix("/dev/") {
                 var st = stat()
                 if stat(source, &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK {
-                    devnos.append("\(major(st.st_rdev)):\(minor(st.st_rdev))")
+                    number = "\(major(st.st_rdev)):\(minor(st.st_rdev))"
                 }
+            }
+            if !number.hasPrefix("0:") && Sysfs.exists(sysfs.path("/dev/block/\(number)")) {
+                queue.append(sysfs.path("/dev/block/\(number)"))
+            } else if source.hasPrefix("/dev/"), let name = source.split(separator: "/").last {
+                // No device-number link: the block class by the source's name (`/dev/nvme0n1p2`).
+                queue.append(sysfs.path("/class/block/\(name)"))
             }
         }
         var result: [String] = []
         var seen = Set<String>()
-        var queue = devnos.map { sysfs.path("/dev/block/\($0)") }
         while let next = queue.popLast() {
             guard let real = Sysfs.realPath(next), seen.insert(real).inserted else { continue }
             let relative = real.hasPrefix(sysfs.root) ? String(real.dropFirst(sysfs.root.count)) : real

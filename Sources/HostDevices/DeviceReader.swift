@@ -119,6 +119,8 @@ public final class DeviceReader {
         let productId = UInt16(try a.hex("idProduct"))
         let (port, portPath) = try Self.ports(sysName: sysName, device: sysPath)
         let deviceClass = try a.byteHex("bDeviceClass")
+        // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
+        let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
         var interfaces: [USBInterface]
         if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
             switch known {
@@ -128,13 +130,13 @@ public final class DeviceReader {
                 throw e
             }
         } else {
-            interfaces = try sysfsInterfaces(dir: dir, sysName: sysName)
+            interfaces = try sysfsInterfaces(dir: dir, prefix: interfacePrefix)
         }
         // Drivers per interface: from each interface folder's `driver` link.
         let config = (try? a.optionalString("bConfigurationValue")).flatMap { $0 }.flatMap { Int($0) }
         if let config {
             for k in interfaces.indices {
-                let ifDir = "\(dir)/\(sysName):\(config).\(interfaces[k].interfaceNumber)"
+                let ifDir = "\(dir)/\(interfacePrefix):\(config).\(interfaces[k].interfaceNumber)"
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
             }
         }
@@ -177,9 +179,9 @@ public final class DeviceReader {
     }
 
     /// Interfaces from the interface folders (`1-2:1.0`) of the active configuration.
-    private func sysfsInterfaces(dir: String, sysName: String) throws(DeviceReadError) -> [USBInterface] {
+    private func sysfsInterfaces(dir: String, prefix: String) throws(DeviceReadError) -> [USBInterface] {
         var out: [USBInterface] = []
-        for entry in Sysfs.list(dir) where entry.hasPrefix(sysName + ":") {
+        for entry in Sysfs.list(dir) where entry.hasPrefix(prefix + ":") {
             let a = AttributeReader(dir: dir + "/" + entry, device: entry)
             guard (try a.optionalString("bInterfaceClass")) != nil else { continue }
             out.append(USBInterface(
@@ -237,14 +239,15 @@ public final class DeviceReader {
         }
         let caps = InputCapabilities(ev: ev, key: try bitmap("key"), rel: try bitmap("rel"), abs: try bitmap("abs"),
                                      sw: try bitmap("sw"), properties: try bitmap("properties"))
+        let busType = UInt16(try parent.optionalHex("id/bustype") ?? 0)
         return InputDevice(
             sysName: sysName, sysPath: sysPath, devnode: "/dev/input/" + sysName,
             name: try parent.optionalString("name"), phys: try parent.optionalString("phys"),
-            busType: UInt16(try parent.optionalHex("id/bustype") ?? 0),
+            busType: busType,
             vendorId: UInt16(try parent.optionalHex("id/vendor") ?? 0),
             productId: UInt16(try parent.optionalHex("id/product") ?? 0),
             hasUSBAncestor: hasAncestor(of: parentPath, inSubsystem: "usb"),
-            kinds: caps.kinds, pathTag: pathTag(of: parentPath))
+            kinds: caps.kinds(busType: busType), pathTag: pathTag(of: parentPath))
     }
 
     /// True when a folder above `sysPath` belongs to `subsystem` (its `subsystem` link).

@@ -47,6 +47,7 @@ public struct InputCapabilities: Sendable, Hashable {
     }
 
     // Linux input-event-codes.h values used below.
+    static let BUS_I2C: UInt16 = 0x18
     static let EV_KEY = 0x01, EV_REL = 0x02, EV_ABS = 0x03, EV_SW = 0x05
     static let REL_X = 0x00, REL_Y = 0x01, REL_HWHEEL = 0x06, REL_WHEEL = 0x08
     static let ABS_X = 0x00, ABS_Y = 0x01, ABS_Z = 0x02, ABS_RX = 0x03, ABS_PRESSURE = 0x18,
@@ -60,7 +61,11 @@ public struct InputCapabilities: Sendable, Hashable {
 
     /// The kinds udev's `input_id` builtin would give (ID_INPUT_KEYBOARD, _MOUSE, ...),
     /// computed the same way from the same bitmaps.
-    public var kinds: [InputKind] {
+    public var kinds: [InputKind] { kinds(busType: 0) }
+
+    /// The same, knowing the bus: udev holds that there is no such thing as an
+    /// I2C mouse, so a mouse on I2C is the pointing stick of a touchpad.
+    public func kinds(busType: UInt16) -> [InputKind] {
         var kinds = Set<InputKind>()
         let hasKeys = ev.has(Self.EV_KEY)
         let hasAbsCoordinates = abs.has(Self.ABS_X) && abs.has(Self.ABS_Y)
@@ -111,7 +116,9 @@ public struct InputCapabilities: Sendable, Hashable {
             if isTouchscreen { kinds.insert(.touchscreen) }
             if isTablet { kinds.insert(.tablet) }
             if isJoystick { kinds.insert(.joystick) }
-            if properties.has(Self.INPUT_PROP_POINTING_STICK) { kinds.insert(.pointingStick) }
+            if properties.has(Self.INPUT_PROP_POINTING_STICK) || (isMouse && busType == Self.BUS_I2C) {
+                kinds.insert(.pointingStick)
+            }
         }
         if hasKeys {
             // Keys proper (not BTN_*): below BTN_MISC, or KEY_OK up to the trigger-happy buttons.

@@ -5,20 +5,41 @@ import Logging
 import Glibc
 #endif
 
-/// The `vhotplug` command line: the daemon (root command, the seed's options),
-/// plus `inspect` and `check`.
+/// The entry point: `vhotplug inspect ...` and `vhotplug check ...` go to their
+/// commands, everything else is the daemon's command line (the seed's, unchanged).
+/// Each command owns its options, so `-c` means the same file everywhere.
+public enum Entry {
+    static let subcommands: [String: any ParsableCommand.Type] = ["inspect": Inspect.self, "check": Check.self]
+
+    public static func main() {
+        let args = Array(CommandLine.arguments.dropFirst())
+        if let first = args.first, let command = subcommands[first] {
+            command.main(Array(args.dropFirst()))
+        } else if args.first == "help", args.count > 1, let command = subcommands[args[1]] {
+            command.main(["--help"])
+        } else {
+            Application.main(args)
+        }
+    }
+}
+
+/// The daemon's command line: `vhotplug -c CONFIG [-a] [-d]`.
 public struct Application: ParsableCommand {
     public static let version = "0.1.0"
 
     public static let configuration = CommandConfiguration(
         commandName: "vhotplug",
         abstract: "Hot-plugging USB, PCI and input devices to virtual machines",
+        usage: """
+            vhotplug -c <config> [-a | --attach-connected | --no-attach-connected] [-d | --debug | --no-debug]
+              vhotplug inspect [-c <config>] [--json] [--usb] [--pci] [--input] [<sysname> ...]
+              vhotplug check -c <config>
+            """,
         discussion: """
             Watches the host's device events and attaches each device to the VM its rules name \
             (QEMU over QMP, crosvm through its control socket).
             """,
-        version: version,
-        subcommands: [Inspect.self, Check.self]
+        version: version
     )
 
     @Option(name: [.short, .long], help: "Path to the configuration file")
@@ -94,6 +115,7 @@ func bootstrapLogging(debug: Bool) {
 /// `vhotplug check -c FILE`: validates a configuration.
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "vhotplug check",
         abstract: "Validate a configuration file and print a summary",
         discussion: "Exit code 0 when the configuration is valid, 2 when it is not (every error is printed).")
 

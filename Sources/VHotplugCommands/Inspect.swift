@@ -8,6 +8,7 @@ import HotplugRules
 /// `vhotplug inspect`: every device with its attributes, and with `-c` the decision.
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "vhotplug inspect",
         abstract: "Show devices as vhotplug reads them, and where the rules send them",
         discussion: """
             Attributes are named as the rule parameters. Runs as an ordinary user. \

@@ -1,3 +1,3 @@
 import VHotplugCommands
 
-Application.main()
+Entry.main()

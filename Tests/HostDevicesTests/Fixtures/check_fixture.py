@@ -65,6 +65,8 @@ def uevent(path):
 def usb_records():
     base = SYS + "/bus/usb/devices"
     recs = []
+    if not os.path.isdir(base):
+        return recs
     for name in sorted(os.listdir(base)):
         d = os.path.join(base, name)
         if ":" in name:
@@ -322,6 +324,90 @@ def check_nodes(fixture):
     return n
 
 
+def run(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        problem("%s: %s" % (" ".join(cmd), e))
+        return None
+    if r.returncode != 0:
+        problem("%s: exit status %d: %s" % (" ".join(cmd), r.returncode, r.stderr.strip()[:300]))
+        return None
+    return r
+
+
+def tool_checks(fixture, expected):
+    """What the standard tools make of the testbed: lsusb, lsusb -v, lsusb -t, lspci, udevadm."""
+    usb = [r["attributes"] for r in expected if r["subsystem"] == "usb"]
+    pci = [r["attributes"] for r in expected if r["subsystem"] == "pci"]
+    if usb:
+        r = run(["lsusb"])
+        if r and len(re.findall(r"^Bus \d{3} Device \d{3}: ID ", r.stdout, re.M)) != len(usb):
+            problem("lsusb lists %d devices, expected %d" % (r.stdout.count("\nBus ") + 1, len(usb)))
+        r = run(["lsusb", "-v"])
+        if r:
+            if "Warning" in r.stdout or "Warning" in r.stderr:
+                problem("lsusb -v warns: " + "; ".join(l.strip() for l in (r.stdout + r.stderr).splitlines()
+                                                          if "Warning" in l)[:300])
+            blocks = {}
+            for block in re.split(r"^(?=Bus \d{3} Device \d{3})", r.stdout, flags=re.M):
+                m = re.match(r"Bus (\d{3}) Device (\d{3}): ID ([0-9a-f]{4}):([0-9a-f]{4})", block)
+                if not m:
+                    continue
+                trip = re.findall(r"bInterfaceClass\s+(\d+).*?\n\s+bInterfaceSubClass\s+(\d+).*?\n"
+                                  r"\s+bInterfaceProtocol\s+(\d+)", block)
+                blocks[(int(m.group(1)), int(m.group(2)))] = (m.group(3), m.group(4),
+                                                              {tuple(int(x) for x in t) for t in trip})
+            for a in usb:
+                b = blocks.get((a["bus"], a["devnum"]))
+                if b is None:
+                    problem("lsusb -v: no block for %s" % a["sysName"])
+                    continue
+                if (b[0], b[1]) != (a["vendorId"], a["productId"]):
+                    problem("lsusb -v: %s shows %s:%s" % (a["sysName"], b[0], b[1]))
+                for i in a["interfaces"]:
+                    t = (i["interfaceClass"], i["interfaceSubclass"], i["interfaceProtocol"])
+                    if t not in b[2]:
+                        problem("lsusb -v: %s interface %d class %s not shown" % (a["sysName"],
+                                                                                 i["interfaceNumber"], t))
+        r = run(["lsusb", "-t"])
+        if r:
+            lines = [l for l in r.stdout.splitlines() if " If " in l]
+            want = sorted((i["driver"] or "[none]") for a in usb if a["port"] != 0 for i in a["interfaces"])
+            got = sorted(re.search(r"Driver=([^/,]*)", l).group(1) or "[none]" for l in lines)
+            if got != want:
+                problem("lsusb -t: interface drivers %s, expected %s" % (got, want))
+        run(["ls", "-lR", "/sys/bus/usb/devices/"])
+    if pci:
+        r = run(["lspci", "-nnk", "-vv"])
+        if r:
+            blocks = {}
+            for block in r.stdout.split("\n\n"):
+                m = re.match(r"([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) .*\[([0-9a-f]{4}):([0-9a-f]{4})\]", block)
+                if m:
+                    blocks["0000:" + m.group(1)] = (m.group(2), m.group(3), block)
+            for a in pci:
+                b = blocks.get(a["address"])
+                if b is None:
+                    problem("lspci: %s not listed" % a["address"])
+                    continue
+                if (b[0], b[1]) != (a["vendorId"], a["deviceId"]):
+                    problem("lspci: %s shows %s:%s" % (a["address"], b[0], b[1]))
+                if a["driver"] and "Kernel driver in use: %s" % a["driver"] not in b[2]:
+                    problem("lspci: %s: driver %s not shown" % (a["address"], a["driver"]))
+                if a["iommuGroup"] is not None and "IOMMU group: %d" % a["iommuGroup"] not in b[2]:
+                    problem("lspci: %s: IOMMU group %d not shown" % (a["address"], a["iommuGroup"]))
+    r = run(["udevadm", "info", "--export-db"])
+    if r:
+        listed = set(re.findall(r"^P: (.*)$", r.stdout, re.M))
+        for path in re.findall(r"^P: (.*)$", open(fixture).read(), re.M):
+            if path.startswith("/devices/../"):
+                if path in listed:
+                    problem("udevadm lists the helper %s" % path)
+            elif path not in listed:
+                problem("udevadm info --export-db does not list %s" % path)
+
+
 def strip_private(recs):
     for r in recs:
         for i in r["attributes"].get("interfaces", []):
@@ -341,6 +427,7 @@ def main():
     if "--dump" in sys.argv:
         print(json.dumps(got, indent=2))
     expected = json.load(open(expected_path))
+    tool_checks(fixture, expected)
     gmap = {(r["subsystem"], r["sysName"]): r for r in got}
     emap = {(r["subsystem"], r["sysName"]): r for r in expected}
     for k in sorted(set(gmap) | set(emap)):

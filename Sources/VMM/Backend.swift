@@ -1,0 +1,116 @@
+import DeviceModel
+import HotplugConfig
+import JSONKit
+import Reactor
+
+/// What went wrong talking to a VM. Every case names the VM.
+public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The VM's socket is absent or refuses connections: the VM is not running.
+    case notRunning(vm: String, reason: String)
+    /// No answer within the deadline.
+    case timeout(vm: String, step: String)
+    /// The peer broke the protocol (garbage, closed mid-reply, unexpected answer).
+    case protocolError(vm: String, detail: String)
+    /// The VM refused the command.
+    case commandFailed(vm: String, command: String, errorClass: String, message: String)
+    /// The hypervisor cannot do this (crosvm and PCI, no free port, ...).
+    case unsupported(vm: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case .notRunning(let vm, let reason): "VM \(vm) is not running (\(reason))"
+        case .timeout(let vm, let step): "VM \(vm): no answer to \(step) in time"
+        case .protocolError(let vm, let detail): "VM \(vm): protocol error: \(detail)"
+        case .commandFailed(let vm, let command, let cls, let message): "VM \(vm): \(command) failed: \(cls): \(quoted(message, limit: 200))"
+        case .unsupported(let vm, let detail): "VM \(vm): \(detail)"
+        }
+    }
+
+    /// True when the VM is simply not there (the device waits for it).
+    public var isNotRunning: Bool {
+        if case .notRunning = self { return true }
+        return false
+    }
+}
+
+/// What kind of device an attachment is.
+public enum AttachmentKind: String, Sendable, Hashable, Codable {
+    case usb
+    case pci
+    case evdev
+}
+
+/// A device vhotplug put into a VM, as the VM knows it.
+public struct Attachment: Sendable, Hashable {
+    public var vm: String
+    public var kind: AttachmentKind
+    /// QEMU device id (`vhp-usb-1-2.3`), or crosvm port number.
+    public var id: String
+    /// What it is on the host: USB `bus-portpath` (`1-2.3`), PCI address, or event node name.
+    public var hostKey: String
+    /// USB vendor and product as the VM reports them, when it does (crosvm's list).
+    public var usbVendor: UInt16?
+    public var usbProduct: UInt16?
+    /// The host bus and address a QEMU usb-host device was given (`qom-get`).
+    public var usbBus: Int?
+    public var usbAddress: Int?
+
+    public init(vm: String, kind: AttachmentKind, id: String, hostKey: String,
+                usbVendor: UInt16? = nil, usbProduct: UInt16? = nil, usbBus: Int? = nil, usbAddress: Int? = nil) {
+        self.vm = vm
+        self.kind = kind
+        self.id = id
+        self.hostKey = hostKey
+        self.usbVendor = usbVendor
+        self.usbProduct = usbProduct
+        self.usbBus = usbBus
+        self.usbAddress = usbAddress
+    }
+}
+
+/// One VM, as vhotplug drives it. Implementations are actors on the daemon's
+/// event loop: a slow or dead VM only delays its own operations.
+public protocol VMBackend: Actor {
+    nonisolated var name: String { get }
+    nonisolated var type: VMType { get }
+    /// The socket path: its folder is watched for the VM coming up.
+    nonisolated var socketPath: String { get }
+
+    /// Attaches a USB device.
+    func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment
+    /// Detaches what an earlier attach returned; a device the VM no longer has is not an error.
+    func detach(_ attachment: Attachment) async throws(VMError)
+    /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
+    func listAttached() async throws(VMError) -> [Attachment]
+}
+
+/// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),
+/// `vhp-pci-0000-01-00.0` for PCI, `vhp-evdev-event3` for input devices. They are
+/// stable for a device's place, and recognisable in `qom-list` after a restart.
+public enum DeviceIds {
+    public static let prefix = "vhp-"
+
+    public static func usb(_ d: USBDevice) -> String { prefix + "usb-" + usbKey(d) }
+    public static func usbKey(_ d: USBDevice) -> String { d.sysName }
+    public static func pci(address: String) -> String { prefix + "pci-" + address.replacingColons() }
+    public static func evdev(eventNode: String) -> String { prefix + "evdev-" + eventNode }
+
+    /// The kind and host key of one of vhotplug's ids; nil for any other id.
+    public static func parse(_ id: String) -> (AttachmentKind, String)? {
+        guard id.hasPrefix(prefix) else { return nil }
+        let rest = id.dropFirst(prefix.count)
+        for kind in [AttachmentKind.usb, .pci, .evdev] where rest.hasPrefix(kind.rawValue + "-") {
+            let key = String(rest.dropFirst(kind.rawValue.count + 1))
+            guard !key.isEmpty else { return nil }
+            return (kind, kind == .pci ? key.restoringColons() : key)
+        }
+        return nil
+    }
+}
+
+extension String {
+    /// `0000:01:00.0` -> `0000-01-00.0` (QEMU ids allow no colons).
+    func replacingColons() -> String { String(map { $0 == ":" ? "-" : $0 }) }
+    /// `0000-01-00.0` -> `0000:01:00.0`.
+    func restoringColons() -> String { String(map { $0 == "-" ? ":" : $0 }) }
+}

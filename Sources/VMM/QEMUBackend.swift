@@ -1,0 +1,139 @@
+import DeviceModel
+import HotplugConfig
+import JSONKit
+import Logging
+import Reactor
+
+/// A QEMU VM driven over QMP. One connection per batch of commands (QEMU serves
+/// one client at a time, and VM managers need the socket too); the operations
+/// of this VM run in order, and never wait for another VM.
+public actor QEMUBackend: VMBackend {
+    public nonisolated let name: String
+    public nonisolated var type: VMType { .qemu }
+    public nonisolated let socketPath: String
+    private let loop: EventLoop
+    private let logger: Logger
+    private let lock = AsyncLock()
+    /// Seconds for each QMP exchange.
+    let timeout: Double
+    /// Seconds to wait for DEVICE_DELETED after device_del.
+    let unplugTimeout: Double
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    public init(name: String, socketPath: String, loop: EventLoop, logger: Logger,
+                timeout: Double = 5, unplugTimeout: Double = 10) {
+        self.name = name
+        self.socketPath = socketPath
+        self.loop = loop
+        self.logger = logger
+        self.timeout = timeout
+        self.unplugTimeout = unplugTimeout
+    }
+
+    /// Runs `body` on a fresh connection, after the operations queued before it.
+    public func session<T>(_ body: (QMPClient) async throws(VMError) -> T) async throws(VMError) -> T {
+        await lock.acquire()
+        defer { lock.release() }
+        let client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
+        defer { client.close() }
+        try await client.open()
+        return try await body(client)
+    }
+
+    // MARK: USB
+
+    /// `device_add usb-host` with the device's bus and address, under a vhotplug id.
+    ///
+    /// QEMU's libusb learns of a new device from the same uevent as vhotplug:
+    /// "failed to find host usb device" right after a plug means QEMU is behind,
+    /// so that error is retried with a short back-off, bounded (about 1.3 s).
+    /// An id that already exists is checked: the same device is success,
+    /// another one (a stale attachment) is removed first.
+    public func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment {
+        let id = DeviceIds.usb(device)
+        let attachment = Attachment(vm: name, kind: .usb, id: id, hostKey: DeviceIds.usbKey(device),
+                                    usbVendor: device.vendorId, usbProduct: device.productId,
+                                    usbBus: device.bus, usbAddress: device.devnum)
+        let args: [(String, JSONText)] = [
+            ("driver", .string("usb-host")), ("id", .string(id)),
+            ("hostbus", .int(device.bus)), ("hostaddr", .int(device.devnum)),
+        ]
+        return try await session { (qmp) throws(VMError) in
+            var delay = 0.005
+            while true {
+                do throws(VMError) {
+                    try await qmp.execute("device_add", args)
+                    return attachment
+                } catch .commandFailed(_, _, _, let message) where message.contains("failed to find host usb device") && delay < 1 {
+                    logger.debug("VM \(name): QEMU does not know \(device.sysName) yet; retrying in \(Int(delay * 1000)) ms")
+                    await loop.sleep(delay)
+                    delay *= 2
+                } catch .commandFailed(_, _, _, let message) where message.contains("Duplicate device ID") {
+                    if let existing = try await usbHost(qmp, id: id), existing == (device.bus, device.devnum) {
+                        return attachment
+                    }
+                    logger.info("VM \(name): \(id) holds another device; replacing it")
+                    try await deleteDevice(qmp, id: id)
+                }
+            }
+        }
+    }
+
+    /// The host bus and address of a usb-host device, or nil.
+    private func usbHost(_ qmp: QMPClient, id: String) async throws(VMError) -> (Int, Int)? {
+        let path = "/machine/peripheral/\(id)"
+        do throws(VMError) {
+            let bus = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("hostbus"))])
+            let addr = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("hostaddr"))])
+            guard let b = bus.intValue, let a = addr.intValue else { return nil }
+            return (b, a)
+        } catch .commandFailed {
+            return nil
+        }
+    }
+
+    // MARK: Detach and list
+
+    public func detach(_ attachment: Attachment) async throws(VMError) {
+        try await session { (qmp) throws(VMError) in try await deleteDevice(qmp, id: attachment.id) }
+    }
+
+    /// `device_del`, then waits for `DEVICE_DELETED` of that id. A device QEMU
+    /// does not have is already gone.
+    func deleteDevice(_ qmp: QMPClient, id: String) async throws(VMError) {
+        do throws(VMError) {
+            try await qmp.execute("device_del", [("id", .string(id))])
+        } catch .commandFailed(_, _, let cls, let message) where cls == "DeviceNotFound" || message.contains("not found") {
+            return
+        }
+        let deadline = Deadline.after(unplugTimeout)
+        do throws(VMError) {
+            _ = try await qmp.waitForEvent("DEVICE_DELETED", deadline: deadline) { data in
+                data?["device"]?.stringValue == id
+            }
+        } catch .timeout {
+            throw .timeout(vm: name, step: "DEVICE_DELETED for \(id) (the guest did not release it)")
+        }
+    }
+
+    /// vhotplug's devices in the VM, from `qom-list /machine/peripheral`; USB
+    /// ones with their host bus and address.
+    public func listAttached() async throws(VMError) -> [Attachment] {
+        try await session { (qmp) throws(VMError) in
+            let list = try await qmp.execute("qom-list", [("path", .string("/machine/peripheral"))])
+            var out: [Attachment] = []
+            for entry in list.arrayValue ?? [] {
+                guard let id = entry["name"]?.stringValue, entry["type"]?.stringValue?.hasPrefix("child<") == true,
+                      let (kind, key) = DeviceIds.parse(id) else { continue }
+                var a = Attachment(vm: name, kind: kind, id: id, hostKey: key)
+                if kind == .usb, let (bus, addr) = try await usbHost(qmp, id: id) {
+                    a.usbBus = bus
+                    a.usbAddress = addr
+                }
+                out.append(a)
+            }
+            return out
+        }
+    }
+}

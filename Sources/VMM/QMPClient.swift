@@ -1,0 +1,256 @@
+import CLinux
+import JSONKit
+import Logging
+import Reactor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One QMP message as received: a reply, an error reply, or an event.
+public enum QMPMessage: Sendable {
+    case greeting(JSONNode)
+    case reply(id: Int?, value: JSONNode)
+    case error(id: Int?, errorClass: String, description: String)
+    case event(name: String, data: JSONNode?)
+
+    /// Classifies one parsed line; nil when it is none of QMP's messages.
+    static func from(_ node: JSONNode) -> QMPMessage? {
+        guard case .object(let o) = node.value else { return nil }
+        let id = o.member("id").flatMap { m -> Int? in
+            if case .number(let n) = m.value.value { return n.integer }
+            return nil
+        }
+        if let r = o.member("return") { return .reply(id: id, value: r.value) }
+        if let e = o.member("error") {
+            guard case .object(let eo) = e.value.value else { return .error(id: id, errorClass: "?", description: "") }
+            return .error(id: id, errorClass: eo.member("class")?.value.stringValue ?? "?",
+                          description: eo.member("desc")?.value.stringValue ?? "")
+        }
+        if let ev = o.member("event"), let name = ev.value.stringValue {
+            return .event(name: name, data: o.member("data")?.value)
+        }
+        if o.member("QMP") != nil { return .greeting(node) }
+        return nil
+    }
+}
+
+extension JSONNode {
+    /// The string, when this is one.
+    public var stringValue: String? {
+        if case .string(let s) = value { return s }
+        return nil
+    }
+
+    /// Member of an object, when this is one.
+    public subscript(key: String) -> JSONNode? {
+        if case .object(let o) = value { return o.member(key)?.value }
+        return nil
+    }
+
+    /// The elements, when this is an array.
+    public var arrayValue: [JSONNode]? {
+        if case .array(let a) = value { return a }
+        return nil
+    }
+
+    public var intValue: Int? {
+        if case .number(let n) = value { return n.integer }
+        return nil
+    }
+}
+
+/// A QMP connection to one QEMU, driven by the event loop: non-blocking socket,
+/// capabilities negotiation, replies matched to requests by id, events kept
+/// for whoever waits for them, and a deadline on every exchange.
+///
+/// QEMU serves one QMP client at a time and VM managers share the socket: a
+/// connection is opened for a batch of commands and closed right after.
+public final class QMPClient {
+    public let vm: String
+    public let path: String
+    private let loop: EventLoop
+    private let logger: Logger
+    /// Seconds allowed for each exchange.
+    public let timeout: Double
+    private var fd: Int32 = -1
+    private var buffer: [UInt8] = []
+    private var nextId = 1
+    /// Events received while waiting for replies, oldest first.
+    public private(set) var events: [(name: String, data: JSONNode?)] = []
+    /// Longest line accepted from QEMU (query-pci on a big VM is well below).
+    static let maxLine = 4 << 20
+
+    public init(vm: String, path: String, loop: EventLoop, logger: Logger, timeout: Double = 5) {
+        self.vm = vm
+        self.path = path
+        self.loop = loop
+        self.logger = logger
+        self.timeout = timeout
+    }
+
+    deinit { close() }
+
+    public var isOpen: Bool { fd >= 0 }
+
+    /// Connects, reads the greeting and negotiates capabilities.
+    public func open() async throws(VMError) {
+        guard fd < 0 else { return }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw .notRunning(vm: vm, reason: "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        let len = vh_sockaddr_un(&addr, path)
+        guard len > 0 else {
+            Glibc.close(s)
+            throw .unsupported(vm: vm, detail: "socket path too long: \(path)")
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(len)) }
+        }
+        if rc != 0 {
+            let e = errno
+            if e == EINPROGRESS || e == EAGAIN {
+                // A full backlog: QEMU is busy with another client.
+                Glibc.close(s)
+                throw .timeout(vm: vm, step: "connect (socket busy)")
+            }
+            Glibc.close(s)
+            throw .notRunning(vm: vm, reason: "\(path): \(String(cString: strerror(e)))")
+        }
+        fd = s
+        buffer.removeAll(keepingCapacity: true)
+        do throws(VMError) {
+            let deadline = Deadline.after(timeout)
+            while true {
+                guard let message = try await receive(deadline: deadline, step: "greeting") else { continue }
+                if case .greeting = message { break }
+                throw VMError.protocolError(vm: vm, detail: "expected the QMP greeting")
+            }
+            _ = try await execute("qmp_capabilities")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// Closes the connection (QEMU then serves its next client).
+    public func close() {
+        guard fd >= 0 else { return }
+        loop.forget(fd)
+        Glibc.close(fd)
+        fd = -1
+        buffer.removeAll()
+    }
+
+    /// Runs one command and returns its `return` value; QEMU's error replies
+    /// become `.commandFailed`. Events that arrive meanwhile are kept in `events`.
+    @discardableResult
+    public func execute(_ command: String, _ arguments: [(String, JSONText)] = []) async throws(VMError) -> JSONNode {
+        guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
+        let id = nextId
+        nextId += 1
+        var request: [(String, JSONText)] = [("execute", .string(command))]
+        if !arguments.isEmpty { request.append(("arguments", .object(arguments))) }
+        request.append(("id", .int(id)))
+        let line = JSONText.object(request).rendered() + "\n"
+        logger.debug("qmp \(vm) -> \(line.dropLast())")
+        let deadline = Deadline.after(timeout)
+        try await send(Array(line.utf8), deadline: deadline, step: command)
+        while true {
+            guard let message = try await receive(deadline: deadline, step: command) else { continue }
+            switch message {
+            case .reply(let rid, let value) where rid == id || rid == nil:
+                return value
+            case .error(let rid, let cls, let desc) where rid == id || rid == nil:
+                throw .commandFailed(vm: vm, command: command, errorClass: cls, message: desc)
+            case .event(let name, let data):
+                events.append((name, data))
+            case .reply, .error:
+                // An answer to another request (a connection reused after a timeout): skip it.
+                logger.debug("qmp \(vm): skipping a reply to an earlier request")
+            case .greeting:
+                throw .protocolError(vm: vm, detail: "unexpected greeting")
+            }
+        }
+    }
+
+    /// Waits for an event (one already received counts), up to `deadline`.
+    public func waitForEvent(_ name: String, deadline: Deadline, where match: (JSONNode?) -> Bool) async throws(VMError) -> JSONNode? {
+        if let i = events.firstIndex(where: { $0.name == name && match($0.data) }) {
+            return events.remove(at: i).data
+        }
+        guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
+        while true {
+            guard let message = try await receive(deadline: deadline, step: "waiting for \(name)") else { continue }
+            if case .event(let n, let data) = message {
+                if n == name && match(data) { return data }
+                events.append((n, data))
+            }
+        }
+    }
+
+    /// Drops the events received so far.
+    public func clearEvents() { events.removeAll() }
+
+    // MARK: Wire
+
+    private func send(_ bytes: [UInt8], deadline: Deadline, step: String) async throws(VMError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { offset += n; continue }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                do { try await loop.writable(fd, deadline: deadline) } catch { throw fail(error, step) }
+                continue
+            }
+            let e = errno
+            close()
+            throw .protocolError(vm: vm, detail: "send: \(String(cString: strerror(e)))")
+        }
+    }
+
+    /// The next message, or nil for a line to ignore. Garbage closes the connection.
+    private func receive(deadline: Deadline, step: String) async throws(VMError) -> QMPMessage? {
+        while true {
+            if let nl = buffer.firstIndex(of: 0x0A) {
+                let line = Array(buffer[..<nl])
+                buffer.removeSubrange(...nl)
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
+                logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
+                var parser = JSONParser(bytes: line)
+                guard let node = try? parser.parseDocument(), let message = QMPMessage.from(node) else {
+                    close()
+                    throw .protocolError(vm: vm, detail: "not a QMP message: \(quoted(String(decoding: line.prefix(200), as: UTF8.self)))")
+                }
+                return message
+            }
+            if buffer.count > Self.maxLine {
+                close()
+                throw .protocolError(vm: vm, detail: "a line longer than \(Self.maxLine) bytes")
+            }
+            guard fd >= 0 else { throw .protocolError(vm: vm, detail: "connection closed") }
+            var chunk = [UInt8](repeating: 0, count: 16384)
+            let n = read(fd, &chunk, chunk.count)
+            if n > 0 {
+                buffer.append(contentsOf: chunk[0..<n])
+                continue
+            }
+            if n == 0 {
+                close()
+                throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")
+            }
+            if errno == EAGAIN || errno == EINTR {
+                do { try await loop.readable(fd, deadline: deadline) } catch { throw fail(error, step) }
+                continue
+            }
+            let e = errno
+            close()
+            throw .protocolError(vm: vm, detail: "read: \(String(cString: strerror(e)))")
+        }
+    }
+
+    private func fail(_ error: any Error, _ step: String) -> VMError {
+        close()
+        if let e = error as? LoopError, e == .timeout { return .timeout(vm: vm, step: step) }
+        return .protocolError(vm: vm, detail: "\(step): \(error)")
+    }
+}
