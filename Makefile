@@ -32,11 +32,13 @@ test: deps
 test-unit: deps
 	$(SWIFT) test
 
-test-lab:
-	@echo "(the lab tests come with tools/lab)"
+test-lab: deps
+	$(SWIFT) build
+	python3 tools/lab/test_lab.py
 
 demo: deps
-	@echo "(the demo comes with tools/lab)"
+	$(SWIFT) build
+	python3 tools/lab/lab.py demo
 
 clean:
 	rm -rf .build

@@ -121,10 +121,20 @@ public final class DeviceReader {
         let deviceClass = try a.byteHex("bDeviceClass")
         // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
+        let config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) }
         var interfaces: [USBInterface]
         if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
             switch known {
-            case .success(let list): interfaces = list
+            case .success(let list):
+                // libusb gives every alternate setting; sysfs says which one is in force.
+                interfaces = list.map { i in
+                    let ifDir = "\(dir)/\(interfacePrefix):\(config ?? 0).\(i.number)"
+                    let current = (try? AttributeReader(dir: ifDir, device: ifDir).optionalHex("bAlternateSetting", max: 0xff))
+                        .flatMap { $0 }.map(UInt8.init) ?? 0
+                    let alt = i.alternates.first { $0.alternate == current } ?? i.alternates[0]
+                    return USBInterface(interfaceNumber: i.number, interfaceClass: alt.usbClass,
+                                        interfaceSubclass: alt.subclass, interfaceProtocol: alt.proto)
+                }
             case .failure(var e):
                 e.device = sysPath
                 throw e
@@ -133,7 +143,6 @@ public final class DeviceReader {
             interfaces = try sysfsInterfaces(dir: dir, prefix: interfacePrefix)
         }
         // Drivers per interface: from each interface folder's `driver` link.
-        let config = (try? a.optionalString("bConfigurationValue")).flatMap { $0 }.flatMap { Int($0) }
         if let config {
             for k in interfaces.indices {
                 let ifDir = "\(dir)/\(interfacePrefix):\(config).\(interfaces[k].interfaceNumber)"

@@ -4,8 +4,15 @@ import DeviceModel
 /// Interface classes from the active configuration descriptor, through libusb.
 /// One snapshot of libusb's device list: create one per scan, or per event.
 public final class LibUSBSnapshot {
+    /// One interface of the active configuration with all its alternate settings
+    /// (index = bAlternateSetting as libusb lists them).
+    public struct Interface: Sendable {
+        public var number: UInt8
+        public var alternates: [(alternate: UInt8, usbClass: UInt8, subclass: UInt8, proto: UInt8)]
+    }
+
     /// (bus, device address) -> interfaces, or the libusb error for that device.
-    private var table: [Int: Result<[USBInterface], DeviceReadError>] = [:]
+    private var table: [Int: Result<[Interface], DeviceReadError>] = [:]
     private var context: OpaquePointer?
 
     /// Takes the list of devices libusb knows now. Without libusb (no context),
@@ -31,11 +38,11 @@ public final class LibUSBSnapshot {
     }
 
     /// Interfaces of the device at bus:devnum; nil when libusb does not know it.
-    public func interfaces(bus: Int, devnum: Int) -> Result<[USBInterface], DeviceReadError>? {
+    public func interfaces(bus: Int, devnum: Int) -> Result<[Interface], DeviceReadError>? {
         table[bus << 8 | devnum]
     }
 
-    private static func interfaces(_ dev: OpaquePointer, name: String) -> Result<[USBInterface], DeviceReadError> {
+    private static func interfaces(_ dev: OpaquePointer, name: String) -> Result<[Interface], DeviceReadError> {
         var config: UnsafeMutablePointer<libusb_config_descriptor>?
         let rc = libusb_get_active_config_descriptor(dev, &config)
         if rc == LIBUSB_ERROR_NOT_FOUND.rawValue { return .success([]) } // unconfigured
@@ -44,14 +51,16 @@ public final class LibUSBSnapshot {
             return .failure(DeviceReadError(device: name, attribute: "descriptors", reason: "libusb: \(text)"))
         }
         defer { libusb_free_config_descriptor(config) }
-        var out: [USBInterface] = []
+        var out: [Interface] = []
         let c = config.pointee
         for i in 0..<Int(c.bNumInterfaces) {
             guard let iface = c.interface?[i], iface.num_altsetting > 0, let alt = iface.altsetting else { continue }
-            // Alternate setting 0 is the one in force when the interface is bound.
-            let a = alt[0]
-            out.append(USBInterface(interfaceNumber: a.bInterfaceNumber, interfaceClass: a.bInterfaceClass,
-                                    interfaceSubclass: a.bInterfaceSubClass, interfaceProtocol: a.bInterfaceProtocol))
+            var entry = Interface(number: alt[0].bInterfaceNumber, alternates: [])
+            for k in 0..<Int(iface.num_altsetting) {
+                let a = alt[k]
+                entry.alternates.append((a.bAlternateSetting, a.bInterfaceClass, a.bInterfaceSubClass, a.bInterfaceProtocol))
+            }
+            out.append(entry)
         }
         return .success(out)
     }

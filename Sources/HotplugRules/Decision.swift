@@ -71,7 +71,9 @@ public struct Decision: Sendable, Hashable {
         }
         switch reason {
         case .matched:
-            return "\(targetVm ?? "?") (\([set, entry.map { ref("allow", $0) } ?? ""].filter { !$0.isEmpty }.joined(separator: ", ")))"
+            let why = [set.isEmpty ? (ruleSetDescription ?? "") : set, entry.map { ref("allow", $0) } ?? ""]
+                .filter { !$0.isEmpty }.joined(separator: ", ")
+            return (targetVm ?? "?") + (why.isEmpty ? "" : " (\(why))")
         case .denied:
             return "none: denied by \(set)" + (deniedBy.map { ", " + ref("deny", $0) } ?? "")
         case .disabled:

@@ -1,23 +1,10 @@
 import Foundation
 import Reactor
 import Testing
+import VHotplugTestSupport
 
-/// An event loop on its own thread, and an actor whose executor it is.
-final class LoopHost: @unchecked Sendable {
-    let loop: EventLoop
-    let thread: Thread
-
-    init() throws {
-        let loop = try EventLoop()
-        self.loop = loop
-        thread = Thread { loop.run() }
-        thread.start()
-    }
-
-    deinit { loop.stop() }
-}
-
-actor OnLoop {
+/// An actor on the loop with the operations under test.
+actor LoopProbe {
     let loop: EventLoop
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
     init(_ loop: EventLoop) { self.loop = loop }
@@ -54,13 +41,13 @@ struct EventLoopTests {
     @Test("actors on the loop run on its thread")
     func executor() async throws {
         let host = try LoopHost()
-        #expect(await OnLoop(host.loop).onLoopThread())
+        #expect(await LoopProbe(host.loop).onLoopThread())
     }
 
     @Test("a wait for a readable fd ends when data arrives")
     func readable() async throws {
         let host = try LoopHost()
-        let a = OnLoop(host.loop)
+        let a = LoopProbe(host.loop)
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
         let (r, w) = (fds[0], fds[1])
@@ -74,7 +61,7 @@ struct EventLoopTests {
     @Test("a wait times out at its deadline, and leaves no timer behind")
     func timeout() async throws {
         let host = try LoopHost()
-        let a = OnLoop(host.loop)
+        let a = LoopProbe(host.loop)
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
         defer { close(fds[0]); close(fds[1]) }
@@ -87,13 +74,13 @@ struct EventLoopTests {
     @Test("timers fire in deadline order; a cancelled one never fires")
     func timers() async throws {
         let host = try LoopHost()
-        #expect(await OnLoop(host.loop).timerOrder() == [1, 2, 3])
+        #expect(await LoopProbe(host.loop).timerOrder() == [1, 2, 3])
     }
 
     @Test("a program's output and exit status, without a shell in between")
     func process() async throws {
         let host = try LoopHost()
-        let r = try await OnLoop(host.loop).run(["sh", "-c", "echo out; echo err >&2; exit 3"], within: 10)
+        let r = try await LoopProbe(host.loop).run(["sh", "-c", "echo out; echo err >&2; exit 3"], within: 10)
         #expect(r.status == 3)
         #expect(r.stdout == "out\n")
         #expect(r.stderr == "err\n")
@@ -102,7 +89,7 @@ struct EventLoopTests {
     @Test("a program past its deadline is killed")
     func processTimeout() async throws {
         let host = try LoopHost()
-        let a = OnLoop(host.loop)
+        let a = LoopProbe(host.loop)
         await #expect(throws: LoopError.timeout) { try await a.run(["sleep", "30"], within: 0.1) }
         #expect(await a.pendingTimers() == 0)
     }
@@ -110,7 +97,7 @@ struct EventLoopTests {
     @Test("a missing program is an error naming it")
     func missing() async throws {
         let host = try LoopHost()
-        let e = await #expect(throws: LoopError.self) { try await OnLoop(host.loop).run(["/nonexistent/crosvm"], within: 1) }
+        let e = await #expect(throws: LoopError.self) { try await LoopProbe(host.loop).run(["/nonexistent/crosvm"], within: 1) }
         #expect(e?.description.contains("/nonexistent/crosvm") == true)
     }
 }

@@ -13,7 +13,6 @@ See tools/lab/README.md.
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

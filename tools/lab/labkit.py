@@ -17,7 +17,6 @@ See README.md beside this file.
 import atexit
 import contextlib
 import ctypes
-import errno
 import glob
 import gzip
 import hashlib
@@ -32,7 +31,6 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -65,7 +63,7 @@ SWIFT_RUNTIME = "/opt/swift/usr/lib/swift/linux"
 # "name options" ; the dependency closure is computed from each .ko's modinfo.
 GUEST_MODULES = [
     "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay",
-    "usbcore", "xhci-hcd", "xhci-pci", "usb-storage", "sd_mod",
+    "usbcore", "xhci-hcd", "xhci-pci", "usb-storage delay_use=0", "sd_mod",
     "hid", "usbhid", "hid-generic", "evdev", "uinput",
     "vfio", "vfio_iommu_type1 allow_unsafe_interrupts=1", "vfio-pci-core", "vfio-pci",
     "e1000e", "virtio_input",
@@ -161,7 +159,7 @@ def find_vhotplug(required=True):
         if os.access(cand, os.X_OK):
             return os.path.realpath(cand)
     swift = shutil.which("swift")
-    if swift:
+    if swift and os.path.isdir(os.path.join(REPO_ROOT, ".build")):   # nothing built: no binary to find
         try:
             out = subprocess.run([swift, "build", "--show-bin-path"], cwd=REPO_ROOT, timeout=120,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
@@ -318,6 +316,9 @@ def _run(cmd, cwd=None, step=None):
     return p.stdout
 
 
+_apt_updated = []
+
+
 def newest_kernel_package():
     which_or_fail("apt-cache", "apt")
     out = _run(["apt-cache", "search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"],
@@ -328,6 +329,11 @@ def newest_kernel_package():
         m = re.fullmatch(r"linux-image-6\.1\.0-(\d+)-amd64", name)
         if m:
             cands.append((int(m.group(1)), name))
+    if not cands and os.geteuid() == 0 and not _apt_updated:
+        # a fresh machine whose package lists were never fetched
+        _apt_updated.append(True)
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return newest_kernel_package()
     if not cands:
         raise MissingDependency("apt-cache finds no linux-image-6.1.0-*-amd64: run `apt-get update` "
                                 "(a Debian 12 apt source is needed)", step="prepare")
@@ -662,6 +668,23 @@ def _set_pdeathsig():
 
 
 _LIVE_LABS = weakref.WeakSet()
+_TERMINATING = []     # signals received: a terminated run starts no further lab
+
+
+def _remove_stale_rundirs():
+    """Run dirs left by a harness that was SIGKILLed (its QEMU died with it: PDEATHSIG)."""
+    for d in glob.glob("/tmp/vhotplug-lab-*"):
+        try:
+            with open(os.path.join(d, "qemu.pid")) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if b"vhotplug-lab" in f.read():
+                    continue            # a lab that is running now
+        except (OSError, ValueError):
+            pass
+        if os.path.getmtime(d) < time.time() - 5:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @atexit.register
@@ -683,6 +706,7 @@ class Plugged:
         self.node = node        # blockdev node name (usb-storage)
         self.guest = guest      # dict: {"subsystem": "usb"|"pci"|"input", "name": sysName, ...}
         self.elapsed = elapsed  # seconds from device_add to the guest seeing it
+        self.behind = []        # devices plugged behind this hub
 
     def __repr__(self):
         return "Plugged(%s %s bus=%s port=%s guest=%s %.2fs)" % (
@@ -738,7 +762,9 @@ class Lab:
             return
 
         def handler(signum, _frame):
-            # unwind the with-block (close() runs), then exit with 128+signum
+            # unwind the with-block (close() runs), then exit with 128+signum;
+            # no new lab starts in this process afterwards
+            _TERMINATING.append(signum)
             raise SystemExit(128 + signum)
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -815,6 +841,8 @@ class Lab:
     # -- boot ------------------------------------------------------------------
 
     def start(self):
+        if _TERMINATING:
+            raise SystemExit(128 + _TERMINATING[0])
         t0 = time.monotonic()
         _LIVE_LABS.add(self)
         self._install_signal_handlers()
@@ -822,6 +850,7 @@ class Lab:
         with self.step("prepare"):
             prep = prepare(log=self.log)
         self.prepared = prep
+        _remove_stale_rundirs()
         self.rundir = tempfile.mkdtemp(prefix="vhotplug-lab-", dir="/tmp")
         os.chmod(self.rundir, 0o755)
         self.console_path = os.path.join(self.rundir, "console.log")
@@ -962,6 +991,10 @@ class Lab:
         """Contents of guest files (None when absent); for sysfs."""
         return self.agent.call("read", timeout=timeout, paths=list(paths))
 
+    def write_file(self, path, text, timeout=10):
+        """Write a file in the guest (its root is a tmpfs overlay: the host is untouched)."""
+        self.agent.call("write", timeout=timeout, path=path, data=text)
+
     def guest_devices(self, timeout=10):
         """The guest's USB devices, PCI functions and event devices, from sysfs."""
         return self.agent.call("devices", timeout=timeout)
@@ -1018,6 +1051,13 @@ class Lab:
         """The inner VM's `info usb` lines."""
         return self.inner_qmp(vm, "human-monitor-command", **{"command-line": "info usb"})
 
+    def wait_inner(self, vm, predicate, timeout=30, step=None, interval=0.02):
+        """Poll the inner VM's qom-list /machine/peripheral ({id: type}) until
+        predicate(peripherals) is true; returns the peripherals. E.g. waiting for
+        the daemon's attach: lab.wait_inner("vm1", lambda p: any(t == "usb-host" for t in p.values()))"""
+        return self.wait_for(lambda: (lambda p: p if predicate(p) else None)(self.inner_peripherals(vm)),
+                             timeout, step or "inner VM %s state" % vm, interval=interval)
+
     def vm_start(self, vm, timeout=30):
         with self.step("inner VM %s start" % vm):
             self.check("%s/innervm.sh start %s" % (GUEST_DIR, vm), timeout=timeout)
@@ -1069,14 +1109,16 @@ class Lab:
             f.truncate(size_mb * 1024 * 1024)
         return path
 
-    def plug(self, kind, id, port=None, bus=None, wait=True, timeout=30, **props):
+    def plug(self, kind, id, port=None, bus=None, wait=True, timeout=30, behind=(), **props):
         """device_add into the outer guest through its QMP.
 
         kind: usb-mouse, usb-kbd, usb-tablet, usb-storage, usb-hub, e1000e,
         virtio-keyboard-pci, virtio-mouse-pci, virtio-tablet-pci. USB devices go on
         xhci.0 (port: "N" or "N.M" behind a hub at N; default a free root port);
         PCI devices on a free outer root port (or bus=). With wait, returns once the
-        guest shows the new device (Plugged.guest) and udev has settled."""
+        guest shows the new device (Plugged.guest) and udev has settled.
+        behind (usb-hub only): [(kind, id), ...] plugged at ports N.1, N.2, ...
+        (Plugged.behind lists them)."""
         step = "plug %s %s" % (kind, id)
         if id in self.plugged:
             raise LabError("id %s already plugged" % id, step=step)
@@ -1117,7 +1159,11 @@ class Lab:
                                         "plug %s %s: guest sees it" % (kind, id), interval=0.05)
                 p.elapsed = time.monotonic() - t
                 self.settle()
-                # with hubs: record everything that appeared, the device itself first
+        p.behind = []
+        if behind and kind != "usb-hub":
+            raise LabError("behind= is for usb-hub only", step=step)
+        for i, (bkind, bid) in enumerate(behind, start=1):
+            p.behind.append(self.plug(bkind, bid, port="%s.%d" % (port, i), wait=wait, timeout=timeout))
         return p
 
     def _new_guest_device(self, kind, before):
@@ -1131,11 +1177,18 @@ class Lab:
             # wait until the interfaces are there (configuration set)
             if not d.get("interfaces"):
                 return None
+            g = {"subsystem": "usb", "name": name, **d}
             if kind in ("usb-mouse", "usb-kbd", "usb-tablet"):
                 # and the input device exists
-                if not any(v.get("usb") == name for v in now["input"].values()):
+                g["input"] = sorted(k for k, v in now["input"].items() if v.get("usb") == name and v.get("node"))
+                if not g["input"]:
                     return None
-            return {"subsystem": "usb", "name": name, **d}
+            if kind == "usb-storage":
+                # and the disk
+                g["block"] = sorted(k for k, v in now["block"].items() if v.get("usb") == name and v.get("node"))
+                if not g["block"]:
+                    return None
+            return g
         if kind in PCI_KINDS:
             new = sorted(set(now["pci"]) - set(before["pci"]))
             if not new:
@@ -1230,7 +1283,7 @@ class Lab:
                 path = config
             else:
                 path = GUEST_RUN + "/vhotplug.conf"
-                self.agent.call("write", path=path, data=config)
+                self.write_file(path, config)
             args = ["-c", path] + args
         env = {"LD_LIBRARY_PATH": SWIFT_RUNTIME}
         cmd = " ".join(_shquote(a) for a in [binary] + args)
@@ -1239,7 +1292,6 @@ class Lab:
             self.vhotplug_cmd = cmd
             if ready:
                 self.wait_for(lambda: ready(self), timeout, "vhotplug ready")
-            time.sleep(0)  # let the caller decide what "ready" means
             st = self.agent.call("poll", pid=self.vhotplug)
             if st.get("rc") is not None:
                 raise self.fail("vhotplug exited at once (rc %s):\n%s" % (st["rc"], self.vhotplug_log()),

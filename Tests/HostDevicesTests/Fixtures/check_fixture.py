@@ -408,6 +408,27 @@ def tool_checks(fixture, expected):
                 problem("udevadm info --export-db does not list %s" % path)
 
 
+def check_mountinfo(fixture, expected):
+    """With NAME.mountinfo beside the fixture: its / and /boot* filesystems must map, through
+    /sys/dev/block/MAJ:MIN, to block devices below one of the fixture's PCI devices."""
+    path = fixture[: -len(".umockdev")] + ".mountinfo"
+    if not os.path.exists(path):
+        return 0
+    n = 0
+    pci = [r["sysName"] for r in expected if r["subsystem"] == "pci"]
+    for line in open(path):
+        f = line.split()
+        if len(f) < 5 or f[4] not in ("/", "/boot", "/boot/efi"):
+            continue
+        n += 1
+        real = os.path.realpath(SYS + "/dev/block/" + f[2])
+        if not os.path.isdir(real):
+            problem("mountinfo: %s (%s) has no /sys/dev/block entry" % (f[4], f[2]))
+        elif not any("/" + a + "/" in real for a in pci):
+            problem("mountinfo: %s resolves to %s, below none of %s" % (f[4], real, pci))
+    return n
+
+
 def strip_private(recs):
     for r in recs:
         for i in r["attributes"].get("interfaces", []):
@@ -428,6 +449,7 @@ def main():
         print(json.dumps(got, indent=2))
     expected = json.load(open(expected_path))
     tool_checks(fixture, expected)
+    check_mountinfo(fixture, expected)
     gmap = {(r["subsystem"], r["sysName"]): r for r in got}
     emap = {(r["subsystem"], r["sysName"]): r for r in expected}
     for k in sorted(set(gmap) | set(emap)):

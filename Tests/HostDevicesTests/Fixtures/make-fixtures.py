@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tools", "bench"))
 
 from umockdevgen import (  # noqa: E402
-    Bed, Dev, IO, MEM32, MEM64, MEM64_PREF, config_descriptor, cs, device_descriptor, endpoint,
+    Bed, Dev, MEM32, MEM64, MEM64_PREF, config_descriptor, cs, device_descriptor, endpoint,
     hid_descriptor, iad, interface, le16, le32, ss_companion,
 )
 
@@ -211,8 +211,8 @@ def bluetooth():
     u = bed.usb(hs, 10, dd, [cfg], devnum=2, speed="12", removable="fixed",
                 interfaces={0: {"driver": "btusb"}, 1: {"driver": "btusb"}})
     hci = bed.classdev(u.interfaces[0].path, "bluetooth", "hci0", "bluetooth", devtype="host", link_device=True)
-    hci.attr("name", "hci0").attr("type", "Primary").attr("bus", "USB")  # noqa
-    rf = bed.classdev(hci.path, "rfkill", "rfkill0", "rfkill")
+    hci.attr("name", "hci0").attr("type", "Primary").attr("bus", "USB")
+    rf = bed.classdev(hci.path, None, "rfkill0", "rfkill")
     rf.prop("RFKILL_NAME", "hci0").prop("RFKILL_TYPE", "bluetooth").prop("RFKILL_STATE", "1")
     rf.attr("name", "hci0").attr("type", "bluetooth").attr("state", "1").attr("soft", "0").attr("hard", "0")
     return bed
@@ -356,7 +356,7 @@ def i2c_touchpad():
     bed.add(client)
     hname = "ELAN0001:00 04F3:3195"
     h = bed.hid(client.path, 0x18, 0x04F3, 0x3195, 1, hname, "i2c-ELAN0001:00", driver="hid-multitouch",
-                group=4, hidraw=0)
+                group=4, hidraw=3)
     bed.input(h.path, 12, hname + " Mouse", "i2c-ELAN0001:00", 0x18, 0x04F3, 0x3195, 0x0100, event=8, mouse=1,
               ev=[0, 1, 2, 4], key=[0x110, 0x111], rel=[0, 1], msc=[4])
     bed.input(h.path, 13, hname + " Touchpad", "i2c-ELAN0001:00", 0x18, 0x04F3, 0x3195, 0x0100, event=9,

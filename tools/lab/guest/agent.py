@@ -4,7 +4,8 @@ Reads JSON requests, one per line, from the virtio-serial port "lab.agent" and
 answers each with {"id": ..., "result": ...} or {"id": ..., "error": "..."}.
 Requests run in threads, so a long command does not block the others.
 
-ops: ping, status, run, spawn, poll, wait, signal, write, read, devices, qmp.
+ops: ping, status, run, spawn, poll, wait, signal, write, read, links, listdir,
+devices, qmp.
 Standard library only (started with python3 -S).
 """
 
@@ -277,8 +278,44 @@ def op_read(req):
     return {p: read_text(p) for p in req["paths"]}
 
 
+def op_links(req):
+    out = {}
+    for p in req["paths"]:
+        try:
+            link = os.readlink(p)
+        except OSError:
+            link = None
+        out[p] = {"readlink": link, "realpath": os.path.realpath(p), "exists": os.path.exists(p)}
+    return out
+
+
+def op_listdir(req):
+    out = {}
+    for p in req["paths"]:
+        try:
+            out[p] = sorted(os.listdir(p))
+        except OSError:
+            out[p] = None
+    return out
+
+
+def block_devices():
+    out = {}
+    for p in glob.glob("/sys/class/block/sd*"):
+        name = os.path.basename(p)
+        if os.path.exists(p + "/partition"):
+            continue
+        usb = None
+        for part in os.path.realpath(p).split("/"):
+            if ":" not in part and "-" in part and part[0].isdigit():
+                usb = part
+        out[name] = {"usb": usb, "devnode": "/dev/" + name, "node": os.path.exists("/dev/" + name),
+                     "size": attr(p + "/size")}
+    return out
+
+
 def op_devices(_req):
-    return {"usb": usb_devices(), "pci": pci_devices(), "input": input_devices()}
+    return {"usb": usb_devices(), "pci": pci_devices(), "input": input_devices(), "block": block_devices()}
 
 
 def op_qmp(req):
@@ -288,7 +325,7 @@ def op_qmp(req):
 
 OPS = {"ping": lambda r: {"uptime": uptime(), "pid": os.getpid()}, "status": op_status, "run": op_run,
        "spawn": op_spawn, "poll": op_poll, "wait": op_wait, "signal": op_signal, "write": op_write,
-       "read": op_read, "devices": op_devices, "qmp": op_qmp}
+       "read": op_read, "links": op_links, "listdir": op_listdir, "devices": op_devices, "qmp": op_qmp}
 
 
 def main():

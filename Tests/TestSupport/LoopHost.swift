@@ -1,0 +1,91 @@
+import Foundation
+import Reactor
+
+/// An event loop running on its own thread for the life of a test.
+public final class LoopHost: @unchecked Sendable {
+    public let loop: EventLoop
+    private let thread: Thread
+
+    public init() throws {
+        let loop = try EventLoop()
+        self.loop = loop
+        thread = Thread { loop.run() }
+        thread.start()
+    }
+
+    deinit { loop.stop() }
+}
+
+/// Runs closures on a loop's thread (as the daemon's actors do).
+public actor OnLoop {
+    public let loop: EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    public init(_ loop: EventLoop) { self.loop = loop }
+
+    public func run<T: Sendable>(_ body: @Sendable (EventLoop) async throws -> T) async throws -> T {
+        try await body(loop)
+    }
+}
+
+/// A Unix socket server that plays a broken QMP peer, on its own thread.
+public final class FakeQMPServer: @unchecked Sendable {
+    public enum Behaviour: Sendable {
+        /// Accepts and never says anything.
+        case silent
+        /// Sends the greeting, then this text in reply to the first command, then closes.
+        case greetThenReply(String)
+        /// Never accepts (the connection waits in the backlog).
+        case neverAccept
+    }
+
+    public let path: String
+    private let fd: Int32
+    private let thread: Thread?
+
+    public init(_ behaviour: Behaviour) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fakeqmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock").path
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in path.utf8.prefix(buf.count - 1).enumerated() { buf[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0, listen(s, 4) == 0 else { throw TestbedError(message: "fake QMP server: bind/listen failed") }
+        fd = s
+        self.path = path
+        if case .neverAccept = behaviour {
+            thread = nil
+            return
+        }
+        thread = Thread {
+            let c = accept(s, nil, nil)
+            guard c >= 0 else { return }
+            func send(_ text: String) { _ = text.withCString { write(c, $0, strlen($0)) } }
+            func readLine() -> Bool {
+                var byte: UInt8 = 0
+                while read(c, &byte, 1) == 1 { if byte == 0x0A { return true } }
+                return false
+            }
+            switch behaviour {
+            case .silent:
+                var byte: UInt8 = 0
+                while read(c, &byte, 1) > 0 {}
+            case .greetThenReply(let text):
+                send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
+                if readLine() { send(text) }
+            case .neverAccept:
+                break
+            }
+            close(c)
+        }
+        thread?.start()
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+}

@@ -1,0 +1,164 @@
+import CLinux
+import Foundation
+
+/// A real QEMU (TCG, paused, no disk) with a QMP socket, for tests. Started with
+/// `-daemonize`: QEMU's parent exits only once the monitor sockets exist, so the
+/// test knows it is ready without waiting on a clock. Killed on `stop()`/deinit.
+public final class QEMUInstance: @unchecked Sendable {
+    public let dir: String
+    /// The QMP socket the code under test uses.
+    public let qmpPath: String
+    /// A second monitor for the test's own observations.
+    public let observerPath: String
+    public private(set) var pid: Int32 = 0
+    private let extraArgs: [String]
+    private let environment: [String: String]
+
+    /// - Parameters:
+    ///   - testbed: run QEMU inside this umockdev testbed (it then sees the fake USB devices).
+    ///   - extraArgs: more QEMU arguments (root ports, ...).
+    public init(name: String = "vm1", testbed: Testbed? = nil, extraArgs: [String] = []) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        qmpPath = dir + "/\(name).qmp"
+        observerPath = dir + "/\(name)-obs.qmp"
+        self.extraArgs = extraArgs
+        var env = ProcessInfo.processInfo.environment
+        if let testbed {
+            env["UMOCKDEV_DIR"] = testbed.root
+            env["LD_PRELOAD"] = try umockdevPreload()
+        }
+        environment = env
+        try start()
+    }
+
+    deinit { stop() }
+
+    /// Starts QEMU (again, after `stop()`), ready when this returns.
+    public func start() throws {
+        let qemu = try requireProgram("qemu-system-x86_64", package: "qemu-system-x86")
+        let pidFile = dir + "/qemu.pid"
+        try? FileManager.default.removeItem(atPath: pidFile)
+        let args = [qemu, "-machine", "q35,accel=tcg", "-S", "-nodefaults", "-display", "none", "-m", "64",
+                    "-device", "qemu-xhci,id=xhci,p2=8,p3=8",
+                    "-qmp", "unix:\(qmpPath),server=on,wait=off", "-qmp", "unix:\(observerPath),server=on,wait=off",
+                    "-daemonize", "-pidfile", pidFile] + extraArgs
+        // Output to a file: the daemonized QEMU keeps its inherited descriptors
+        // a while, so pipes would not see their end when its parent exits.
+        let logPath = dir + "/qemu.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let status = try spawnAndWait([qemu] + Array(args.dropFirst()), environment: environment, output: logPath)
+        guard status == 0, let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+              let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw TestbedError(message: "QEMU did not start: \((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")")
+        }
+        pid = p
+    }
+
+    /// Kills QEMU at once (a VM that dies) and removes its sockets.
+    public func stop() {
+        guard pid > 0 else { return }
+        // Not our child (daemonized): wait for its end through a pidfd.
+        let pidfd = vh_pidfd_open(pid)
+        kill(pid, SIGKILL)
+        if pidfd >= 0 {
+            var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 10_000)
+            close(pidfd)
+        }
+        pid = 0
+        try? FileManager.default.removeItem(atPath: qmpPath)
+        try? FileManager.default.removeItem(atPath: observerPath)
+    }
+
+    /// One command on the observer monitor; returns the raw reply line.
+    public func observe(_ command: String, _ arguments: String = "{}") throws -> [String: Any] {
+        try QMPLine.exchange(path: observerPath, command: command, arguments: arguments)
+    }
+
+    /// vhotplug's ids in `/machine/peripheral` (what it attached).
+    public func attachedIds() throws -> [String] {
+        try peripheralIds().filter { $0.hasPrefix("vhp-") }
+    }
+
+    /// The ids of `/machine/peripheral` (what is attached, the harness's own devices too).
+    public func peripheralIds() throws -> [String] {
+        let reply = try observe("qom-list", #"{"path": "/machine/peripheral"}"#)
+        return ((reply["return"] as? [[String: Any]]) ?? [])
+            .filter { ($0["type"] as? String)?.hasPrefix("child<") == true }
+            .compactMap { $0["name"] as? String }.sorted()
+    }
+}
+
+/// The path of umockdev's preload library, or a failure naming the package.
+public func umockdevPreload() throws -> String {
+    for p in ["/usr/lib/x86_64-linux-gnu/libumockdev-preload.so.0", "/usr/lib/libumockdev-preload.so.0",
+              "/usr/lib64/libumockdev-preload.so.0"] where FileManager.default.fileExists(atPath: p) {
+        return p
+    }
+    throw TestbedError(message: "libumockdev-preload.so not found: install the Debian package umockdev")
+}
+
+/// A blocking QMP client for tests (the code under test has its own).
+public enum QMPLine {
+    public static func exchange(path: String, command: String, arguments: String) throws -> [String: Any] {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestbedError(message: "socket failed") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in path.utf8.prefix(buf.count - 1).enumerated() { buf[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw TestbedError(message: "connect \(path): errno \(errno)") }
+        var buffer = [UInt8]()
+        func line() throws -> [String: Any] {
+            while true {
+                if let nl = buffer.firstIndex(of: 0x0A) {
+                    let l = Array(buffer[..<nl])
+                    buffer.removeSubrange(...nl)
+                    if let o = try JSONSerialization.jsonObject(with: Data(l)) as? [String: Any] { return o }
+                    continue
+                }
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                let n = read(fd, &chunk, chunk.count)
+                guard n > 0 else { throw TestbedError(message: "QMP closed") }
+                buffer += chunk[0..<n]
+            }
+        }
+        func send(_ s: String) { _ = s.withCString { write(fd, $0, strlen($0)) } }
+        _ = try line()
+        send(#"{"execute": "qmp_capabilities"}"# + "\n")
+        while try line()["return"] == nil {}
+        send(#"{"execute": "\#(command)", "arguments": \#(arguments)}"# + "\n")
+        while true {
+            let reply = try line()
+            if reply["return"] != nil || reply["error"] != nil { return reply }
+        }
+    }
+}
+
+/// Runs a program to its end with its output in a file; returns its exit status.
+/// (posix_spawn and waitpid: no helper threads, no pipes to drain.)
+public func spawnAndWait(_ argv: [String], environment: [String: String], output: String) throws -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    let cArgs = argv.map { strdup($0) } + [nil]
+    let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (cArgs + cEnv).forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, cEnv)
+    guard rc == 0 else { throw TestbedError(message: "cannot start \(argv[0]): errno \(rc)") }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}

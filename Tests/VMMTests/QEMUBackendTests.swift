@@ -1,0 +1,140 @@
+import DeviceModel
+import Foundation
+import Logging
+import Reactor
+import Testing
+import VHotplugTestSupport
+@testable import VMM
+
+let fixtures = Repository.root + "/Tests/HostDevicesTests/Fixtures"
+let logger = Logger(label: "test")
+
+/// The receiver of the logitech-unifying fixture: bus 1, address 4, port 2.
+let receiver = USBDevice(sysName: "1-2", sysPath: "/devices/pci0000:00/0000:00:14.0/usb1/1-2", bus: 1, devnum: 4,
+                         port: 2, portPath: [2], vendorId: 0x046d, productId: 0xc52b, devnode: "/dev/bus/usb/001/004")
+
+@Suite("QMP client against broken peers")
+struct QMPPeerTests {
+    func open(_ path: String, timeout: Double = 0.3) async throws -> VMError? {
+        let host = try LoopHost()
+        return try await OnLoop(host.loop).run { loop in
+            let c = QMPClient(vm: "vm1", path: path, loop: loop, logger: logger, timeout: timeout)
+            do throws(VMError) {
+                try await c.open()
+                try await c.execute("query-status")
+                return nil
+            } catch {
+                return error
+            }
+        }
+    }
+
+    @Test("an absent socket: the VM is not running")
+    func absent() async throws {
+        let e = try await open("/nonexistent/vm1.qmp")
+        #expect(e?.isNotRunning == true)
+        #expect(e?.description.contains("No such file or directory") == true)
+    }
+
+    @Test("a socket that never greets: timeout, not a hang")
+    func silent() async throws {
+        let server = try FakeQMPServer(.silent)
+        let e = try await open(server.path)
+        #expect(e == .timeout(vm: "vm1", step: "greeting"))
+    }
+
+    @Test("a busy socket (QEMU serving another client): timeout")
+    func neverAccepts() async throws {
+        let server = try FakeQMPServer(.neverAccept)
+        #expect(try await open(server.path) == .timeout(vm: "vm1", step: "greeting"))
+    }
+
+    @Test("garbage instead of a reply: a protocol error")
+    func garbage() async throws {
+        let server = try FakeQMPServer(.greetThenReply("this is not json\n"))
+        let e = try await open(server.path)
+        #expect(e?.description.contains("not a QMP message") == true)
+    }
+
+    @Test("a peer that closes mid-reply: a protocol error")
+    func closedMidReply() async throws {
+        let server = try FakeQMPServer(.greetThenReply(#"{"return": {"#))
+        let e = try await open(server.path)
+        #expect(e?.description.contains("closed the connection") == true)
+    }
+
+    @Test("a regular file in place of the socket: not running")
+    func regularFile() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notasocket-\(getpid())").path
+        FileManager.default.createFile(atPath: path, contents: Data())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(try await open(path)?.isNotRunning == true)
+    }
+}
+
+@Suite("QEMU backend against a real QEMU", .serialized)
+struct QEMUBackendTests {
+    @Test("QMP: negotiation, a reply, an error reply with its class")
+    func qmp() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let (status, error) = try await OnLoop(host.loop).run { loop in
+            let c = QMPClient(vm: "vm1", path: qemu.qmpPath, loop: loop, logger: logger)
+            try await c.open()
+            let status = try await c.execute("query-status")["status"]?.stringValue
+            var failure: VMError?
+            do throws(VMError) { try await c.execute("device_del", [("id", .string("nope"))]) } catch let e { failure = e }
+            c.close()
+            return (status, failure)
+        }
+        #expect(status == "prelaunch")
+        #expect(error == .commandFailed(vm: "vm1", command: "device_del", errorClass: "DeviceNotFound", message: "Device 'nope' not found"))
+    }
+
+    @Test("attach a USB device of the testbed, list it, attach again (no double), detach")
+    func usbRoundTrip() async throws {
+        let tb = Testbed()
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let qemu = try QEMUInstance(testbed: tb)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        let a = try await backend.attachUSB(receiver)
+        #expect(a.id == "vhp-usb-1-2")
+        #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
+        let listed = try await backend.listAttached()
+        #expect(listed.count == 1)
+        #expect(listed.first?.hostKey == "1-2" && listed.first?.usbBus == 1 && listed.first?.usbAddress == 4)
+        _ = try await backend.attachUSB(receiver)          // already there: success, still one
+        #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
+        try await backend.detach(a)
+        #expect(try qemu.attachedIds() == [])
+        try await backend.detach(a)                         // already gone: not an error
+    }
+
+    @Test("a device QEMU cannot find: the error says so, after bounded retries")
+    func absentDevice() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        var missing = receiver
+        missing.devnum = 99
+        let e = await #expect(throws: VMError.self) { try await backend.attachUSB(missing) }
+        #expect(e?.description.contains("failed to find host usb device 1:99") == true)
+        #expect(try qemu.attachedIds() == [])
+    }
+
+    @Test("a VM killed: not running; started again: usable")
+    func restart() async throws {
+        let tb = Testbed()
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let qemu = try QEMUInstance(testbed: tb)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        qemu.stop()
+        let e = await #expect(throws: VMError.self) { try await backend.attachUSB(receiver) }
+        #expect(e?.isNotRunning == true)
+        try qemu.start()
+        _ = try await backend.attachUSB(receiver)
+        #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+}
