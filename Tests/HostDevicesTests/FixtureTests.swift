@@ -66,8 +66,8 @@ enum Fixtures {
 @Suite("Real-world devices read from umockdev fixtures", .serialized)
 struct FixtureTests {
     @Test("every attribute of every device, read from the testbed's sysfs", arguments: Fixtures.names)
-    func fixture(_ name: String) throws {
-        let tb = Testbed()
+    func fixture(_ name: String) async throws {
+        let tb = await Testbed.make()
         try tb.add(file: "\(Fixtures.dir)/\(name).umockdev")
         let sysfs = Sysfs(root: tb.sysRoot)
         let mountInfo = "\(Fixtures.dir)/\(name).mountinfo"
@@ -80,8 +80,8 @@ struct FixtureTests {
     }
 
     @Test("the NVMe controller holding / and /boot/efi is the boot device; nothing else is")
-    func bootDisk() throws {
-        let tb = Testbed()
+    func bootDisk() async throws {
+        let tb = await Testbed.make()
         try tb.add(file: "\(Fixtures.dir)/pci-nvme-boot.umockdev")
         let sysfs = Sysfs(root: tb.sysRoot)
         let boot = BootDevices.read(sysfs: sysfs, mountInfoPath: "\(Fixtures.dir)/pci-nvme-boot.mountinfo")
@@ -97,8 +97,8 @@ struct FixtureTests {
     }
 
     @Test("a USB disk holding / is the boot device")
-    func usbBootDisk() throws {
-        let tb = Testbed()
+    func usbBootDisk() async throws {
+        let tb = await Testbed.make()
         try tb.add(file: "\(Fixtures.dir)/usb-disk.umockdev")
         let sysfs = Sysfs(root: tb.sysRoot)
         let mountInfo = FileManager.default.temporaryDirectory.appendingPathComponent("mountinfo-\(getpid())").path

@@ -19,8 +19,8 @@ func reader(_ tb: Testbed, boot: [String] = []) -> DeviceReader {
 @Suite("Reading devices from a umockdev testbed", .serialized)
 struct TestbedReadTests {
     @Test("a device with garbage attributes yields an error for that device only")
-    func garbage() throws {
-        let tb = Testbed()
+    func garbage() async throws {
+        let tb = await Testbed.make()
         tb.addDevice(subsystem: "usb", name: "1-1", attributes: usbAttributes(), properties: [("DEVTYPE", "usb_device")])
         tb.addDevice(subsystem: "usb", name: "1-2", attributes: usbAttributes(vendor: "zz!", devnum: "4"),
                      properties: [("DEVTYPE", "usb_device")])
@@ -39,8 +39,8 @@ struct TestbedReadTests {
     }
 
     @Test("a device that vanishes while being read is an error for it")
-    func vanished() throws {
-        let tb = Testbed()
+    func vanished() async throws {
+        let tb = await Testbed.make()
         let path = tb.addDevice(subsystem: "usb", name: "1-1", attributes: usbAttributes(), properties: [("DEVTYPE", "usb_device")])
         let sysPath = String(path.dropFirst(4)) // "/sys/devices/..." -> "/devices/..."
         let r = reader(tb)
@@ -53,8 +53,8 @@ struct TestbedReadTests {
     }
 
     @Test("attributes of a plain USB device, interfaces from sysfs, names from usb.ids")
-    func plainMouse() throws {
-        let tb = Testbed()
+    func plainMouse() async throws {
+        let tb = await Testbed.make()
         let attributes = usbAttributes().map { "A: \($0.0)=\($0.1)" }.joined(separator: "\n")
         try tb.add(record: """
             P: /devices/pci0000:00/0000:00:14.0/usb1/1-1

@@ -7,10 +7,33 @@ import Synchronization
 /// programs started under `umockdev-wrapper`/`umockdev-run` see it as /sys.
 ///
 /// umockdev keeps its state in the process-global `UMOCKDEV_DIR`: only one
-/// testbed exists at a time (`Testbed.lock` is held for its whole life).
+/// testbed exists at a time (`Testbed.make()` waits for the previous one to end).
 public final class Testbed: @unchecked Sendable {
-    private static let lock = Mutex(())
-    private static let busy = Mutex(false)
+    /// One testbed at a time; waiting is asynchronous (a blocked thread of the
+    /// cooperative pool could deadlock the tests that hold a testbed).
+    private actor Queue {
+        var busy = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        func acquire() async {
+            if !busy { busy = true; return }
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        func release() {
+            if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+        }
+    }
+    private static let queue = Queue()
+
+    /// Waits until no other queued testbed exists, then makes an empty one.
+    public static func make() async -> Testbed {
+        await queue.acquire()
+        let tb = Testbed()
+        tb.queued = true
+        return tb
+    }
+
+    private var queued = false
+
     private let tb: UnsafeMutablePointer<UMockdevTestbed>
 
     /// The testbed's root folder (it holds `sys/` and `dev/`).
@@ -18,17 +41,9 @@ public final class Testbed: @unchecked Sendable {
     /// The folder standing for `/sys`.
     public var sysRoot: String { root + "/sys" }
 
-    /// Waits until no other testbed exists, then makes an empty one.
+    /// A testbed made without waiting for others (the caller serialises its own
+    /// tests; testbeds are separate folders and vhotplug's code reads them by path).
     public init() {
-        while true {
-            let taken = Testbed.busy.withLock { b -> Bool in
-                if b { return false }
-                b = true
-                return true
-            }
-            if taken { break }
-            usleep(1000)
-        }
         tb = umockdev_testbed_new()
         let dir = umockdev_testbed_get_root_dir(tb)!
         root = String(cString: dir)
@@ -38,11 +53,11 @@ public final class Testbed: @unchecked Sendable {
     deinit {
         g_object_unref(tb)
         try? FileManager.default.removeItem(atPath: root)
-        Testbed.busy.withLock { $0 = false }
+        if queued { Task { await Testbed.queue.release() } }
     }
 
     /// Adds the devices of a umockdev description file (emits `add` uevents).
-    public func add(file: String) throws {
+    public func add(file: String) async throws {
         var error: UnsafeMutablePointer<GError>?
         if umockdev_testbed_add_from_file(tb, file, &error) == 0 {
             let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"
@@ -52,7 +67,7 @@ public final class Testbed: @unchecked Sendable {
     }
 
     /// Adds devices from umockdev description text (`P:`, `E:`, `A:`, `H:`, `L:`, `N:` lines).
-    public func add(record: String) throws {
+    public func add(record: String) async throws {
         var error: UnsafeMutablePointer<GError>?
         if umockdev_testbed_add_from_string(tb, record, &error) == 0 {
             let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"
@@ -102,6 +117,7 @@ public final class Testbed: @unchecked Sendable {
 
 public struct TestbedError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

@@ -93,7 +93,7 @@ struct QEMUBackendTests {
 
     @Test("attach a USB device of the testbed, list it, attach again (no double), detach")
     func usbRoundTrip() async throws {
-        let tb = Testbed()
+        let tb = await Testbed.make()
         try tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let qemu = try QEMUInstance(testbed: tb)
         let host = try LoopHost()
@@ -125,7 +125,7 @@ struct QEMUBackendTests {
 
     @Test("a VM killed: not running; started again: usable")
     func restart() async throws {
-        let tb = Testbed()
+        let tb = await Testbed.make()
         try tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let qemu = try QEMUInstance(testbed: tb)
         let host = try LoopHost()
