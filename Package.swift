@@ -45,9 +45,14 @@ let package = Package(
             "DeviceModel", "HotplugConfig", "JSONKit", "Reactor", "CLinux",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The engine: events -> devices -> decisions -> VM operations; state.
+        .target(name: "HotplugDaemon", dependencies: [
+            "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VMM",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The commands (inspect, check, ...): argument parsing and output only.
         .target(name: "VHotplugCommands", dependencies: [
-            "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices",
+            "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices", "HotplugDaemon", "Reactor", "JSONKit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -34,8 +34,9 @@ public final class DeviceReader {
     private let usbIDs: USBIDs?
     private let pciNames: PCINames
     private let bootDevices: BootDevices
-    /// When false, interfaces come from sysfs interface folders only (tests without umockdev's preload).
-    private let useLibUSB: Bool
+    /// libusb, for interface classes; nil: interfaces come from sysfs interface folders only
+    /// (tests reading a testbed without umockdev's preload).
+    private let libusb: LibUSBContext?
 
     /// - Parameters:
     ///   - sysfs: the sysfs tree (`/sys` on a host).
@@ -47,7 +48,7 @@ public final class DeviceReader {
         self.usbIDs = usbIDs
         self.pciNames = pciNames
         self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
-        self.useLibUSB = useLibUSB
+        self.libusb = useLibUSB ? LibUSBContext() : nil
     }
 
     /// Every device of the given kinds, sorted by kind then name; a device that
@@ -62,7 +63,7 @@ public final class DeviceReader {
             }
         }
         if kinds.contains(.usb) {
-            let snapshot = useLibUSB ? LibUSBSnapshot() : nil
+            let snapshot = libusb?.snapshot()
             let names = Sysfs.list(sysfs.path("/bus/usb/devices")).filter { !$0.contains(":") }
             for name in names.sorted(by: Self.naturalOrder) {
                 collect(Result { () throws(DeviceReadError) in
@@ -91,7 +92,7 @@ public final class DeviceReader {
     /// Reads one device by its sysfs path (below the sysfs root, e.g. from a uevent's DEVPATH).
     public func read(sysPath: String, subsystem: String) throws(DeviceReadError) -> HostDevice {
         switch subsystem {
-        case "usb": return .usb(try readUSB(sysPath: sysPath, libusb: useLibUSB ? LibUSBSnapshot() : nil))
+        case "usb": return .usb(try readUSB(sysPath: sysPath, libusb: libusb?.snapshot()))
         case "pci": return .pci(try readPCI(sysPath: sysPath))
         case "input": return .input(try readInput(sysPath: sysPath))
         default: throw DeviceReadError(device: sysPath, attribute: "subsystem", reason: "unsupported subsystem \(quoted(subsystem))")
@@ -162,6 +163,19 @@ public final class DeviceReader {
             interfaces: interfaces, speed: try a.optionalString("speed"), removable: removable,
             devnode: Self.usbDevnode(bus: bus, devnum: devnum), isHub: isHub,
             holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
+    }
+
+    /// True when a USB device's active configuration is set and every one of its
+    /// interfaces has its folder: right after the `add` event it may not be yet.
+    public func usbConfigured(sysPath: String) -> Bool {
+        let dir = sysfs.path(sysPath)
+        let a = AttributeReader(dir: dir, device: sysPath)
+        guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
+              let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
+        else { return false }
+        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
+        return Sysfs.list(dir).filter { $0.hasPrefix(prefix) }.count >= count
     }
 
     /// `/dev/bus/usb/BBB/DDD`.

@@ -1,54 +1,65 @@
 import CUSB
 import DeviceModel
 
-/// Interface classes from the active configuration descriptor, through libusb.
-/// One snapshot of libusb's device list: create one per scan, or per event.
+/// A libusb context, kept for the life of the process (the daemon) or of one scan.
+/// libusb keeps its own device list current; a device it has not seen yet is
+/// simply absent from a snapshot, and the reader then uses sysfs interface folders.
+public final class LibUSBContext {
+    fileprivate let context: OpaquePointer
+
+    /// nil when libusb cannot start (no usbfs, for instance).
+    public init?() {
+        var ctx: OpaquePointer?
+        guard libusb_init(&ctx) == 0, let ctx else { return nil }
+        context = ctx
+    }
+
+    deinit { libusb_exit(context) }
+
+    /// The devices libusb knows now.
+    public func snapshot() -> LibUSBSnapshot { LibUSBSnapshot(self) }
+}
+
+/// One snapshot of libusb's device list. Configuration descriptors are parsed
+/// only for the devices asked about.
 public final class LibUSBSnapshot {
-    /// One interface of the active configuration with all its alternate settings
-    /// (index = bAlternateSetting as libusb lists them).
+    /// One interface of the active configuration with all its alternate settings.
     public struct Interface: Sendable {
         public var number: UInt8
         public var alternates: [(alternate: UInt8, usbClass: UInt8, subclass: UInt8, proto: UInt8)]
     }
 
-    /// (bus, device address) -> interfaces, or the libusb error for that device.
-    private var table: [Int: Result<[Interface], DeviceReadError>] = [:]
-    private var context: OpaquePointer?
+    private let owner: LibUSBContext
+    private var list: UnsafeMutablePointer<OpaquePointer?>?
+    /// (bus << 8 | address) -> device.
+    private var devices: [Int: OpaquePointer] = [:]
 
-    /// Takes the list of devices libusb knows now. Without libusb (no context),
-    /// the snapshot is empty and every lookup answers nil.
-    public init() {
-        var ctx: OpaquePointer?
-        guard libusb_init(&ctx) == 0, let ctx else { return }
-        context = ctx
-        var list: UnsafeMutablePointer<OpaquePointer?>?
-        let count = libusb_get_device_list(ctx, &list)
-        guard count >= 0, let list else { return }
-        defer { libusb_free_device_list(list, 1) }
+    fileprivate init(_ owner: LibUSBContext) {
+        self.owner = owner
+        var l: UnsafeMutablePointer<OpaquePointer?>?
+        let count = libusb_get_device_list(owner.context, &l)
+        guard count >= 0, let l else { return }
+        list = l
         for k in 0..<count {
-            guard let dev = list[k] else { continue }
-            let bus = Int(libusb_get_bus_number(dev))
-            let addr = Int(libusb_get_device_address(dev))
-            table[bus << 8 | addr] = Self.interfaces(dev, name: "usb \(bus):\(addr)")
+            guard let dev = l[k] else { continue }
+            devices[Int(libusb_get_bus_number(dev)) << 8 | Int(libusb_get_device_address(dev))] = dev
         }
     }
 
     deinit {
-        if let context { libusb_exit(context) }
+        if let list { libusb_free_device_list(list, 1) }
     }
 
-    /// Interfaces of the device at bus:devnum; nil when libusb does not know it.
+    /// Interfaces of the device at bus:devnum from its active configuration
+    /// descriptor; nil when libusb does not know the device.
     public func interfaces(bus: Int, devnum: Int) -> Result<[Interface], DeviceReadError>? {
-        table[bus << 8 | devnum]
-    }
-
-    private static func interfaces(_ dev: OpaquePointer, name: String) -> Result<[Interface], DeviceReadError> {
+        guard let dev = devices[bus << 8 | devnum] else { return nil }
         var config: UnsafeMutablePointer<libusb_config_descriptor>?
         let rc = libusb_get_active_config_descriptor(dev, &config)
-        if rc == LIBUSB_ERROR_NOT_FOUND.rawValue { return .success([]) } // unconfigured
+        if rc == LIBUSB_ERROR_NOT_FOUND.rawValue { return .success([]) } // not configured (yet)
         guard rc == 0, let config else {
             let text = String(cString: libusb_strerror(rc))
-            return .failure(DeviceReadError(device: name, attribute: "descriptors", reason: "libusb: \(text)"))
+            return .failure(DeviceReadError(device: "usb \(bus):\(devnum)", attribute: "descriptors", reason: "libusb: \(text)"))
         }
         defer { libusb_free_config_descriptor(config) }
         var out: [Interface] = []

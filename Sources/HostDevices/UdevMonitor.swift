@@ -35,7 +35,7 @@ public struct DeviceEvent: Sendable, Hashable {
 /// libudev's netlink monitor: vhotplug's only use of libudev. Source "udev"
 /// (events after udevd has processed them) when udevd runs, else "kernel".
 /// Not thread-safe: owned by the event loop's thread.
-public final class UdevMonitor {
+public final class UdevMonitor: @unchecked Sendable {
     private let udev: OpaquePointer
     private let monitor: OpaquePointer
     /// "udev" or "kernel".

@@ -1,5 +1,7 @@
 import ArgumentParser
 import HotplugConfig
+import HotplugDaemon
+import Reactor
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -58,12 +60,38 @@ public struct Application: ParsableCommand {
         guard let config else {
             throw ValidationError("Missing expected argument '--config <config>'")
         }
+        // Before any other thread exists: these signals are read from a signalfd.
+        SignalSource.block([SIGHUP, SIGTERM, SIGINT])
         bootstrapLogging(debug: debug)
-        _ = try loadConfiguration(config)
-        // The event loop and the VM backends come with the daemon issue (#4).
-        writeStderr("vhotplug: the daemon is not built yet; use `vhotplug inspect -c \(config)` to see decisions\n")
-        throw ExitCode(1)
+        let configuration = try loadConfiguration(config)
+        let logger = Logger(label: "vhotplug")
+        let loop: EventLoop
+        do { loop = try EventLoop() } catch {
+            writeStderr("vhotplug: cannot start the event loop: \(error)\n")
+            throw ExitCode(1)
+        }
+        let daemon = Daemon(options: DaemonOptions(configPath: config, attachConnected: attachConnected),
+                            configuration: configuration, loop: loop, logger: logger)
+        let failure = StartFailure()
+        Task.detached {
+            do {
+                try await daemon.start()
+            } catch {
+                failure.message = "\(error)"
+                loop.stop()
+            }
+        }
+        loop.run()
+        if let message = failure.message {
+            writeStderr("vhotplug: cannot start: \(message)\n")
+            throw ExitCode(1)
+        }
     }
+}
+
+/// A start-up error handed from the daemon's task to `main`.
+final class StartFailure: @unchecked Sendable {
+    var message: String?
 }
 
 /// Loads and validates a configuration; on errors prints every diagnostic to

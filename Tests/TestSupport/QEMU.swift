@@ -17,8 +17,8 @@ public final class QEMUInstance: @unchecked Sendable {
     /// - Parameters:
     ///   - testbed: run QEMU inside this umockdev testbed (it then sees the fake USB devices).
     ///   - extraArgs: more QEMU arguments (root ports, ...).
-    public init(name: String = "vm1", testbed: Testbed? = nil, extraArgs: [String] = []) throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+    public init(name: String = "vm1", testbed: Testbed? = nil, extraArgs: [String] = [], directory: String? = nil) throws {
+        dir = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("vhp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         qmpPath = dir + "/\(name).qmp"
         observerPath = dir + "/\(name)-obs.qmp"
@@ -47,7 +47,9 @@ public final class QEMUInstance: @unchecked Sendable {
         // a while, so pipes would not see their end when its parent exits.
         let logPath = dir + "/qemu.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
-        let status = try spawnAndWait([qemu] + Array(args.dropFirst()), environment: environment, output: logPath)
+        // Extra descriptors: umockdev names its fake netlink sockets by fd number, and a
+        // daemon in the same testbed must not get QEMU's numbers (FACTS.md).
+        let status = try spawnAndWait([qemu] + Array(args.dropFirst()), environment: environment, output: logPath, extraFds: 200)
         guard status == 0, let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
               let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw TestbedError(message: "QEMU did not start: \((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")")
@@ -145,13 +147,16 @@ public enum QMPLine {
 
 /// Runs a program to its end with its output in a file; returns its exit status.
 /// (posix_spawn and waitpid: no helper threads, no pipes to drain.)
-public func spawnAndWait(_ argv: [String], environment: [String: String], output: String) throws -> Int32 {
+public func spawnAndWait(_ argv: [String], environment: [String: String], output: String, extraFds: Int32 = 0) throws -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    if extraFds > 0 {
+        for fd in 3..<(3 + extraFds) { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDONLY, 0) }
+    }
     let cArgs = argv.map { strdup($0) } + [nil]
     let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { (cArgs + cEnv).forEach { free($0) } }

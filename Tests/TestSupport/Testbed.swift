@@ -57,7 +57,7 @@ public final class Testbed: @unchecked Sendable {
     }
 
     /// Adds the devices of a umockdev description file (emits `add` uevents).
-    public func add(file: String) async throws {
+    public func add(file: String) throws {
         var error: UnsafeMutablePointer<GError>?
         if umockdev_testbed_add_from_file(tb, file, &error) == 0 {
             let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"
@@ -67,7 +67,7 @@ public final class Testbed: @unchecked Sendable {
     }
 
     /// Adds devices from umockdev description text (`P:`, `E:`, `A:`, `H:`, `L:`, `N:` lines).
-    public func add(record: String) async throws {
+    public func add(record: String) throws {
         var error: UnsafeMutablePointer<GError>?
         if umockdev_testbed_add_from_string(tb, record, &error) == 0 {
             let message = error.map { String(cString: $0.pointee.message) } ?? "unknown error"

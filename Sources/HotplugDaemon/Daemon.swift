@@ -1,0 +1,468 @@
+import DeviceModel
+import HostDevices
+import HotplugConfig
+import HotplugRules
+import JSONKit
+import Logging
+import Reactor
+import VMM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the daemon was started.
+public struct DaemonOptions: Sendable {
+    public var configPath: String
+    /// `-a`: attach every connected device the rules assign, at start.
+    public var attachConnected: Bool
+    /// The sysfs tree (`/sys`).
+    public var sysfsRoot: String
+    /// The crosvm binary (`crosvm` on PATH by default).
+    public var crosvmPath: String
+    /// Seconds to wait for a new USB device's interfaces before deciding on what is known.
+    public var interfaceWait: Double
+
+    public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
+                crosvmPath: String = "crosvm", interfaceWait: Double = 5) {
+        self.configPath = configPath
+        self.attachConnected = attachConnected
+        self.sysfsRoot = sysfsRoot
+        self.crosvmPath = crosvmPath
+        self.interfaceWait = interfaceWait
+    }
+}
+
+/// One device the daemon follows: what it is, where the rules send it, where
+/// it should be and where it is. `reconcile` moves `attachment` towards `want`.
+final class Tracked {
+    var device: HostDevice
+    var decision: Decision
+    /// The VM the device should be in (nil: in none).
+    var want: String?
+    /// Where it is, as far as the daemon knows.
+    var attachment: Attachment?
+    /// Still on the host.
+    var present = true
+    /// A reconcile task is running for it.
+    var busy = false
+    /// The attach failed for a reason other than the VM being down: not retried
+    /// until something changes (replug, VM restart, reload).
+    var failed = false
+    /// When the event that started the current work arrived (latency in logs).
+    var since: Deadline
+
+    init(device: HostDevice, decision: Decision, since: Deadline) {
+        self.device = device
+        self.decision = decision
+        self.since = since
+    }
+}
+
+/// The daemon: one actor on the event loop. Device events -> read the device ->
+/// decide -> reconcile each device towards where it should be. No polling: it
+/// waits on the udev monitor, the VM sockets' folders, signals and replies.
+public actor Daemon {
+    nonisolated let loop: EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    let options: DaemonOptions
+    var logger: Logger
+    var configuration: Configuration
+    var matcher: Matcher
+    var backends: [String: any VMBackend] = [:]
+    /// VMs known to be down (their socket refuses): devices wait for the socket to appear.
+    var vmDown: Set<String> = []
+    let reader: DeviceReader
+    var monitor: UdevMonitor?
+    var watcher: PathWatcher?
+    var signals: SignalSource?
+    /// Followed devices by sysfs path.
+    var devices: [String: Tracked] = [:]
+    /// USB devices whose interfaces are not all there yet: sysfs path -> (event time, deadline timer).
+    var pendingUSB: [String: (since: Deadline, timer: TimerToken)] = [:]
+    /// Called once the first pass over connected devices is done (systemd READY=1).
+    var onReady: (() -> Void)?
+    var stopping = false
+
+    public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
+        self.options = options
+        self.configuration = configuration
+        self.matcher = Matcher(configuration)
+        self.loop = loop
+        self.logger = logger
+        self.reader = DeviceReader(sysfs: Sysfs(root: options.sysfsRoot))
+    }
+
+    /// Starts: signals, the event monitor (before reading devices, so none is
+    /// missed), the VM sockets' watch, then the first pass over connected devices.
+    public func start(onReady: (() -> Void)? = nil) async throws {
+        self.onReady = onReady
+        signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [unowned self] signo in
+            Task { await self.signal(signo) }
+        }
+        let monitor = try UdevMonitor()
+        if monitor.source == "kernel" {
+            logger.warning("udevd is not running: listening to kernel events directly")
+        }
+        self.monitor = monitor
+        loop.watch(monitor.fd) { [unowned self] in
+            // Drain on the loop's thread, in order; handle each event in order.
+            var batch: [(DeviceEvent, Deadline)] = []
+            while let e = monitor.receive() { batch.append((e, .now())) }
+            if !batch.isEmpty { Task { await self.handle(batch) } }
+        }
+        watcher = try PathWatcher(loop: loop) { [unowned self] path, created in
+            Task { await self.socketChanged(path, created: created) }
+        }
+        makeBackends()
+        await firstPass()
+        logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
+        onReady?()
+    }
+
+    // MARK: Configuration and VMs
+
+    func makeBackends() {
+        watcher?.removeAll()
+        var next: [String: any VMBackend] = [:]
+        for vm in configuration.vms {
+            if let old = backends[vm.name], old.type == vm.type, old.socketPath == vm.socket {
+                next[vm.name] = old
+            } else {
+                switch vm.type {
+                case .qemu:
+                    next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger)
+                case .crosvm:
+                    next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket, crosvmPath: options.crosvmPath,
+                                                  loop: loop, logger: logger)
+                }
+            }
+            watcher?.watch(vm.socket)
+        }
+        backends = next
+    }
+
+    func vmName(forSocket path: String) -> String? {
+        configuration.vms.first { $0.socket == path }?.name
+    }
+
+    /// A VM's socket appeared (the VM started or restarted) or vanished.
+    func socketChanged(_ path: String, created: Bool) async {
+        guard let vm = vmName(forSocket: path) else { return }
+        if !created {
+            logger.info("VM \(vm): socket removed; its devices wait for it to come back")
+            vmDown.insert(vm)
+            for t in devices.values where t.attachment?.vm == vm { t.attachment = nil }
+            return
+        }
+        logger.info("VM \(vm): socket appeared; giving it back its devices")
+        vmDown.remove(vm)
+        // A new QEMU or crosvm process has none of the devices the old one had.
+        for t in devices.values where t.attachment?.vm == vm { t.attachment = nil }
+        for t in devices.values where t.want == vm {
+            t.failed = false
+            t.since = .now()
+        }
+        await resync(vm: vm)
+        for (key, t) in devices where t.want == vm { reconcile(key) }
+    }
+
+    // MARK: First pass
+
+    /// Reads every connected device, finds what the VMs already have from an
+    /// earlier run (their ids), removes stale ids, and with `-a` attaches the rest.
+    func firstPass() async {
+        let (found, failures) = reader.enumerate()
+        for f in failures { logger.warning("cannot read \(f)") }
+        let now = Deadline.now()
+        for device in found {
+            guard let key = Self.key(device) else { continue }
+            let t = Tracked(device: device, decision: decide(device), since: now)
+            if options.attachConnected { t.want = t.decision.targetVm }
+            devices[key] = t
+            if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
+        }
+        for vm in configuration.vms { await resync(vm: vm.name) }
+        for key in devices.keys.sorted() { reconcile(key) }
+    }
+
+    /// What the VM has of vhotplug's devices: matches them to the followed
+    /// devices, and removes what belongs to no device present.
+    func resync(vm: String) async {
+        guard let backend = backends[vm] else { return }
+        let listed: [Attachment]
+        do {
+            listed = try await backend.listAttached()
+            vmDown.remove(vm)
+        } catch {
+            if error.isNotRunning {
+                vmDown.insert(vm)
+                logger.info("VM \(vm) is not running; its devices will follow when it starts")
+            } else {
+                logger.warning("VM \(vm): cannot list its devices: \(error)")
+            }
+            return
+        }
+        for a in listed {
+            if let t = owner(of: a, in: vm) {
+                if t.attachment == nil {
+                    t.attachment = a
+                    // Found where an earlier run put it: it stays unless the rules now say otherwise.
+                    if t.want == nil { t.want = t.decision.targetVm == vm ? vm : t.decision.targetVm }
+                    logger.info("\(t.device.logName): found in VM \(vm) as \(a.id)")
+                }
+            } else {
+                logger.info("VM \(vm): removing stale \(a.id) (its device is gone)")
+                do { try await backend.detach(a) } catch { logger.warning("VM \(vm): cannot remove \(a.id): \(error)") }
+            }
+        }
+    }
+
+    /// The followed device an attachment listed by a VM stands for.
+    func owner(of a: Attachment, in vm: String) -> Tracked? {
+        switch a.kind {
+        case .usb:
+            if !a.hostKey.isEmpty, a.hostKey != "?" {
+                // QEMU: by port path, and the same bus/address (a replug changes the address).
+                return devices.values.first { t in
+                    guard case .usb(let d) = t.device, d.sysName == a.hostKey else { return false }
+                    return a.usbAddress == nil || (a.usbBus == d.bus && a.usbAddress == d.devnum)
+                }
+            }
+            // crosvm: by vendor and product, among devices of that VM not yet placed.
+            return devices.values.first { t in
+                guard case .usb(let d) = t.device, t.attachment == nil, t.decision.targetVm == vm else { return false }
+                return d.vendorId == a.usbVendor && d.productId == a.usbProduct
+            }
+        case .pci, .evdev:
+            return nil
+        }
+    }
+
+    // MARK: Events
+
+    static func key(_ device: HostDevice) -> String? {
+        switch device {
+        case .usb(let d): d.sysPath
+        case .pci(let d): d.sysPath
+        case .input(let d): d.sysPath
+        }
+    }
+
+    func handle(_ batch: [(DeviceEvent, Deadline)]) async {
+        for (event, time) in batch { handle(event, at: time) }
+    }
+
+    func handle(_ e: DeviceEvent, at time: Deadline) {
+        guard e.subsystem == "usb" else { return } // PCI and input come with their issue
+        switch (e.devtype, e.action) {
+        case ("usb_device", "add"):
+            deviceAdded(e.sysPath, at: time)
+        case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
+            let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
+            if pendingUSB[devicePath] != nil { checkPending(devicePath) }
+        case ("usb_device", "remove"):
+            deviceRemoved(e.sysPath)
+        default:
+            break
+        }
+    }
+
+    func parent(_ path: String) -> String {
+        String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+    }
+
+    func deviceAdded(_ sysPath: String, at time: Deadline) {
+        if let old = devices[sysPath], old.present {
+            return // already followed (a repeated add)
+        }
+        if reader.usbConfigured(sysPath: sysPath) {
+            admit(sysPath, since: time)
+            return
+        }
+        // Interfaces come with their own events: wait for them (with a deadline).
+        let timer = loop.schedule(at: .after(options.interfaceWait)) { [unowned self] in
+            Task { await self.pendingTimedOut(sysPath) }
+        }
+        pendingUSB[sysPath] = (time, timer)
+    }
+
+    func checkPending(_ sysPath: String) {
+        guard let p = pendingUSB[sysPath], reader.usbConfigured(sysPath: sysPath) else { return }
+        loop.cancel(p.timer)
+        pendingUSB[sysPath] = nil
+        admit(sysPath, since: p.since)
+    }
+
+    func pendingTimedOut(_ sysPath: String) {
+        guard let p = pendingUSB.removeValue(forKey: sysPath) else { return }
+        logger.info("usb \(sysPath.split(separator: "/").last ?? ""): interfaces incomplete after \(options.interfaceWait) s; deciding on what is known")
+        admit(sysPath, since: p.since)
+    }
+
+    /// Reads a new device, decides, and sends it where the rules say.
+    func admit(_ sysPath: String, since: Deadline) {
+        let device: HostDevice
+        do {
+            device = try reader.read(sysPath: sysPath, subsystem: "usb")
+        } catch {
+            logger.warning("cannot read \(error)")
+            return
+        }
+        let decision = decide(device)
+        if let t = devices[sysPath] {
+            // Replugged while its detach was still running.
+            t.device = device
+            t.decision = decision
+            t.present = true
+            t.failed = false
+            t.since = since
+            t.want = decision.targetVm
+        } else {
+            let t = Tracked(device: device, decision: decision, since: since)
+            t.want = decision.targetVm
+            devices[sysPath] = t
+        }
+        logDecision(devices[sysPath]!)
+        reconcile(sysPath)
+    }
+
+    func deviceRemoved(_ sysPath: String) {
+        if let p = pendingUSB.removeValue(forKey: sysPath) { loop.cancel(p.timer) }
+        guard let t = devices[sysPath] else { return }
+        t.present = false
+        t.want = nil
+        t.since = .now()
+        logger.info("\(t.device.logName): unplugged")
+        reconcile(sysPath)
+    }
+
+    func decide(_ device: HostDevice) -> Decision {
+        switch device {
+        case .usb(let d): matcher.decide(d)
+        case .pci(let d): matcher.decide(d)
+        case .input(let d): matcher.decide(d)
+        }
+    }
+
+    func logDecision(_ t: Tracked) {
+        logger.info("\(t.device.logName): \(t.decision.summary)")
+    }
+
+    // MARK: Reconcile
+
+    /// Moves a device towards where it should be, one VM operation at a time.
+    /// Events that change `want` meanwhile are picked up by the same task.
+    func reconcile(_ key: String) {
+        guard let t = devices[key], !t.busy else { return }
+        t.busy = true
+        Task {
+            await self.reconcileLoop(key, t)
+            t.busy = false
+            if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
+        }
+    }
+
+    func reconcileLoop(_ key: String, _ t: Tracked) async {
+        while !stopping {
+            if let a = t.attachment, a.vm != t.want || !t.present {
+                guard let backend = backends[a.vm] else { t.attachment = nil; continue }
+                do {
+                    try await backend.detach(a)
+                    logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
+                    t.attachment = nil
+                } catch {
+                    if error.isNotRunning {
+                        t.attachment = nil // the VM is gone, and the device with it
+                        continue
+                    }
+                    logger.error("\(t.device.logName): detach from \(a.vm) failed: \(error)")
+                    return
+                }
+            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, !vmDown.contains(vm),
+                      case .usb(let d) = t.device {
+                guard let backend = backends[vm] else {
+                    logger.error("\(t.device.logName): VM \(vm) is not configured")
+                    return
+                }
+                do {
+                    let a = try await backend.attachUSB(d)
+                    t.attachment = a
+                    logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                } catch {
+                    if error.isNotRunning {
+                        vmDown.insert(vm)
+                        logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
+                    } else {
+                        t.failed = true
+                        logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
+                    }
+                    return
+                }
+            } else {
+                return
+            }
+        }
+    }
+
+    func ms(since: Deadline) -> String {
+        let v = Deadline.now().seconds(since: since) * 1000
+        return v < 10 ? "\(Double(Int(v * 100)) / 100) ms" : "\(Int(v)) ms"
+    }
+
+    // MARK: Signals
+
+    func signal(_ signo: Int32) async {
+        switch signo {
+        case SIGHUP:
+            await reload()
+        default:
+            logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
+            stopping = true
+            loop.stop()
+        }
+    }
+
+    /// SIGHUP: a valid new configuration replaces the old; devices whose
+    /// decision changed move. A bad one is rejected, the old one stays.
+    func reload() async {
+        let next: Configuration
+        do {
+            next = try ConfigurationLoader.load(path: options.configPath)
+        } catch {
+            logger.error("reload rejected, the previous configuration stays in force:\n\(error)")
+            return
+        }
+        configuration = next
+        matcher = Matcher(next)
+        makeBackends()
+        logger.info("configuration reloaded: \(next.summary)")
+        for (key, t) in devices where t.present {
+            let decision = decide(t.device)
+            if decision != t.decision {
+                t.decision = decision
+                t.want = decision.targetVm
+                t.failed = false
+                t.since = .now()
+                logDecision(t)
+            }
+            reconcile(key)
+        }
+        for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
+    }
+}
+
+extension HostDevice {
+    /// `usb 1-2 046d:c52b "Logitech, Inc." "USB Receiver"`: device strings quoted and bounded.
+    var logName: String {
+        switch self {
+        case .usb(let d):
+            let names = [d.vendorName ?? d.manufacturer, d.productName ?? d.product].compactMap { $0 }.map { quoted($0, limit: 40) }
+            return "usb \(d.sysName) \(hex4(d.vendorId)):\(hex4(d.productId))" + (names.isEmpty ? "" : " " + names.joined(separator: " "))
+        case .pci(let d):
+            return "pci \(d.address) \(hex4(d.vendorId)):\(hex4(d.deviceId))"
+        case .input(let d):
+            return "input \(d.sysName) \(quoted(d.name ?? "", limit: 40))"
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Signals delivered through a signalfd watched by the loop (no async handler).
+public final class SignalSource {
+    private let fd: Int32
+    private let loop: EventLoop
+
+    /// Blocks `signals` in the calling thread and every thread it starts later:
+    /// call first thing in `main`, before the Swift runtime starts threads.
+    public static func block(_ signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Blocks `signals` for the calling thread (and the threads it starts later)
+    /// and reports them to `handler` on the loop's thread. Call before any thread starts.
+    public init(_ signals: [Int32], loop: EventLoop, handler: @escaping (Int32) -> Void) throws(LoopError) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        fd = signalfd(-1, &set, Int32(SFD_NONBLOCK | SFD_CLOEXEC))
+        guard fd >= 0 else { throw .system("signalfd", errno) }
+        self.loop = loop
+        let fd = self.fd
+        loop.watch(fd) {
+            var info = signalfd_siginfo()
+            while read(fd, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+                handler(Int32(info.ssi_signo))
+            }
+        }
+    }
+
+    deinit {
+        loop.unwatch(fd)
+        close(fd)
+    }
+}
+
+/// Watches folders for files appearing and disappearing (inotify): the VMs'
+/// sockets. A folder that does not exist yet is watched from its nearest
+/// existing parent and taken over when it appears.
+public final class PathWatcher {
+    private let fd: Int32
+    private let loop: EventLoop
+    /// Watch descriptor -> watched folder.
+    private var folders: [Int32: String] = [:]
+    /// The paths whose appearance/disappearance is reported.
+    private var targets: Set<String> = []
+    private let handler: (String, Bool) -> Void
+
+    /// `handler(path, created)` runs on the loop's thread for each target path
+    /// that is created (true) or deleted (false).
+    public init(loop: EventLoop, handler: @escaping (String, Bool) -> Void) throws(LoopError) {
+        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else { throw .system("inotify_init1", errno) }
+        self.loop = loop
+        self.handler = handler
+        loop.watch(fd) { [unowned self] in drain() }
+    }
+
+    deinit {
+        loop.unwatch(fd)
+        close(fd)
+    }
+
+    /// Reports creation and deletion of `path` from now on.
+    public func watch(_ path: String) {
+        targets.insert(path)
+        armParent(of: path)
+    }
+
+    /// Forgets every path (a configuration reload sets them again).
+    public func removeAll() {
+        for wd in folders.keys { inotify_rm_watch(fd, wd) }
+        folders.removeAll()
+        targets.removeAll()
+    }
+
+    private func armParent(of path: String) {
+        var dir = parentFolder(path)
+        // Up to the nearest folder that exists.
+        while access(dir, F_OK) != 0 && dir != "/" { dir = parentFolder(dir) }
+        guard !folders.values.contains(dir) else { return }
+        let mask = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF)
+        let wd = inotify_add_watch(fd, dir, mask)
+        if wd >= 0 { folders[wd] = dir }
+    }
+
+    private func parentFolder(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+        return String(path[..<slash])
+    }
+
+    private func drain() {
+        var buf = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { return }
+            var offset = 0
+            var rearm = false
+            var appeared: [String] = []
+            while offset + MemoryLayout<inotify_event>.size <= n {
+                let (wd, mask, len) = buf.withUnsafeBytes { raw -> (Int32, UInt32, Int) in
+                    let e = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                    return (e.wd, e.mask, Int(e.len))
+                }
+                let nameStart = offset + MemoryLayout<inotify_event>.size
+                let nameBytes = buf[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 }
+                let name = String(decoding: nameBytes, as: UTF8.self)
+                offset = nameStart + len
+                if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
+                    folders[wd] = nil
+                    rearm = true
+                    continue
+                }
+                guard let dir = folders[wd] else { continue }
+                let path = dir == "/" ? "/" + name : dir + "/" + name
+                let created = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
+                if targets.contains(path) {
+                    handler(path, created)
+                } else if created, targets.contains(where: { $0.hasPrefix(path + "/") }) {
+                    rearm = true // a folder on the way to a target appeared
+                    appeared.append(path + "/")
+                }
+            }
+            if rearm {
+                // Watch the deepest existing folder of each target again.
+                for wd in folders.keys { inotify_rm_watch(fd, wd) }
+                folders.removeAll()
+                for t in targets { armParent(of: t) }
+                // Targets inside a folder that just appeared may already exist.
+                for t in targets where appeared.contains(where: { t.hasPrefix($0) }) && access(t, F_OK) == 0 {
+                    handler(t, true)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+import DeviceModel
+import HotplugConfig
+import JSONKit
+import Logging
+import Reactor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A crosvm VM, driven through crosvm's own command line (`crosvm usb ...`)
+/// against the VM's control socket. crosvm has no other stable control
+/// interface: its socket speaks crosvm's internal serialisation, and
+/// `crosvm_control` is a Rust/C library. Each operation runs one `crosvm`
+/// process (without a shell, followed by the event loop, killed at its
+/// deadline); the operations of one VM run in order, and never wait for
+/// another VM.
+///
+/// ## What crosvm prints (google/crosvm, read in its 2025-2026 sources)
+/// Answers of the VM (`vm_control/src/lib.rs`, `impl Display for
+/// UsbControlResult`), printed on stdout with exit status 0, whatever the
+/// answer (`src/main.rs`, `modify_usb`):
+/// - `ok <port>`: attached at that port (1-16), or detached from it.
+/// - `no_available_port`: no free port of the device's kind. crosvm has 16
+///   ports: 1-8 for USB 2 devices, 9-16 for USB 3 devices (by bcdUSB;
+///   `xhci_regs.rs`, `usb_hub.rs`). crosvm also answers this while the guest
+///   has not started its xHCI driver (the event ring is not set up), and then
+///   keeps the device on the port anyway (`UsbPort::attach` stores it before it
+///   signals the guest): this backend frees such a port (see `attachUSB`).
+/// - `no_such_device`: the file is not a USB device (attach), or the port is
+///   empty or out of range (detach).
+/// - `no_such_port`: not produced by current crosvm; accepted on detach.
+/// - `failed_to_open_device`: crosvm could not add the device to its event loop.
+/// - `failed_to_init_host_device`: crosvm could not set the device up (older
+///   crosvm).
+/// - `devices[ <port> <vid:04x> <pid:04x>]...`: the answer to `usb list`, one
+///   triple per occupied port, in port order. The CLI asks only for ports 0-15
+///   (`vm_control/src/client.rs`, `do_usb_list`), so a device on port 16 is
+///   never listed.
+///
+/// Failures of the command line itself (`vm_control/src/client.rs`,
+/// `ModifyUsbError`), printed on stdout as `error <text>` with exit status 1
+/// (`src/sys/linux/main.rs`, `error_to_exit_code`), details on stderr:
+/// - `error failed to open device <path>: <os error>`: `usb attach` opens the
+///   node read-write itself, before it connects to the VM, and passes it over.
+/// - `error socket failed`: no connection to the VM (stderr: `failed to connect
+///   to socket at '"<path>"': <os error>`), or it broke.
+/// - `error unexpected response: <response>`: the VM answered something else,
+///   e.g. `error: Input/output error (os error 5)` when its USB controller did
+///   not answer in time.
+/// Bad arguments exit with status 35 (`CommandStatus::InvalidArgs`).
+public actor CrosvmBackend: VMBackend {
+    public nonisolated let name: String
+    public nonisolated var type: VMType { .crosvm }
+    public nonisolated let socketPath: String
+    /// The crosvm program: a path, or a name looked up on PATH.
+    public nonisolated let crosvmPath: String
+    private let loop: EventLoop
+    private let logger: Logger
+    private let lock = AsyncLock()
+    /// Seconds allowed for each crosvm run (crosvm itself sets no limit).
+    let timeout: Double
+    /// Ports this backend attached or saw in `usb list`: any other port that
+    /// appears holds something vhotplug did not put there.
+    private var knownPorts: Set<Int> = []
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    /// - Parameters:
+    ///   - socketPath: the VM's control socket (`crosvm run -s SOCKET`).
+    ///   - crosvmPath: the crosvm program (from the configuration; `crosvm` on PATH by default).
+    ///   - timeout: seconds for each crosvm run before it is killed.
+    public init(name: String, socketPath: String, crosvmPath: String = "crosvm", loop: EventLoop, logger: Logger,
+                timeout: Double = 5) {
+        self.name = name
+        self.socketPath = socketPath
+        self.crosvmPath = crosvmPath
+        self.loop = loop
+        self.logger = logger
+        self.timeout = timeout
+    }
+
+    // MARK: Attach
+
+    /// `crosvm usb attach 00:00:00:00 DEVNODE SOCKET` (crosvm ignores the first
+    /// argument but requires it). Returns the port as the attachment's id.
+    ///
+    /// On `no_available_port` the VM's ports are listed: a port that appeared
+    /// with this device's vendor and product is one crosvm kept although it
+    /// refused the attach (the guest was not up), and it is detached, so the
+    /// device is not half-attached and the port not lost.
+    public func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment {
+        await lock.acquire()
+        defer { lock.release() }
+        let node = device.devnode
+        let what = "\(device.sysName) (\(hex4(device.vendorId)):\(hex4(device.productId)), \(node))"
+        let command = "usb attach \(node)"
+        let (answer, result) = try await crosvm(["attach", "00:00:00:00", node, socketPath], step: command)
+        switch answer {
+        case .ok(let port):
+            knownPorts.insert(port)
+            logger.debug("VM \(name): crosvm attached \(what) at port \(port)")
+            return Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
+                              usbVendor: device.vendorId, usbProduct: device.productId)
+        case .noAvailablePort:
+            let inUse = await reclaimRefusedPort(device)
+            let ports = inUse.map { "\($0) of crosvm's 16 ports in use" } ?? "crosvm's ports could not be listed"
+            throw failure(command, "no_available_port",
+                          "no free USB port for \(what) (\(ports)): either the guest has not started its USB (xHCI) "
+                          + "driver yet (crosvm refuses attaches until the guest is up), or all ports for this kind of "
+                          + "device are taken (crosvm has 16: 8 for USB 2 devices and 8 for USB 3 devices)")
+        case .noSuchDevice:
+            throw failure(command, "no_such_device",
+                          "crosvm could not use \(node) as a USB device (no_such_device): the device is gone, "
+                          + "or the node is not a USB device node")
+        case .failedToOpenDevice:
+            throw failure(command, "failed_to_open_device",
+                          "crosvm could not start using \(node) for \(what) (failed_to_open_device)")
+        case .failedToInitHostDevice:
+            throw failure(command, "failed_to_init_host_device",
+                          "crosvm could not set up \(what) (failed_to_init_host_device): the device may be in use "
+                          + "by a host driver or in a bad state; replugging it may help")
+        case .cliError(let text) where text.hasPrefix("failed to open device"):
+            if text.contains(strerrorText(ENOENT)) {
+                throw failure(command, "no_such_device",
+                              "\(node) does not exist (the device was unplugged?): crosvm said \(text)")
+            }
+            throw failure(command, "failed_to_open_device",
+                          "crosvm cannot open \(node) read-write for \(what): \(text)")
+        case .noSuchPort, .devices, .cliError, .unknown:
+            throw unexpected(command, answer, result)
+        }
+    }
+
+    /// After `no_available_port`: frees a port crosvm kept for this device
+    /// anyway. Returns how many ports are in use, or nil when listing failed.
+    private func reclaimRefusedPort(_ device: USBDevice) async -> Int? {
+        let listed: [Attachment]
+        do throws(VMError) {
+            listed = try await list()
+        } catch {
+            logger.debug("VM \(name): cannot list ports after no_available_port: \(error)")
+            return nil
+        }
+        // crosvm's `usb list` never shows port 16: count it when vhotplug put something there.
+        var inUse = listed.count + (knownPorts.contains(16) ? 1 : 0)
+        var freed: Set<Int> = []
+        for a in listed where a.usbVendor == device.vendorId && a.usbProduct == device.productId {
+            guard let port = Int(a.id), !knownPorts.contains(port) else { continue }
+            logger.warning("VM \(name): crosvm kept \(device.sysName) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
+            do throws(VMError) {
+                _ = try await crosvm(["detach", String(port), socketPath], step: "usb detach \(port)")
+                inUse -= 1
+                freed.insert(port)
+            } catch {
+                logger.warning("VM \(name): could not free port \(port): \(error)")
+            }
+        }
+        knownPorts.formUnion(listed.compactMap { Int($0.id) }.filter { !freed.contains($0) })
+        return inUse
+    }
+
+    // MARK: Detach
+
+    /// `crosvm usb detach PORT SOCKET` with the port an attach returned.
+    /// `no_such_device` and `no_such_port` mean the port is already empty:
+    /// success.
+    public func detach(_ attachment: Attachment) async throws(VMError) {
+        guard let port = Int(attachment.id), (1...255).contains(port) else {
+            throw .protocolError(vm: name, detail: "\(quoted(attachment.id)) is not a crosvm USB port number")
+        }
+        await lock.acquire()
+        defer { lock.release() }
+        let command = "usb detach \(port)"
+        let (answer, result) = try await crosvm(["detach", String(port), socketPath], step: command)
+        switch answer {
+        case .ok:
+            knownPorts.remove(port)
+            logger.debug("VM \(name): crosvm detached port \(port)")
+        case .noSuchDevice, .noSuchPort:
+            knownPorts.remove(port)
+            logger.debug("VM \(name): port \(port) was already empty (\(answer.word))")
+        case .noAvailablePort, .failedToOpenDevice, .failedToInitHostDevice, .devices, .cliError, .unknown:
+            throw unexpected(command, answer, result)
+        }
+    }
+
+    // MARK: List
+
+    /// `crosvm usb list SOCKET`: every occupied port, with the vendor and
+    /// product crosvm reports (`hostKey` is empty: crosvm does not know where
+    /// the device is on the host; match by vendor and product). crosvm's CLI
+    /// never reports port 16.
+    public func listAttached() async throws(VMError) -> [Attachment] {
+        await lock.acquire()
+        defer { lock.release() }
+        let listed = try await list()
+        knownPorts = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 >= 16 })
+        return listed
+    }
+
+    private func list() async throws(VMError) -> [Attachment] {
+        let (answer, result) = try await crosvm(["list", socketPath], step: "usb list")
+        guard case .devices(let entries) = answer else { throw unexpected("usb list", answer, result) }
+        return entries.map {
+            Attachment(vm: name, kind: .usb, id: String($0.port), hostKey: "", usbVendor: $0.vendor, usbProduct: $0.product)
+        }
+    }
+
+    // MARK: Running crosvm
+
+    /// Runs `crosvm usb ARGS`, after checking that the VM's socket is there (a
+    /// VM that is down is `.notRunning` without running crosvm). Failures that
+    /// every subcommand shares are thrown here; the answer is returned.
+    private func crosvm(_ args: [String], step: String) async throws(VMError) -> (CrosvmAnswer, ProcessResult) {
+        try checkSocket()
+        let argv = [crosvmPath, "usb"] + args
+        let started = Deadline.now()
+        let result: ProcessResult
+        do {
+            result = try await loop.runProcess(argv, deadline: .after(timeout))
+        } catch LoopError.timeout {
+            logger.warning("VM \(name): crosvm \(step) did not finish within \(seconds(timeout)); killed it")
+            throw .timeout(vm: name, step: "crosvm \(step) (killed after \(seconds(timeout)))")
+        } catch LoopError.system(let call, let code) where call.hasPrefix("spawn") {
+            let detail = missingProgram(code)
+            logger.error("VM \(name): \(detail)")
+            throw .unsupported(vm: name, detail: detail)
+        } catch {
+            logger.error("VM \(name): cannot run crosvm \(step): \(error)")
+            throw .protocolError(vm: name, detail: "cannot run crosvm \(step): \(error)")
+        }
+        let answer = CrosvmAnswer.parse(result.stdout)
+        let ms = Int(Deadline.now().seconds(since: started) * 1000)
+        logger.debug("VM \(name): crosvm \(step) -> \(quoted(answer.text, limit: 300)) (exit \(result.status), \(ms) ms)")
+        if case .cliError(let text) = answer, text == "socket failed" {
+            let why = lastLine(result.stderr)
+            if why.contains("failed to connect") {
+                logger.info("VM \(name): crosvm cannot connect to \(socketPath): \(why)")
+                throw .notRunning(vm: name, reason: "crosvm cannot connect to \(socketPath): \(why)")
+            }
+            logger.warning("VM \(name): crosvm \(step) lost the connection to the VM: \(why)")
+            throw .protocolError(vm: name, detail: "crosvm \(step): the VM's socket failed: \(why)")
+        }
+        return (answer, result)
+    }
+
+    /// The socket must exist and be a socket; anything else means the VM is down.
+    private func checkSocket() throws(VMError) {
+        var st = stat()
+        guard stat(socketPath, &st) == 0 else {
+            let e = errno
+            throw .notRunning(vm: name, reason: e == ENOENT ? "no control socket at \(socketPath)"
+                                                           : "\(socketPath): \(strerrorText(e))")
+        }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw .notRunning(vm: name, reason: "\(socketPath) is not a socket")
+        }
+    }
+
+    private func missingProgram(_ code: Int32) -> String {
+        let how = "crosvm must be installed, or its path set as general.crosvm in the configuration"
+        if code == ENOENT {
+            return crosvmPath.contains("/") ? "crosvm not found at \(crosvmPath): \(how)"
+                                            : "crosvm (\(quoted(crosvmPath))) not found on PATH: \(how)"
+        }
+        return "cannot run crosvm at \(crosvmPath): \(strerrorText(code)) (\(how))"
+    }
+
+    private func failure(_ command: String, _ cls: String, _ message: String) -> VMError {
+        logger.warning("VM \(name): crosvm \(command): \(message)")
+        return .commandFailed(vm: name, command: command, errorClass: cls, message: message)
+    }
+
+    /// An answer that does not belong to the command, a CLI error, a non-zero
+    /// exit without an answer, or text that is none of crosvm's.
+    private func unexpected(_ command: String, _ answer: CrosvmAnswer, _ result: ProcessResult) -> VMError {
+        let err = lastLine(result.stderr)
+        switch answer {
+        case .cliError(let text):
+            return failure(command, "error", "crosvm: \(text)" + (err.isEmpty ? "" : " (\(err))"))
+        case .unknown(let text) where result.status != 0:
+            let said = [text, err].filter { !$0.isEmpty }.joined(separator: "; ")
+            return failure(command, "exit \(result.status)",
+                           "crosvm exited with status \(result.status)" + (said.isEmpty ? "" : ": \(said)"))
+        default:
+            let detail = "crosvm \(command): unexpected answer \(quoted(answer.text, limit: 200))"
+            logger.warning("VM \(name): \(detail)")
+            return .protocolError(vm: name, detail: detail)
+        }
+    }
+}
+
+/// One answer of `crosvm usb ...`, from its stdout (formats: see `CrosvmBackend`).
+enum CrosvmAnswer: Equatable, Sendable {
+    /// One occupied port of `devices ...`.
+    struct Entry: Equatable, Sendable {
+        var port: Int
+        var vendor: UInt16
+        var product: UInt16
+    }
+
+    case ok(port: Int)
+    case devices([Entry])
+    case noAvailablePort
+    case noSuchDevice
+    case noSuchPort
+    case failedToOpenDevice
+    case failedToInitHostDevice
+    /// `error <text>`: the crosvm command line failed before or after asking the VM.
+    case cliError(String)
+    /// Anything else (the whole output, trimmed).
+    case unknown(String)
+
+    /// The answer on the last non-empty line of stdout (crosvm prints one line).
+    static func parse(_ stdout: String) -> CrosvmAnswer {
+        let lines = stdout.split(whereSeparator: \.isNewline).map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
+        guard let line = lines.last else { return .unknown("") }
+        if line.hasPrefix("error ") { return .cliError(String(line.dropFirst(6)).trimmingSpaces()) }
+        let words = line.split(separator: " ")
+        switch words.first {
+        case "ok"?:
+            if words.count == 2, let port = Int(words[1]), (1...255).contains(port) { return .ok(port: port) }
+        case "devices"?:
+            let rest = words.dropFirst()
+            guard rest.count % 3 == 0 else { break }
+            var entries: [Entry] = []
+            var i = rest.startIndex
+            while i < rest.endIndex {
+                guard let port = Int(rest[i]), (1...255).contains(port),
+                      rest[i + 1].count == 4, let vid = UInt16(rest[i + 1], radix: 16),
+                      rest[i + 2].count == 4, let pid = UInt16(rest[i + 2], radix: 16) else {
+                    return .unknown(lines.joined(separator: "\n"))
+                }
+                entries.append(Entry(port: port, vendor: vid, product: pid))
+                i += 3
+            }
+            return .devices(entries)
+        default:
+            if words.count == 1, let simple = Self.words[String(words[0])] { return simple }
+        }
+        return .unknown(lines.joined(separator: "\n"))
+    }
+
+    private static let words: [String: CrosvmAnswer] = [
+        "no_available_port": .noAvailablePort, "no_such_device": .noSuchDevice, "no_such_port": .noSuchPort,
+        "failed_to_open_device": .failedToOpenDevice, "failed_to_init_host_device": .failedToInitHostDevice,
+    ]
+
+    /// crosvm's word for the simple answers.
+    var word: String {
+        switch self {
+        case .ok: "ok"
+        case .devices: "devices"
+        case .noAvailablePort: "no_available_port"
+        case .noSuchDevice: "no_such_device"
+        case .noSuchPort: "no_such_port"
+        case .failedToOpenDevice: "failed_to_open_device"
+        case .failedToInitHostDevice: "failed_to_init_host_device"
+        case .cliError: "error"
+        case .unknown: "?"
+        }
+    }
+
+    /// The answer as crosvm printed it.
+    var text: String {
+        switch self {
+        case .ok(let port): "ok \(port)"
+        case .devices(let entries): (["devices"] + entries.map { "\($0.port) \(hex4($0.vendor)) \(hex4($0.product))" }).joined(separator: " ")
+        case .cliError(let text): "error \(text)"
+        case .unknown(let text): text
+        default: word
+        }
+    }
+}
+
+private func hex4(_ v: UInt16) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 4 - s.count)) + s
+}
+
+private func strerrorText(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+private func seconds(_ s: Double) -> String {
+    s == s.rounded() ? "\(Int(s)) s" : "\(s) s"
+}
+
+private func lastLine(_ text: String) -> String {
+    text.split(whereSeparator: \.isNewline).map { $0.trimmingSpaces() }.last { !$0.isEmpty } ?? ""
+}
+
+extension Substring {
+    fileprivate func trimmingSpaces() -> String {
+        var s = self[...]
+        while let c = s.first, c == " " || c == "\t" || c == "\r" { s = s.dropFirst() }
+        while let c = s.last, c == " " || c == "\t" || c == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension String {
+    fileprivate func trimmingSpaces() -> String { self[...].trimmingSpaces() }
+}

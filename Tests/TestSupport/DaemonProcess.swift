@@ -1,0 +1,106 @@
+import Foundation
+
+/// The vhotplug daemon run as a real process (inside a umockdev testbed when
+/// given one), its log followed line by line so a test waits for what it
+/// says — an event, not a clock.
+public final class DaemonProcess: @unchecked Sendable {
+    public let process = Process()
+    private let lock = NSCondition()
+    private var lines: [String] = []
+    private var ended = false
+    private let reader: Thread
+
+    public init(arguments: [String], testbed: Testbed? = nil, environment extra: [String: String] = [:]) throws {
+        var env = ProcessInfo.processInfo.environment
+        if let testbed {
+            env["UMOCKDEV_DIR"] = testbed.root
+            env["LD_PRELOAD"] = try umockdevPreload()
+        }
+        for (k, v) in extra { env[k] = v }
+        process.executableURL = URL(fileURLWithPath: Repository.vhotplug)
+        process.arguments = arguments
+        process.environment = env
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        process.standardInput = FileHandle.nullDevice
+        let handle = pipe.fileHandleForReading
+        let box = LineBox()
+        reader = Thread {
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: 0x0A) {
+                    box.deliver(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
+                    pending.removeSubrange(pending.startIndex...nl)
+                }
+            }
+            box.deliver(nil)
+        }
+        box.owner = self
+        try process.run()
+        reader.start()
+    }
+
+    private final class LineBox: @unchecked Sendable {
+        weak var owner: DaemonProcess?
+        func deliver(_ line: String?) { owner?.append(line) }
+    }
+
+    private func append(_ line: String?) {
+        lock.lock()
+        if let line { lines.append(line) } else { ended = true }
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// Every line so far.
+    public var log: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+
+    /// Waits until a line after index `from` contains `text`; returns its index.
+    /// Fails (throws) at the deadline or when the daemon exits, with the log.
+    @discardableResult
+    public func waitFor(_ text: String, from: Int = 0, timeout: Double = 20) throws -> Int {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        var checked = from
+        while true {
+            while checked < lines.count {
+                if lines[checked].contains(text) { return checked }
+                checked += 1
+            }
+            if ended { break }
+            if !lock.wait(until: deadline) { break }
+        }
+        throw TestbedError(message: "vhotplug never logged \"\(text)\"; its log:\n" + lines.joined(separator: "\n"))
+    }
+
+    /// The number of log lines so far (a mark for `waitFor(from:)`).
+    public var mark: Int { log.count }
+
+    public func signal(_ signo: Int32) { kill(process.processIdentifier, signo) }
+
+    /// Stops it (SIGTERM) and waits for its exit; returns the exit status.
+    @discardableResult
+    public func stop() -> Int32 {
+        if process.isRunning {
+            signal(SIGTERM)
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
