@@ -45,6 +45,9 @@ let package = Package(
             "DeviceModel", "HotplugConfig", "JSONKit", "Reactor", "CLinux",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // VFIO rebinding of PCI devices with rollback (one syscall seam for tests).
+        .target(name: "VFIO", dependencies: ["DeviceModel", "HostDevices", "Reactor", .product(name: "Logging", package: "swift-log")],
+                exclude: ["README.md"]),
         // The engine: events -> devices -> decisions -> VM operations; state.
         .target(name: "HotplugDaemon", dependencies: [
             "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VMM",
@@ -64,9 +67,11 @@ let package = Package(
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport"]),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "VHotplugTestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Reactor", "DeviceModel", "HostDevices", "VHotplugTestSupport",
                                                      .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "VFIOTests", dependencies: ["VFIO", "HostDevices", "DeviceModel", "Reactor", "VHotplugTestSupport"]),
         .testTarget(name: "HotplugRulesTests", dependencies: ["HotplugRules", "HotplugConfig", "DeviceModel"]),
         .testTarget(name: "HostDevicesTests", dependencies: ["HostDevices", "DeviceModel", "JSONKit", "VHotplugTestSupport"],
                     resources: [.copy("Fixtures")]),

@@ -97,7 +97,7 @@ public actor Daemon {
     /// missed), the VM sockets' watch, then the first pass over connected devices.
     public func start(onReady: (() -> Void)? = nil) async throws {
         self.onReady = onReady
-        signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [unowned self] signo in
+        signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [self] signo in
             Task { await self.signal(signo) }
         }
         let monitor = try UdevMonitor()
@@ -105,13 +105,14 @@ public actor Daemon {
             logger.warning("udevd is not running: listening to kernel events directly")
         }
         self.monitor = monitor
-        loop.watch(monitor.fd) { [unowned self] in
+        loop.watch(monitor.fd) { [self] in
             // Drain on the loop's thread, in order; handle each event in order.
+            self.logger.trace("monitor readable")
             var batch: [(DeviceEvent, Deadline)] = []
             while let e = monitor.receive() { batch.append((e, .now())) }
             if !batch.isEmpty { Task { await self.handle(batch) } }
         }
-        watcher = try PathWatcher(loop: loop) { [unowned self] path, created in
+        watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task { await self.socketChanged(path, created: created) }
         }
         makeBackends()
@@ -254,6 +255,7 @@ public actor Daemon {
     }
 
     func handle(_ e: DeviceEvent, at time: Deadline) {
+        logger.debug("event \(e.action) \(e.subsystem) \(e.devtype) \(e.sysPath)")
         guard e.subsystem == "usb" else { return } // PCI and input come with their issue
         switch (e.devtype, e.action) {
         case ("usb_device", "add"):
@@ -281,7 +283,7 @@ public actor Daemon {
             return
         }
         // Interfaces come with their own events: wait for them (with a deadline).
-        let timer = loop.schedule(at: .after(options.interfaceWait)) { [unowned self] in
+        let timer = loop.schedule(at: .after(options.interfaceWait)) { [self] in
             Task { await self.pendingTimedOut(sysPath) }
         }
         pendingUSB[sysPath] = (time, timer)

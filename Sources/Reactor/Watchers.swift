@@ -61,7 +61,7 @@ public final class PathWatcher {
         guard fd >= 0 else { throw .system("inotify_init1", errno) }
         self.loop = loop
         self.handler = handler
-        loop.watch(fd) { [unowned self] in drain() }
+        loop.watch(fd) { [weak self] in self?.drain() }
     }
 
     deinit {

@@ -81,7 +81,8 @@ public struct Application: ParsableCommand {
                 loop.stop()
             }
         }
-        loop.run()
+        // The daemon lives as long as the loop runs (its handlers refer to it).
+        withExtendedLifetime(daemon) { loop.run() }
         if let message = failure.message {
             writeStderr("vhotplug: cannot start: \(message)\n")
             throw ExitCode(1)

@@ -103,11 +103,11 @@ public actor CrosvmBackend: VMBackend {
                               usbVendor: device.vendorId, usbProduct: device.productId)
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
-            let ports = inUse.map { "\($0) of crosvm's 16 ports in use" } ?? "crosvm's ports could not be listed"
+            // Short enough for VMError's description (which cuts messages at 200 characters).
+            let ports = inUse.map { "\($0) of crosvm's 16 in use" } ?? "ports not listed"
             throw failure(command, "no_available_port",
-                          "no free USB port for \(what) (\(ports)): either the guest has not started its USB (xHCI) "
-                          + "driver yet (crosvm refuses attaches until the guest is up), or all ports for this kind of "
-                          + "device are taken (crosvm has 16: 8 for USB 2 devices and 8 for USB 3 devices)")
+                          "no free USB port for \(device.sysName) (\(ports)): either the guest has not started its USB "
+                          + "(xHCI) driver yet, or all ports for this kind of device are taken (8 for USB 2, 8 for USB 3)")
         case .noSuchDevice:
             throw failure(command, "no_such_device",
                           "crosvm could not use \(node) as a USB device (no_such_device): the device is gone, "
@@ -233,7 +233,7 @@ public actor CrosvmBackend: VMBackend {
         let ms = Int(Deadline.now().seconds(since: started) * 1000)
         logger.debug("VM \(name): crosvm \(step) -> \(quoted(answer.text, limit: 300)) (exit \(result.status), \(ms) ms)")
         if case .cliError(let text) = answer, text == "socket failed" {
-            let why = lastLine(result.stderr)
+            let why = logLine(result.stderr, containing: "socket at") ?? lastLine(result.stderr)
             if why.contains("failed to connect") {
                 logger.info("VM \(name): crosvm cannot connect to \(socketPath): \(why)")
                 throw .notRunning(vm: name, reason: "crosvm cannot connect to \(socketPath): \(why)")
@@ -382,6 +382,16 @@ private func strerrorText(_ code: Int32) -> String { String(cString: strerror(co
 
 private func seconds(_ s: Double) -> String {
     s == s.rounded() ? "\(Int(s)) s" : "\(s) s"
+}
+
+/// The first line of crosvm's log (stderr) that contains `text`, without the
+/// `[<time> <LEVEL> <tag>] ` prefix of its log lines.
+private func logLine(_ log: String, containing text: String) -> String? {
+    guard let line = log.split(whereSeparator: \.isNewline).first(where: { $0.contains(text) }) else { return nil }
+    if line.hasPrefix("["), let end = line.firstIndex(of: "]") {
+        return line[line.index(after: end)...].trimmingSpaces()
+    }
+    return line.trimmingSpaces()
 }
 
 private func lastLine(_ text: String) -> String {

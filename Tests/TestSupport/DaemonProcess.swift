@@ -12,6 +12,10 @@ public final class DaemonProcess: @unchecked Sendable {
 
     public init(arguments: [String], testbed: Testbed? = nil, environment extra: [String: String] = [:]) throws {
         var env = ProcessInfo.processInfo.environment
+        if testbed != nil, !(env["LD_PRELOAD"] ?? "").contains("umockdev") {
+            // umockdev delivers a testbed's uevents only when the sending process runs under its preload.
+            throw TestbedError(message: "the tests must run under umockdev-wrapper for uevents to reach vhotplug: use `make test` (it runs `umockdev-wrapper swift test`)")
+        }
         if let testbed {
             env["UMOCKDEV_DIR"] = testbed.root
             env["LD_PRELOAD"] = try umockdevPreload()

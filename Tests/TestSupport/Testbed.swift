@@ -112,7 +112,51 @@ public final class Testbed: @unchecked Sendable {
     /// Removes a device (send the `remove` uevent first: this sends none).
     public func remove(_ devpath: String) {
         umockdev_testbed_remove_device(tb, devpath)
+        removeDanglingLinks()
     }
+
+    /// Unplugs a device as the kernel does: `remove` events for its children
+    /// (deepest first) and for itself, then the device and its links go.
+    public func unplug(_ devpath: String) {
+        let dir = root + devpath
+        var children: [String] = []
+        if let e = FileManager.default.enumerator(atPath: dir) {
+            while let rel = e.nextObject() as? String {
+                if rel.hasSuffix("/uevent"), !rel.contains("/power/") {
+                    children.append(devpath + "/" + String(rel.dropLast("/uevent".count)))
+                }
+            }
+        }
+        // Their device nodes go too (umockdev keeps them otherwise).
+        var nodes: [String] = []
+        for d in children + [devpath] {
+            let text = (try? String(contentsOfFile: root + d + "/uevent", encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n") where line.hasPrefix("DEVNAME=") {
+                nodes.append(root + "/dev/" + line.dropFirst("DEVNAME=".count).replacingOccurrences(of: "/dev/", with: ""))
+            }
+        }
+        for child in children.sorted(by: { $0.count > $1.count }) { uevent(child, "remove") }
+        uevent(devpath, "remove")
+        remove(devpath)
+        for node in nodes { try? FileManager.default.removeItem(atPath: node) }
+    }
+
+    /// umockdev leaves the bus, class and device-node links of a removed device:
+    /// drop every dangling link so that the same device can be added again.
+    private func removeDanglingLinks() {
+        let fm = FileManager.default
+        guard let e = fm.enumerator(atPath: root) else { return }
+        var dangling: [String] = []
+        while let rel = e.nextObject() as? String {
+            if rel.hasPrefix("sys/devices") { e.skipDescendants(); continue }
+            let path = root + "/" + rel
+            if (try? fm.destinationOfSymbolicLink(atPath: path)) != nil, !fm.fileExists(atPath: path) {
+                dangling.append(path)
+            }
+        }
+        for path in dangling { try? fm.removeItem(atPath: path) }
+    }
+
 }
 
 public struct TestbedError: Error, CustomStringConvertible {

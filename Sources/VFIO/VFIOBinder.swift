@@ -1,0 +1,333 @@
+import DeviceModel
+import HostDevices
+import Logging
+import Reactor
+
+/// Moves every endpoint of a PCI device's IOMMU group to vfio-pci, and back.
+///
+/// For each member (the group's endpoints in address order; PCI bridges are
+/// left alone): record its driver and `driver_override`, write `vfio-pci` to
+/// `driver_override`, write the address to its driver's `unbind` and wait for
+/// the `driver` link to go, write the address to `/sys/bus/pci/drivers_probe`
+/// and wait for the link to name vfio-pci; then wait for `/dev/vfio/GROUP`.
+/// A member already on vfio-pci is left as it is. If any step fails, every
+/// member touched goes back to the driver it had, in reverse order, and the
+/// error names the device, the step and the errno (or the timeout).
+///
+/// Waits are driven by uevents that the daemon passes to `deviceEvent`, each
+/// with a deadline (`timeout` seconds per wait); nothing polls or sleeps.
+///
+/// An actor on the daemon's event loop: its timers are the loop's, and binds
+/// and restores run one at a time, in order, while events are still taken in.
+/// The sysfs writes themselves are synchronous system calls on the loop's
+/// thread (the kernel unbinds and probes within the `write`).
+public actor VFIOBinder {
+    /// The driver that hands devices to VMs.
+    public static let vfioDriver = "vfio-pci"
+
+    /// The sysfs tree (`/sys`, or a testbed's).
+    public nonisolated let sysfs: Sysfs
+    /// The folder standing for `/dev` (`/dev/vfio/GROUP` is looked for below it).
+    public nonisolated let devRoot: String
+    /// Seconds allowed for each wait of a bind (an unbind, a bind, the group node).
+    public nonisolated let timeout: Double
+    /// Seconds allowed for each wait while giving devices back (a restore, or
+    /// the rollback of a failed bind): longer, since a device stranded on
+    /// vfio-pci costs the user more than a slow rollback.
+    public nonisolated let restoreTimeout: Double
+
+    private let loop: EventLoop
+    private let io: any SysfsIO
+    private let bootDevices: BootDevices
+    private let logger: Logger
+    private let waits: EventWaits
+    private let lock = SerialLock()
+
+    /// The event loop: this actor runs on the daemon's loop thread.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    /// - Parameters:
+    ///   - loop: the daemon's event loop (this actor's executor and timers).
+    ///   - sysfs: the sysfs tree.
+    ///   - devRoot: the folder standing for `/dev`.
+    ///   - io: the syscall seam (a `FaultInjectingSysfsIO` in tests).
+    ///   - bootDevices: the devices behind `/` and `/boot`, to refuse a group that holds one;
+    ///     read from mountinfo when nil.
+    ///   - timeout: seconds for each wait of a bind.
+    ///   - restoreTimeout: seconds for each wait while giving devices back.
+    public init(loop: EventLoop, sysfs: Sysfs = Sysfs(), devRoot: String = "/dev", io: any SysfsIO = SystemSysfsIO(),
+                bootDevices: BootDevices? = nil, timeout: Double = 5, restoreTimeout: Double = 10,
+                logger: Logger = Logger(label: "vhotplug.vfio")) {
+        self.loop = loop
+        self.sysfs = sysfs
+        self.devRoot = devRoot.count > 1 && devRoot.hasSuffix("/") ? String(devRoot.dropLast()) : devRoot
+        self.io = io
+        self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
+        self.timeout = timeout
+        self.restoreTimeout = restoreTimeout
+        self.logger = logger
+        waits = EventWaits(loop: loop)
+    }
+
+    // MARK: Events
+
+    /// A uevent, as the daemon's udev monitor received it: wakes whatever waits
+    /// on that device. `sysPath` is the DEVPATH (`/devices/...`, with or without
+    /// the sysfs root). The rebind listens for `bind`/`unbind` of subsystem `pci`
+    /// and `add` of subsystem `vfio` (`/devices/virtual/vfio/GROUP`); any other
+    /// action on those devices only causes a re-check, which is harmless.
+    public func deviceEvent(action: String, subsystem: String, sysPath: String) {
+        guard let name = sysPath.split(separator: "/").last.map(String.init) else { return }
+        switch subsystem {
+        case "pci": waits.notify(.pci(name.lowercased()))
+        case "vfio": waits.notify(.vfioGroup(name))
+        default: break
+        }
+    }
+
+    /// Waits in progress (tests check that none is left behind).
+    public var pendingWaits: Int { waits.count }
+
+    // MARK: Bind
+
+    /// Moves every endpoint of `device`'s IOMMU group to vfio-pci and waits for
+    /// `/dev/vfio/GROUP`. Atomic in effect: on any failure, every member touched
+    /// is back on the driver it had (as far as the kernel lets it) before the
+    /// error is thrown; what could not be undone is in `cleanupFailures`.
+    ///
+    /// Refused, with nothing touched: a bridge, a device serving the host's `/`
+    /// or `/boot` (or a group holding one), a device without an IOMMU group, and
+    /// any group when vfio-pci is not loaded.
+    public func bind(_ device: PCIDevice) async throws(VFIOError) -> BindRecord {
+        await lock.acquire()
+        defer { lock.release() }
+        let start = Deadline.now()
+        let (group, addresses) = try plan(device)
+        var members: [BindRecord.Member] = []
+        for address in addresses {
+            members.append(try readState(address))
+        }
+        if members.contains(where: { !$0.wasOnVFIO }) {
+            try requireVFIODriver(device.address)
+        }
+        var touched: [BindRecord.Member] = []
+        do throws(VFIOError) {
+            for member in members where !member.wasOnVFIO {
+                touched.append(member)
+                try await moveToVFIO(member)
+            }
+            try await waitForGroupNode(group, device: device.address)
+        } catch {
+            logger.warning("\(error.device): \(error.step.rawValue) failed; giving \(touched.map(\.address).joined(separator: ", ")) back")
+            var failure = error
+            failure.cleanupFailures = await giveBack(touched.reversed())
+            throw failure
+        }
+        let moved = members.map { m in m.wasOnVFIO ? "\(m.address) (already)" : "\(m.address) from \(m.originalDriver ?? "no driver")" }
+        logger.info("IOMMU group \(group) on vfio-pci in \(formatSeconds(Deadline.now().seconds(since: start))): \(moved.joined(separator: ", "))")
+        return BindRecord(device: device.address, group: group, members: members, groupNode: groupNode(group))
+    }
+
+    /// Gives every member the bind moved back to the driver it had, as
+    /// libvirt's managed mode does: its old `driver_override` (none: `"\n"`),
+    /// unbind from vfio-pci, `drivers_probe`, and wait for the old driver's link.
+    /// Members that were on vfio-pci before the bind stay there. Every member is
+    /// tried even when one fails; the error names the first failure and lists
+    /// the others in `cleanupFailures`.
+    public func restore(_ record: BindRecord) async throws(VFIOError) {
+        await lock.acquire()
+        defer { lock.release() }
+        let failures = await giveBack(record.members.filter { !$0.wasOnVFIO }.reversed())
+        if var first = failures.first {
+            first.cleanupFailures = Array(failures.dropFirst())
+            throw first
+        }
+        logger.info("IOMMU group \(record.group) back on its drivers")
+    }
+
+    // MARK: Steps
+
+    /// The checks made before anything is touched; the group's endpoints, in address order.
+    private func plan(_ device: PCIDevice) throws(VFIOError) -> (group: Int, members: [String]) {
+        let address = device.address.lowercased()
+        func refuse(_ why: String) -> VFIOError { VFIOError(device: address, step: .check, cause: .refused(why)) }
+        if device.isBridge {
+            throw refuse("a PCI bridge: bridges are never passed through")
+        }
+        if device.holdsHostBootFilesystem {
+            throw refuse("it serves the host's / or /boot: never passed through")
+        }
+        guard let group = device.iommuGroup else {
+            throw refuse("no IOMMU group: the IOMMU is off or absent (intel_iommu=on or amd_iommu=on on the kernel "
+                + "command line, VT-d/AMD-Vi in the firmware); vfio-pci and QEMU cannot use such a device")
+        }
+        var members = [address]
+        for peer in Set(device.iommuGroupPeers.map { $0.lowercased() }).subtracting([address]).sorted() {
+            let classText: String
+            do { classText = try io.read(devicePath(peer) + "/class") } catch {
+                throw VFIOError(device: peer, step: .readState, cause: .system(error))
+            }
+            guard let cls = parseHex(classText) else {
+                throw VFIOError(device: peer, step: .readState, cause: .refused("its class \(quote(classText)) is not a PCI class"))
+            }
+            if cls >> 16 == 0x06 {
+                logger.debug("\(peer), a bridge in IOMMU group \(group), is left on its driver")
+                continue
+            }
+            if holdsBootFilesystem(peer) {
+                throw refuse("IOMMU group \(group) also holds \(peer), which serves the host's / or /boot: "
+                    + "the group cannot be passed through")
+            }
+            members.append(peer)
+        }
+        return (group, members.sorted())
+    }
+
+    /// A PCI function serves a block device when its address is a component
+    /// of the block device's sysfs path (addresses are unique, domain included).
+    private func holdsBootFilesystem(_ address: String) -> Bool {
+        bootDevices.paths.contains { $0.split(separator: "/").contains { $0 == address } }
+    }
+
+    /// The member's driver and `driver_override` now.
+    private func readState(_ address: String) throws(VFIOError) -> BindRecord.Member {
+        let driver = try currentDriver(address)
+        let override: String
+        do { override = try io.read(devicePath(address) + "/driver_override") } catch {
+            throw VFIOError(device: address, step: .readState, cause: .system(error))
+        }
+        let trimmed = override.trimmedWhitespace()
+        return BindRecord.Member(address: address, originalDriver: driver,
+                                 originalOverride: trimmed.isEmpty || trimmed == "(null)" ? nil : trimmed,
+                                 wasOnVFIO: driver == Self.vfioDriver)
+    }
+
+    private func currentDriver(_ address: String) throws(VFIOError) -> String? {
+        do { return try io.linkName(devicePath(address) + "/driver") } catch {
+            throw VFIOError(device: address, step: .readState, cause: .system(error))
+        }
+    }
+
+    private func requireVFIODriver(_ address: String) throws(VFIOError) {
+        let present: Bool
+        do { present = try io.exists(driverPath(Self.vfioDriver)) } catch {
+            throw VFIOError(device: address, step: .check, cause: .system(error))
+        }
+        if !present {
+            throw VFIOError(device: address, step: .check, cause: .refused(
+                "the vfio-pci driver is not loaded (no \(driverPath(Self.vfioDriver))): modprobe vfio-pci"))
+        }
+    }
+
+    private func moveToVFIO(_ m: BindRecord.Member) async throws(VFIOError) {
+        let a = m.address
+        try write(Self.vfioDriver, to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
+        if let driver = m.originalDriver {
+            try write(a, to: driverPath(driver) + "/unbind", device: a, step: .unbind)
+            try await waitForDriver(a, nil, step: .waitForUnbind, seconds: timeout)
+        }
+        try write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
+        try await waitForDriver(a, Self.vfioDriver, step: .waitForDriver, seconds: timeout)
+    }
+
+    /// Puts members back (state-driven: each one is looked at as it is now, so
+    /// a member the failed step left half-way goes back too). Returns the failures.
+    private func giveBack(_ members: [BindRecord.Member]) async -> [VFIOError] {
+        var failures: [VFIOError] = []
+        for m in members {
+            do throws(VFIOError) {
+                try await giveBack(m)
+            } catch {
+                logger.error("\(m.address) could not go back to \(m.originalDriver ?? "no driver"): \(error)")
+                failures.append(error)
+            }
+        }
+        return failures
+    }
+
+    private func giveBack(_ m: BindRecord.Member) async throws(VFIOError) {
+        let a = m.address
+        try write(m.originalOverride ?? "\n", to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
+        let current = try currentDriver(a)
+        if current == m.originalDriver { return }
+        if let current {
+            guard current == Self.vfioDriver else {
+                throw VFIOError(device: a, step: .unbind, cause: .refused(
+                    "bound to \(current), neither vfio-pci nor its old driver (\(m.originalDriver ?? "none")): left alone"))
+            }
+            try write(a, to: driverPath(current) + "/unbind", device: a, step: .unbind)
+            try await waitForDriver(a, nil, step: .waitForUnbind, seconds: restoreTimeout)
+        }
+        if let original = m.originalDriver {
+            try write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
+            try await waitForDriver(a, original, step: .waitForDriver, seconds: restoreTimeout)
+        }
+    }
+
+    private func write(_ value: String, to path: String, device: String, step: VFIOError.Step) throws(VFIOError) {
+        do { try io.write(value, to: path) } catch {
+            throw VFIOError(device: device, step: step, cause: .system(error))
+        }
+        logger.trace("wrote \(quote(value)) to \(path)")
+    }
+
+    /// Waits until the `driver` link names `expected` (nil: until there is no link).
+    private func waitForDriver(_ address: String, _ expected: String?, step: VFIOError.Step,
+                               seconds: Double) async throws(VFIOError) {
+        let link = devicePath(address) + "/driver"
+        let io = self.io
+        let outcome = await waits.wait(for: .pci(address), deadline: .after(seconds)) {
+            do throws(SysfsIOError) {
+                let now = try io.linkName(link)
+                return now == expected ? .done : .notYet(now.map { "bound to \($0)" } ?? "no driver bound")
+            } catch {
+                return .failed(error)
+            }
+        }
+        switch outcome {
+        case .satisfied:
+            return
+        case .failed(let e):
+            throw VFIOError(device: address, step: step, cause: .system(e))
+        case .timedOut(let seen):
+            throw VFIOError(device: address, step: step, cause: .timeout(
+                waitingFor: expected.map { "bind to \($0)" } ?? "unbind", seconds: seconds, state: seen))
+        }
+    }
+
+    private func waitForGroupNode(_ group: Int, device: String) async throws(VFIOError) {
+        let node = groupNode(group)
+        let io = self.io
+        let outcome = await waits.wait(for: .vfioGroup(String(group)), deadline: .after(timeout)) {
+            do throws(SysfsIOError) {
+                return try io.exists(node) ? .done : .notYet("\(node) absent")
+            } catch {
+                return .failed(error)
+            }
+        }
+        switch outcome {
+        case .satisfied:
+            return
+        case .failed(let e):
+            throw VFIOError(device: device, step: .waitForGroupNode, cause: .system(e))
+        case .timedOut(let seen):
+            throw VFIOError(device: device, step: .waitForGroupNode,
+                            cause: .timeout(waitingFor: node, seconds: timeout, state: seen))
+        }
+    }
+
+    // MARK: Paths
+
+    private func devicePath(_ address: String) -> String { sysfs.path("/bus/pci/devices/\(address)") }
+    private func driverPath(_ driver: String) -> String { sysfs.path("/bus/pci/drivers/\(driver)") }
+    private func groupNode(_ group: Int) -> String { devRoot + "/vfio/\(group)" }
+}
+
+extension String {
+    func trimmedWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\n" || f == "\t" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\n" || l == "\t" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}
