@@ -31,7 +31,12 @@ test: test-unit
 ## uevents reach other processes (vhotplug, QEMU) only from a preloaded sender.
 test-unit: deps
 	$(SWIFT) build --build-tests
-	umockdev-wrapper $(SWIFT) test --skip-build
+	@# umockdev's fake netlink holds few datagrams by default; a storm of uevents needs room.
+	@if [ "$$(id -u)" = 0 ] && [ "$$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 1000 ]; then \
+		echo 1000 > /proc/sys/net/unix/max_dgram_qlen; fi
+	umockdev-wrapper $(SWIFT) test --skip-build --skip VFIOTests
+	@# The VFIO tests play the kernel with FIFOs in their testbed, without umockdev's preload.
+	$(SWIFT) test --skip-build --filter VFIOTests
 
 test-lab: deps
 	$(SWIFT) build

@@ -107,7 +107,6 @@ public actor Daemon {
         self.monitor = monitor
         loop.watch(monitor.fd) { [self] in
             // Drain on the loop's thread, in order; handle each event in order.
-            self.logger.trace("monitor readable")
             var batch: [(DeviceEvent, Deadline)] = []
             while let e = monitor.receive() { batch.append((e, .now())) }
             if !batch.isEmpty { Task { await self.handle(batch) } }
@@ -164,7 +163,15 @@ public actor Daemon {
             t.failed = false
             t.since = .now()
         }
-        await resync(vm: vm)
+        // The socket file exists from QEMU's bind(), a moment before its listen():
+        // a refused connection right now is retried, briefly and boundedly.
+        var delay = 0.005
+        while true {
+            await resync(vm: vm)
+            guard vmDown.contains(vm), delay < 1, access(path, F_OK) == 0 else { break }
+            await loop.sleep(delay)
+            delay *= 2
+        }
         for (key, t) in devices where t.want == vm { reconcile(key) }
     }
 
@@ -356,7 +363,8 @@ public actor Daemon {
     /// Moves a device towards where it should be, one VM operation at a time.
     /// Events that change `want` meanwhile are picked up by the same task.
     func reconcile(_ key: String) {
-        guard let t = devices[key], !t.busy else { return }
+        guard let t = devices[key] else { return }
+        guard !t.busy else { return }
         t.busy = true
         Task {
             await self.reconcileLoop(key, t)
@@ -381,8 +389,10 @@ public actor Daemon {
                     logger.error("\(t.device.logName): detach from \(a.vm) failed: \(error)")
                     return
                 }
-            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, !vmDown.contains(vm),
-                      case .usb(let d) = t.device {
+            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, vmDown.contains(vm) {
+                logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
+                return
+            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, case .usb(let d) = t.device {
                 guard let backend = backends[vm] else {
                     logger.error("\(t.device.logName): VM \(vm) is not configured")
                     return

@@ -115,8 +115,9 @@ public final class PathWatcher {
                 let name = String(decoding: nameBytes, as: UTF8.self)
                 offset = nameStart + len
                 if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
-                    folders[wd] = nil
-                    rearm = true
+                    // A watched folder went away by itself (a watch this object removed
+                    // is already forgotten: its IN_IGNORED is not a reason to re-arm).
+                    if folders.removeValue(forKey: wd) != nil { rearm = true }
                     continue
                 }
                 guard let dir = folders[wd] else { continue }

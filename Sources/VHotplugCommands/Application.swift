@@ -136,7 +136,7 @@ func writeStdout(_ s: String) {
 func bootstrapLogging(debug: Bool) {
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = debug ? .debug : .info
+        handler.logLevel = debug ? (getenv("VHOTPLUG_TRACE") != nil ? .trace : .debug) : .info
         return handler
     }
 }

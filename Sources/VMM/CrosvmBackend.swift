@@ -104,6 +104,12 @@ public actor CrosvmBackend: VMBackend {
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
             // Short enough for VMError's description (which cuts messages at 200 characters).
+            // With fewer than 8 ports in use no kind of port can be full: the guest is not up.
+            if let inUse, inUse < 8 {
+                throw failure(command, "no_available_port",
+                              "no USB port for \(device.sysName) (\(inUse) of crosvm's 16 in use): the guest has not "
+                              + "started its USB (xHCI) driver yet; crosvm refuses attaches until it has")
+            }
             let ports = inUse.map { "\($0) of crosvm's 16 in use" } ?? "ports not listed"
             throw failure(command, "no_available_port",
                           "no free USB port for \(device.sysName) (\(ports)): either the guest has not started its USB "

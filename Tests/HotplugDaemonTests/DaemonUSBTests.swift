@@ -24,8 +24,8 @@ struct Rig {
     let qemu: QEMUInstance
     let config: String
 
-    init() throws {
-        tb = Testbed()
+    init() async throws {
+        tb = await Testbed.make()
         qemu = try QEMUInstance(testbed: tb)
         config = try writeConfig(qemu.dir, socket: qemu.qmpPath)
     }
@@ -66,8 +66,8 @@ struct Rig {
 @Suite("The daemon with USB devices, a real QEMU and umockdev", .serialized)
 struct DaemonUSBTests {
     @Test("plug, unplug, replug: attached, detached, attached again")
-    func plugUnplug() throws {
-        let rig = try Rig()
+    func plugUnplug() async throws {
+        let rig = try await Rig()
         let d = try rig.daemon()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("usb 1-2 046d:c52b")
@@ -92,8 +92,8 @@ struct DaemonUSBTests {
     }
 
     @Test("a denied device is not attached, and the log says which deny entry stopped it")
-    func denied() throws {
-        let rig = try Rig()
+    func denied() async throws {
+        let rig = try await Rig()
         _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.qmpPath,
                             deny: #"{"vendorId": "046d", "productId": "c52b", "description": "Unifying stays"}"#)
         let d = try rig.daemon()
@@ -104,8 +104,8 @@ struct DaemonUSBTests {
     }
 
     @Test("-a attaches what is already connected at start")
-    func attachConnected() throws {
-        let rig = try Rig()
+    func attachConnected() async throws {
+        let rig = try await Rig()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let d = try rig.daemon(["-a"])
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
@@ -113,8 +113,8 @@ struct DaemonUSBTests {
     }
 
     @Test("without -a, a connected device stays on the host")
-    func noAttachConnected() throws {
-        let rig = try Rig()
+    func noAttachConnected() async throws {
+        let rig = try await Rig()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let d = try rig.daemon()
         #expect(try rig.qemu.attachedIds() == [])
@@ -122,8 +122,8 @@ struct DaemonUSBTests {
     }
 
     @Test("a VM killed and restarted gets its device back without replugging")
-    func vmRestart() throws {
-        let rig = try Rig()
+    func vmRestart() async throws {
+        let rig = try await Rig()
         let d = try rig.daemon()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
@@ -135,8 +135,8 @@ struct DaemonUSBTests {
     }
 
     @Test("a VM down when the device comes: attached once the VM starts")
-    func vmDownThenUp() throws {
-        let rig = try Rig()
+    func vmDownThenUp() async throws {
+        let rig = try await Rig()
         rig.qemu.stop()
         let d = try rig.daemon()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
@@ -148,8 +148,8 @@ struct DaemonUSBTests {
     }
 
     @Test("a restarted vhotplug finds what it attached: no double attach; a stale id is removed")
-    func daemonRestart() throws {
-        let rig = try Rig()
+    func daemonRestart() async throws {
+        let rig = try await Rig()
         var d = try rig.daemon()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
@@ -167,8 +167,8 @@ struct DaemonUSBTests {
     }
 
     @Test("SIGHUP with a changed rule moves the device; a bad configuration is rejected and the old one stays")
-    func reload() throws {
-        let rig = try Rig()
+    func reload() async throws {
+        let rig = try await Rig()
         let d = try rig.daemon()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")

@@ -11,8 +11,8 @@ public final class DaemonProcess: @unchecked Sendable {
     private let reader: Thread
 
     public init(arguments: [String], testbed: Testbed? = nil, environment extra: [String: String] = [:]) throws {
-        var env = ProcessInfo.processInfo.environment
-        if testbed != nil, !(env["LD_PRELOAD"] ?? "").contains("umockdev") {
+        var env = cleanEnvironment()
+        if testbed != nil, !(ProcessInfo.processInfo.environment["LD_PRELOAD"] ?? "").contains("umockdev") {
             // umockdev delivers a testbed's uevents only when the sending process runs under its preload.
             throw TestbedError(message: "the tests must run under umockdev-wrapper for uevents to reach vhotplug: use `make test` (it runs `umockdev-wrapper swift test`)")
         }

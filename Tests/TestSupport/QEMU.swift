@@ -23,7 +23,7 @@ public final class QEMUInstance: @unchecked Sendable {
         qmpPath = dir + "/\(name).qmp"
         observerPath = dir + "/\(name)-obs.qmp"
         self.extraArgs = extraArgs
-        var env = ProcessInfo.processInfo.environment
+        var env = cleanEnvironment()
         if let testbed {
             env["UMOCKDEV_DIR"] = testbed.root
             env["LD_PRELOAD"] = try umockdevPreload()

@@ -41,9 +41,9 @@ public final class Testbed: @unchecked Sendable {
     /// The folder standing for `/sys`.
     public var sysRoot: String { root + "/sys" }
 
-    /// A testbed made without waiting for others (the caller serialises its own
-    /// tests; testbeds are separate folders and vhotplug's code reads them by path).
-    public init() {
+    /// Use `make()`: umockdev's preload finds the testbed through the process-wide
+    /// UMOCKDEV_DIR, so two testbeds at once would mix their uevents.
+    private init() {
         tb = umockdev_testbed_new()
         let dir = umockdev_testbed_get_root_dir(tb)!
         root = String(cString: dir)
@@ -194,7 +194,7 @@ public func run(_ argv: [String], environment: [String: String]? = nil, input: S
     let p = Process()
     p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
     p.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
-    if let environment { p.environment = environment }
+    p.environment = environment ?? cleanEnvironment()
     let out = Pipe(), err = Pipe(), inp = Pipe()
     p.standardOutput = out
     p.standardError = err
@@ -214,6 +214,18 @@ public func run(_ argv: [String], environment: [String: String]? = nil, input: S
     group.wait()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+}
+
+/// This process's environment without umockdev's (the tests run under its
+/// preload; a child sees a testbed only when given one explicitly).
+public func cleanEnvironment() -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    env["UMOCKDEV_DIR"] = nil
+    if let preload = env["LD_PRELOAD"] {
+        let kept = preload.split(whereSeparator: { $0 == ":" || $0 == " " }).filter { !$0.contains("umockdev") }
+        env["LD_PRELOAD"] = kept.isEmpty ? nil : kept.joined(separator: ":")
+    }
+    return env
 }
 
 /// The path of a program on PATH, or a failure naming the Debian package to install.
