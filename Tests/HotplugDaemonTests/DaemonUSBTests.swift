@@ -186,4 +186,19 @@ struct DaemonUSBTests {
         try d.waitFor("detached from vm1", from: mark)
         #expect(try rig.qemu.attachedIds() == [])
     }
+
+    @Test("a device unplugged while its attach is in flight ends detached, nothing left behind")
+    func unplugDuringAttach() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        rig.unplugReceiver()              // at once: the attach may be in flight, or not started
+        let mark = d.mark
+        try rig.replugReceiver(1)         // the same port, a new address (5)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        // Whatever happened to the first plug, the VM now holds exactly the second one.
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        let addr = try rig.qemu.observe("qom-get", #"{"path": "/machine/peripheral/vhp-usb-1-2", "property": "hostaddr"}"#)
+        #expect(addr["return"] as? Int == 5)
+    }
 }

@@ -1,0 +1,63 @@
+import Foundation
+import Testing
+import VHotplugTestSupport
+
+/// A crosvm VM played by the repository's double, with `crosvm` on PATH for the daemon.
+final class CrosvmVM: @unchecked Sendable {
+    let dir: String
+    let socket: String
+    let process = Process()
+
+    init() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-crosvm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir + "/bin", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/bin/crosvm", withDestinationPath: Repository.root + "/Tests/Doubles/crosvm")
+        socket = dir + "/vm2.sock"
+        process.executableURL = URL(fileURLWithPath: Repository.root + "/Tests/Doubles/crosvm")
+        process.arguments = ["run-double", socket]
+        process.environment = cleanEnvironment()
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        // It prints "ready" once it listens.
+        let line = out.fileHandleForReading.readData(ofLength: 6)
+        guard String(decoding: line, as: UTF8.self).hasPrefix("ready") else {
+            throw TestbedError(message: "the crosvm double did not start")
+        }
+    }
+
+    /// `crosvm usb list` through the double.
+    func list() throws -> String {
+        try run([dir + "/bin/crosvm", "usb", "list", socket]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    deinit {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+@Suite("The daemon with a crosvm VM (the double)", .serialized)
+struct DaemonCrosvmTests {
+    @Test("plug: crosvm usb attach with the device node; unplug: usb detach of the port it returned")
+    func crosvm() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let config = vm.dir + "/vhotplug.conf"
+        try """
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "\(vm.socket)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["PATH": vm.dir + "/bin:" + path])
+        try d.waitFor("listening")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm2 as 1")
+        #expect(try vm.list() == "devices 1 046d c52b")
+        let mark = d.mark
+        tb.unplug(receiverPath)
+        try d.waitFor("detached from vm2 (1)", from: mark)
+        #expect(try vm.list() == "devices")
+    }
+}
