@@ -50,7 +50,7 @@ let package = Package(
                 exclude: ["README.md"]),
         // The engine: events -> devices -> decisions -> VM operations; state.
         .target(name: "HotplugDaemon", dependencies: [
-            "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VMM",
+            "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VFIO", "VMM",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The commands (inspect, check, ...): argument parsing and output only.

@@ -5,6 +5,7 @@ import HotplugRules
 import JSONKit
 import Logging
 import Reactor
+import VFIO
 import VMM
 #if canImport(Glibc)
 import Glibc
@@ -50,6 +51,8 @@ final class Tracked {
     var failed = false
     /// When the event that started the current work arrived (latency in logs).
     var since: Deadline
+    /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
+    var vfio: BindRecord?
 
     init(device: HostDevice, decision: Decision, since: Deadline) {
         self.device = device
@@ -73,6 +76,8 @@ public actor Daemon {
     /// VMs known to be down (their socket refuses): devices wait for the socket to appear.
     var vmDown: Set<String> = []
     let reader: DeviceReader
+    /// Moves PCI devices (their whole IOMMU group) to vfio-pci and back.
+    let binder: VFIOBinder
     var monitor: UdevMonitor?
     var watcher: PathWatcher?
     var signals: SignalSource?
@@ -90,7 +95,9 @@ public actor Daemon {
         self.matcher = Matcher(configuration)
         self.loop = loop
         self.logger = logger
-        self.reader = DeviceReader(sysfs: Sysfs(root: options.sysfsRoot))
+        let sysfs = Sysfs(root: options.sysfsRoot)
+        self.reader = DeviceReader(sysfs: sysfs)
+        self.binder = VFIOBinder(loop: loop, sysfs: sysfs, logger: logger)
     }
 
     /// Starts: signals, the event monitor (before reading devices, so none is
@@ -242,8 +249,17 @@ public actor Daemon {
                 guard case .usb(let d) = t.device, t.attachment == nil, t.decision.targetVm == vm else { return false }
                 return d.vendorId == a.usbVendor && d.productId == a.usbProduct
             }
-        case .pci, .evdev:
-            return nil
+        case .pci:
+            // By host address: two identical cards stay distinct.
+            return devices.values.first { t in
+                if case .pci(let d) = t.device { return d.address == (a.pciHost ?? a.hostKey) }
+                return false
+            }
+        case .evdev:
+            return devices.values.first { t in
+                if case .input(let d) = t.device { return d.sysName == a.hostKey }
+                return false
+            }
         }
     }
 
@@ -262,16 +278,30 @@ public actor Daemon {
     }
 
     func handle(_ e: DeviceEvent, at time: Deadline) {
-        logger.debug("event \(e.action) \(e.subsystem) \(e.devtype) \(e.sysPath)")
-        guard e.subsystem == "usb" else { return } // PCI and input come with their issue
-        switch (e.devtype, e.action) {
-        case ("usb_device", "add"):
-            deviceAdded(e.sysPath, at: time)
-        case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
-            let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
-            if pendingUSB[devicePath] != nil { checkPending(devicePath) }
-        case ("usb_device", "remove"):
-            deviceRemoved(e.sysPath)
+        logger.trace("event \(e.action) \(e.subsystem) \(e.devtype) \(e.sysPath)")
+        switch e.subsystem {
+        case "usb":
+            switch (e.devtype, e.action) {
+            case ("usb_device", "add"):
+                deviceAdded(e.sysPath, at: time)
+            case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
+                let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
+                if pendingUSB[devicePath] != nil { checkPending(devicePath) }
+            case ("usb_device", "remove"):
+                deviceRemoved(e.sysPath)
+            default:
+                break
+            }
+        case "pci", "vfio":
+            // Driver changes wake the VFIO binder's waits.
+            let binder = self.binder
+            Task { await binder.deviceEvent(action: e.action, subsystem: e.subsystem, sysPath: e.sysPath) }
+            guard e.subsystem == "pci" else { return }
+            if e.action == "add" { admit(e.sysPath, subsystem: "pci", since: time) }
+            if e.action == "remove" { deviceRemoved(e.sysPath) }
+        case "input" where e.sysName.hasPrefix("event"):
+            if e.action == "add" { admit(e.sysPath, subsystem: "input", since: time) }
+            if e.action == "remove" { deviceRemoved(e.sysPath) }
         default:
             break
         }
@@ -286,7 +316,7 @@ public actor Daemon {
             return // already followed (a repeated add)
         }
         if reader.usbConfigured(sysPath: sysPath) {
-            admit(sysPath, since: time)
+            admit(sysPath, subsystem: "usb", since: time)
             return
         }
         // Interfaces come with their own events: wait for them (with a deadline).
@@ -300,20 +330,21 @@ public actor Daemon {
         guard let p = pendingUSB[sysPath], reader.usbConfigured(sysPath: sysPath) else { return }
         loop.cancel(p.timer)
         pendingUSB[sysPath] = nil
-        admit(sysPath, since: p.since)
+        admit(sysPath, subsystem: "usb", since: p.since)
     }
 
     func pendingTimedOut(_ sysPath: String) {
         guard let p = pendingUSB.removeValue(forKey: sysPath) else { return }
         logger.info("usb \(sysPath.split(separator: "/").last ?? ""): interfaces incomplete after \(options.interfaceWait) s; deciding on what is known")
-        admit(sysPath, since: p.since)
+        admit(sysPath, subsystem: "usb", since: p.since)
     }
 
     /// Reads a new device, decides, and sends it where the rules say.
-    func admit(_ sysPath: String, since: Deadline) {
+    func admit(_ sysPath: String, subsystem: String, since: Deadline) {
+        if let old = devices[sysPath], old.present, subsystem != "usb" { return } // a repeated add
         let device: HostDevice
         do {
-            device = try reader.read(sysPath: sysPath, subsystem: "usb")
+            device = try reader.read(sysPath: sysPath, subsystem: subsystem)
         } catch {
             logger.warning("cannot read \(error)")
             return
@@ -392,16 +423,16 @@ public actor Daemon {
             } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, vmDown.contains(vm) {
                 logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
                 return
-            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, case .usb(let d) = t.device {
+            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed {
                 guard let backend = backends[vm] else {
                     logger.error("\(t.device.logName): VM \(vm) is not configured")
                     return
                 }
                 do {
-                    let a = try await backend.attachUSB(d)
+                    let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
-                } catch {
+                } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
@@ -409,11 +440,56 @@ public actor Daemon {
                         t.failed = true
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
+                    await giveBackDriver(t)
+                    return
+                } catch {
+                    t.failed = true
+                    logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     return
                 }
+            } else if t.attachment == nil && t.want == nil {
+                // Nowhere to go: a PCI device goes back to the driver it had.
+                await giveBackDriver(t)
+                return
             } else {
                 return
             }
+        }
+    }
+
+    /// One attach, by kind. PCI devices are bound to vfio-pci first (their whole
+    /// IOMMU group); a failed bind leaves every member on its own driver.
+    func attach(_ t: Tracked, to backend: any VMBackend) async throws -> Attachment {
+        switch t.device {
+        case .usb(let d):
+            return try await backend.attachUSB(d)
+        case .pci(let d):
+            if t.vfio == nil {
+                let record = try await binder.bind(d)
+                t.vfio = record
+                logger.info("\(t.device.logName): on vfio-pci (IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")) in \(ms(since: t.since))")
+            }
+            return try await backend.attachPCI(d)
+        case .input(let d):
+            return try await backend.attachEvdev(d, busPrefix: configuration.evdevPassthrough?.pcieBusPrefix)
+        }
+    }
+
+    /// Gives a PCI device (and its group) back to the drivers it had, as libvirt's
+    /// managed mode does, once it is in no VM and is going to none.
+    func giveBackDriver(_ t: Tracked) async {
+        guard let record = t.vfio, t.attachment == nil else { return }
+        guard t.present else {
+            t.vfio = nil // unplugged from the host: nothing to give back
+            return
+        }
+        do {
+            try await binder.restore(record)
+            t.vfio = nil
+            let drivers = record.members.map { "\($0.address) -> \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
+            logger.info("\(t.device.logName): back on its host driver (\(drivers))")
+        } catch {
+            logger.error("\(t.device.logName): cannot give the device back to its driver: \(error)")
         }
     }
 

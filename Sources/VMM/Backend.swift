@@ -51,6 +51,8 @@ public struct Attachment: Sendable, Hashable {
     /// USB vendor and product as the VM reports them, when it does (crosvm's list).
     public var usbVendor: UInt16?
     public var usbProduct: UInt16?
+    /// The host address a QEMU vfio-pci device was given (`qom-get host`).
+    public var pciHost: String?
     /// The host bus and address a QEMU usb-host device was given (`qom-get`).
     public var usbBus: Int?
     public var usbAddress: Int?
@@ -78,6 +80,11 @@ public protocol VMBackend: Actor {
 
     /// Attaches a USB device.
     func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment
+    /// Attaches a PCI function already bound to vfio-pci, on a free PCIe root port.
+    func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment
+    /// Attaches an input event device (virtio-input-host-pci) on a free root port
+    /// whose id starts with `busPrefix` (any free root port when nil).
+    func attachEvdev(_ device: InputDevice, busPrefix: String?) async throws(VMError) -> Attachment
     /// Detaches what an earlier attach returned; a device the VM no longer has is not an error.
     func detach(_ attachment: Attachment) async throws(VMError)
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.

@@ -196,6 +196,16 @@ public actor CrosvmBackend: VMBackend {
     /// product crosvm reports (`hostKey` is empty: crosvm does not know where
     /// the device is on the host; match by vendor and product). crosvm's CLI
     /// never reports port 16.
+    /// crosvm has no PCI hot-plug here (configurations that ask for it are rejected when loaded).
+    public func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment {
+        throw .unsupported(vm: name, detail: "crosvm VMs take no PCI devices from vhotplug")
+    }
+
+    /// crosvm takes evdev devices only at start (`--input evdev[path=...]`), not at run time.
+    public func attachEvdev(_ device: InputDevice, busPrefix: String?) async throws(VMError) -> Attachment {
+        throw .unsupported(vm: name, detail: "crosvm has no run-time evdev hot-plug")
+    }
+
     public func listAttached() async throws(VMError) -> [Attachment] {
         await lock.acquire()
         defer { lock.release() }

@@ -93,6 +93,77 @@ public actor QEMUBackend: VMBackend {
         }
     }
 
+    // MARK: PCI and evdev
+
+    /// `device_add vfio-pci host=ADDRESS bus=<free root port>` (root buses cannot hot-plug).
+    public func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment {
+        let id = DeviceIds.pci(address: device.address)
+        var attachment = Attachment(vm: name, kind: .pci, id: id, hostKey: device.address)
+        attachment.pciHost = device.address
+        return try await session { (qmp) throws(VMError) in
+            let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
+            try await qmp.execute("device_add", [
+                ("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(id)), ("bus", .string(port)),
+            ])
+            return attachment
+        }
+    }
+
+    /// `device_add virtio-input-host-pci evdev=/dev/input/eventN bus=<free root port>`.
+    /// An event device another program holds exclusively (EVIOCGRAB) is refused by
+    /// QEMU; that reply is returned as it is, and not retried.
+    public func attachEvdev(_ device: InputDevice, busPrefix: String?) async throws(VMError) -> Attachment {
+        let id = DeviceIds.evdev(eventNode: device.sysName)
+        let attachment = Attachment(vm: name, kind: .evdev, id: id, hostKey: device.sysName)
+        return try await session { (qmp) throws(VMError) in
+            let port = try await freeRootPort(qmp, prefix: busPrefix, for: device.devnode)
+            try await qmp.execute("device_add", [
+                ("driver", .string("virtio-input-host-pci")), ("evdev", .string(device.devnode)),
+                ("id", .string(id)), ("bus", .string(port)),
+            ])
+            return attachment
+        }
+    }
+
+    /// The root port the next PCI or evdev attach would use.
+    public func nextFreeRootPort(prefix: String?) async throws(VMError) -> String {
+        try await session { (qmp) throws(VMError) in try await freeRootPort(qmp, prefix: prefix, for: "a device") }
+    }
+
+    /// The first `pcie-root-port` with nothing on its bus (and an id starting with
+    /// `prefix`). Occupancy comes from each device's `parent_bus`, which QEMU
+    /// knows before the guest's firmware has numbered any bus.
+    func freeRootPort(_ qmp: QMPClient, prefix: String?, for what: String) async throws(VMError) -> String {
+        var ports: [String] = []
+        var devices: [String] = []
+        for folder in ["/machine/peripheral", "/machine/peripheral-anon"] {
+            let list: JSONNode
+            do {
+                list = try await qmp.execute("qom-list", [("path", .string(folder))])
+            } catch .commandFailed {
+                continue
+            }
+            for entry in list.arrayValue ?? [] {
+                guard let n = entry["name"]?.stringValue, let type = entry["type"]?.stringValue, type.hasPrefix("child<") else { continue }
+                if type == "child<pcie-root-port>" && folder == "/machine/peripheral" { ports.append(n) }
+                devices.append(folder + "/" + n)
+            }
+        }
+        var used: Set<String> = []
+        for d in devices {
+            if let bus = try? await qmp.execute("qom-get", [("path", .string(d)), ("property", .string("parent_bus"))]).stringValue {
+                used.insert(bus)
+            }
+        }
+        let candidates = ports.filter { prefix == nil || $0.hasPrefix(prefix!) }
+        if let free = candidates.sorted().first(where: { !used.contains("/machine/peripheral/\($0)/\($0)") }) {
+            return free
+        }
+        let described = ports.sorted().map { p in used.contains("/machine/peripheral/\(p)/\(p)") ? "\(p) (in use)" : p }
+        throw .unsupported(vm: name, detail: "no free pcie-root-port" + (prefix.map { " with an id starting with \"\($0)\"" } ?? "")
+                           + " for \(what); its root ports: " + (described.isEmpty ? "none" : described.joined(separator: ", ")))
+    }
+
     // MARK: Detach and list
 
     public func detach(_ attachment: Attachment) async throws(VMError) {
@@ -112,7 +183,14 @@ public actor QEMUBackend: VMBackend {
             _ = try await qmp.waitForEvent("DEVICE_DELETED", deadline: deadline) { data in
                 data?["device"]?.stringValue == id
             }
+            if qmp.events.contains(where: { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }) {
+                logger.warning("VM \(name): the guest reported an error unplugging \(id)")
+            }
         } catch .timeout {
+            if qmp.events.contains(where: { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }) {
+                throw .commandFailed(vm: name, command: "device_del", errorClass: "DEVICE_UNPLUG_GUEST_ERROR",
+                                     message: "the guest refused to release \(id)")
+            }
             throw .timeout(vm: name, step: "DEVICE_DELETED for \(id) (the guest did not release it)")
         }
     }
@@ -130,6 +208,12 @@ public actor QEMUBackend: VMBackend {
                 if kind == .usb, let (bus, addr) = try await usbHost(qmp, id: id) {
                     a.usbBus = bus
                     a.usbAddress = addr
+                }
+                if kind == .pci {
+                    // By host address (two identical cards stay distinct).
+                    a.pciHost = try? await qmp.execute("qom-get", [("path", .string("/machine/peripheral/\(id)")),
+                                                                   ("property", .string("host"))]).stringValue
+                    if let host = a.pciHost { a.hostKey = host }
                 }
                 out.append(a)
             }

@@ -1,0 +1,59 @@
+import DeviceModel
+import Foundation
+import Logging
+import Reactor
+import Testing
+import VHotplugTestSupport
+@testable import VMM
+
+let wifi = PCIDevice(address: "0000:00:14.3", sysPath: "/devices/pci0000:00/0000:00:14.3", vendorId: 0x8086, deviceId: 0xa0f0)
+let keyboard = InputDevice(sysName: "event0", sysPath: "/devices/platform/i8042/serio0/input/input0/event0",
+                           devnode: "/dev/input/event0", name: "AT Translated Set 2 keyboard", busType: 0x11)
+
+/// Root ports rp1, rp2, ep1; a device of the harness already on rp1.
+let rootPorts = ["-device", "pcie-root-port,id=rp1,chassis=1", "-device", "pcie-root-port,id=rp2,chassis=2",
+                 "-device", "pcie-root-port,id=ep1,chassis=3", "-device", "virtio-rng-pci,id=rng,bus=rp1"]
+
+@Suite("QEMU backend: PCI and evdev against a real QEMU", .serialized)
+struct QEMUPCITests {
+    @Test("the first free root port is chosen (rp1 holds a device); QEMU's error for an absent host device comes back")
+    func pciAbsent() async throws {
+        let qemu = try QEMUInstance(extraArgs: rootPorts)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        let port = try await backend.nextFreeRootPort(prefix: nil)
+        #expect(port == "ep1")    // sorted: ep1, rp1 (in use), rp2
+        let e = await #expect(throws: VMError.self) { try await backend.attachPCI(wifi) }
+        #expect(e?.description.contains("vfio") == true)
+        #expect(e?.description.contains("0000:00:14.3") == true)
+        #expect(try qemu.attachedIds() == [])
+    }
+
+    @Test("a bus prefix limits the ports; with none free the error names the VM and its ports")
+    func noFreePort() async throws {
+        let qemu = try QEMUInstance(extraArgs: rootPorts)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        let e = await #expect(throws: VMError.self) { try await backend.attachEvdev(keyboard, busPrefix: "zz") }
+        #expect(e?.description == "VM vm1: no free pcie-root-port with an id starting with \"zz\" for /dev/input/event0; its root ports: ep1, rp1 (in use), rp2")
+        let bare = try QEMUInstance()
+        let backend2 = QEMUBackend(name: "vm2", socketPath: bare.qmpPath, loop: host.loop, logger: logger)
+        let e2 = await #expect(throws: VMError.self) { try await backend2.attachPCI(wifi) }
+        #expect(e2?.description.contains("its root ports: none") == true)
+    }
+
+    @Test("evdev: QEMU's reply for a node that is no event device is returned as it is")
+    func evdevNotEvdev() async throws {
+        let qemu = try QEMUInstance(extraArgs: rootPorts)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        var null = keyboard
+        null.devnode = "/dev/null"
+        let e = await #expect(throws: VMError.self) { try await backend.attachEvdev(null, busPrefix: "rp") }
+        #expect(e?.description.contains("/dev/null: is not an evdev device") == true)
+        var absent = keyboard
+        absent.devnode = "/dev/input/event999"
+        let e2 = await #expect(throws: VMError.self) { try await backend.attachEvdev(absent, busPrefix: nil) }
+        #expect(e2?.description.contains("Could not open '/dev/input/event999'") == true)
+    }
+}
