@@ -117,6 +117,16 @@ struct InspectCommandTests {
         #expect(r.stderr.contains("no such device: 9-9"))
     }
 
+    @Test("inspect runs as an ordinary user (as nobody when the tests run as root)")
+    func ordinaryUser() throws {
+        let umockdevRun = try requireProgram("umockdev-run", package: "umockdev")
+        var argv = [umockdevRun, "-d", "\(fixtureDir)/logitech-unifying.umockdev", "--", Repository.vhotplug, "inspect", "--json", "1-2"]
+        if getuid() == 0 { argv = [try requireProgram("runuser", package: "util-linux"), "-u", "nobody", "--"] + argv }
+        let r = try run(argv)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try records(r.stdout)["usb/1-2"] != nil)
+    }
+
     @Test("--usb, --pci and --input select the kinds")
     func kinds() throws {
         let r = try records(try inspectUnderUmockdev("logitech-unifying", ["inspect", "--json", "--input"]).stdout)
