@@ -578,19 +578,7 @@ public func quoted(_ text: String, limit: Int = 60) -> String {
             break
         }
         count += 1
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
-                out += "\\u\(hex(scalar.value, width: 4))"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
+        appendEscaped(scalar, to: &out)
     }
     return out + "\""
 }

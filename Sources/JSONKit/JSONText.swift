@@ -55,23 +55,28 @@ public indirect enum JSONText: Sendable, Hashable {
 
     static func escape(_ s: String, into out: inout String) {
         out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7F || scalar.value == 0x2028 || scalar.value == 0x2029 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
+        for scalar in s.unicodeScalars { appendEscaped(scalar, to: &out) }
         out += "\""
     }
 }
 
+
+/// Appends one scalar as a JSON string holds it: quotes, backslashes and
+/// control characters (C0, DEL, C1, the line and paragraph separators) escaped,
+/// so that device-supplied text stays on one line and cannot steer a terminal.
+func appendEscaped(_ scalar: Unicode.Scalar, to out: inout String) {
+    switch scalar {
+    case "\"": out += "\\\""
+    case "\\": out += "\\\\"
+    case "\n": out += "\\n"
+    case "\r": out += "\\r"
+    case "\t": out += "\\t"
+    default:
+        let v = scalar.value
+        if v < 0x20 || v == 0x7F || (0x80..<0xA0).contains(v) || v == 0x2028 || v == 0x2029 {
+            out += "\\u" + hex(v, width: 4)
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+}

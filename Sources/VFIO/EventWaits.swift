@@ -82,26 +82,3 @@ final class EventWaits {
         w.continuation.resume(returning: outcome)
     }
 }
-
-/// A FIFO lock for tasks on one serial executor: binds and restores run one
-/// after another, in the order they were asked for, while events keep flowing.
-final class SerialLock {
-    private var held = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
-
-    func acquire() async {
-        if !held {
-            held = true
-            return
-        }
-        await withCheckedContinuation { waiters.append($0) }
-    }
-
-    func release() {
-        if waiters.isEmpty {
-            held = false
-        } else {
-            waiters.removeFirst().resume()
-        }
-    }
-}

@@ -41,7 +41,7 @@ public actor VFIOBinder {
     private let bootDevices: BootDevices
     private let logger: Logger
     private let waits: EventWaits
-    private let lock = SerialLock()
+    private let lock = AsyncLock()
 
     /// The event loop: this actor runs on the daemon's loop thread.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }

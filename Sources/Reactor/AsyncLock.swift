@@ -1,10 +1,13 @@
-/// A FIFO lock for tasks on one serial executor: the operations of one VM run
-/// one after another, in the order they were asked for.
-final class AsyncLock {
+/// A FIFO lock for tasks on one serial executor (the event loop): the operations
+/// of one VM, or the binds of the VFIO binder, run one after another in the order
+/// they were asked for, while other work goes on between their steps.
+public final class AsyncLock {
     private var held = false
+
+    public init() {}
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    func acquire() async {
+    public func acquire() async {
         if !held {
             held = true
             return
@@ -12,7 +15,7 @@ final class AsyncLock {
         await withCheckedContinuation { waiters.append($0) }
     }
 
-    func release() {
+    public func release() {
         if waiters.isEmpty {
             held = false
         } else {
@@ -21,5 +24,5 @@ final class AsyncLock {
     }
 
     /// Operations waiting behind the current one.
-    var queued: Int { waiters.count }
+    public var queued: Int { waiters.count }
 }
