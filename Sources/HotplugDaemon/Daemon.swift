@@ -197,7 +197,13 @@ public actor Daemon {
             devices[key] = t
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
-        for vm in configuration.vms { await resync(vm: vm.name) }
+        // Each VM is asked at the same time: a VM that does not answer costs its
+        // own deadline once, not one per VM before it.
+        await withTaskGroup(of: Void.self) { group in
+            for vm in configuration.vms.map(\.name) {
+                group.addTask { await self.resync(vm: vm) }
+            }
+        }
         for key in devices.keys.sorted() { reconcile(key) }
     }
 

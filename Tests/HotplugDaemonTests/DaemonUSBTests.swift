@@ -38,10 +38,19 @@ struct Rig {
 
     /// Plugs the receiver again: its records only (the controller and root hubs
     /// stay), with a new address and new node numbers, as a real replug gets.
-    func replugReceiver(_ round: Int = 1) throws {
+    /// `port` moves it to another root port (a second receiver).
+    func replugReceiver(_ round: Int = 1, port: Int = 2, interfaces: Bool = true, device: Bool = true) throws {
+        try tb.add(record: receiverRecords(round, port: port, interfaces: interfaces, device: device))
+    }
+
+    /// The receiver's records, renumbered for `round` and placed on root `port`.
+    func receiverRecords(_ round: Int, port: Int = 2, interfaces: Bool = true, device: Bool = true) throws -> String {
         let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
-        var records = text.components(separatedBy: "\n\n").filter {
-            $0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2")
+        let base = "P: /devices/pci0000:00/0000:00:14.0/usb1/1-2"
+        var records = text.components(separatedBy: "\n\n").filter { r in
+            guard r.hasPrefix(base) else { return false }
+            let isDevice = r.hasPrefix(base + "\n")
+            return isDevice ? device : interfaces
         }.joined(separator: "\n\n") + "\n"
         let devnum = 4 + round
         let padded = String(format: "%03d", devnum)
@@ -54,7 +63,17 @@ struct Rig {
                     .replacingOccurrences(of: "/\(node)\(n)/", with: "/\(node)\(n + 10 * round)/")
             }
         }
-        try tb.add(record: records)
+        // Names that must be unique in the testbed: input devices and HID devices.
+        for n in (0..<10).reversed() {
+            records = records.replacingOccurrences(of: "/input\(n)", with: "/input\(n + 10 * round)")
+                .replacingOccurrences(of: "C52B.000\(n)", with: String(format: "C52B.%04d", n + 10 * round))
+        }
+        if port != 2 {
+            records = records.replacingOccurrences(of: "usb1/1-2", with: "usb1/1-\(port)")
+                .replacingOccurrences(of: "/1-2:", with: "/1-\(port):")
+                .replacingOccurrences(of: "devpath=2\\n", with: "devpath=\(port)\\n")
+        }
+        return records
     }
 
     /// Unplugs the receiver: the remove event first, then the device goes.
@@ -200,5 +219,53 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
         let addr = try rig.qemu.observe("qom-get", #"{"path": "/machine/peripheral/vhp-usb-1-2", "property": "hostaddr"}"#)
         #expect(addr["return"] as? Int == 5)
+    }
+
+    @Test("a hub is never attached; the mouse behind it is (a port path id)")
+    func hub() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/usb-hub.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2.3")
+        #expect(d.log.contains { $0.contains("usb 1-2 05e3:0608") && $0.contains("none: USB hubs are never passed through") })
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2.3"])
+    }
+
+    @Test("a device whose interfaces come after its add event is decided when they are there")
+    func interfacesLater() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        // The controller and root hubs, then the device alone (configured, no interfaces yet)...
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let base = text.components(separatedBy: "\n\n").filter { !$0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2") }
+        try rig.tb.add(record: base.joined(separator: "\n\n") + "\n")
+        try rig.replugReceiver(0, interfaces: false)
+        // ...then its interfaces, each with its add event. Had the daemon decided on the
+        // device alone, the rule (a HID mouse interface) could not have matched.
+        try rig.replugReceiver(0, device: false)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech, Inc.\" \"Unifying Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(!d.log.contains { $0.contains("no rule matches") && $0.contains("usb 1-2 ") })
+    }
+
+    @Test("a VM that does not answer delays only its own devices")
+    func slowVM() async throws {
+        let rig = try await Rig()
+        let silent = try FakeQMPServer(.silent)
+        let config = rig.qemu.dir + "/two.conf"
+        try """
+            {"usbPassthrough": [{"targetVm": "slow", "allow": [{"port": 2}]}, {"targetVm": "vm1", "allow": [{"port": 3}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"},
+                     {"name": "slow", "type": "qemu", "socket": "\(silent.path)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: rig.tb)
+        // The first pass asks the slow VM for its devices: it answers nothing, and start-up goes on at its deadline.
+        try d.waitFor("listening")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")        // 1-2 -> slow
+        try rig.replugReceiver(1, port: 3)                                    // 1-3 -> vm1
+        try d.waitFor("attached to vm1 as vhp-usb-1-3")
+        // vm1's attach did not wait for the slow VM's deadline (5 s): its failure is still to come.
+        #expect(!d.log.contains { $0.contains("attach to slow failed") })
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech, Inc.\" \"Unifying Receiver\": attach to slow failed: VM slow: no answer to greeting in time")
     }
 }
