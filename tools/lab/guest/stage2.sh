@@ -13,7 +13,12 @@ mount -t tmpfs -o mode=0755,nosuid,nodev,size=256m tmpfs /run
 mkdir -p $RUN /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=000 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+# The repository may live under /tmp on the host (a CI clone): it stays visible
+# at the same path once /tmp is the guest's own tmpfs.
+REPO=$(cd "$LAB/../../.." && pwd)
+case "$REPO" in /tmp/*) mkdir -p /run/lab-repo && mount --bind "$REPO" /run/lab-repo ;; esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp 2>/dev/null || true
+case "$REPO" in /tmp/*) mkdir -p "$REPO" && mount --bind /run/lab-repo "$REPO" ;; esac
 
 mark() { read u _ < /proc/uptime; echo "$1 $u" >> $RUN/marks; echo "lab-stage2: $1 (uptime $u)"; }
 mark stage2
