@@ -75,7 +75,8 @@ public struct Application: ParsableCommand {
         let failure = StartFailure()
         Task.detached {
             do {
-                try await daemon.start()
+                // systemd (Type=notify): ready once the first pass over connected devices is done.
+                try await daemon.start(onReady: { SystemdNotify.send("READY=1") })
             } catch {
                 failure.message = "\(error)"
                 loop.stop()
@@ -132,12 +133,47 @@ func writeStdout(_ s: String) {
     }
 }
 
-/// Logging to stderr; `-d` lowers the level to debug.
+/// Logging to stderr; `-d` lowers the level to debug. When journald reads
+/// stderr (`JOURNAL_STREAM` is set) lines carry no timestamp of their own.
 func bootstrapLogging(debug: Bool) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = debug ? (getenv("VHOTPLUG_TRACE") != nil ? .trace : .debug) : .info
-        return handler
+    let level: Logger.Level = debug ? (getenv("VHOTPLUG_TRACE") != nil ? .trace : .debug) : .info
+    if getenv("JOURNAL_STREAM") != nil {
+        LoggingSystem.bootstrap { label in JournalLogHandler(label: label, logLevel: level) }
+    } else {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+/// `<level>message` lines on stderr, with syslog priority prefixes journald understands.
+struct JournalLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        let priority: Int
+        switch level {
+        case .trace, .debug: priority = 7
+        case .info: priority = 6
+        case .notice: priority = 5
+        case .warning: priority = 4
+        case .error: priority = 3
+        case .critical: priority = 2
+        }
+        // One journal entry per line: a multi-line message keeps its priority on each.
+        let text = "\(message)".split(separator: "\n", omittingEmptySubsequences: false)
+            .map { "<\(priority)>\($0)" }.joined(separator: "\n")
+        writeStderr(text + "\n")
     }
 }
 

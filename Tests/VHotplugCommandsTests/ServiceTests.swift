@@ -1,0 +1,43 @@
+import Foundation
+import Testing
+import VHotplugTestSupport
+
+@Suite("Running as a systemd service")
+struct ServiceTests {
+    /// A datagram socket standing for systemd's notification socket.
+    func notifySocket() throws -> (fd: Int32, path: String) {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in path.utf8.enumerated() { buf[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw TestbedError(message: "bind \(path)") }
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return (fd, path)
+    }
+
+    @Test("READY=1 reaches $NOTIFY_SOCKET after the first pass; with JOURNAL_STREAM, log lines have priorities and no timestamps")
+    func notify() throws {
+        let (fd, path) = try notifySocket()
+        defer { close(fd); unlink(path) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svc-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = dir + "/vhotplug.conf"
+        try #"{"vms": [{"name": "vm1", "type": "qemu", "socket": "\#(dir)/vm1.qmp"}]}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config], environment: ["NOTIFY_SOCKET": path, "JOURNAL_STREAM": "8:1234"])
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = recv(fd, &buf, buf.count, 0)
+        #expect(n > 0 && String(decoding: buf[0..<max(n, 0)], as: UTF8.self) == "READY=1")
+        let i = try d.waitFor("vhotplug ok: ")
+        #expect(d.log[i].hasPrefix("<6>vhotplug ok: "))
+        #expect(d.log.allSatisfy { $0.hasPrefix("<") })   // no timestamps: every line starts with its priority
+        #expect(d.stop() == 0)
+    }
+}
