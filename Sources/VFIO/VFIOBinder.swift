@@ -284,14 +284,20 @@ public actor VFIOBinder {
                 return .failed(error)
             }
         }
+        try Self.check(outcome, device: address, step: step,
+                       waitingFor: expected.map { "bind to \($0)" } ?? "unbind", seconds: seconds)
+    }
+
+    /// A wait's outcome as success or the error that names the device, the step and what was awaited.
+    private static func check(_ outcome: EventWaits.Outcome, device: String, step: VFIOError.Step, waitingFor: String,
+                              seconds: Double) throws(VFIOError) {
         switch outcome {
         case .satisfied:
             return
         case .failed(let e):
-            throw VFIOError(device: address, step: step, cause: .system(e))
+            throw VFIOError(device: device, step: step, cause: .system(e))
         case .timedOut(let seen):
-            throw VFIOError(device: address, step: step, cause: .timeout(
-                waitingFor: expected.map { "bind to \($0)" } ?? "unbind", seconds: seconds, state: seen))
+            throw VFIOError(device: device, step: step, cause: .timeout(waitingFor: waitingFor, seconds: seconds, state: seen))
         }
     }
 
@@ -305,15 +311,7 @@ public actor VFIOBinder {
                 return .failed(error)
             }
         }
-        switch outcome {
-        case .satisfied:
-            return
-        case .failed(let e):
-            throw VFIOError(device: device, step: .waitForGroupNode, cause: .system(e))
-        case .timedOut(let seen):
-            throw VFIOError(device: device, step: .waitForGroupNode,
-                            cause: .timeout(waitingFor: node, seconds: timeout, state: seen))
-        }
+        try Self.check(outcome, device: device, step: .waitForGroupNode, waitingFor: node, seconds: timeout)
     }
 
     // MARK: Paths
