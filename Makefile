@@ -25,6 +25,7 @@ release: deps
 
 ## test: every test: unit and umockdev tests (swift test), then the real-kernel lab.
 test: test-unit
+	$(MAKE) test-fuzz
 	$(MAKE) test-lab
 
 ## test-unit: the Swift tests. They run under umockdev's preload: a testbed's
@@ -45,6 +46,18 @@ test-lab: deps
 demo: deps
 	$(SWIFT) build
 	python3 tools/lab/lab.py demo
+
+## fuzz: every libFuzzer target (tools/fuzz) for FUZZ_SECONDS each (default 300);
+## crashes are saved in tools/fuzz/crashes/TARGET/. test-fuzz (part of `make test`):
+## each target briefly (FUZZ_TEST_SECONDS, default 10), failing on any crash.
+.PHONY: fuzz test-fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_TEST_SECONDS ?= 10
+fuzz: deps
+	tools/fuzz/run.sh $(FUZZ_SECONDS)
+
+test-fuzz: deps
+	tools/fuzz/run.sh $(FUZZ_TEST_SECONDS)
 
 clean:
 	rm -rf .build
