@@ -46,7 +46,22 @@ public final class UdevMonitor: @unchecked Sendable {
     /// True when udevd runs on this host (its control socket exists). Under
     /// umockdev (tests), events always come as udevd would send them.
     public static func udevdRunning(runDir: String = "/run/udev") -> Bool {
-        access(runDir + "/control", F_OK) == 0 || getenv("UMOCKDEV_DIR") != nil
+        if getenv("UMOCKDEV_DIR") != nil { return true }
+        // The socket file outlives a stopped udevd: only a connection proves it listens.
+        let path = runDir + "/control"
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in bytes.enumerated() { buf[i] = b }
+        }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
     }
 
     /// Opens the monitor for the given subsystems. `source` nil chooses by whether udevd runs.

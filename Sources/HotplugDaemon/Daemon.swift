@@ -352,7 +352,13 @@ public actor Daemon {
         do {
             device = try reader.read(sysPath: sysPath, subsystem: subsystem)
         } catch {
-            logger.warning("cannot read \(error)")
+            // A device that is already gone again (an input node of a USB device
+            // QEMU has just taken) is no news; anything else is worth a warning.
+            if error.reason.contains("vanished") || error.reason.contains("missing") {
+                logger.debug("gone before it could be read: \(error)")
+            } else {
+                logger.warning("cannot read \(error)")
+            }
             return
         }
         let decision = decide(device)
@@ -551,7 +557,8 @@ extension HostDevice {
     var logName: String {
         switch self {
         case .usb(let d):
-            let names = [d.vendorName ?? d.manufacturer, d.productName ?? d.product].compactMap { $0 }.map { quoted($0, limit: 40) }
+            // The device's own strings first (usb.ids names the model family, not this device).
+            let names = [d.manufacturer ?? d.vendorName, d.product ?? d.productName].compactMap { $0 }.map { quoted($0, limit: 40) }
             return "usb \(d.sysName) \(hex4(d.vendorId)):\(hex4(d.productId))" + (names.isEmpty ? "" : " " + names.joined(separator: " "))
         case .pci(let d):
             return "pci \(d.address) \(hex4(d.vendorId)):\(hex4(d.deviceId))"

@@ -18,17 +18,20 @@ public actor QEMUBackend: VMBackend {
     let timeout: Double
     /// Seconds to wait for DEVICE_DELETED after device_del.
     let unplugTimeout: Double
+    /// Seconds for a `device_add vfio-pci` (QEMU maps the device's memory).
+    let pciTimeout: Double
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
     public init(name: String, socketPath: String, loop: EventLoop, logger: Logger,
-                timeout: Double = 5, unplugTimeout: Double = 10) {
+                timeout: Double = 5, unplugTimeout: Double = 10, pciTimeout: Double = 60) {
         self.name = name
         self.socketPath = socketPath
         self.loop = loop
         self.logger = logger
         self.timeout = timeout
         self.unplugTimeout = unplugTimeout
+        self.pciTimeout = pciTimeout
     }
 
     /// Runs `body` on a fresh connection, after the operations queued before it.
@@ -69,6 +72,19 @@ public actor QEMUBackend: VMBackend {
                     logger.debug("VM \(name): QEMU does not know \(device.sysName) yet; retrying in \(Int(delay * 1000)) ms")
                     await loop.sleep(delay)
                     delay *= 2
+                } catch .commandFailed(let vm, let command, let cls, let message) where message.contains("failed to find host usb device") {
+                    // QEMU's libusb never learnt of the device (it happens when no udevd
+                    // runs): let QEMU open the node itself.
+                    logger.info("VM \(name): QEMU's USB list lacks \(device.sysName); attaching by its node \(device.devnode)")
+                    do throws(VMError) {
+                        try await qmp.execute("device_add", [
+                            ("driver", .string("usb-host")), ("id", .string(id)), ("hostdevice", .string(device.devnode)),
+                        ])
+                        return attachment
+                    } catch {
+                        throw .commandFailed(vm: vm, command: command, errorClass: cls,
+                                             message: message + "; by node: \(error)")
+                    }
                 } catch .commandFailed(_, _, _, let message) where message.contains("Duplicate device ID") {
                     if let existing = try await usbHost(qmp, id: id), existing == (device.bus, device.devnum) {
                         return attachment
@@ -100,12 +116,19 @@ public actor QEMUBackend: VMBackend {
         let id = DeviceIds.pci(address: device.address)
         var attachment = Attachment(vm: name, kind: .pci, id: id, hostKey: device.address)
         attachment.pciHost = device.address
-        return try await session { (qmp) throws(VMError) in
-            let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
-            try await qmp.execute("device_add", [
-                ("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(id)), ("bus", .string(port)),
-            ])
-            return attachment
+        let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(id))]
+        do throws(VMError) {
+            return try await session { (qmp) throws(VMError) in
+                let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
+                // Realizing vfio-pci maps the device's memory: seconds on a real host,
+                // about 5 s under TCG. It gets its own, longer deadline.
+                try await qmp.execute("device_add", args + [("bus", .string(port))], timeout: pciTimeout)
+                return attachment
+            }
+        } catch .timeout {
+            // QEMU may finish the device_add after the deadline: ask before reporting a failure.
+            if (try? await listAttached())?.contains(where: { $0.id == id }) == true { return attachment }
+            throw .timeout(vm: name, step: "device_add vfio-pci \(device.address)")
         }
     }
 

@@ -144,7 +144,8 @@ public final class QMPClient {
     /// Runs one command and returns its `return` value; QEMU's error replies
     /// become `.commandFailed`. Events that arrive meanwhile are kept in `events`.
     @discardableResult
-    public func execute(_ command: String, _ arguments: [(String, JSONText)] = []) async throws(VMError) -> JSONNode {
+    public func execute(_ command: String, _ arguments: [(String, JSONText)] = [],
+                        timeout: Double? = nil) async throws(VMError) -> JSONNode {
         guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
         let id = nextId
         nextId += 1
@@ -153,7 +154,7 @@ public final class QMPClient {
         request.append(("id", .int(id)))
         let line = JSONText.object(request).rendered() + "\n"
         logger.debug("qmp \(vm) -> \(line.dropLast())")
-        let deadline = Deadline.after(timeout)
+        let deadline = Deadline.after(timeout ?? self.timeout)
         try await send(Array(line.utf8), deadline: deadline, step: command)
         while true {
             guard let message = try await receive(deadline: deadline, step: command) else { continue }

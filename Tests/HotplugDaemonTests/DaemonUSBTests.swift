@@ -243,7 +243,7 @@ struct DaemonUSBTests {
         // ...then its interfaces, each with its add event. Had the daemon decided on the
         // device alone, the rule (a HID mouse interface) could not have matched.
         try rig.replugReceiver(0, device: false)
-        try d.waitFor("usb 1-2 046d:c52b \"Logitech, Inc.\" \"Unifying Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         #expect(!d.log.contains { $0.contains("no rule matches") && $0.contains("usb 1-2 ") })
     }
@@ -266,6 +266,6 @@ struct DaemonUSBTests {
         try d.waitFor("attached to vm1 as vhp-usb-1-3")
         // vm1's attach did not wait for the slow VM's deadline (5 s): its failure is still to come.
         #expect(!d.log.contains { $0.contains("attach to slow failed") })
-        try d.waitFor("usb 1-2 046d:c52b \"Logitech, Inc.\" \"Unifying Receiver\": attach to slow failed: VM slow: no answer to greeting in time")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attach to slow failed: VM slow: no answer to greeting in time")
     }
 }

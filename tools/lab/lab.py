@@ -5,7 +5,7 @@
     python3 tools/lab/lab.py boot                  boot, print timings and the guest's devices, stop
     python3 tools/lab/lab.py shell [--vms vm1,vm2] boot and read guest commands from stdin
     python3 tools/lab/lab.py run CMD...            boot, run one guest command, stop
-    python3 tools/lab/lab.py demo                  plug every device kind, narrate, summary
+    python3 tools/lab/lab.py demo                  the daemon in the guest: plug, narrate, summary
 
 See tools/lab/README.md.
 """
@@ -85,7 +85,7 @@ def main(argv=None):
     p.add_argument("--refresh", action="store_true", help="pick and download the newest kernel again")
     for name in ("boot", "shell", "demo"):
         p = sub.add_parser(name)
-        p.add_argument("--vms", default=None, help="inner VMs (default vm1; demo: vm1,vm2)")
+        p.add_argument("--vms", default=None, help="inner VMs (default vm1)")
     p = sub.add_parser("run")
     p.add_argument("--vms", default=None)
     p.add_argument("--timeout", type=float, default=120)
@@ -102,7 +102,7 @@ def main(argv=None):
             return cmd_shell(args)
         if args.command == "demo":
             import demo
-            return demo.main(_vms(args) if args.vms else ["vm1", "vm2"])
+            return demo.main(_vms(args))
     except LabError as e:
         print("lab: FAILED: %s" % e, file=sys.stderr)
         return 1

@@ -707,6 +707,8 @@ class Plugged:
         self.guest = guest      # dict: {"subsystem": "usb"|"pci"|"input", "name": sysName, ...}
         self.elapsed = elapsed  # seconds from device_add to the guest seeing it
         self.behind = []        # devices plugged behind this hub
+        self.t0 = None          # time.monotonic() when device_add was sent
+        self._before = None     # the guest's devices before (for wait_plugged)
 
     def __repr__(self):
         return "Plugged(%s %s bus=%s port=%s guest=%s %.2fs)" % (
@@ -739,6 +741,7 @@ class Lab:
         self.plugged = {}
         self.timings = {}
         self.vhotplug = None
+        self._vhotplug_started = False
         self._old_handlers = {}
         self._closed = False
         self._disk_n = 0
@@ -793,7 +796,20 @@ class Lab:
 
     def fail(self, message, step, timeout=False):
         cls = LabTimeout if timeout else LabError
+        daemon = self.vhotplug_log_tail() if self._vhotplug_started else None
+        if daemon is not None:
+            message += "\n----- vhotplug log (last lines) -----\n" + (daemon or "(empty)") + "\n-----"
         return cls(message, step=step, console=self.console_tail())
+
+    def vhotplug_log_tail(self, n=40):
+        """The last lines of the guest daemon's log, or None if it cannot be read now."""
+        if not (self.agent and not self.agent.closed and self.proc and self.proc.poll() is None):
+            return None
+        try:
+            text = self.vhotplug_log(timeout=3)
+        except Exception:  # noqa: BLE001 - diagnostics only
+            return None
+        return "\n".join(text.splitlines()[-n:])
 
     @contextlib.contextmanager
     def step(self, name):
@@ -934,6 +950,14 @@ class Lab:
         with contextlib.suppress(Exception):
             if self.vhotplug and self.agent and self.proc and self.proc.poll() is None:
                 self.stop_vhotplug(timeout=3)
+        if self._vhotplug_started:
+            # the daemon's whole log, for a look afterwards: .cache/lab/last-vhotplug.log
+            with contextlib.suppress(Exception):
+                text = self.vhotplug_log(timeout=3) if self.proc and self.proc.poll() is None else None
+                if text is not None:
+                    os.makedirs(CACHE_DIR, exist_ok=True)
+                    with open(os.path.join(CACHE_DIR, "last-vhotplug.log"), "w") as f:
+                        f.write(text)
         if self.qmp and self.proc and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self.qmp.execute("quit", timeout=2)
@@ -987,9 +1011,10 @@ class Lab:
                 rc, cmd, out[-1500:], err[-1500:]), "guest: %s" % cmd[:60])
         return out
 
-    def read_files(self, paths, timeout=10):
-        """Contents of guest files (None when absent); for sysfs."""
-        return self.agent.call("read", timeout=timeout, paths=list(paths))
+    def read_files(self, paths, timeout=10, limit=None):
+        """Contents of guest files (None when absent; the first `limit` bytes, 1 MiB by default)."""
+        args = {"limit": limit} if limit else {}
+        return self.agent.call("read", timeout=timeout, paths=list(paths), **args)
 
     def write_file(self, path, text, timeout=10):
         """Write a file in the guest (its root is a tmpfs overlay: the host is untouched)."""
@@ -1116,14 +1141,20 @@ class Lab:
         virtio-keyboard-pci, virtio-mouse-pci, virtio-tablet-pci. USB devices go on
         xhci.0 (port: "N" or "N.M" behind a hub at N; default a free root port);
         PCI devices on a free outer root port (or bus=). With wait, returns once the
-        guest shows the new device (Plugged.guest) and udev has settled.
+        guest shows the new device (Plugged.guest) and udev has settled. Without
+        it, returns right after device_add (Plugged.t0: when it was sent); call
+        wait_plugged(p) later.
         behind (usb-hub only): [(kind, id), ...] plugged at ports N.1, N.2, ...
-        (Plugged.behind lists them)."""
+        (Plugged.behind lists them).
+
+        While a vhotplug started by this lab runs, a USB device counts as seen once
+        its interfaces are there: the daemon may give it to a VM (QEMU's usb-host
+        unbinds usbhid/usb-storage) before its event node or disk appears."""
         step = "plug %s %s" % (kind, id)
         if id in self.plugged:
             raise LabError("id %s already plugged" % id, step=step)
         with self.step(step):
-            before = self.guest_devices() if wait else None
+            before = self.guest_devices()
             args = {"id": id}
             node = None
             if kind in USB_KINDS:
@@ -1153,17 +1184,28 @@ class Lab:
                         self.qmp.execute("blockdev-del", **{"node-name": node})
                 raise
             p = Plugged(kind, id, qdrv, bus, port=port if kind in USB_KINDS else None, node=node)
+            p.t0 = t
+            p._before = before
             self.plugged[id] = p
-            if wait:
-                p.guest = self.wait_for(lambda: self._new_guest_device(kind, before), timeout,
-                                        "plug %s %s: guest sees it" % (kind, id), interval=0.05)
-                p.elapsed = time.monotonic() - t
-                self.settle()
+        if wait:
+            self.wait_plugged(p, timeout)
         p.behind = []
         if behind and kind != "usb-hub":
             raise LabError("behind= is for usb-hub only", step=step)
         for i, (bkind, bid) in enumerate(behind, start=1):
             p.behind.append(self.plug(bkind, bid, port="%s.%d" % (port, i), wait=wait, timeout=timeout))
+        return p
+
+    def wait_plugged(self, p, timeout=30):
+        """Waits until the guest shows a device plugged with wait=False (sets p.guest,
+        p.elapsed), then for udev to settle. Returns p."""
+        if p.guest is not None:
+            return p
+        with self.step("plug %s %s" % (p.kind, p.id)):
+            p.guest = self.wait_for(lambda: self._new_guest_device(p.kind, p._before), timeout,
+                                    "plug %s %s: guest sees it" % (p.kind, p.id), interval=0.05)
+            p.elapsed = time.monotonic() - p.t0
+            self.settle()
         return p
 
     def _new_guest_device(self, kind, before):
@@ -1181,13 +1223,16 @@ class Lab:
             if kind in ("usb-mouse", "usb-kbd", "usb-tablet"):
                 # and the input device exists
                 g["input"] = sorted(k for k, v in now["input"].items() if v.get("usb") == name and v.get("node"))
-                if not g["input"]:
-                    return None
             if kind == "usb-storage":
                 # and the disk
                 g["block"] = sorted(k for k, v in now["block"].items() if v.get("usb") == name and v.get("node"))
-                if not g["block"]:
-                    return None
+            if self.vhotplug:
+                # a running daemon may have handed it to a VM already (drivers unbound)
+                return g
+            if kind in ("usb-mouse", "usb-kbd", "usb-tablet") and not g["input"]:
+                return None
+            if kind == "usb-storage" and not g["block"]:
+                return None
             return g
         if kind in PCI_KINDS:
             new = sorted(set(now["pci"]) - set(before["pci"]))
@@ -1288,6 +1333,7 @@ class Lab:
         env = {"LD_LIBRARY_PATH": SWIFT_RUNTIME}
         cmd = " ".join(_shquote(a) for a in [binary] + args)
         with self.step("start vhotplug"):
+            self._vhotplug_started = True
             self.vhotplug = self.agent.call("spawn", cmd=cmd, log=GUEST_RUN + "/vhotplug.log", env=env)["pid"]
             self.vhotplug_cmd = cmd
             if ready:
@@ -1298,8 +1344,42 @@ class Lab:
                                 "start vhotplug")
         return self.vhotplug
 
-    def vhotplug_log(self):
-        return self.read_files([GUEST_RUN + "/vhotplug.log"]).get(GUEST_RUN + "/vhotplug.log") or ""
+    def vhotplug_log(self, since=0, timeout=10):
+        """The daemon's log (stdout and stderr), from character offset `since`."""
+        text = self.read_files([GUEST_RUN + "/vhotplug.log"], timeout=timeout,
+                               limit=64 << 20).get(GUEST_RUN + "/vhotplug.log") or ""
+        return text[since:]
+
+    def vhotplug_log_mark(self):
+        """An offset for vhotplug_log(since=) and wait_log(since=): the log's length now."""
+        return len(self.vhotplug_log())
+
+    def wait_log(self, pattern, since=0, timeout=20, step=None):
+        """Waits until the daemon's log (from offset `since`) matches the regular
+        expression; returns the match (offsets are those of the whole log). Fails
+        at once if the daemon exits. Polling here observes the daemon only."""
+        rx = re.compile(pattern)
+        step = step or "vhotplug log: /%s/" % pattern[:70]
+        exited = []
+
+        def check():
+            m = rx.search(self.vhotplug_log(), since)
+            if m:
+                return m
+            if self.vhotplug and self.agent.call("poll", pid=self.vhotplug).get("rc") is not None:
+                exited.append(True)
+                return True
+            return None
+        m = self.wait_for(check, timeout, step, interval=0.05)
+        if exited:
+            raise self.fail("vhotplug exited while waiting", step)
+        return m
+
+    def signal_vhotplug(self, sig=signal.SIGHUP):
+        """Sends a signal to the guest daemon (SIGHUP: reload its configuration)."""
+        if not self.vhotplug:
+            raise LabError("vhotplug is not running in the guest")
+        self.agent.call("signal", pid=self.vhotplug, sig=int(sig))
 
     def vhotplug_running(self):
         return bool(self.vhotplug) and self.agent.call("poll", pid=self.vhotplug).get("rc") is None

@@ -188,8 +188,10 @@ class Test1Lab(LabCase):
         """The plumbing start_vhotplug uses (spawn, log capture, stop), with a stand-in program."""
         lab = self.lab
         lab.write_file("/run/vhotplug-lab/stand-in.conf", '{"vms": []}')
-        pid = lab.start_vhotplug(args=["-c", "echo started with $LD_LIBRARY_PATH; cat /run/vhotplug-lab/stand-in.conf; "
-                                             "trap 'echo got TERM; exit 3' TERM; while :; do sleep 0.1; done"],
+        # the trap comes first: the test may signal as soon as the log shows the configuration
+        pid = lab.start_vhotplug(args=["-c", "trap 'echo got TERM; exit 3' TERM; "
+                                             "echo started with $LD_LIBRARY_PATH; cat /run/vhotplug-lab/stand-in.conf; "
+                                             "while :; do sleep 0.1; done"],
                                  binary="/bin/sh",
                                  ready=lambda l: "vms" in l.vhotplug_log())
         self.assertTrue(pid)
@@ -450,6 +452,387 @@ with Lab(log=lambda m: None) as lab:
     def test_ctrl_c(self):
         self.run_and_signal(signal.SIGINT)
 
+
+# ----------------------------------------------------------------------------
+# The daemon (issue 4)
+
+LAB_RULES = {
+    # tools/lab/lab.conf's USB rules, as a dict the SIGHUP test can change
+    "usbPassthrough": [{
+        "description": "Lab: input devices and disks for vm1",
+        "targetVm": "vm1",
+        "allow": [
+            {"interfaceClass": 3, "interfaceProtocol": 2, "description": "HID Mouse"},
+            {"interfaceClass": 3, "interfaceProtocol": 1, "description": "HID Keyboard"},
+            {"interfaceClass": 8, "description": "USB mass storage"},
+        ],
+    }],
+    "vms": [
+        {"name": "vm1", "type": "qemu", "socket": "/run/vhotplug-lab/vm1.qmp"},
+        {"name": "vm2", "type": "qemu", "socket": "/run/vhotplug-lab/vm2.qmp"},
+    ],
+}
+
+
+def vhp_ids(peripherals):
+    """vhotplug's ids among an inner VM's peripherals."""
+    return {k for k in peripherals if k.startswith("vhp-")}
+
+
+class Test5Daemon(LabCase):
+    """`vhotplug -c lab.conf` as the guest's host daemon: USB devices plugged into
+    the guest end up in the inner VM vm1 (seen through its observer monitor), and
+    leave it on unplug; VM restart, daemon restart, coldplug with -a, SIGHUP.
+
+    Its own boot: the daemon takes the devices the other classes plug. Each test
+    starts a daemon and stops it; the log is appended to, `self.mark` is where
+    this daemon's part begins. A failure shows the daemon log and the console."""
+
+    vms = ("vm1",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.vhotplug = labkit.find_vhotplug()    # "vhotplug binary not found: run swift build"
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        # the daemon's warnings and errors over the whole class, for a reader (not asserted)
+        if cls.lab and not cls.lab._closed:
+            try:
+                text = cls.lab.vhotplug_log(timeout=5)
+            except LabError:
+                text = ""
+            seen = {}
+            for line in text.splitlines():
+                m = re.search(r" (warning|error|critical) (vhotplug: .*)", line)
+                if m and "reload rejected" not in line:      # test_7 sends a broken configuration on purpose
+                    key = re.sub(r"[0-9a-fA-F]+", "#", m.group(0))
+                    seen.setdefault(key, [0, m.group(0).strip()])[0] += 1
+            if seen:
+                print("\nvhotplug warnings/errors in the lab (whole log: .cache/lab/last-vhotplug.log):",
+                      file=sys.stderr)
+                for n, line in seen.values():
+                    print("  %3dx %s" % (n, line[:300]), file=sys.stderr)
+        super().tearDownClass()
+
+    def setUp(self):
+        self.mark = 0
+
+    def tearDown(self):
+        lab = self.lab
+        try:
+            super().tearDown()     # unplug everything; a running daemon detaches it
+            if lab.vhotplug:
+                try:
+                    lab.wait_inner("vm1", lambda p: not vhp_ids(p), 15, "tearDown: the daemon detaches everything")
+                except LabError as e:
+                    print("tearDown: %s" % e, file=sys.stderr)
+        finally:
+            lab.stop_vhotplug()
+            # whatever is left goes, so that the next test starts clean
+            try:
+                if lab.run("%s/innervm.sh status vm1" % labkit.GUEST_DIR)[0] != 0:
+                    lab.vm_start("vm1")      # a test that failed between vm_stop and vm_start
+                for id in sorted(vhp_ids(lab.inner_peripherals("vm1"))):
+                    lab.inner_qmp("vm1", "device_del", id=id,
+                                  wait_event={"event": "DEVICE_DELETED", "data": {"device": id}, "timeout": 10})
+            except (LabError, QMPError) as e:
+                print("tearDown: cannot clean vm1: %s" % e, file=sys.stderr)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def start(self, *args, config=None, what=None):
+        """Starts vhotplug in the guest (with -d: the log shows the QMP traffic and
+        QEMU's "failed to find host usb device" retries) and waits for "listening"."""
+        lab = self.lab
+        if "-d" not in args:
+            args += ("-d",)
+        self.mark = lab.vhotplug_log_mark()
+        mark = self.mark
+        t = time.monotonic()
+        lab.start_vhotplug(list(args), config=config, binary=self.vhotplug, timeout=30,
+                           ready=lambda l: "; listening (" in l.vhotplug_log(since=mark))
+        note(what or "daemon: start -> \"listening\" (spawn + first pass)", time.monotonic() - t)
+        return mark
+
+    def log(self):
+        return self.lab.vhotplug_log(since=self.mark)
+
+    def diag(self):
+        return "\n----- vhotplug log -----\n%s\n----- guest console (last lines) -----\n%s" % (
+            self.log()[-6000:], self.lab.console_tail(25))
+
+    def assertLog(self, pattern, since=None):
+        """The daemon's log (this run, or from offset `since` of the whole log) matches."""
+        text = self.lab.vhotplug_log(since=self.mark if since is None else since)
+        m = re.search(pattern, text)
+        if not m:
+            self.fail("the daemon's log has no /%s/%s" % (pattern, self.diag()))
+        return m
+
+    def assertNotLog(self, pattern, since=None):
+        text = self.lab.vhotplug_log(since=self.mark if since is None else since)
+        m = re.search(pattern, text)
+        if m:
+            self.fail("the daemon's log has %r, unexpected%s" % (m.group(0), self.diag()))
+
+    def vhp(self):
+        return vhp_ids(self.lab.inner_peripherals("vm1"))
+
+    def plug_attached(self, kind, id, what=None, **kw):
+        """Plugs a device the rules send to vm1; waits for vhotplug's id in vm1.
+        Returns (Plugged, end-to-end seconds, the daemon's logged milliseconds)."""
+        lab = self.lab
+        mark = lab.vhotplug_log_mark()
+        before = self.vhp()
+        t = time.monotonic()
+        p = lab.plug(kind, id, wait=False, **kw)
+        per = lab.wait_inner("vm1", lambda per: vhp_ids(per) - before, 20,
+                             "vhotplug attaches %s %s to vm1" % (kind, id), interval=0.02)
+        e2e = time.monotonic() - t
+        lab.wait_plugged(p)
+        name = p.guest["name"]
+        self.assertEqual(vhp_ids(per) - before, {"vhp-usb-" + name}, self.diag())
+        m = lab.wait_log(r"usb %s [0-9a-f]{4}:[0-9a-f]{4}[^\n]*: attached to vm1 as vhp-usb-%s in ([0-9.]+) ms"
+                         % (re.escape(name), re.escape(name)), since=mark, timeout=10)
+        ms = float(m.group(1))
+        what = what or kind
+        note("daemon: plug %s -> in vm1 (end to end)" % what, e2e)
+        note("daemon: plug %s -> attached (its log, ms/1000)" % what, ms / 1000)
+        print("\n  %s %s: plugged -> vhp-usb-%s in vm1 in %.2f s end to end; the daemon logs %.1f ms"
+              % (kind, name, name, e2e, ms), file=sys.stderr)
+        return p, e2e, ms
+
+    def unplug_detached(self, id, names):
+        """Unplugs; waits until vm1 has none of vhp-usb-<names> and the log says detached."""
+        lab = self.lab
+        mark = lab.vhotplug_log_mark()
+        kind = lab.plugged[id].kind
+        ids = {"vhp-usb-" + n for n in names}
+        t = time.monotonic()
+        lab.unplug(id)
+        lab.wait_inner("vm1", lambda per: not (ids & set(per)), 20, "vhotplug detaches %s" % sorted(ids), interval=0.02)
+        e2e = time.monotonic() - t
+        mss = []
+        for n in names:
+            lab.wait_log(r"usb %s [^\n]*: unplugged" % re.escape(n), since=mark, timeout=10)
+            m = lab.wait_log(r"usb %s [^\n]*: detached from vm1 \(vhp-usb-%s\) in ([0-9.]+) ms"
+                             % (re.escape(n), re.escape(n)), since=mark, timeout=10)
+            mss.append(float(m.group(1)))
+        note("daemon: unplug %s -> gone from vm1 (end to end)" % kind, e2e)
+        note("daemon: unplug %s -> detached (its log, ms/1000)" % kind, max(mss) / 1000)
+        return e2e, mss
+
+    def assertInnerUSB(self, vhp_id, product):
+        info = self.lab.inner_usb("vm1")
+        self.assertRegex(info, r"Product %s, ID: %s\b" % (re.escape(product), re.escape(vhp_id)),
+                         "vm1's `info usb` does not show %s as %s:\n%s%s" % (product, vhp_id, info, self.diag()))
+
+    def assertGuestReleased(self, p):
+        """The guest's own driver let go of the device: the VM has it."""
+        now = self.lab.guest_devices()
+        name = p.guest["name"]
+        held = [k for k, v in now["input"].items() if v.get("usb") == name] + \
+               [k for k, v in now["block"].items() if v.get("usb") == name]
+        self.assertEqual(held, [], "the guest still has %s's event node or disk%s" % (name, self.diag()))
+
+    # -- scenarios ---------------------------------------------------------------
+
+    def test_1_mouse_plug_unplug_replug(self):
+        self.start()
+        self.assertLog(r"vhotplug ok: [^\n]*following \d+ devices; listening \(udev events\)")
+        p, e2e, ms = self.plug_attached("usb-mouse", "m1", what="usb-mouse")
+        name = p.guest["name"]
+        self.assertLog(r'usb %s 0627:0001 [^\n]*: vm1 \(rule set 0 "Lab: input devices and disks for vm1", '
+                       r'allow\[0\] "HID Mouse"\)' % re.escape(name))
+        self.assertInnerUSB("vhp-usb-" + name, "QEMU USB Mouse")
+        self.assertGuestReleased(p)
+        self.assertLess(e2e, 10)
+        self.unplug_detached("m1", [name])
+        self.assertEqual(self.vhp(), set())
+        # the same mouse again, on the same port: a new address, attached again
+        p2, _, _ = self.plug_attached("usb-mouse", "m2", port=p.port, what="usb-mouse (replug)")
+        self.assertEqual(p2.guest["name"], name)
+        self.assertNotEqual(p2.guest["devnum"], p.guest["devnum"])
+        self.unplug_detached("m2", [name])
+        self.assertNotLog(r"(error|warning) [^\n]*usb %s " % re.escape(name))
+
+    def test_2_hub_is_not_passed_through_the_mouse_behind_it_is(self):
+        self.start()
+        h = self.lab.plug("usb-hub", "h1")
+        hub = h.guest["name"]
+        self.lab.wait_log(r"usb %s 0409:55aa [^\n]*: none: USB hubs are never passed through" % re.escape(hub),
+                          since=self.mark, timeout=10)
+        p, _, _ = self.plug_attached("usb-mouse", "hm1", port=h.port + ".1", what="usb-mouse behind a hub")
+        self.assertEqual(p.guest["name"], hub + ".1")
+        self.assertEqual(self.vhp(), {"vhp-usb-%s.1" % hub})
+        self.assertLog(r'usb %s\.1 0627:0001 [^\n]*: vm1 \(rule set 0 [^\n]*allow\[0\] "HID Mouse"\)' % re.escape(hub))
+        self.assertNotLog(r"usb %s [^\n]*attached" % re.escape(hub))
+        # unplugging the hub takes the mouse with it
+        self.unplug_detached("h1", [hub + ".1"])
+
+    def test_3_keyboard_and_disk(self):
+        self.start()
+        k, _, _ = self.plug_attached("usb-kbd", "k1")
+        self.assertLog(r'usb %s 0627:0001 [^\n]*: vm1 \(rule set 0 [^\n]*allow\[1\] "HID Keyboard"\)'
+                       % re.escape(k.guest["name"]))
+        self.assertInnerUSB("vhp-usb-" + k.guest["name"], "QEMU USB Keyboard")
+        d, _, _ = self.plug_attached("usb-storage", "d1")
+        disk = d.guest["name"]
+        self.assertTrue(disk.startswith("2-"), "usb-storage is SuperSpeed (bus 2): %s" % disk)
+        self.assertLog(r'usb %s 46f4:0001 [^\n]*: vm1 \(rule set 0 [^\n]*allow\[2\] "USB mass storage"\)'
+                       % re.escape(disk))
+        self.assertInnerUSB("vhp-usb-" + disk, "QEMU USB HARDDRIVE")
+        self.assertGuestReleased(k)
+        self.assertGuestReleased(d)
+        self.unplug_detached("k1", [k.guest["name"]])
+        self.unplug_detached("d1", [disk])
+
+    def test_4_vm_restart_gets_its_device_back(self):
+        lab = self.lab
+        self.start()
+        p, _, _ = self.plug_attached("usb-mouse", "m1")
+        name, vid = p.guest["name"], "vhp-usb-" + p.guest["name"]
+        t = time.monotonic()
+        lab.vm_stop("vm1")
+        lab.wait_log(r"VM vm1: socket removed", since=self.mark, timeout=10)
+        mark = lab.vhotplug_log_mark()
+        t_start = time.monotonic()
+        lab.vm_start("vm1")         # until its observer monitor answers
+        t_up = time.monotonic()
+        lab.wait_inner("vm1", lambda per: vid in per, 20, "vhotplug gives %s back to the restarted vm1" % vid,
+                       interval=0.02)
+        t_back = time.monotonic()
+        m = lab.wait_log(r"usb %s [^\n]*: attached to vm1 as %s in ([0-9.]+) ms" % (re.escape(name), re.escape(vid)),
+                         since=mark, timeout=10)
+        self.assertLog(r"VM vm1: socket appeared; giving it back its devices", since=mark)
+        note("inner VM restart (stop + start until QMP answers)", t_up - t)
+        note("daemon: VM start -> device back in vm1 (from innervm.sh start)", t_back - t_start)
+        note("daemon: VM QMP answers -> device back in vm1", t_back - t_up)
+        note("daemon: socket appeared -> re-attached (its log, ms/1000)", float(m.group(1)) / 1000)
+        print("\n  vm1 restarted in %.2f s; %s back %.2f s after `innervm.sh start`, daemon logs %s ms"
+              % (t_up - t, vid, t_back - t_start, m.group(1)), file=sys.stderr)
+        # no replug: the guest still has the device at the same address
+        self.assertEqual(lab.guest_devices()["usb"][name]["devnum"], p.guest["devnum"])
+        self.assertInnerUSB(vid, "QEMU USB Mouse")
+        self.unplug_detached("m1", [name])
+
+    def test_5_daemon_restart_finds_its_devices_and_removes_stale_ones(self):
+        lab = self.lab
+        self.start()
+        p, _, _ = self.plug_attached("usb-mouse", "m1")
+        name, vid = p.guest["name"], "vhp-usb-" + p.guest["name"]
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        self.assertLog(r"stopping \(signal 15\); attached devices stay with their VMs")
+        self.assertEqual(self.vhp(), {vid})
+        # a new daemon finds it, and does not attach it again (-d shows its QMP traffic)
+        self.start("-a", what="daemon: restart with a device attached -> \"listening\"")
+        self.assertLog(r"usb %s [^\n]*: found in VM vm1 as %s" % (re.escape(name), re.escape(vid)))
+        time.sleep(0.5)
+        self.assertNotLog(r'"execute":"device_add"')
+        self.assertNotLog(r"attached to vm1")
+        self.assertEqual(self.vhp(), {vid})
+        # and it is the new daemon that detaches it on unplug
+        self.unplug_detached("m1", [name])
+        # a device unplugged while no daemon runs leaves a stale id: the next daemon removes it
+        p, _, _ = self.plug_attached("usb-mouse", "m2")
+        name, vid = p.guest["name"], "vhp-usb-" + p.guest["name"]
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        lab.unplug("m2")
+        self.assertIn(vid, self.vhp(), "QEMU keeps a usb-host whose host device left")
+        self.start()
+        self.assertLog(r"VM vm1: removing stale %s \(its device is gone\)" % re.escape(vid))
+        lab.wait_inner("vm1", lambda per: vid not in per, 10, "stale %s removed" % vid)
+
+    def test_6_coldplug_only_with_a(self):
+        lab = self.lab
+        plugged = [lab.plug("usb-mouse", "m1"), lab.plug("usb-kbd", "k1"), lab.plug("usb-storage", "d1")]
+        want = {"vhp-usb-" + p.guest["name"] for p in plugged}
+        # without -a connected devices stay where they are
+        self.start()
+        time.sleep(0.5)
+        self.assertEqual(self.vhp(), set())
+        self.assertNotLog(r"attached to vm1")
+        lab.stop_vhotplug()
+        # with -a, each one the rules assign is attached at start
+        self.mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        lab.start_vhotplug(["-a", "-d"], binary=self.vhotplug)
+        lab.wait_inner("vm1", lambda per: want <= vhp_ids(per), 30, "vhotplug -a attaches %s" % sorted(want),
+                       interval=0.02)
+        took = time.monotonic() - t
+        self.assertEqual(self.vhp(), want)
+        logged = [float(x) for x in re.findall(r": attached to vm1 as vhp-usb-\S+ in ([0-9.]+) ms", self.log())]
+        self.assertEqual(len(logged), 3, self.diag())
+        self.assertLog(r"following \d+ devices; listening")
+        note("daemon -a: start -> 3 connected devices in vm1", took)
+        note("daemon -a: last attach (its log, ms/1000, from its first pass)", max(logged) / 1000)
+        print("\n  vhotplug -a: 3 connected devices in vm1 %.2f s after the start; logged %s ms"
+              % (took, ", ".join("%g" % x for x in logged)), file=sys.stderr)
+
+    def test_7_sighup_reload(self):
+        lab = self.lab
+        self.start(config=LAB_RULES)
+        p, _, _ = self.plug_attached("usb-mouse", "m1")
+        name, vid = p.guest["name"], "vhp-usb-" + p.guest["name"]
+        conf = "/run/vhotplug-lab/vhotplug.conf"
+        # the rules no longer take mice: the mouse leaves vm1
+        no_mouse = json.loads(json.dumps(LAB_RULES))
+        no_mouse["usbPassthrough"][0]["allow"].pop(0)
+        mark = lab.vhotplug_log_mark()
+        lab.write_file(conf, json.dumps(no_mouse))
+        lab.signal_vhotplug(signal.SIGHUP)
+        lab.wait_log(r"configuration reloaded", since=mark, timeout=10)
+        lab.wait_inner("vm1", lambda per: vid not in per, 10, "reload: the mouse leaves vm1")
+        lab.wait_log(r"usb %s [^\n]*: detached from vm1" % re.escape(name), since=mark, timeout=10)
+        # a broken configuration is rejected; nothing moves
+        mark = lab.vhotplug_log_mark()
+        lab.write_file(conf, '{"usbPassthrough": [{"targetVm": "nowhere"}], "vms": [')
+        lab.signal_vhotplug(signal.SIGHUP)
+        lab.wait_log(r"reload rejected, the previous configuration stays in force", since=mark, timeout=10)
+        self.assertTrue(lab.vhotplug_running(), self.diag())
+        # the rules take mice again: back in vm1
+        mark = lab.vhotplug_log_mark()
+        lab.write_file(conf, json.dumps(LAB_RULES))
+        lab.signal_vhotplug(signal.SIGHUP)
+        lab.wait_inner("vm1", lambda per: vid in per, 10, "reload: the mouse is back in vm1")
+        lab.wait_log(r"usb %s [^\n]*: attached to vm1 as %s" % (re.escape(name), re.escape(vid)), since=mark, timeout=10)
+
+    def test_8_without_udevd_kernel_events(self):
+        """No udevd on the host: the daemon says so once and follows the kernel's events.
+
+        Known gap, seen here: QEMU's libusb learns of new devices from udevd too. Once
+        it is started (any earlier usb-host in that QEMU), `usb-host hostbus/hostaddr`
+        of a device plugged while no udevd runs fails with "failed to find host usb
+        device" however long one waits; `hostdevice=/dev/bus/usb/BBB/DDD` works. The
+        test accepts that one failure (and says so) until the daemon handles it."""
+        lab = self.lab
+        # udevd leaves its control socket behind when it exits; a host without udevd has none
+        lab.check("udevadm control --exit && rm -f /run/udev/control && ! pidof systemd-udevd")
+        try:
+            self.start()
+            self.assertLog(r"warning vhotplug: [^\n]*udevd is not running: listening to kernel events directly")
+            self.assertLog(r"following \d+ devices; listening \(kernel events\)")
+            mark = lab.vhotplug_log_mark()
+            p = lab.plug("usb-mouse", "m1")
+            name = p.guest["name"]
+            lab.wait_log(r'usb %s 0627:0001 [^\n]*: vm1 \(rule set 0 [^\n]*allow\[0\] "HID Mouse"\)' % re.escape(name),
+                         since=mark, timeout=10)
+            m = lab.wait_log(r"usb %s [^\n]*: (attached to vm1 as vhp-usb-%s in [0-9.]+ ms|attach to vm1 failed: ([^\n]*))"
+                             % (re.escape(name), re.escape(name)), since=mark, timeout=20)
+            if m.group(2):
+                self.assertIn("failed to find host usb device", m.group(2), self.diag())
+                print("\n  KNOWN GAP (no udevd): %s" % m.group(0), file=sys.stderr)
+                mark = lab.vhotplug_log_mark()
+                lab.unplug("m1")
+                lab.wait_log(r"usb %s [^\n]*: unplugged" % re.escape(name), since=mark, timeout=10)
+            else:
+                lab.wait_inner("vm1", lambda per: "vhp-usb-" + name in per, 10, "kernel events: mouse in vm1")
+                self.unplug_detached("m1", [name])
+        finally:
+            lab.check("/lib/systemd/systemd-udevd --daemon >/dev/null 2>&1 && udevadm settle --timeout=30 "
+                      "&& test -S /run/udev/control")
 
 def _readline(child, timeout):
     """A line of the child's stdout, or '' after timeout seconds (never blocks longer)."""

@@ -275,7 +275,8 @@ def op_write(req):
 
 
 def op_read(req):
-    return {p: read_text(p) for p in req["paths"]}
+    limit = int(req.get("limit") or (1 << 20))
+    return {p: read_text(p, limit) for p in req["paths"]}
 
 
 def op_links(req):
