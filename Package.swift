@@ -63,6 +63,9 @@ let package = Package(
         // Benchmarks (tools/bench/run.sh builds them in release mode).
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
                           path: "tools/bench/VHotplugBench"),
+        // Hot-plug latency, CPU, idle, memory and start-up of the daemon (umockdev + a real QEMU).
+        .executableTarget(name: "vhotplug-hotplug-bench", dependencies: ["VHotplugTestSupport", "CLinux"],
+                          path: "tools/bench/HotplugBench"),
 
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
