@@ -1,4 +1,7 @@
 import CUSB
+#if canImport(Glibc)
+import Glibc
+#endif
 import DeviceModel
 
 /// A libusb context, kept for the life of the process (the daemon) or of one scan.
@@ -16,8 +19,14 @@ public final class LibUSBContext {
 
     deinit { libusb_exit(context) }
 
-    /// The devices libusb knows now.
-    public func snapshot() -> LibUSBSnapshot { LibUSBSnapshot(self) }
+    /// The devices libusb knows now. libusb's hotplug thread queues a message per
+    /// arrival and departure that only event handling frees: handle them here,
+    /// without waiting, so a long-running daemon does not grow.
+    public func snapshot() -> LibUSBSnapshot {
+        var zero = timeval(tv_sec: 0, tv_usec: 0)
+        _ = libusb_handle_events_timeout_completed(context, &zero, nil)
+        return LibUSBSnapshot(self)
+    }
 }
 
 /// One snapshot of libusb's device list. Configuration descriptors are parsed
