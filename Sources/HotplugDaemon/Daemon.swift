@@ -105,7 +105,7 @@ public actor Daemon {
     public func start(onReady: (() -> Void)? = nil) async throws {
         self.onReady = onReady
         signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [self] signo in
-            Task { await self.signal(signo) }
+            Task(executorPreference: self.loop) { await self.signal(signo) }
         }
         let monitor = try UdevMonitor()
         if monitor.source == "kernel" {
@@ -116,10 +116,10 @@ public actor Daemon {
             // Drain on the loop's thread, in order; handle each event in order.
             var batch: [(DeviceEvent, Deadline)] = []
             while let e = monitor.receive() { batch.append((e, .now())) }
-            if !batch.isEmpty { Task { await self.handle(batch) } }
+            if !batch.isEmpty { Task(executorPreference: self.loop) { await self.handle(batch) } }
         }
         watcher = try PathWatcher(loop: loop) { [self] path, created in
-            Task { await self.socketChanged(path, created: created) }
+            Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
         makeBackends()
         await firstPass()
@@ -201,7 +201,7 @@ public actor Daemon {
         // own deadline once, not one per VM before it.
         await withTaskGroup(of: Void.self) { group in
             for vm in configuration.vms.map(\.name) {
-                group.addTask { await self.resync(vm: vm) }
+                group.addTask(executorPreference: self.loop) { await self.resync(vm: vm) }
             }
         }
         for key in devices.keys.sorted() { reconcile(key) }
@@ -327,7 +327,7 @@ public actor Daemon {
         }
         // Interfaces come with their own events: wait for them (with a deadline).
         let timer = loop.schedule(at: .after(options.interfaceWait)) { [self] in
-            Task { await self.pendingTimedOut(sysPath) }
+            Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath) }
         }
         pendingUSB[sysPath] = (time, timer)
     }

@@ -59,7 +59,7 @@ public struct TimerToken: Sendable, Hashable {
 ///
 /// The methods that register waits must be called on the loop's thread (from an
 /// actor that uses this executor); `enqueue` and `stop` from anywhere.
-public final class EventLoop: SerialExecutor, @unchecked Sendable {
+public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private let epfd: Int32
     private let wakeFd: Int32
     private let timerFd: Int32

@@ -73,7 +73,9 @@ public struct Application: ParsableCommand {
         let daemon = Daemon(options: DaemonOptions(configPath: config, attachConnected: attachConnected),
                             configuration: configuration, loop: loop, logger: logger)
         let failure = StartFailure()
-        Task.detached {
+        // On the loop from the first job: the global executor (and its worker-pool
+        // monitor, which wakes every second) is never used.
+        Task(executorPreference: loop) {
             do {
                 // systemd (Type=notify): ready once the first pass over connected devices is done.
                 try await daemon.start(onReady: { SystemdNotify.send("READY=1") })
