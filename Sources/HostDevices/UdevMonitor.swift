@@ -43,10 +43,8 @@ public final class UdevMonitor: @unchecked Sendable {
     /// The socket to wait on for readability.
     public let fd: Int32
 
-    /// True when udevd runs on this host (its control socket exists). Under
-    /// umockdev (tests), events always come as udevd would send them.
+    /// True when udevd runs on this host: its control socket accepts a connection.
     public static func udevdRunning(runDir: String = "/run/udev") -> Bool {
-        if getenv("UMOCKDEV_DIR") != nil { return true }
         // The socket file outlives a stopped udevd: only a connection proves it listens.
         let path = runDir + "/control"
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -51,7 +51,7 @@ struct DaemonCrosvmTests {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["PATH": vm.dir + "/bin:" + path])
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
         try tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm2 as 1")
         #expect(try vm.list() == "devices 1 046d c52b")

@@ -19,7 +19,7 @@ struct DaemonEvdevPCITests {
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
         try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 (evdevPassthrough)")
         try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-event0","bus":"ep1""#)
@@ -43,7 +43,7 @@ struct DaemonEvdevPCITests {
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", config], testbed: tb)
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
         try tb.add(file: fixtures + "/pci-wifi.umockdev")
         try d.waitFor("pci 0000:00:14.3 8086:a0f0: vm1 (rule set 0, allow[0] \"Wi-Fi\")")
         try d.waitFor("pci 0000:00:14.3 8086:a0f0: attach to vm1 failed: 0000:00:14.3: check: the vfio-pci driver is not loaded (no /sys/bus/pci/drivers/vfio-pci): modprobe vfio-pci")

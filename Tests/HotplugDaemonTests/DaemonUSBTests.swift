@@ -32,7 +32,7 @@ struct Rig {
 
     func daemon(_ extra: [String] = []) throws -> DaemonProcess {
         let d = try DaemonProcess(arguments: ["-c", config, "-d"] + extra, testbed: tb)
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
         return d
     }
 
@@ -260,7 +260,7 @@ struct DaemonUSBTests {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", config], testbed: rig.tb)
         // The first pass asks the slow VM for its devices: it answers nothing, and start-up goes on at its deadline.
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")        // 1-2 -> slow
         try rig.replugReceiver(1, port: 3)                                    // 1-3 -> vm1
         try d.waitFor("attached to vm1 as vhp-usb-1-3")

@@ -412,7 +412,7 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     var startups: [Double] = []
     for _ in 0..<max(1, opts.startups) {
         let d = try Daemon(executable: vhotplug, arguments: daemonArgs(config), testbed: tb)
-        let l = try d.waitFor("listening")
+        let l = try d.waitFor("; listening (")
         startups.append(ms(l.at - d.spawnedAt))
         d.stop()
     }
@@ -424,7 +424,7 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
         for (tool, args) in [("/usr/bin/strace", ["-f", "-tt", "-T", "-o", dir + "/startup.strace"]),
                              ("/usr/bin/valgrind", ["--tool=callgrind", "--callgrind-out-file=\(dir)/startup.callgrind"])] {
             let d = try Daemon(executable: tool, arguments: args + [vhotplug] + daemonArgs(config), testbed: tb)
-            try d.waitFor("listening", timeout: 120)
+            try d.waitFor("; listening (", timeout: 120)
             d.stop()
             saveLog(d, "startup-\(tool.split(separator: "/").last!).log")
         }
@@ -443,16 +443,16 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
         d = try Daemon(executable: "/usr/bin/valgrind",
                        arguments: ["--tool=callgrind", "--separate-threads=yes", "--callgrind-out-file=\(dir)/callgrind.out.%p", vhotplug]
                            + daemonArgs(config), testbed: tb)
-        try d.waitFor("listening", timeout: 120)
+        try d.waitFor("; listening (", timeout: 120)
     } else if let dir = opts.massif {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         d = try Daemon(executable: "/usr/bin/valgrind",
                        arguments: ["--tool=massif", "--massif-out-file=\(dir)/massif.out.%p", "--max-snapshots=200", "--detailed-freq=5", vhotplug]
                            + daemonArgs(config), testbed: tb)
-        try d.waitFor("listening", timeout: 120)
+        try d.waitFor("; listening (", timeout: 120)
     } else {
         d = try Daemon(executable: vhotplug, arguments: daemonArgs(config), testbed: tb)
-        try d.waitFor("listening")
+        try d.waitFor("; listening (")
     }
     let daemon = d
     var saved = false
@@ -599,7 +599,7 @@ func threadSwitches(_ pid: Int32) -> [String: (name: String, vol: Int, invol: In
 /// up to their last sample, and their ending is reported.
 func idle(_ tb: Testbed, _ config: String, _ what: String) throws {
     let d = try Daemon(executable: vhotplug, arguments: daemonArgs(config), testbed: tb)
-    try d.waitFor("listening")
+    try d.waitFor("; listening (")
     sleepSeconds(1)
     let a = ProcSample.read(d.pid)
     let first = threadSwitches(d.pid)
@@ -707,7 +707,7 @@ func coldplug(_ tb: Testbed, _ qemus: [QEMUInstance], _ top: String) throws {
     let d = try Daemon(executable: vhotplug, arguments: daemonArgs(config, ["-a"]), testbed: tb)
     var saved = false
     defer { if !saved { saveLog(d, "coldplug.log") } }
-    let listening = try d.waitFor("listening", timeout: 60)
+    let listening = try d.waitFor("; listening (", timeout: 60)
     var all: UInt64 = 0
     for (p, n) in zip(pollers, expected) { all = max(all, try p.wait(for: n, timeout: 120)) }
     // The daemon's last "attached" line.
