@@ -96,8 +96,10 @@ public actor Daemon {
         self.loop = loop
         self.logger = logger
         let sysfs = Sysfs(root: options.sysfsRoot)
-        self.reader = DeviceReader(sysfs: sysfs)
-        self.binder = VFIOBinder(loop: loop, sysfs: sysfs, logger: logger)
+        // The host's boot devices, read from mountinfo once for both users.
+        let boot = BootDevices.read(sysfs: sysfs)
+        self.reader = DeviceReader(sysfs: sysfs, bootDevices: boot)
+        self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot, logger: logger)
     }
 
     /// Starts: signals, the event monitor (before reading devices, so none is
