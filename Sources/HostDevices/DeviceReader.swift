@@ -175,6 +175,10 @@ public final class DeviceReader {
         else { return false }
         let sysName = String(sysPath.split(separator: "/").last ?? "")
         let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
+        // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;
+        // a device numbering them otherwise is counted in the folder instead.
+        let configValue = config.trimmingWhitespace()
+        if (0..<count).allSatisfy({ Sysfs.exists("\(dir)/\(prefix)\(configValue).\($0)") }) { return true }
         return Sysfs.list(dir).filter { $0.hasPrefix(prefix) }.count >= count
     }
 
@@ -248,7 +252,7 @@ public final class DeviceReader {
             throw DeviceReadError(device: sysPath, attribute: "path", reason: "vanished while being read")
         }
         let sysName = String(sysPath.split(separator: "/").last ?? "")
-        let parentPath = String(sysPath[..<(sysPath.lastIndex(of: "/") ?? sysPath.endIndex)])
+        let parentPath = parentFolder(sysPath)
         let parent = AttributeReader(dir: sysfs.path(parentPath), device: parentPath)
         func bitmap(_ name: String) throws(DeviceReadError) -> Bitmap {
             guard let text = try parent.optionalString("capabilities/" + name) else { return Bitmap(words: []) }
@@ -271,6 +275,16 @@ public final class DeviceReader {
             productId: UInt16(try parent.optionalHex("id/product") ?? 0),
             hasUSBAncestor: hasAncestor(of: parentPath, inSubsystem: "usb"),
             kinds: caps.kinds(busType: busType), pathTag: pathTag(of: parentPath))
+    }
+
+    /// True when an input event device (`/devices/.../inputN/eventM`) hangs below a USB
+    /// device: USB rules decide for it, and it need not be read. A few `readlink`s.
+    public func inputHasUSBAncestor(sysPath: String) -> Bool {
+        hasAncestor(of: parentFolder(sysPath), inSubsystem: "usb")
+    }
+
+    private func parentFolder(_ path: String) -> String {
+        String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
     }
 
     /// True when a folder above `sysPath` belongs to `subsystem` (its `subsystem` link).

@@ -42,31 +42,38 @@ public struct Sysfs: Sendable {
         relative.hasPrefix("/") ? root + relative : root + "/" + relative
     }
 
-    /// The bytes of a file, or an errno.
-    public static func readBytes(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], Errno> {
+    /// The bytes of a file, or an errno. Reads through a stack buffer: a sysfs
+    /// attribute is one `read` (plus the one that sees the end).
+    /// `shortReadIsEnd`: a sysfs attribute (or a regular file) gives all it has in
+    /// one `read`, so a short one is the end (one system call instead of two).
+    public static func readBytes(_ path: String, limit: Int = 1 << 20, shortReadIsEnd: Bool = false) -> Result<[UInt8], Errno> {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return .failure(Errno(errno)) }
         defer { close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while out.count < limit {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .failure(Errno(errno))
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { chunk -> Result<[UInt8], Errno> in
+            var out: [UInt8] = []
+            while out.count < limit {
+                let want = min(chunk.count, limit - out.count)
+                let n = read(fd, chunk.baseAddress, want)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return .failure(Errno(errno))
+                }
+                if n == 0 { break }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n]))
+                if shortReadIsEnd && n < want { break }
             }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+            return .success(out)
         }
-        return .success(out)
     }
 
     /// The target of a symbolic link, or nil.
     public static func readLink(_ path: String) -> String? {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink(path, &buf, buf.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> String? in
+            let n = buf.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, $0.count - 1) }
+            guard n > 0 else { return nil }
+            return String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self)
+        }
     }
 
     /// The last component of a link's target (a driver's or group's name).
@@ -117,7 +124,7 @@ struct AttributeReader {
     /// The attribute's text without the trailing newline, nil when absent.
     /// Garbage (non-UTF-8, NUL bytes) is an error.
     func optionalString(_ name: String) throws(DeviceReadError) -> String? {
-        switch Sysfs.readBytes(dir + "/" + name, limit: 64 * 1024) {
+        switch Sysfs.readBytes(dir + "/" + name, limit: 64 * 1024, shortReadIsEnd: true) {
         case .failure(let e) where e.code == ENOENT || e.code == ENODATA:
             return nil
         case .failure(let e):

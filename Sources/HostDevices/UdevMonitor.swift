@@ -88,6 +88,13 @@ public final class UdevMonitor: @unchecked Sendable {
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
 
+    /// Replaces the subsystem filter (for instance `input` joins when evdev passthrough is turned on).
+    public func setSubsystems(_ subsystems: [String]) {
+        udev_monitor_filter_remove(monitor)
+        for s in subsystems { udev_monitor_filter_add_match_subsystem_devtype(monitor, s, nil) }
+        udev_monitor_filter_update(monitor)
+    }
+
     deinit {
         udev_monitor_unref(monitor)
         udev_unref(udev)
@@ -104,8 +111,9 @@ public final class UdevMonitor: @unchecked Sendable {
             devtype: text(udev_device_get_devtype(dev)) ?? "",
             sysPath: text(udev_device_get_devpath(dev)) ?? "",
             sysName: text(udev_device_get_sysname(dev)) ?? "",
-            devnode: text(udev_device_get_devnode(dev)),
-            driver: text(udev_device_get_driver(dev)),
+            // From the event's own properties: the getters would read sysfs for what it lacks.
+            devnode: text(udev_device_get_property_value(dev, "DEVNAME")).map { $0.hasPrefix("/") ? $0 : "/dev/" + $0 },
+            driver: text(udev_device_get_property_value(dev, "DRIVER")),
             seqnum: UInt64(udev_device_get_seqnum(dev)))
     }
 }

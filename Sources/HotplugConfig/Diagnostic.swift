@@ -1,5 +1,4 @@
 import JSONKit
-import Foundation
 
 /// One problem found in a configuration file, with where it is.
 ///
@@ -39,7 +38,7 @@ public struct Diagnostic: Sendable, Hashable, CustomStringConvertible {
 
 /// The error every ``ConfigurationLoader`` entry point throws: all the problems
 /// found in one configuration, in file order.
-public struct ConfigurationError: Error, Sendable, Hashable, CustomStringConvertible, LocalizedError {
+public struct ConfigurationError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The problems, sorted by line and column; never empty when thrown.
     public var diagnostics: [Diagnostic]
 
@@ -50,7 +49,4 @@ public struct ConfigurationError: Error, Sendable, Hashable, CustomStringConvert
 
     /// One diagnostic per line.
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
-
-    /// Same as ``description``, so `localizedDescription` is useful too.
-    public var errorDescription: String? { description }
 }

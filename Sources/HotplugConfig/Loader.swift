@@ -1,5 +1,7 @@
 import JSONKit
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Reads, parses and validates vhotplug configuration files.
 ///

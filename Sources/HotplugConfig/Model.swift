@@ -1,5 +1,4 @@
 import JSONKit
-import Foundation
 
 /// Where something stands in a configuration file: 1-based line and column,
 /// plus the JSON path (`$.usbPassthrough[0].allow[1].vendorId`).
@@ -39,12 +38,13 @@ public struct NamePattern: @unchecked Sendable, Hashable {
     public let source: String
     /// Set when the expression is a plain ASCII word with optional anchors (lower case).
     public let literal: Literal?
-    private let regex: NSRegularExpression
+    /// Swift's regular expressions (the standard library's, no Foundation), case-insensitive.
+    private let regex: Regex<AnyRegexOutput>
 
     /// Compiles `source`; throws when it is not a valid expression.
     public init(_ source: String) throws {
         self.source = source
-        self.regex = try NSRegularExpression(pattern: source, options: [.caseInsensitive])
+        self.regex = try Regex(source).ignoresCase()
         self.literal = Self.literalForm(source)
     }
 
@@ -61,7 +61,7 @@ public struct NamePattern: @unchecked Sendable, Hashable {
         case .prefix(let w): return lowercased.hasPrefix(w)
         case .suffix(let w): return lowercased.hasSuffix(w)
         case nil:
-            return regex.firstMatch(in: text, options: [], range: NSRange(text.startIndex..., in: text)) != nil
+            return (try? regex.firstMatch(in: text)) != nil
         }
     }
 

@@ -35,7 +35,8 @@ public struct DaemonOptions: Sendable {
 
 /// One device the daemon follows: what it is, where the rules send it, where
 /// it should be and where it is. `reconcile` moves `attachment` towards `want`.
-final class Tracked {
+/// Touched only from the `Daemon` actor (its reconcile tasks run on the same loop).
+final class Tracked: @unchecked Sendable {
     var device: HostDevice
     var decision: Decision
     /// The VM the device should be in (nil: in none).
@@ -109,16 +110,18 @@ public actor Daemon {
         signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [self] signo in
             Task(executorPreference: self.loop) { await self.signal(signo) }
         }
-        let monitor = try UdevMonitor()
+        let monitor = try UdevMonitor(subsystems: eventSubsystems)
         if monitor.source == "kernel" {
             logger.warning("udevd is not running: listening to kernel events directly")
         }
         self.monitor = monitor
         loop.watch(monitor.fd) { [self] in
-            // Drain on the loop's thread, in order; handle each event in order.
-            var batch: [(DeviceEvent, Deadline)] = []
-            while let e = monitor.receive() { batch.append((e, .now())) }
-            if !batch.isEmpty { Task(executorPreference: self.loop) { await self.handle(batch) } }
+            // One event per wake-up, handled at once on the loop's thread (this actor's
+            // executor): the work it starts (a VM's reply) runs before the next event
+            // is read, and epoll (level-triggered) comes back for the rest.
+            guard let e = monitor.receive() else { return }
+            let time = Deadline.now()
+            self.assumeIsolated { $0.handle(e, at: time) }
         }
         watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
@@ -130,6 +133,17 @@ public actor Daemon {
     }
 
     // MARK: Configuration and VMs
+
+    /// The event subsystems the configuration needs: input only with evdev passthrough on
+    /// (a USB mouse's 3 input nodes would otherwise be received and read for nothing).
+    var eventSubsystems: [String] {
+        matcher.decidesInputDevices ? ["usb", "pci", "vfio", "input"] : ["usb", "pci", "vfio"]
+    }
+
+    /// The device kinds the first pass reads.
+    var followedKinds: DeviceKinds {
+        matcher.decidesInputDevices ? .all : [.usb, .pci]
+    }
 
     func makeBackends() {
         watcher?.removeAll()
@@ -189,7 +203,7 @@ public actor Daemon {
     /// Reads every connected device, finds what the VMs already have from an
     /// earlier run (their ids), removes stale ids, and with `-a` attaches the rest.
     func firstPass() async {
-        let (found, failures) = reader.enumerate()
+        let (found, failures) = reader.enumerate(followedKinds)
         for f in failures { logger.warning("cannot read \(f)") }
         let now = Deadline.now()
         for device in found {
@@ -281,16 +295,13 @@ public actor Daemon {
         }
     }
 
-    func handle(_ batch: [(DeviceEvent, Deadline)]) async {
-        for (event, time) in batch { handle(event, at: time) }
-    }
-
     func handle(_ e: DeviceEvent, at time: Deadline) {
         logger.trace("event \(e.action) \(e.subsystem) \(e.devtype) \(e.sysPath)")
         switch e.subsystem {
         case "usb":
             switch (e.devtype, e.action) {
             case ("usb_device", "add"):
+                prepareUSBTargets()
                 deviceAdded(e.sysPath, at: time)
             case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
                 let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
@@ -303,15 +314,43 @@ public actor Daemon {
         case "pci", "vfio":
             // Driver changes wake the VFIO binder's waits.
             let binder = self.binder
-            Task { await binder.deviceEvent(action: e.action, subsystem: e.subsystem, sysPath: e.sysPath) }
+            Task(executorPreference: loop) { await binder.deviceEvent(action: e.action, subsystem: e.subsystem, sysPath: e.sysPath) }
             guard e.subsystem == "pci" else { return }
             if e.action == "add" { admit(e.sysPath, subsystem: "pci", since: time) }
             if e.action == "remove" { deviceRemoved(e.sysPath) }
         case "input" where e.sysName.hasPrefix("event"):
-            if e.action == "add" { admit(e.sysPath, subsystem: "input", since: time) }
+            // An input node of a USB device follows its USB device: not even read.
+            if e.action == "add", matcher.decidesInputDevices, !reader.inputHasUSBAncestor(sysPath: e.sysPath) {
+                admit(e.sysPath, subsystem: "input", since: time)
+            }
             if e.action == "remove" { deviceRemoved(e.sysPath) }
         default:
             break
+        }
+    }
+
+    /// The VMs the USB rule sets send devices to (a short list), for `prepareUSBTargets`.
+    var usbTargetVMs: [String] {
+        var seen: [String] = []
+        for set in configuration.usbPassthrough where !set.disable && !seen.contains(set.targetVm) {
+            seen.append(set.targetVm)
+        }
+        return seen
+    }
+
+    /// A USB device arrived: while it is read and decided, the VMs it may go to open
+    /// their connections (at most 3: more would cost QEMU more than it saves).
+    func prepareUSBTargets() {
+        let vms = usbTargetVMs.filter { !vmDown.contains($0) }
+        guard !vms.isEmpty, vms.count <= 3 else { return }
+        for vm in vms { backends[vm]?.prepare() }
+    }
+
+    /// The decision is made: connections prepared for other VMs are closed now.
+    func unprepareUSBTargets(except target: String?) {
+        for vm in usbTargetVMs where vm != target {
+            guard let backend = backends[vm] else { continue }
+            Task(executorPreference: loop) { await backend.unprepare() }
         }
     }
 
@@ -328,6 +367,7 @@ public actor Daemon {
             return
         }
         // Interfaces come with their own events: wait for them (with a deadline).
+        logger.debug("usb \(sysPath.split(separator: "/").last ?? ""): configuration or interfaces not there yet; waiting for their events")
         let timer = loop.schedule(at: .after(options.interfaceWait)) { [self] in
             Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath) }
         }
@@ -351,8 +391,10 @@ public actor Daemon {
     func admit(_ sysPath: String, subsystem: String, since: Deadline) {
         if let old = devices[sysPath], old.present, subsystem != "usb" { return } // a repeated add
         let device: HostDevice
+        let readStart = Deadline.now()
         do {
             device = try reader.read(sysPath: sysPath, subsystem: subsystem)
+            logger.debug("\(subsystem) \(sysPath.split(separator: "/").last ?? ""): read in \(ms(since: readStart)), \(ms(since: since)) after its event")
         } catch {
             // A device that is already gone again (an input node of a USB device
             // QEMU has just taken) is no news; anything else is worth a warning.
@@ -364,6 +406,7 @@ public actor Daemon {
             return
         }
         let decision = decide(device)
+        if subsystem == "usb" { unprepareUSBTargets(except: decision.targetVm) }
         if let t = devices[sysPath] {
             // Replugged while its detach was still running.
             t.device = device
@@ -411,11 +454,13 @@ public actor Daemon {
         guard let t = devices[key] else { return }
         guard !t.busy else { return }
         t.busy = true
-        Task {
-            await self.reconcileLoop(key, t)
-            t.busy = false
-            if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
-        }
+        Task(executorPreference: loop) { await self.reconcileTask(key, t) }
+    }
+
+    func reconcileTask(_ key: String, _ t: Tracked) async {
+        await reconcileLoop(key, t)
+        t.busy = false
+        if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
     }
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
@@ -535,10 +580,23 @@ public actor Daemon {
             logger.error("reload rejected, the previous configuration stays in force:\n\(error)")
             return
         }
+        let followedInput = matcher.decidesInputDevices
         configuration = next
         matcher = Matcher(next)
         makeBackends()
         logger.info("configuration reloaded: \(next.summary)")
+        if matcher.decidesInputDevices && !followedInput {
+            // evdev passthrough turned on: input events from now on, and the input devices already there.
+            monitor?.setSubsystems(eventSubsystems)
+            let (found, failures) = reader.enumerate(.input)
+            for f in failures { logger.warning("cannot read \(f)") }
+            let now = Deadline.now()
+            for device in found {
+                guard let key = Self.key(device), devices[key] == nil else { continue }
+                let t = Tracked(device: device, decision: .init(reason: .noRule), since: now)
+                devices[key] = t
+            }
+        }
         for (key, t) in devices where t.present {
             let decision = decide(t.device)
             if decision != t.decision {

@@ -102,6 +102,13 @@ public struct Matcher: Sendable {
         return Self.decide(device, in: configuration.pciPassthrough)
     }
 
+    /// True when some input device can go somewhere (evdev passthrough is on):
+    /// otherwise the daemon neither reads nor follows input devices.
+    public var decidesInputDevices: Bool {
+        guard let evdev = configuration.evdevPassthrough else { return false }
+        return !evdev.disable
+    }
+
     /// Where a non-USB input device goes (`evdevPassthrough`).
     public func decide(_ device: InputDevice) -> Decision {
         if device.hasUSBAncestor { return Decision(reason: .usbInput) }

@@ -23,6 +23,9 @@ public final class AsyncLock {
         }
     }
 
+    /// True while an operation holds the lock.
+    public var isHeld: Bool { held }
+
     /// Operations waiting behind the current one.
     public var queued: Int { waiters.count }
 }

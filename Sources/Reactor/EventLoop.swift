@@ -108,7 +108,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             q.append(unowned)
             return q.count == 1
         }
-        if first { wake() }
+        // On the loop's own thread the queue is looked at before the next epoll_wait.
+        if first && !inLoop { wake() }
+    }
+
+    /// Lets `assumeIsolated` succeed on the loop's thread outside a job (in an fd
+    /// handler), so that a handler can call into the loop's actors synchronously.
+    public func checkIsolated() {
+        precondition(inLoop, "not on the event loop's thread")
     }
 
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {

@@ -139,21 +139,20 @@ func writeStdout(_ s: String) {
 /// stderr (`JOURNAL_STREAM` is set) lines carry no timestamp of their own.
 func bootstrapLogging(debug: Bool) {
     let level: Logger.Level = debug ? (getenv("VHOTPLUG_TRACE") != nil ? .trace : .debug) : .info
-    if getenv("JOURNAL_STREAM") != nil {
-        LoggingSystem.bootstrap { label in JournalLogHandler(label: label, logLevel: level) }
-    } else {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-    }
+    let journal = getenv("JOURNAL_STREAM") != nil
+    tzset() // once: the handler's localtime_r does not look at the time zone file again
+    LoggingSystem.bootstrap { label in StderrLogHandler(label: label, logLevel: level, journal: journal) }
 }
 
-/// `<level>message` lines on stderr, with syslog priority prefixes journald understands.
-struct JournalLogHandler: LogHandler {
+/// Log lines on stderr, one `write` each. For a terminal or a file:
+/// `2026-11-25T12:58:21+0000 info vhotplug: [Module] message` (swift-log's
+/// StreamLogHandler format, without its `strftime`, which looks at /etc/localtime
+/// again for every line). For journald (`journal`): `<6>message`, the syslog
+/// priority prefix it understands, and no timestamp of our own.
+struct StderrLogHandler: LogHandler {
     let label: String
     var logLevel: Logger.Level
+    var journal = false
     var metadata: Logger.Metadata = [:]
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -163,19 +162,41 @@ struct JournalLogHandler: LogHandler {
 
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
              file: String, function: String, line: UInt) {
-        let priority: Int
-        switch level {
-        case .trace, .debug: priority = 7
-        case .info: priority = 6
-        case .notice: priority = 5
-        case .warning: priority = 4
-        case .error: priority = 3
-        case .critical: priority = 2
+        if journal {
+            let priority: Int
+            switch level {
+            case .trace, .debug: priority = 7
+            case .info: priority = 6
+            case .notice: priority = 5
+            case .warning: priority = 4
+            case .error: priority = 3
+            case .critical: priority = 2
+            }
+            // One journal entry per line: a multi-line message keeps its priority on each.
+            let text = "\(message)".split(separator: "\n", omittingEmptySubsequences: false)
+                .map { "<\(priority)>\($0)" }.joined(separator: "\n")
+            writeStderr(text + "\n")
+            return
         }
-        // One journal entry per line: a multi-line message keeps its priority on each.
-        let text = "\(message)".split(separator: "\n", omittingEmptySubsequences: false)
-            .map { "<\(priority)>\($0)" }.joined(separator: "\n")
-        writeStderr(text + "\n")
+        let all = self.metadata.merging(metadata ?? [:]) { $1 }
+        let meta = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
+        writeStderr("\(Self.timestamp()) \(level) \(label):\(meta) [\(source)] \(message)\n")
+    }
+
+    /// Local time, ISO 8601 with the UTC offset.
+    static func timestamp() -> String {
+        var t = time(nil)
+        var tm = Glibc.tm()
+        localtime_r(&t, &tm)
+        func pad(_ v: Int, _ width: Int) -> String {
+            let s = String(v)
+            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        }
+        let offset = tm.tm_gmtoff / 60
+        let sign = offset < 0 ? "-" : "+"
+        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
+            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2))"
+            + "\(sign)\(pad(abs(offset) / 60, 2))\(pad(abs(offset) % 60, 2))"
     }
 }
 

@@ -89,6 +89,17 @@ public protocol VMBackend: Actor {
     func detach(_ attachment: Attachment) async throws(VMError)
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
     func listAttached() async throws(VMError) -> [Attachment]
+    /// A device that may go to this VM has just appeared and is being read: the backend
+    /// may get its connection ready meanwhile. Unused, it is closed by `unprepare` or shortly after.
+    /// Called on the loop's thread, synchronously.
+    nonisolated func prepare()
+    /// The device did not come to this VM after all: drop what `prepare` opened.
+    func unprepare()
+}
+
+extension VMBackend {
+    public nonisolated func prepare() {}
+    public func unprepare() {}
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),

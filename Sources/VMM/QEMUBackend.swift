@@ -34,14 +34,60 @@ public actor QEMUBackend: VMBackend {
         self.pciTimeout = pciTimeout
     }
 
+    /// A connection opened ahead of an operation (`prepare`): connected, its
+    /// `qmp_capabilities` sent, closed by its timer when no operation takes it.
+    private var prepared: (client: QMPClient, timer: TimerToken)?
+    /// How long a prepared connection waits for its operation.
+    static let preparedLinger = 0.05
+
     /// Runs `body` on a fresh connection, after the operations queued before it.
+    /// The connection is made and `qmp_capabilities` sent at once; the first command
+    /// follows it without waiting for the greeting (QEMU answers them in order).
+    /// A connection `prepare` made is taken when there is one.
     public func session<T>(_ body: (QMPClient) async throws(VMError) -> T) async throws(VMError) -> T {
         await lock.acquire()
         defer { lock.release() }
-        let client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
+        let client: QMPClient
+        if let p = prepared {
+            prepared = nil
+            loop.cancel(p.timer)
+            client = p.client
+        } else {
+            client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
+        }
         defer { client.close() }
-        try await client.open()
+        if !client.isOpen { try client.start() }
         return try await body(client)
+    }
+
+    /// Connects while the daemon reads a new device (and sends `qmp_capabilities`),
+    /// so that its `device_add` goes out as soon as the rules have decided. Only when
+    /// no operation runs: the socket serves one client at a time. Called on the
+    /// loop's thread (the daemon's actor shares this actor's executor), so the
+    /// connect happens before the caller goes on.
+    public nonisolated func prepare() {
+        assumeIsolated { $0.startPrepared() }
+    }
+
+    private func startPrepared() {
+        guard prepared == nil, !lock.isHeld else { return }
+        let client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
+        do {
+            try client.start()
+        } catch {
+            return // the operation, if one comes, connects itself and reports the error
+        }
+        let timer = loop.schedule(at: .after(Self.preparedLinger)) {
+            Task(executorPreference: self.loop) { await self.unprepare() }
+        }
+        prepared = (client, timer)
+    }
+
+    public func unprepare() {
+        guard let p = prepared else { return }
+        prepared = nil
+        loop.cancel(p.timer)
+        p.client.close()
     }
 
     // MARK: USB

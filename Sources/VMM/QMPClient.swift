@@ -95,6 +95,18 @@ public final class QMPClient {
     /// Connects, reads the greeting and negotiates capabilities.
     public func open() async throws(VMError) {
         guard fd < 0 else { return }
+        try start()
+        try await finishOpen()
+    }
+
+    /// The id of the `qmp_capabilities` sent by `start`, until its reply is read.
+    private var capabilitiesId: Int?
+
+    /// The part of `open` that does not wait: connects, and sends `qmp_capabilities`
+    /// at once (QEMU reads it right after writing its greeting), so that one round
+    /// trip is saved and the negotiation goes on while the caller does other work.
+    public func start() throws(VMError) {
+        guard fd < 0 else { return }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw .notRunning(vm: vm, reason: "socket: \(String(cString: strerror(errno)))") }
         var addr = sockaddr_un()
@@ -118,6 +130,25 @@ public final class QMPClient {
         }
         fd = s
         buffer.removeAll(keepingCapacity: true)
+        let (id, line) = request("qmp_capabilities", [])
+        let sent = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        // A fresh socket takes a 60-byte line whole; if not, finishOpen sends it after the greeting.
+        capabilitiesId = sent == line.count ? id : nil
+        if sent > 0 && sent != line.count {
+            close()
+            throw .protocolError(vm: vm, detail: "send: a partial qmp_capabilities")
+        }
+    }
+
+    /// True once the greeting and the capabilities' reply have been read.
+    public private(set) var negotiated = false
+
+    /// The waiting part of `open`: the greeting, then the capabilities' reply.
+    /// `execute` does it on its own when it has not been done: its command is then
+    /// sent first, so that QEMU runs both without a round trip between them.
+    public func finishOpen() async throws(VMError) {
+        guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
+        guard !negotiated else { return }
         do throws(VMError) {
             let deadline = Deadline.after(timeout)
             while true {
@@ -125,7 +156,15 @@ public final class QMPClient {
                 if case .greeting = message { break }
                 throw VMError.protocolError(vm: vm, detail: "expected the QMP greeting")
             }
-            _ = try await execute("qmp_capabilities")
+            if let id = capabilitiesId {
+                capabilitiesId = nil
+                _ = try await awaitReply(id, command: "qmp_capabilities", deadline: deadline)
+            } else {
+                let (id, line) = request("qmp_capabilities", [])
+                try await send(line, deadline: deadline, step: "qmp_capabilities")
+                _ = try await awaitReply(id, command: "qmp_capabilities", deadline: deadline)
+            }
+            negotiated = true
         } catch {
             close()
             throw error
@@ -139,6 +178,8 @@ public final class QMPClient {
         Glibc.close(fd)
         fd = -1
         buffer.removeAll()
+        negotiated = false
+        capabilitiesId = nil
     }
 
     /// Runs one command and returns its `return` value; QEMU's error replies
@@ -147,15 +188,30 @@ public final class QMPClient {
     public func execute(_ command: String, _ arguments: [(String, JSONText)] = [],
                         timeout: Double? = nil) async throws(VMError) -> JSONNode {
         guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
+        let (id, line) = request(command, arguments)
+        let deadline = Deadline.after(timeout ?? self.timeout)
+        // Not negotiated yet: only when qmp_capabilities went out with the connect,
+        // so that this command follows it on the wire.
+        if !negotiated && capabilitiesId == nil { try await finishOpen() }
+        try await send(line, deadline: deadline, step: command)
+        if !negotiated { try await finishOpen() }
+        return try await awaitReply(id, command: command, deadline: deadline)
+    }
+
+    /// A request line with the next id (logged with `-d`).
+    private func request(_ command: String, _ arguments: [(String, JSONText)]) -> (Int, [UInt8]) {
         let id = nextId
         nextId += 1
         var request: [(String, JSONText)] = [("execute", .string(command))]
         if !arguments.isEmpty { request.append(("arguments", .object(arguments))) }
         request.append(("id", .int(id)))
-        let line = JSONText.object(request).rendered() + "\n"
-        logger.debug("qmp \(vm) -> \(line.dropLast())")
-        let deadline = Deadline.after(timeout ?? self.timeout)
-        try await send(Array(line.utf8), deadline: deadline, step: command)
+        let line = JSONText.object(request).rendered()
+        logger.debug("qmp \(vm) -> \(line)")
+        return (id, Array((line + "\n").utf8))
+    }
+
+    /// Reads until the reply to request `id`; events met on the way are kept.
+    private func awaitReply(_ id: Int, command: String, deadline: Deadline) async throws(VMError) -> JSONNode {
         while true {
             guard let message = try await receive(deadline: deadline, step: command) else { continue }
             switch message {
@@ -176,6 +232,7 @@ public final class QMPClient {
 
     /// Waits for an event (one already received counts), up to `deadline`.
     public func waitForEvent(_ name: String, deadline: Deadline, where match: (JSONNode?) -> Bool) async throws(VMError) -> JSONNode? {
+        if !negotiated { try await finishOpen() }
         if let i = events.firstIndex(where: { $0.name == name && match($0.data) }) {
             return events.remove(at: i).data
         }
@@ -229,12 +286,13 @@ public final class QMPClient {
                 throw .protocolError(vm: vm, detail: "a line longer than \(Self.maxLine) bytes")
             }
             guard fd >= 0 else { throw .protocolError(vm: vm, detail: "connection closed") }
-            var chunk = [UInt8](repeating: 0, count: 16384)
-            let n = read(fd, &chunk, chunk.count)
-            if n > 0 {
-                buffer.append(contentsOf: chunk[0..<n])
-                continue
+            let fd = self.fd
+            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16384) { chunk -> Int in
+                let n = read(fd, chunk.baseAddress, chunk.count)
+                if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n])) }
+                return n
             }
+            if n > 0 { continue }
             if n == 0 {
                 close()
                 throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")

@@ -5,9 +5,9 @@
 #  3. the daemon with a real QEMU: hot-plug latency, CPU, idle, memory, start-up (see below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-swift build -c release --product vhotplug >/dev/null
-swift build -c release --product vhotplug-bench >/dev/null
-bin=$(swift build -c release --show-bin-path)
+swift build -c release --static-swift-stdlib --product vhotplug >/dev/null
+swift build -c release --static-swift-stdlib --product vhotplug-bench >/dev/null
+bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
 "$bin/vhotplug-bench"
 
 work=$(mktemp -d /dev/shm/vhotplug-bench.XXXXXX 2>/dev/null || mktemp -d)
@@ -34,7 +34,7 @@ PY
 #    and 100 connected mice with -a. Inside a umockdev testbed on the tmpfs, run under
 #    umockdev-wrapper (a testbed's uevents reach other processes only from a preloaded sender).
 #    Its notes (breakdowns) go to stderr: BENCH_NOTES=1 shows them.
-swift build -c release --product vhotplug-hotplug-bench >/dev/null
+swift build -c release --static-swift-stdlib --product vhotplug-hotplug-bench >/dev/null
 # umockdev's fake netlink holds few datagrams by default; bursts of uevents need room.
 if [ "$(id -u)" = 0 ] && [ "$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 1000 ]; then
     echo 1000 > /proc/sys/net/unix/max_dgram_qlen
