@@ -1047,6 +1047,39 @@ class Test6DaemonPCIEvdev(DaemonCase):
         lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(addr), re.escape(vid)), since=mark,
                      timeout=20)
 
+    def test_5_sigkilled_daemon_its_record_gives_the_e1000e_back(self):
+        """Persistent VFIO records: a daemon killed while the NIC is on vfio-pci and in vm1;
+        vm1 stops; the next daemon keeps the NIC on vfio-pci while the rules still want it,
+        and gives it back to e1000e once they do not."""
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (SIGKILL)")
+        record = json.loads(lab.check("cat %s/%s.json" % (VFIO_RECORDS, addr)))
+        self.assertEqual(record["device"], addr)
+        self.assertEqual(record["group"], group)
+        self.assertEqual([(m["address"], m.get("originalDriver")) for m in record["members"]], [(addr, "e1000e")])
+        self.assertEqual(lab.stop_vhotplug(sig=signal.SIGKILL), -signal.SIGKILL)
+        lab.vm_stop("vm1")
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        # still wanted (vm1 will take it when it starts): it stays on vfio-pci, its record kept
+        self.start(config=PCI_RULES, what="daemon: start with a VFIO record, device wanted")
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run" % re.escape(addr))
+        self.assertLog(r"pci %s [^\n]*: VM vm1 is not running; waiting for it" % re.escape(addr))
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        lab.check("test -f %s/%s.json" % (VFIO_RECORDS, addr))
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        # no rule sends it anywhere now: back on e1000e, the record gone
+        t = time.monotonic()
+        self.start(config=NO_PCI_RULES, what="daemon: start with a VFIO record, device unwanted")
+        lab.wait_log(r"pci %s [^\n]*: back on its host driver \(%s -> e1000e\)" % (re.escape(addr), re.escape(addr)),
+                     since=self.mark, timeout=30)
+        note("daemon: start -> recorded e1000e back on e1000e", time.monotonic() - t)
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run" % re.escape(addr))
+        self.assertBackOnE1000e(addr)
+        lab.check("! test -e %s/%s.json" % (VFIO_RECORDS, addr))
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+        lab.vm_start("vm1")
+
 
 def _readline(child, timeout):
     """A line of the child's stdout, or '' after timeout seconds (never blocks longer)."""
