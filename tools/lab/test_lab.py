@@ -937,7 +937,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
 
     def reload(self, config):
         mark = self.lab.vhotplug_log_mark()
-        self.lab.write_file(GUEST_CONF, json.dumps(config))
+        self.lab.write_file(GUEST_CONF, json.dumps(config, indent=2))   # as start_vhotplug writes it
         self.lab.signal_vhotplug(signal.SIGHUP)
         self.lab.wait_log(r"configuration reloaded", since=mark, timeout=10)
         return mark
