@@ -912,8 +912,13 @@ class Test6DaemonPCIEvdev(DaemonCase):
               % (what, addr, vid, e2e, sysfs_ms, total_ms - sysfs_ms, total_ms), file=sys.stderr)
         return p, addr, vid, int(bound.group(1))
 
-    def assertInVM1(self, vid, vendor, device):
-        """vm1's query-pci has `vid` with these IDs behind one of its pcie-root-ports; returns the port."""
+    def assertInVM1(self, vid, vendor, device, wait=0):
+        """vm1's query-pci has `vid` with these IDs behind one of its pcie-root-ports; returns the port.
+        wait: seconds to wait for it in query-pci (a VM just started shows nothing behind its root
+        ports until its firmware has numbered the buses)."""
+        if wait:
+            self.lab.wait_for(lambda: any(d["qdev_id"] == vid for d in self.lab.inner_pci("vm1")), wait,
+                              "%s in vm1's query-pci" % vid, interval=0.1)
         pci = [d for d in self.lab.inner_pci("vm1") if d["qdev_id"] == vid]
         self.assertEqual(len(pci), 1, "vm1's query-pci has %d entries for %s:\n%s%s"
                          % (len(pci), vid, self.lab.inner_pci("vm1"), self.diag()))
@@ -1079,6 +1084,28 @@ class Test6DaemonPCIEvdev(DaemonCase):
         lab.check("! test -e %s/%s.json" % (VFIO_RECORDS, addr))
         self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
         lab.vm_start("vm1")
+
+    def test_6_vm_restart_gets_the_e1000e_back(self):
+        """vm1 restarts: the NIC stays on vfio-pci meanwhile and goes back into the new vm1."""
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (VM restart)")
+        lab.vm_stop("vm1")
+        lab.wait_log(r"VM vm1: socket removed", since=self.mark, timeout=10)
+        self.assertOnVFIO(addr, group)
+        mark = lab.vhotplug_log_mark()
+        lab.vm_start("vm1")
+        t_up = time.monotonic()
+        lab.wait_inner("vm1", lambda per: vid in per, PCI_ATTACH_DEADLINE, "the restarted vm1 gets %s back" % vid,
+                       interval=0.05)
+        note("daemon: vm1 QMP answers -> e1000e back in vm1", time.monotonic() - t_up)
+        lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=10)
+        self.assertEqual(lab.inner_peripherals("vm1").get(vid), "vfio-pci")
+        self.assertInVM1(vid, 0x8086, 0x10d3, wait=30)
+        # no second rebind: it stayed on vfio-pci
+        self.assertNotLog(r"pci %s [^\n]*: on vfio-pci \(IOMMU" % re.escape(addr), since=mark)
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
 
 
 def _readline(child, timeout):
