@@ -46,7 +46,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // VFIO rebinding of PCI devices with rollback (one syscall seam for tests).
-        .target(name: "VFIO", dependencies: ["DeviceModel", "HostDevices", "Reactor", .product(name: "Logging", package: "swift-log")],
+        .target(name: "VFIO", dependencies: ["DeviceModel", "HostDevices", "JSONKit", "Reactor", .product(name: "Logging", package: "swift-log")],
                 exclude: ["README.md"]),
         // The engine: events -> devices -> decisions -> VM operations; state.
         .target(name: "HotplugDaemon", dependencies: [

@@ -22,14 +22,19 @@ public struct DaemonOptions: Sendable {
     public var crosvmPath: String
     /// Seconds to wait for a new USB device's interfaces before deciding on what is known.
     public var interfaceWait: Double
+    /// Where the record of each device moved to vfio-pci is kept (`/run/vhotplug/vfio`):
+    /// a restarted daemon gives such devices back to their drivers from there.
+    public var vfioRecordDirectory: String
 
     public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
-                crosvmPath: String = "crosvm", interfaceWait: Double = 5) {
+                crosvmPath: String = "crosvm", interfaceWait: Double = 5,
+                vfioRecordDirectory: String = BindRecordStore.defaultDirectory) {
         self.configPath = configPath
         self.attachConnected = attachConnected
         self.sysfsRoot = sysfsRoot
         self.crosvmPath = crosvmPath
         self.interfaceWait = interfaceWait
+        self.vfioRecordDirectory = vfioRecordDirectory
     }
 }
 
@@ -100,7 +105,8 @@ public actor Daemon {
         // The host's boot devices, read from mountinfo once for both users.
         let boot = BootDevices.read(sysfs: sysfs)
         self.reader = DeviceReader(sysfs: sysfs, bootDevices: boot)
-        self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot, logger: logger)
+        self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
+                                 store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
     }
 
     /// Starts: signals, the event monitor (before reading devices, so none is
@@ -213,6 +219,7 @@ public actor Daemon {
             devices[key] = t
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
+        adoptBindRecords()
         // Each VM is asked at the same time: a VM that does not answer costs its
         // own deadline once, not one per VM before it.
         await withTaskGroup(of: Void.self) { group in
@@ -221,6 +228,39 @@ public actor Daemon {
             }
         }
         for key in devices.keys.sorted() { reconcile(key) }
+    }
+
+    /// The records an earlier run left of devices it moved to vfio-pci: each
+    /// present device still on vfio-pci gets its record back. One the rules
+    /// still send to a configured VM stays there (and goes to that VM); any
+    /// other goes back to its recorded driver once no VM holds it. A record of
+    /// a device gone, or no longer on vfio-pci, is stale and deleted; a file
+    /// that is no record is reported and left alone.
+    func adoptBindRecords() {
+        guard let store = binder.store else { return }
+        let (records, problems) = store.load()
+        for p in problems { logger.warning("VFIO record ignored: \(p)") }
+        for record in records {
+            let t = devices.values.first { t in
+                if case .pci(let d) = t.device { return d.address == record.device }
+                return false
+            }
+            guard let t, case .pci(let d) = t.device, d.driver == VFIOBinder.vfioDriver else {
+                let now = t.map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
+                logger.info("pci \(record.device): stale VFIO record deleted (the device is \(now))")
+                do { try store.remove(record.device) } catch { logger.warning("pci \(record.device): \(error)") }
+                continue
+            }
+            t.vfio = record
+            let drivers = record.members.map { "\($0.address) from \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
+            if let vm = t.decision.targetVm, backends[vm] != nil {
+                t.want = vm
+                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm)")
+            } else {
+                t.want = nil
+                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); no VM takes it now: back to its driver once it is in no VM")
+            }
+        }
     }
 
     /// What the VM has of vhotplug's devices: matches them to the followed
@@ -540,6 +580,7 @@ public actor Daemon {
         guard let record = t.vfio, t.attachment == nil else { return }
         guard t.present else {
             t.vfio = nil // unplugged from the host: nothing to give back
+            await binder.forget(record)
             return
         }
         do {
@@ -609,6 +650,14 @@ public actor Daemon {
             reconcile(key)
         }
         for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
+    }
+}
+
+extension Tracked {
+    /// The driver a PCI device had when it was read.
+    var pciDriver: String? {
+        if case .pci(let d) = device { return d.driver }
+        return nil
     }
 }
 

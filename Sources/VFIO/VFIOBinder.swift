@@ -35,6 +35,8 @@ public actor VFIOBinder {
     /// the rollback of a failed bind): longer, since a device stranded on
     /// vfio-pci costs the user more than a slow rollback.
     public nonisolated let restoreTimeout: Double
+    /// Where each bind's record is kept until its restore (nil: in memory only).
+    public nonisolated let store: BindRecordStore?
 
     private let loop: EventLoop
     private let io: any SysfsIO
@@ -55,9 +57,11 @@ public actor VFIOBinder {
     ///     read from mountinfo when nil.
     ///   - timeout: seconds for each wait of a bind.
     ///   - restoreTimeout: seconds for each wait while giving devices back.
+    ///   - store: where each successful bind's record is written, and deleted after its restore,
+    ///     so that another run of the daemon can give the devices back.
     public init(loop: EventLoop, sysfs: Sysfs = Sysfs(), devRoot: String = "/dev", io: any SysfsIO = SystemSysfsIO(),
                 bootDevices: BootDevices? = nil, timeout: Double = 5, restoreTimeout: Double = 10,
-                logger: Logger = Logger(label: "vhotplug.vfio")) {
+                store: BindRecordStore? = nil, logger: Logger = Logger(label: "vhotplug.vfio")) {
         self.loop = loop
         self.sysfs = sysfs
         self.devRoot = devRoot.count > 1 && devRoot.hasSuffix("/") ? String(devRoot.dropLast()) : devRoot
@@ -65,6 +69,7 @@ public actor VFIOBinder {
         self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
         self.timeout = timeout
         self.restoreTimeout = restoreTimeout
+        self.store = store
         self.logger = logger
         waits = EventWaits(loop: loop)
     }
@@ -125,7 +130,22 @@ public actor VFIOBinder {
         }
         let moved = members.map { m in m.wasOnVFIO ? "\(m.address) (already)" : "\(m.address) from \(m.originalDriver ?? "no driver")" }
         logger.info("IOMMU group \(group) on vfio-pci in \(formatSeconds(Deadline.now().seconds(since: start))): \(moved.joined(separator: ", "))")
-        return BindRecord(device: device.address, group: group, members: members, groupNode: groupNode(group))
+        let record = BindRecord(device: device.address, group: group, members: members, groupNode: groupNode(group))
+        if let store {
+            do { try store.save(record) } catch {
+                logger.warning("\(device.address): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(group) back to its drivers")
+            }
+        }
+        return record
+    }
+
+    /// Deletes the stored record of a bind whose devices need nothing more
+    /// (they left the host). Nothing happens without a store.
+    public func forget(_ record: BindRecord) {
+        guard let store else { return }
+        do { try store.remove(record.device) } catch {
+            logger.warning("\(record.device): cannot delete its VFIO record: \(error)")
+        }
     }
 
     /// Gives every member the bind moved back to the driver it had, as
@@ -140,9 +160,10 @@ public actor VFIOBinder {
         let failures = await giveBack(record.members.filter { !$0.wasOnVFIO }.reversed())
         if var first = failures.first {
             first.cleanupFailures = Array(failures.dropFirst())
-            throw first
+            throw first   // the record stays: another try (or another run) may still give them back
         }
         logger.info("IOMMU group \(record.group) back on its drivers")
+        forget(record)
     }
 
     // MARK: Steps

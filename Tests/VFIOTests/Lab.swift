@@ -2,6 +2,7 @@ import DeviceModel
 import Foundation
 import HostDevices
 import Reactor
+import Synchronization
 import VFIO
 import VHotplugTestSupport
 
@@ -61,24 +62,30 @@ final class Lab {
     let testbed: Testbed
     let host: LoopHost
     let io: FaultInjectingSysfsIO
-    let binder: VFIOBinder
+    /// The binder the kernel's events go to (`restartBinder` replaces it).
+    private let current: BinderSlot
+    var binder: VFIOBinder { current.binder }
+    let timeout: Double
+    let boot: [String]
     let kernel: FakeKernel
     let reader: DeviceReader
 
     init(fixture: String? = nil, records: [String] = [], natural: [String: String] = [:], vfioLoaded: Bool = true,
          refusals: FakeKernel.Refusals = .init(), faults: [FaultInjectingSysfsIO.Fault] = [],
-         timeout: Double = 5, boot: [String] = []) async throws {
+         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil) async throws {
         testbed = await Testbed.make()
         if let fixture { try testbed.add(file: fixtures + "/" + fixture) }
         for r in records { try testbed.add(record: r) }
         kernel = try FakeKernel(root: testbed.root, natural: natural, vfioLoaded: vfioLoaded, refusals: refusals)
         host = try LoopHost()
         io = FaultInjectingSysfsIO(faults: faults)
-        let binder = VFIOBinder(loop: host.loop, sysfs: Sysfs(root: testbed.sysRoot), devRoot: testbed.root + "/dev",
-                                io: io, bootDevices: BootDevices(paths: boot), timeout: timeout)
-        self.binder = binder
+        self.timeout = timeout
+        self.boot = boot
+        let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store))
+        self.current = current
         // The daemon's udev monitor passes events on the same way.
         kernel.start { action, subsystem, devpath in
+            let binder = current.binder
             Task { await binder.deviceEvent(action: action, subsystem: subsystem, sysPath: devpath) }
         }
         reader = DeviceReader(sysfs: Sysfs(root: testbed.sysRoot), usbIDs: nil, bootDevices: BootDevices(paths: boot),
@@ -86,6 +93,20 @@ final class Lab {
     }
 
     deinit { kernel.stop() }
+
+    /// A new binder in place of the old one, as a restarted daemon makes: it
+    /// knows nothing of earlier binds but what `store` holds.
+    func restartBinder(store: BindRecordStore?) -> VFIOBinder {
+        let next = Self.makeBinder(host, testbed, io, boot, timeout, store)
+        current.binder = next
+        return next
+    }
+
+    private static func makeBinder(_ host: LoopHost, _ testbed: Testbed, _ io: FaultInjectingSysfsIO, _ boot: [String],
+                                   _ timeout: Double, _ store: BindRecordStore?) -> VFIOBinder {
+        VFIOBinder(loop: host.loop, sysfs: Sysfs(root: testbed.sysRoot), devRoot: testbed.root + "/dev",
+                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store)
+    }
 
     func stop() { kernel.stop() }
 
@@ -123,5 +144,15 @@ final class Lab {
             let p = w.path.hasPrefix(testbed.sysRoot) ? String(w.path.dropFirst(testbed.sysRoot.count)) : w.path
             return "\(p) <- \((w.value ?? "").replacingOccurrences(of: "\n", with: "\\n"))"
         }
+    }
+}
+
+/// The binder the kernel's events go to, replaced when the "daemon" restarts.
+final class BinderSlot: Sendable {
+    private let slot: Mutex<VFIOBinder>
+    init(_ binder: VFIOBinder) { slot = Mutex(binder) }
+    var binder: VFIOBinder {
+        get { slot.withLock { $0 } }
+        set { slot.withLock { $0 = newValue } }
     }
 }

@@ -385,3 +385,52 @@ struct VFIOBinderTests {
         #expect(io.allFired)
     }
 }
+
+@Suite("VFIO records across a restart of vhotplug, against a kernel played in a umockdev testbed", .serialized)
+struct VFIORestartTests {
+    @Test("bind writes the record; a new binder (a restarted vhotplug) restores from it alone; the record goes")
+    func restoreAfterRestart() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        let store = BindRecordStore(directory: dir.path + "/vfio")
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev", store: store)
+        defer { lab.stop() }
+        let record = try await lab.binder.bind(try lab.device(gpu))
+        #expect(lab.driver(gpu) == "vfio-pci" && lab.driver(audio) == "vfio-pci")
+        #expect(dir.files("/vfio") == ["\(gpu).json"])
+        // vhotplug is killed: the bind exists only in the file
+        let restarted = lab.restartBinder(store: BindRecordStore(directory: dir.path + "/vfio"))
+        let (records, problems) = restarted.store!.load()
+        #expect(problems == [])
+        #expect(records == [record])
+        try await restarted.restore(try #require(records.first))
+        try await expectRolledBack(lab, [gpu: "nouveau", audio: "snd_hda_intel"], group: 2)
+        #expect(dir.files("/vfio") == [], "the record outlives its restore")
+    }
+
+    @Test("a failed restore keeps the record for another try; forget deletes it")
+    func failedRestoreKeepsRecord() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        let lab = try await Lab(records: [nicRecord], faults: [.init(operation: .write, pathSuffix: "/drivers_probe", occurrence: 2, errno: EIO)],
+                                store: BindRecordStore(directory: dir.path))
+        defer { lab.stop() }
+        let record = try await lab.binder.bind(try lab.device(nic))
+        await #expect(throws: VFIOError.self) { try await lab.binder.restore(record) }
+        #expect(dir.files() == ["\(nic).json"])
+        await lab.binder.forget(record)
+        #expect(dir.files() == [])
+    }
+
+    @Test("a rolled-back bind writes no record")
+    func rollbackWritesNothing() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        let lab = try await Lab(records: [nicRecord], faults: [.init(operation: .write, pathSuffix: "/drivers_probe", occurrence: 1, errno: EIO)],
+                                store: BindRecordStore(directory: dir.path))
+        defer { lab.stop() }
+        await #expect(throws: VFIOError.self) { _ = try await lab.binder.bind(try lab.device(nic)) }
+        #expect(lab.driver(nic) == "e1000e")
+        #expect(dir.files() == [])
+    }
+}

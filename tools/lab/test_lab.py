@@ -479,10 +479,8 @@ def vhp_ids(peripherals):
     return {k for k in peripherals if k.startswith("vhp-")}
 
 
-class Test5Daemon(LabCase):
-    """`vhotplug -c lab.conf` as the guest's host daemon: USB devices plugged into
-    the guest end up in the inner VM vm1 (seen through its observer monitor), and
-    leave it on unplug; VM restart, daemon restart, coldplug with -a, SIGHUP.
+class DaemonCase(LabCase):
+    """A class that runs the real daemon in the guest (no tests of its own).
 
     Its own boot: the daemon takes the devices the other classes plug. Each test
     starts a daemon and stops it; the log is appended to, `self.mark` is where
@@ -579,6 +577,13 @@ class Test5Daemon(LabCase):
 
     def vhp(self):
         return vhp_ids(self.lab.inner_peripherals("vm1"))
+
+
+
+class Test5Daemon(DaemonCase):
+    """`vhotplug -c lab.conf` as the guest's host daemon: USB devices plugged into
+    the guest end up in the inner VM vm1 (seen through its observer monitor), and
+    leave it on unplug; VM restart, daemon restart, coldplug with -a, SIGHUP."""
 
     def plug_attached(self, kind, id, what=None, **kw):
         """Plugs a device the rules send to vm1; waits for vhotplug's id in vm1.
@@ -833,6 +838,275 @@ class Test5Daemon(LabCase):
         finally:
             lab.check("/lib/systemd/systemd-udevd --daemon >/dev/null 2>&1 && udevadm settle --timeout=30 "
                       "&& test -S /run/udev/control")
+
+# ----------------------------------------------------------------------------
+# The daemon with PCI (vfio-pci) and evdev passthrough (issue 5)
+
+PCI_RULES = {
+    # tools/lab/lab.conf's PCI and evdev rules (no USB rules: USB is Test5Daemon's)
+    "pciPassthrough": [{
+        "description": "Lab: the e1000e NIC for vm1",
+        "targetVm": "vm1",
+        "allow": [{"vendorId": "8086", "deviceId": "10d3", "description": "Intel 82574L (QEMU e1000e)"}],
+    }],
+    "evdevPassthrough": {"pcieBusPrefix": "rp", "targetVm": "vm1"},
+    "vms": LAB_RULES["vms"],
+}
+# The same without the PCI rule: the e1000e goes nowhere.
+NO_PCI_RULES = {k: v for k, v in PCI_RULES.items() if k != "pciPassthrough"}
+GUEST_CONF = labkit.GUEST_RUN + "/vhotplug.conf"
+VFIO_RECORDS = "/run/vhotplug/vfio"     # the daemon's persistent VFIO records (in the guest)
+PCI_ATTACH_DEADLINE = 90                # s: QEMU realizing vfio-pci under TCG takes ~5 s idle, far more under load
+
+
+def pci_id(address):
+    return "vhp-pci-" + address.replace(":", "-")
+
+
+class Test6DaemonPCIEvdev(DaemonCase):
+    """The daemon with PCI and evdev passthrough (issue 5), `vhotplug -c CONF -d` in the
+    guest: an e1000e hot-plugged into the guest goes to vfio-pci and into vm1 (query-pci),
+    leaves it on SIGHUP (back on e1000e) and on unplug; a virtio keyboard goes to vm1 as
+    virtio-input-host-pci; a restarted daemon finds the NIC in vm1; a SIGKILLed daemon's
+    VFIO record lets the next one give the NIC back to e1000e."""
+
+    def setUp(self):
+        super().setUp()
+        # no VFIO record of an earlier test
+        self.lab.check("rm -rf %s" % VFIO_RECORDS)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def driver(self, address):
+        return self.lab.check("d=/sys/bus/pci/devices/%s; [ -e $d/driver ] && basename $(readlink $d/driver) || true"
+                              % address).strip()
+
+    def plug_nic(self, id="n1", what="e1000e"):
+        """Plugs an e1000e into the guest; waits until vhotplug has it in vm1.
+        Returns (Plugged, its address, vhotplug's id in vm1)."""
+        lab = self.lab
+        mark = lab.vhotplug_log_mark()
+        before = self.vhp()
+        t = time.monotonic()
+        p = lab.plug("e1000e", id, wait=False)
+        per = lab.wait_inner("vm1", lambda per: {i for i in vhp_ids(per) - before if i.startswith("vhp-pci-")},
+                             PCI_ATTACH_DEADLINE, "vhotplug attaches the e1000e %s to vm1" % id, interval=0.05)
+        e2e = time.monotonic() - t
+        lab.wait_plugged(p)
+        addr = p.guest["name"]
+        vid = pci_id(addr)
+        self.assertEqual(vhp_ids(per) - before, {vid}, self.diag())
+        self.assertEqual(per[vid], "vfio-pci")
+        key = r"pci %s 8086:10d3[^\n]*: " % re.escape(addr)
+        self.assertLog(key + r'vm1 \(rule set 0 "Lab: the e1000e NIC for vm1", allow\[0\] "Intel 82574L', since=mark)
+        bound = lab.wait_log(key + r"on vfio-pci \(IOMMU group (\d+), 1 device\) in ([0-9.]+) ms", since=mark,
+                             timeout=10)
+        attached = lab.wait_log(key + r"attached to vm1 as %s in ([0-9.]+) ms" % re.escape(vid), since=mark,
+                                timeout=10)
+        sysfs_ms, total_ms = float(bound.group(2)), float(attached.group(1))
+        note("daemon: %s add event -> on vfio-pci (sysfs rebind, its log)" % what, sysfs_ms / 1000)
+        note("daemon: %s vfio-pci -> QEMU's reply (QMP, its log)" % what, (total_ms - sysfs_ms) / 1000)
+        note("daemon: %s add event -> attached (its log)" % what, total_ms / 1000)
+        note("daemon: plug %s -> in vm1 (end to end)" % what, e2e)
+        print("\n  %s %s: in vm1 as %s %.2f s after the plug; the daemon: sysfs %.0f ms + QMP %.0f ms = %.0f ms"
+              % (what, addr, vid, e2e, sysfs_ms, total_ms - sysfs_ms, total_ms), file=sys.stderr)
+        return p, addr, vid, int(bound.group(1))
+
+    def assertInVM1(self, vid, vendor, device, wait=0):
+        """vm1's query-pci has `vid` with these IDs behind one of its pcie-root-ports; returns the port.
+        wait: seconds to wait for it in query-pci (a VM just started shows nothing behind its root
+        ports until its firmware has numbered the buses)."""
+        if wait:
+            self.lab.wait_for(lambda: any(d["qdev_id"] == vid for d in self.lab.inner_pci("vm1")), wait,
+                              "%s in vm1's query-pci" % vid, interval=0.1)
+        pci = [d for d in self.lab.inner_pci("vm1") if d["qdev_id"] == vid]
+        self.assertEqual(len(pci), 1, "vm1's query-pci has %d entries for %s:\n%s%s"
+                         % (len(pci), vid, self.lab.inner_pci("vm1"), self.diag()))
+        self.assertEqual((pci[0]["vendor"], pci[0]["device"]), (vendor, device))
+        per = self.lab.inner_peripherals("vm1")
+        self.assertEqual(per.get(pci[0]["parent"]), "pcie-root-port", "%s is behind %r" % (vid, pci[0]["parent"]))
+        return pci[0]["parent"]
+
+    def assertNotInVM1(self, vid):
+        self.assertEqual([d for d in self.lab.inner_pci("vm1") if d["qdev_id"] == vid], [])
+        self.assertNotIn(vid, self.lab.inner_peripherals("vm1"))
+
+    def assertOnVFIO(self, addr, group):
+        self.assertEqual(self.driver(addr), "vfio-pci", self.diag())
+        self.assertEqual(truth.lspci_kernel_driver(self.lab, addr), "vfio-pci")
+        self.lab.check("test -c /dev/vfio/%d" % group)
+
+    def assertBackOnE1000e(self, addr):
+        self.assertEqual(self.driver(addr), "e1000e", self.diag())
+        self.assertEqual(self.lab.check("cat /sys/bus/pci/devices/%s/driver_override" % addr).strip(), "(null)")
+
+    def reload(self, config):
+        mark = self.lab.vhotplug_log_mark()
+        self.lab.write_file(GUEST_CONF, json.dumps(config, indent=2))   # as start_vhotplug writes it
+        self.lab.signal_vhotplug(signal.SIGHUP)
+        self.lab.wait_log(r"configuration reloaded", since=mark, timeout=10)
+        return mark
+
+    # -- scenarios ---------------------------------------------------------------
+
+    def test_1_e1000e_to_vm1_then_unplugged_from_the_guest(self):
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic()
+        port = self.assertInVM1(vid, 0x8086, 0x10d3)
+        self.assertTrue(port.startswith(("rp", "ep")), port)
+        self.assertOnVFIO(addr, group)
+        # unplugged from the guest: it leaves vm1
+        mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        lab.unplug("n1")
+        lab.wait_inner("vm1", lambda per: vid not in per, 20, "the e1000e leaves vm1", interval=0.02)
+        note("daemon: unplug e1000e -> gone from vm1 (end to end)", time.monotonic() - t)
+        lab.wait_log(r"pci %s [^\n]*: unplugged" % re.escape(addr), since=mark, timeout=10)
+        lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=20)
+        self.assertNotInVM1(vid)
+        self.assertNotIn(addr, lab.guest_devices()["pci"])
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+
+    def test_2_e1000e_sighup_without_its_rule_goes_back_to_e1000e(self):
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (SIGHUP)")
+        self.assertInVM1(vid, 0x8086, 0x10d3)
+        t = time.monotonic()
+        mark = self.reload(NO_PCI_RULES)
+        lab.wait_inner("vm1", lambda per: vid not in per, 20, "reload: the e1000e leaves vm1", interval=0.02)
+        lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=20)
+        lab.wait_log(r"pci %s [^\n]*: back on its host driver \(%s -> e1000e\)" % (re.escape(addr), re.escape(addr)),
+                     since=mark, timeout=30)
+        note("daemon: SIGHUP -> e1000e out of vm1 and back on e1000e", time.monotonic() - t)
+        self.assertNotInVM1(vid)
+        self.assertBackOnE1000e(addr)
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+        # the rule again: back to vfio-pci and vm1
+        mark = self.reload(PCI_RULES)
+        lab.wait_inner("vm1", lambda per: vid in per, PCI_ATTACH_DEADLINE, "reload: the e1000e back in vm1")
+        lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=10)
+        self.assertInVM1(vid, 0x8086, 0x10d3)
+
+    def test_3_virtio_keyboard_evdev_to_vm1(self):
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        mark = lab.vhotplug_log_mark()
+        before = self.vhp()
+        t = time.monotonic()
+        p = lab.plug("virtio-keyboard-pci", "vk1", wait=False)
+        per = lab.wait_inner("vm1", lambda per: {i for i in vhp_ids(per) - before if i.startswith("vhp-evdev-")}, 20,
+                             "vhotplug attaches the virtio keyboard's event device to vm1", interval=0.02)
+        e2e = time.monotonic() - t
+        lab.wait_plugged(p)
+        ev = p.guest["input"][0]
+        vid = "vhp-evdev-" + ev
+        self.assertEqual(vhp_ids(per) - before, {vid}, self.diag())
+        self.assertEqual(per[vid], "virtio-input-host-pci")
+        self.assertEqual(lab.inner_qmp("vm1", "qom-get", path="/machine/peripheral/" + vid, property="evdev"),
+                         "/dev/input/" + ev)
+        port = self.assertInVM1(vid, 0x1af4, 0x1052)
+        self.assertTrue(port.startswith("rp"), "%s is on %s, not a root port starting with pcieBusPrefix rp"
+                        % (vid, port))
+        key = r'input %s "[^"\n]*": ' % re.escape(ev)
+        self.assertLog(key + r"vm1 \(", since=mark)
+        m = lab.wait_log(key + r"attached to vm1 as %s in ([0-9.]+) ms" % re.escape(vid), since=mark, timeout=10)
+        note("daemon: plug virtio keyboard -> evdev in vm1 (end to end)", e2e)
+        note("daemon: input add event -> attached (its log)", float(m.group(1)) / 1000)
+        # its PCI function goes nowhere (no PCI rule for virtio) and stays on virtio-pci
+        self.assertEqual(self.driver(p.guest["name"]), "virtio-pci")
+        # unplugged from the guest: removed from vm1
+        mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        lab.unplug("vk1")
+        lab.wait_inner("vm1", lambda per: vid not in per, 20, "the evdev device leaves vm1", interval=0.02)
+        note("daemon: unplug virtio keyboard -> gone from vm1 (end to end)", time.monotonic() - t)
+        lab.wait_log(key + r"detached from vm1 \(%s\)" % re.escape(vid), since=mark, timeout=10)
+        self.assertNotInVM1(vid)
+
+    def test_4_restarted_daemon_finds_the_e1000e_in_vm1(self):
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (restart)")
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        self.assertLog(r"stopping \(signal 15\); attached devices stay with their VMs")
+        self.assertInVM1(vid, 0x8086, 0x10d3)
+        self.assertOnVFIO(addr, group)
+        # a new daemon (-a: it would attach what the rules send) finds it by its host address
+        self.start("-a", config=PCI_RULES, what="daemon: restart with the e1000e in vm1 -> \"listening\"")
+        self.assertLog(r"pci %s [^\n]*: found in VM vm1 as %s" % (re.escape(addr), re.escape(vid)))
+        # a reload reconciles every device again: still no second attach
+        self.reload(PCI_RULES)
+        self.assertNotLog(r'"execute":"device_add"')
+        self.assertNotLog(r"attached to vm1")
+        self.assertInVM1(vid, 0x8086, 0x10d3)
+        self.assertOnVFIO(addr, group)
+        # and the new daemon detaches it on unplug
+        mark = lab.vhotplug_log_mark()
+        lab.unplug("n1")
+        lab.wait_inner("vm1", lambda per: vid not in per, 20, "the e1000e leaves vm1")
+        lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=20)
+
+    def test_5_sigkilled_daemon_its_record_gives_the_e1000e_back(self):
+        """Persistent VFIO records: a daemon killed while the NIC is on vfio-pci and in vm1;
+        vm1 stops; the next daemon keeps the NIC on vfio-pci while the rules still want it,
+        and gives it back to e1000e once they do not."""
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (SIGKILL)")
+        record = json.loads(lab.check("cat %s/%s.json" % (VFIO_RECORDS, addr)))
+        self.assertEqual(record["device"], addr)
+        self.assertEqual(record["group"], group)
+        self.assertEqual([(m["address"], m.get("originalDriver")) for m in record["members"]], [(addr, "e1000e")])
+        self.assertEqual(lab.stop_vhotplug(sig=signal.SIGKILL), -signal.SIGKILL)
+        lab.vm_stop("vm1")
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        # still wanted (vm1 will take it when it starts): it stays on vfio-pci, its record kept
+        self.start(config=PCI_RULES, what="daemon: start with a VFIO record, device wanted")
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run" % re.escape(addr))
+        self.assertLog(r"pci %s [^\n]*: VM vm1 is not running; waiting for it" % re.escape(addr))
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        lab.check("test -f %s/%s.json" % (VFIO_RECORDS, addr))
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        # no rule sends it anywhere now: back on e1000e, the record gone
+        t = time.monotonic()
+        self.start(config=NO_PCI_RULES, what="daemon: start with a VFIO record, device unwanted")
+        lab.wait_log(r"pci %s [^\n]*: back on its host driver \(%s -> e1000e\)" % (re.escape(addr), re.escape(addr)),
+                     since=self.mark, timeout=30)
+        note("daemon: start -> recorded e1000e back on e1000e", time.monotonic() - t)
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run" % re.escape(addr))
+        self.assertBackOnE1000e(addr)
+        lab.check("! test -e %s/%s.json" % (VFIO_RECORDS, addr))
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+        lab.vm_start("vm1")
+
+    def test_6_vm_restart_gets_the_e1000e_back(self):
+        """vm1 restarts: the NIC stays on vfio-pci meanwhile and goes back into the new vm1."""
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        p, addr, vid, group = self.plug_nic(what="e1000e (VM restart)")
+        lab.vm_stop("vm1")
+        lab.wait_log(r"VM vm1: socket removed", since=self.mark, timeout=10)
+        self.assertOnVFIO(addr, group)
+        mark = lab.vhotplug_log_mark()
+        lab.vm_start("vm1")
+        t_up = time.monotonic()
+        lab.wait_inner("vm1", lambda per: vid in per, PCI_ATTACH_DEADLINE, "the restarted vm1 gets %s back" % vid,
+                       interval=0.05)
+        note("daemon: vm1 QMP answers -> e1000e back in vm1", time.monotonic() - t_up)
+        lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s" % (re.escape(addr), re.escape(vid)), since=mark,
+                     timeout=10)
+        self.assertEqual(lab.inner_peripherals("vm1").get(vid), "vfio-pci")
+        self.assertInVM1(vid, 0x8086, 0x10d3, wait=30)
+        # no second rebind: it stayed on vfio-pci
+        self.assertNotLog(r"pci %s [^\n]*: on vfio-pci \(IOMMU" % re.escape(addr), since=mark)
+        self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+
 
 def _readline(child, timeout):
     """A line of the child's stdout, or '' after timeout seconds (never blocks longer)."""
