@@ -59,7 +59,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "vhotplug", dependencies: ["VHotplugCommands"]),
+        // Release: the Swift runtime linked in (no shared Swift libraries to map), and
+        // relative relocations packed (RELR, lld): the loader then dirties no pages
+        // to relocate, and the binary stays position-independent (ASLR).
+        .executableTarget(name: "vhotplug", dependencies: ["VHotplugCommands"],
+                          linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xclang-linker", "-fuse-ld=lld",
+                                                         "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"],
+                                                        .when(configuration: .release))]),
         // Benchmarks (tools/bench/run.sh builds them in release mode).
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
                           path: "tools/bench/VHotplugBench"),

@@ -32,7 +32,8 @@ public struct DeviceKinds: OptionSet, Sendable, Hashable {
 public final class DeviceReader {
     public let sysfs: Sysfs
     private let usbIDs: USBIDs?
-    private let pciNames: PCINames
+    /// nil: PCI devices without names (the daemon: its rules and logs use IDs; pci.ids costs 2 MB).
+    private let pciNames: PCINames?
     private let bootDevices: BootDevices
     /// libusb, for interface classes; nil: interfaces come from sysfs interface folders only
     /// (tests reading a testbed without umockdev's preload).
@@ -42,7 +43,7 @@ public final class DeviceReader {
     ///   - sysfs: the sysfs tree (`/sys` on a host).
     ///   - usbIDs: the usb.ids database; nil leaves names empty.
     ///   - bootDevices: the devices behind `/` and `/boot`; read from mountinfo when nil.
-    public init(sysfs: Sysfs = Sysfs(), usbIDs: USBIDs? = USBIDs(), pciNames: PCINames = PCINames(),
+    public init(sysfs: Sysfs = Sysfs(), usbIDs: USBIDs? = USBIDs(), pciNames: PCINames? = PCINames(),
                 bootDevices: BootDevices? = nil, useLibUSB: Bool = true) {
         self.sysfs = sysfs
         self.usbIDs = usbIDs
@@ -239,7 +240,7 @@ public final class DeviceReader {
             subsystemVendorId: UInt16(try a.optionalHex("subsystem_vendor") ?? 0),
             subsystemDeviceId: UInt16(try a.optionalHex("subsystem_device") ?? 0),
             deviceClass: UInt8(cls >> 16), deviceSubclass: UInt8((cls >> 8) & 0xFF), deviceProgIf: UInt8(cls & 0xFF),
-            vendorName: pciNames.vendorName(vendorId), deviceName: pciNames.deviceName(vendorId, deviceId),
+            vendorName: pciNames?.vendorName(vendorId), deviceName: pciNames?.deviceName(vendorId, deviceId),
             driver: Sysfs.linkName(dir + "/driver"), iommuGroup: group, iommuGroupPeers: peers,
             isBridge: cls >> 16 == 0x06, holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
     }

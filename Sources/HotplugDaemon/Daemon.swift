@@ -104,7 +104,8 @@ public actor Daemon {
         let sysfs = Sysfs(root: options.sysfsRoot)
         // The host's boot devices, read from mountinfo once for both users.
         let boot = BootDevices.read(sysfs: sysfs)
-        self.reader = DeviceReader(sysfs: sysfs, bootDevices: boot)
+        // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
+        self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot)
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
     }

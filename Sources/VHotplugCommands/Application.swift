@@ -19,9 +19,63 @@ public enum Entry {
             command.main(Array(args.dropFirst()))
         } else if args.first == "help", args.count > 1, let command = subcommands[args[1]] {
             command.main(["--help"])
+        } else if let daemon = DaemonArguments(args) {
+            // The plain daemon command line, read without ArgumentParser: the service
+            // then never touches that library's code (nor Foundation's), which keeps it
+            // out of the daemon's memory. Help, version and mistakes go to ArgumentParser.
+            do {
+                try Application.runDaemon(config: daemon.config, attachConnected: daemon.attachConnected, debug: daemon.debug)
+            } catch let code as ExitCode {
+                exit(code.rawValue)
+            } catch {
+                writeStderr("vhotplug: \(error)\n")
+                exit(1)
+            }
+            exit(0)
         } else {
             Application.main(args)
         }
+    }
+}
+
+/// `-c CONFIG [-a] [-d]` and their long forms, when that is all there is; nil for
+/// anything else (help, version, unknown or repeated options), which `Application`
+/// parses and reports.
+struct DaemonArguments: Equatable {
+    var config: String
+    var attachConnected = false
+    var debug = false
+
+    init?(_ args: [String]) {
+        var config: String?
+        var attach: Bool?
+        var debug: Bool?
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            switch a {
+            case "-c", "--config":
+                guard config == nil, i + 1 < args.count, !args[i + 1].hasPrefix("-") else { return nil }
+                config = args[i + 1]
+                i += 1
+            case _ where a.hasPrefix("--config="):
+                guard config == nil, a.count > "--config=".count else { return nil }
+                config = String(a.dropFirst("--config=".count))
+            case "-a", "--attach-connected", "--no-attach-connected":
+                guard attach == nil else { return nil }
+                attach = a != "--no-attach-connected"
+            case "-d", "--debug", "--no-debug":
+                guard debug == nil else { return nil }
+                debug = a != "--no-debug"
+            default:
+                return nil
+            }
+            i += 1
+        }
+        guard let config else { return nil }
+        self.config = config
+        self.attachConnected = attach ?? false
+        self.debug = debug ?? false
     }
 }
 
@@ -60,6 +114,11 @@ public struct Application: ParsableCommand {
         guard let config else {
             throw ValidationError("Missing expected argument '--config <config>'")
         }
+        try Self.runDaemon(config: config, attachConnected: attachConnected, debug: debug)
+    }
+
+    /// Runs the daemon until SIGTERM/SIGINT; exit code 1 when it cannot start, 2 for a bad configuration.
+    static func runDaemon(config: String, attachConnected: Bool, debug: Bool) throws {
         // Before any other thread exists: these signals are read from a signalfd.
         SignalSource.block([SIGHUP, SIGTERM, SIGINT])
         bootstrapLogging(debug: debug)
@@ -158,6 +217,11 @@ struct StderrLogHandler: LogHandler {
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        log(level: event.level, message: event.message, metadata: event.metadata, source: event.source,
+            file: event.file, function: event.function, line: event.line)
     }
 
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
