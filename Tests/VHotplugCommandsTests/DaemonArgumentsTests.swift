@@ -1,0 +1,37 @@
+import Testing
+@testable import VHotplugCommands
+
+/// The daemon's command line read without ArgumentParser: exactly the seed's forms;
+/// anything else is left (nil) to ArgumentParser, which prints help, version or the error.
+@Suite("The daemon's command line (fast path)")
+struct DaemonArgumentsTests {
+    @Test("every seed form of -c, -a and -d")
+    func seedForms() {
+        #expect(DaemonArguments(["-c", "/etc/v.conf"]) == DaemonArguments(config: "/etc/v.conf"))
+        #expect(DaemonArguments(["--config", "a.conf", "-a", "-d"])
+                == DaemonArguments(config: "a.conf", attachConnected: true, debug: true))
+        #expect(DaemonArguments(["-a", "--config=b.conf", "--debug"])
+                == DaemonArguments(config: "b.conf", attachConnected: true, debug: true))
+        #expect(DaemonArguments(["--attach-connected", "-c", "x", "--no-debug"])
+                == DaemonArguments(config: "x", attachConnected: true, debug: false))
+        #expect(DaemonArguments(["--no-attach-connected", "-c", "x", "-d"])
+                == DaemonArguments(config: "x", attachConnected: false, debug: true))
+    }
+
+    @Test("help, version, unknown, repeated or incomplete options go to ArgumentParser")
+    func fallbacks() {
+        for args in [[], ["-h"], ["--help"], ["--version"], ["-c"], ["-c", "-a"], ["--config="],
+                     ["-c", "x", "-x"], ["-c", "x", "-c", "y"], ["-a", "-a", "-c", "x"], ["-d", "--no-debug", "-c", "x"],
+                     ["-ad", "-c", "x"], ["-c", "x", "extra"], ["-a", "-d"]] {
+            #expect(DaemonArguments(args) == nil, "\(args)")
+        }
+    }
+}
+
+extension DaemonArguments {
+    init(config: String, attachConnected: Bool = false, debug: Bool = false) {
+        self.init(["-c", config])!
+        self.attachConnected = attachConnected
+        self.debug = debug
+    }
+}
