@@ -126,3 +126,12 @@ public struct GeneralSettings: Sendable, Hashable {
         self.crosvm = crosvm
     }
 }
+
+/// `"046d"`, `"0x046D"` -> 0x046d: the configuration's ID format, for other parsers (the API).
+public func parseHexIdentifier(_ text: String) -> UInt16? { parseHexID(text) }
+
+/// `dddd:bb:dd.f` or `bb:dd.f` -> canonical lower-case `dddd:bb:dd.f`; nil when it is not an address.
+public func canonicalPCIAddress(_ text: String) -> String? {
+    if case .success(let canonical) = parsePCIAddress(text) { return canonical }
+    return nil
+}
