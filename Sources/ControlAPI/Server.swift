@@ -2,6 +2,7 @@ import HotplugConfig
 import JSONKit
 import Logging
 import Reactor
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -131,8 +132,35 @@ public actor ControlServer {
         for c in connections.values { drop(c, reason: nil) }
     }
 
-    /// Connections that asked for notifications.
-    public var listenerCount: Int { connections.values.filter(\.notifications).count }
+    /// Connections that asked for notifications; readable from any actor.
+    public nonisolated var listenerCount: Int { listening.load(ordering: .relaxed) }
+    private nonisolated let listening = Atomic<Int>(0)
+    /// Notifications posted from other actors, sent in order by one drain task.
+    private nonisolated let posted = Mutex<(events: [JSONText], draining: Bool)>(([], false))
+
+    /// Queues a notification from any actor, without waiting; sent in posting order.
+    public nonisolated func post(_ event: JSONText) {
+        let startDrain = posted.withLock { p -> Bool in
+            p.events.append(event)
+            if p.draining { return false }
+            p.draining = true
+            return true
+        }
+        if startDrain { Task(executorPreference: loop) { await self.drainPosted() } }
+    }
+
+    private func drainPosted() {
+        while true {
+            let batch = posted.withLock { p -> [JSONText] in
+                let b = p.events
+                p.events.removeAll()
+                if b.isEmpty { p.draining = false }
+                return b
+            }
+            if batch.isEmpty { return }
+            for e in batch { notify(e) }
+        }
+    }
 
     /// Sends a notification line to every connection that enabled them.
     public func notify(_ event: JSONText) {
@@ -241,7 +269,10 @@ public actor ControlServer {
             logger.debug("API: \(c.peer): bad request: \(error.message)")
             return APIReply.failed(error.message)
         case .success(.enableNotifications):
-            c.notifications = true
+            if !c.notifications {
+                c.notifications = true
+                listening.add(1, ordering: .relaxed)
+            }
             return APIReply.ok()
         case .success(let request):
             guard let service else { return APIReply.failed("the daemon is not ready") }
@@ -298,6 +329,7 @@ public actor ControlServer {
     func drop(_ c: Connection, reason: String?) {
         guard !c.closed else { return }
         c.closed = true
+        if c.notifications { listening.subtract(1, ordering: .relaxed) }
         if let reason { logger.warning("API: dropped connection from \(c.peer): \(reason)") }
         observer?(c.peer, reason)
         loop.forget(c.fd)

@@ -53,6 +53,8 @@ final class Tracked {
     var since: Deadline
     /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
     var vfio: BindRecord?
+    /// The last attach or detach failure, for API replies.
+    var lastError: String?
 
     init(device: HostDevice, decision: Decision, since: Deadline) {
         self.device = device
@@ -88,6 +90,8 @@ public actor Daemon {
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
+    /// The control API: server, state file, the user's choices (Daemon+API.swift).
+    var api = APIState()
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -124,7 +128,9 @@ public actor Daemon {
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
         makeBackends()
+        loadState()
         await firstPass()
+        try await startAPI()
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         onReady?()
     }
@@ -142,7 +148,8 @@ public actor Daemon {
                 case .qemu:
                     next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger)
                 case .crosvm:
-                    next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket, crosvmPath: options.crosvmPath,
+                    next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
+                                                  crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
                                                   loop: loop, logger: logger)
                 }
             }
@@ -195,8 +202,8 @@ public actor Daemon {
         for device in found {
             guard let key = Self.key(device) else { continue }
             let t = Tracked(device: device, decision: decide(device), since: now)
-            if options.attachConnected { t.want = t.decision.targetVm }
             devices[key] = t
+            if options.attachConnected { t.want = initialWant(key, t) }
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
         // Each VM is asked at the same time: a VM that does not answer costs its
@@ -371,13 +378,14 @@ public actor Daemon {
             t.present = true
             t.failed = false
             t.since = since
-            t.want = decision.targetVm
+            t.want = initialWant(sysPath, t)
         } else {
             let t = Tracked(device: device, decision: decision, since: since)
-            t.want = decision.targetVm
             devices[sysPath] = t
+            t.want = initialWant(sysPath, t)
         }
         logDecision(devices[sysPath]!)
+        announceConnected(devices[sysPath]!)
         reconcile(sysPath)
     }
 
@@ -388,6 +396,7 @@ public actor Daemon {
         t.want = nil
         t.since = .now()
         logger.info("\(t.device.logName): unplugged")
+        announceDisconnected(sysPath, t)
         reconcile(sysPath)
     }
 
@@ -415,6 +424,7 @@ public actor Daemon {
             await self.reconcileLoop(key, t)
             t.busy = false
             if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
+            reconciled(key)
         }
     }
 
@@ -426,12 +436,14 @@ public actor Daemon {
                     try await backend.detach(a)
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
+                    announceDetached(t, vm: a.vm)
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
                         continue
                     }
                     logger.error("\(t.device.logName): detach from \(a.vm) failed: \(error)")
+                    t.lastError = "\(error)"
                     return
                 }
             } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, vmDown.contains(vm) {
@@ -446,18 +458,21 @@ public actor Daemon {
                     let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                    announceAttached(t, vm: vm)
                 } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
                     } else {
                         t.failed = true
+                        t.lastError = "\(error)"
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
                     await giveBackDriver(t)
                     return
                 } catch {
                     t.failed = true
+                    t.lastError = "\(error)"
                     logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     return
                 }
@@ -485,7 +500,7 @@ public actor Daemon {
             }
             return try await backend.attachPCI(d)
         case .input(let d):
-            return try await backend.attachEvdev(d, busPrefix: configuration.evdevPassthrough?.pcieBusPrefix)
+            return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
         }
     }
 
@@ -521,6 +536,7 @@ public actor Daemon {
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
+            await stopAPI()
             loop.stop()
         }
     }
@@ -543,7 +559,7 @@ public actor Daemon {
             let decision = decide(t.device)
             if decision != t.decision {
                 t.decision = decision
-                t.want = decision.targetVm
+                t.want = initialWant(key, t)
                 t.failed = false
                 t.since = .now()
                 logDecision(t)
