@@ -209,6 +209,9 @@ public actor ControlServer {
         Task(executorPreference: loop) { await self.readLoop(c) }
     }
 
+    /// Why a peer may not connect, or nil (for tests and tools).
+    public func refusalText(_ peer: APIPeer) -> String? { refusal(peer) }
+
     /// Why a peer may not connect, or nil.
     func refusal(_ peer: APIPeer) -> String? {
         switch peer {

@@ -194,3 +194,23 @@ struct ServerTests {
         await rig.server.stop()
     }
 }
+
+@Suite("ControlAPI: who may connect")
+struct PeerCheckTests {
+    @Test("Unix peers: root and the daemon's user pass, others need the group; vsock peers need an allowed CID")
+    func refusals() async throws {
+        let host = try LoopHost()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let server = ControlServer(settings: APISettings(enable: true, transports: [.unix, .vsock], unixSocket: dir + "/api.sock",
+                                                         unixSocketGroup: "0", port: Int.random(in: 20000...40000), allowedCids: [3]),
+                                   loop: host.loop, logger: Logger(label: "test"))
+        // The vsock listener binds on this host (no vsock transport is needed for bind and listen).
+        try await server.start(service: EchoService())
+        #expect(await server.refusalText(.unix(pid: 1, uid: 0, gid: 0)) == nil)
+        #expect(await server.refusalText(.unix(pid: 1, uid: 65534, gid: 0)) == nil) // primary group 0 is the configured group
+        #expect(await server.refusalText(.unix(pid: 1, uid: 65534, gid: 65534)) == "uid 65534 is not root and not in group 0")
+        #expect(await server.refusalText(.vsock(cid: 3, port: 1234)) == nil)
+        #expect(await server.refusalText(.vsock(cid: 4, port: 1234)) == "CID 4 is not in allowedCids")
+        await server.stop()
+    }
+}
