@@ -178,7 +178,8 @@ extension Daemon: ControlService {
     }
 
     func list(usb: Bool, disconnected: Bool?, tag: String?) -> [JSONText] {
-        managed(usb: usb).compactMap { _, t in
+        let items = managed(usb: usb)
+        return items.compactMap { _, t in
             let marked = api.state.disconnected.contains(Self.identity(t.device))
             if let disconnected, disconnected != marked { return nil }
             if let tag, t.decision.options.tag != tag { return nil }
@@ -189,7 +190,28 @@ extension Daemon: ControlService {
             case .pci(let d): return d.apiObject(placement)
             case .input: return nil
             }
+        } + (usb ? [] : iommuMembers(of: items.map(\.t), disconnected: disconnected))
+    }
+
+    /// PCI devices no rule takes that share an IOMMU group with a listed one
+    /// (`iommu_member: true`): they go to vfio-pci with it.
+    func iommuMembers(of listed: [Tracked], disconnected: Bool?) -> [JSONText] {
+        guard disconnected != true else { return [] }
+        var seen = Set<String>()
+        var out: [JSONText] = []
+        for t in listed {
+            guard case .pci(let d) = t.device else { continue }
+            for peer in d.iommuGroupPeers.sorted() where !seen.contains(peer) {
+                seen.insert(peer)
+                guard let member = devices.values.first(where: { m in
+                    if case .pci(let p) = m.device { return p.address == peer && m.present && m.decision.candidateVms.isEmpty }
+                    return false
+                }), case .pci(let p) = member.device else { continue }
+                out.append(p.apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
+                                                    tag: t.decision.options.tag, iommuMember: true)))
+            }
         }
+        return out
     }
 
     func selected(usb selector: USBSelector) -> [(key: String, t: Tracked)] {

@@ -265,3 +265,59 @@ struct DaemonAPITests {
         people.stop()
     }
 }
+
+@Suite("The control API with PCI devices (umockdev: listing only, no vfio-pci here)", .serialized)
+struct DaemonAPIPCITests {
+    @Test("pci list: the GPU a rule passes, its audio function as iommu_member; pciIommuSkipIfShared leaves both out")
+    func pciList() async throws {
+        let tb = await Testbed.make()
+        let qemu = try qemuWithPorts(tb)
+        let socket = qemu.dir + "/api.sock"
+        func config(_ extra: String) throws -> String {
+            let path = qemu.dir + "/pci.conf"
+            try """
+                {"pciPassthrough": [{"targetVm": "vm1", "tag": "gpu", \(extra) "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],
+                 "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}],
+                 "general": {"api": {"unixSocket": "\(socket)"}, "persistency": false}}
+                """.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        var d = try DaemonProcess(arguments: ["-c", try config("")], testbed: tb)
+        try d.waitFor("; listening (")
+        let r = try run([Repository.vhotplug, "pci", "list", "--json", "--path", socket])
+        #expect(r.status == 0, "\(r.stderr)")
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        #expect(items.map { $0["address"] as? String } == ["0000:01:00.0", "0000:01:00.1"])
+        #expect(items[0]["vendor_id"] as? Int == 0x10de && items[0]["did"] as? String == "1f06" && items[0]["pci_class"] as? Int == 3)
+        #expect(items[0]["tag"] as? String == "gpu" && items[0]["allowed_vms"] as? [String] == ["vm1"])
+        #expect(items[0]["iommu_member"] == nil)
+        #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")
+        #expect(try run([Repository.vhotplug, "pci", "list", "--short", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
+        d.stop()
+
+        d = try DaemonProcess(arguments: ["-c", try config(#""pciIommuSkipIfShared": true,"#), "-a"], testbed: tb)
+        try d.waitFor("; listening (")
+        #expect(d.log.contains { $0.contains("pci 0000:01:00.0 10de:1f06: none: its IOMMU group is shared and rule set 0 says pciIommuSkipIfShared") })
+        #expect(try run([Repository.vhotplug, "pci", "list", "--json", "--path", socket]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
+    }
+}
+
+@Suite("evdev rule sets in the daemon (umockdev, a real QEMU)", .serialized)
+struct DaemonEvdevRuleSetTests {
+    @Test("evdevPassthrough as rule sets: a keyboard by kind goes to its set's VM on a root port with the set's prefix")
+    func evdevRuleSets() async throws {
+        let tb = await Testbed.make()
+        let qemu = try qemuWithPorts(tb)
+        let config = qemu.dir + "/vhotplug.conf"
+        try """
+            {"evdevPassthrough": [{"targetVm": "vm1", "pcieBusPrefix": "ep", "allow": [{"kind": "keyboard"}], "deny": [{"name": "^Power Button$"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 (rule set 0, allow[0])")
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-event0","bus":"ep1""#)
+    }
+}
