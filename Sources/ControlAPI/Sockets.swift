@@ -199,7 +199,8 @@ enum Sockets {
                     }
                 }
             }
-            return (fd, .tcp(String(cString: text) + ":\(port)"))
+            let address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return (fd, .tcp(address + ":\(port)"))
         }
     }
 
