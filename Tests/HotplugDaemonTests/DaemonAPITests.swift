@@ -82,6 +82,9 @@ struct DaemonAPITests {
         }
         let short = try rig.cli(["usb", "list", "--short"])
         #expect(short.status == 0 && short.stdout.contains("/dev/bus/usb/001/004  vm1"))
+        // The reference client's order: connection options before the subcommand.
+        let first = try run([Repository.vhotplug, "-t", "unix", "-u", rig.socket, "usb", "list", "--short"])
+        #expect(first.status == 0 && first.stdout == short.stdout)
         let people = try rig.cli(["usb", "list"])
         #expect(people.stdout.hasPrefix("046d:c52b ") && people.stdout.contains("\n  device_node: /dev/bus/usb/001/004\n"))
 
