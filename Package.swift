@@ -48,14 +48,19 @@ let package = Package(
         // VFIO rebinding of PCI devices with rollback (one syscall seam for tests).
         .target(name: "VFIO", dependencies: ["DeviceModel", "HostDevices", "JSONKit", "Reactor", .product(name: "Logging", package: "swift-log")],
                 exclude: ["README.md"]),
+        // The control API: request decoding, replies and notifications, the socket server.
+        .target(name: "ControlAPI", dependencies: [
+            "DeviceModel", "HotplugConfig", "JSONKit", "Reactor", "CLinux",
+            .product(name: "Logging", package: "swift-log"),
+        ], exclude: ["README.md"]),
         // The engine: events -> devices -> decisions -> VM operations; state.
         .target(name: "HotplugDaemon", dependencies: [
-            "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VFIO", "VMM",
+            "ControlAPI", "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VFIO", "VMM",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The commands (inspect, check, ...): argument parsing and output only.
         .target(name: "VHotplugCommands", dependencies: [
-            "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices", "HotplugDaemon", "Reactor", "JSONKit",
+            "ControlAPI", "HotplugConfig", "DeviceModel", "HotplugRules", "HostDevices", "HotplugDaemon", "Reactor", "JSONKit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -76,7 +81,10 @@ let package = Package(
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport"]),
+        .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport", "HotplugDaemon",
+                                                              .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "DeviceModel", "JSONKit", "Reactor", "HotplugConfig",
+                                                           "VHotplugTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "VHotplugTestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Reactor", "DeviceModel", "HostDevices", "VHotplugTestSupport",
                                                      .product(name: "Logging", package: "swift-log")]),

@@ -119,6 +119,8 @@ public struct USBRule: Sendable, Hashable {
     public var deviceSubclass: UInt8?
     /// `bDeviceProtocol`.
     public var deviceProtocol: UInt8?
+    /// `removable`: the port kinds (`fixed`, `removable`, `unknown`) that match.
+    public var removable: Set<String>?
     /// Free text, for logs.
     public var description: String?
     /// A disabled entry is ignored.
@@ -131,7 +133,9 @@ public struct USBRule: Sendable, Hashable {
                 productName: NamePattern? = nil, bus: Int? = nil, port: Int? = nil,
                 interfaceClass: UInt8? = nil, interfaceSubclass: UInt8? = nil, interfaceProtocol: UInt8? = nil,
                 deviceClass: UInt8? = nil, deviceSubclass: UInt8? = nil, deviceProtocol: UInt8? = nil,
+                removable: Set<String>? = nil,
                 description: String? = nil, disable: Bool = false, location: SourceLocation? = nil) {
+        self.removable = removable
         self.vendorId = vendorId
         self.productId = productId
         self.vendorName = vendorName
@@ -201,10 +205,13 @@ public struct RuleSet<Rule: Sendable & Hashable>: Sendable, Hashable {
     public var disable: Bool
     /// Where the rule set starts in the file.
     public var location: SourceLocation?
+    /// allowedVms, tag, skipOnSuspend, PCI IOMMU policy (Model+API.swift).
+    public var options: RuleSetOptions
 
     /// Creates a rule set.
     public init(description: String? = nil, targetVm: String, allow: [Rule] = [], deny: [Rule] = [],
-                disable: Bool = false, location: SourceLocation? = nil) {
+                disable: Bool = false, location: SourceLocation? = nil, options: RuleSetOptions = RuleSetOptions()) {
+        self.options = options
         self.description = description
         self.targetVm = targetVm
         self.allow = allow
@@ -275,10 +282,17 @@ public struct Configuration: Sendable, Hashable {
     public var evdevPassthrough: EvdevPassthrough?
     /// The VMs, in file order.
     public var vms: [VMDefinition]
+    /// `evdevPassthrough` in its array form (rule sets), in file order.
+    public var evdevRuleSets: [EvdevRuleSet]
+    /// `general`: API, state file, crosvm binary.
+    public var general: GeneralSettings
 
     /// Creates a configuration.
     public init(usbPassthrough: [USBRuleSet] = [], pciPassthrough: [PCIRuleSet] = [],
-                evdevPassthrough: EvdevPassthrough? = nil, vms: [VMDefinition] = []) {
+                evdevPassthrough: EvdevPassthrough? = nil, vms: [VMDefinition] = [],
+                evdevRuleSets: [EvdevRuleSet] = [], general: GeneralSettings = GeneralSettings()) {
+        self.evdevRuleSets = evdevRuleSets
+        self.general = general
         self.usbPassthrough = usbPassthrough
         self.pciPassthrough = pciPassthrough
         self.evdevPassthrough = evdevPassthrough

@@ -4,6 +4,7 @@ import JSONKit
 /// The kinds of object the configuration has, with their keys.
 enum ObjectKind {
     case top, usbRuleSet, pciRuleSet, usbEntry, pciEntry, evdev, vm
+    case evdevRuleSet, evdevEntry, general, api
 
     static let usbMatchKeys = [
         "vendorId", "productId", "vendorName", "productName", "bus", "port",
@@ -15,9 +16,14 @@ enum ObjectKind {
 
     var keys: [String] {
         switch self {
-        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms"]
-        case .usbRuleSet, .pciRuleSet: return Self.ruleSetKeys
-        case .usbEntry: return Self.usbMatchKeys + ["description", "disable"]
+        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms", "general"]
+        case .usbRuleSet: return Self.ruleSetKeys + Self.usbRuleSetOptionKeys
+        case .pciRuleSet: return Self.ruleSetKeys + Self.pciRuleSetOptionKeys
+        case .evdevRuleSet: return Self.ruleSetKeys + ["pcieBusPrefix"]
+        case .evdevEntry: return Self.evdevMatchKeys + ["description", "disable"]
+        case .general: return Self.generalKeys
+        case .api: return Self.apiKeys
+        case .usbEntry: return Self.usbMatchKeys + ["removable", "description", "disable"]
         case .pciEntry: return Self.pciMatchKeys + ["description", "disable"]
         case .evdev: return ["disable", "pcieBusPrefix", "targetVm"]
         case .vm: return ["name", "type", "socket"]
@@ -56,7 +62,7 @@ enum ObjectKind {
             if ["name", "type", "socket"].contains(key) {
                 return "it is not a top-level key: put it inside an entry of \"vms\""
             }
-        case .evdev, .vm:
+        case .evdev, .vm, .evdevRuleSet, .evdevEntry, .general, .api:
             break
         }
         return nil
@@ -289,19 +295,27 @@ struct ConfigValidator {
 
         for (node, path) in array(top, "usbPassthrough") {
             guard let view = object(node, path: path, kind: .usbRuleSet, what: "a USB rule set") else { continue }
-            if let set = ruleSet(view, context: context, entryKind: .usbEntry, isPCI: false, entry: { v, e in v.usbRule(e) }) {
+            if let set = ruleSet(view, context: context, entryKind: .usbEntry, bus: .usb, entry: { v, e in v.usbRule(e) }) {
                 config.usbPassthrough.append(set)
             }
         }
         for (node, path) in array(top, "pciPassthrough") {
             guard let view = object(node, path: path, kind: .pciRuleSet, what: "a PCI rule set") else { continue }
-            if let set = ruleSet(view, context: context, entryKind: .pciEntry, isPCI: true, entry: { v, e in v.pciRule(e) }) {
+            if let set = ruleSet(view, context: context, entryKind: .pciEntry, bus: .pci, entry: { v, e in v.pciRule(e) }) {
                 config.pciPassthrough.append(set)
             }
         }
-        if let m = top.member("evdevPassthrough"),
-           let view = object(m.value, path: appendingKey("$", "evdevPassthrough"), kind: .evdev, what: "the evdev passthrough settings") {
-            config.evdevPassthrough = evdev(view, context: context)
+        if let m = top.member("evdevPassthrough"), !m.value.isNull {
+            if case .array = m.value.value {
+                config.evdevRuleSets = evdevRuleSets(top, context: context)
+            } else if let view = object(m.value, path: appendingKey("$", "evdevPassthrough"), kind: .evdev,
+                                        what: "the evdev passthrough settings, or an array of evdev rule sets") {
+                config.evdevPassthrough = evdev(view, context: context)
+            }
+        }
+        if let m = top.member("general"), !m.value.isNull,
+           let view = object(m.value, path: appendingKey("$", "general"), kind: .general, what: "the general settings") {
+            config.general = general(view)
         }
         return config
     }
@@ -348,9 +362,10 @@ struct ConfigValidator {
     }
 
     /// Checks a `targetVm` value against the defined VMs; returns the VM when defined.
-    mutating func checkTarget(_ name: String, node: JSONNode, path: String, context: VMContext) -> KnownVM? {
+    mutating func checkTarget(_ name: String, node: JSONNode, path: String, context: VMContext,
+                              key: String = "targetVm") -> KnownVM? {
         if let vm = context.known[name] { return vm }
-        var message = "unknown VM \(quoted(name)) in targetVm"
+        var message = "unknown VM \(quoted(name)) in \(key)"
         if context.names.isEmpty {
             message += " (no VMs are defined; add them under \"vms\")"
         } else {
@@ -363,26 +378,31 @@ struct ConfigValidator {
         return nil
     }
 
-    mutating func ruleSet<Rule>(_ view: ObjectView, context: VMContext, entryKind: ObjectKind, isPCI: Bool,
+    mutating func ruleSet<Rule>(_ view: ObjectView, context: VMContext, entryKind: ObjectKind, bus: RuleBus,
                                 entry: (inout ConfigValidator, ObjectView) -> Rule?) -> RuleSet<Rule>? {
         let errorsBefore = diagnostics.count
-        require(view, "targetVm", what: "the name of the VM the devices go to")
+        if bus == .usb || bus == .pci, view.object.member("allowedVms") != nil, view.object.member("targetVm") == nil {
+            // allowedVms alone is enough: its first VM is the default.
+        } else {
+            require(view, "targetVm", what: "the name of the VM the devices go to")
+        }
         let description = string(view, "description")
         let disable = bool(view, "disable") ?? false
-        let targetVm = string(view, "targetVm")
+        var targetVm = string(view, "targetVm")
         if let targetVm, let m = view.member("targetVm") {
             let path = appendingKey(view.path, "targetVm")
             if let vm = checkTarget(targetVm, node: m.value, path: path, context: context),
-               isPCI, !disable, vm.type == .crosvm {
-                error(m.value, path: path,
-                      "crosvm does not support PCI hot-plug; VM \(quoted(targetVm)) (line \(vm.line)) is a crosvm VM: target a QEMU VM, or disable this rule set")
+               bus != .usb, !disable, vm.type == .crosvm {
+                error(m.value, path: path, bus.crosvmMessage(targetVm, line: vm.line))
             }
         }
+        let options = ruleSetOptions(view, context: context, bus: bus, disable: disable, targetVm: targetVm)
+        if targetVm == nil { targetVm = options.allowedVms.first }
         var lists: [[Rule]] = [[], []]
         for (i, key) in ["allow", "deny"].enumerated() {
             for (node, path) in array(view, key) {
                 guard let entryView = object(node, path: path, kind: entryKind, what: key == "allow" ? "an allow entry" : "a deny entry") else { continue }
-                let matchKeys = isPCI ? ObjectKind.pciMatchKeys : ObjectKind.usbMatchKeys
+                let matchKeys = bus.matchKeys
                 let allKeysKnown = entryView.object.members.allSatisfy { entryKind.keys.contains($0.key) }
                 if allKeysKnown && !matchKeys.contains(where: entryView.has) {
                     error(line: entryView.line, column: entryView.column, path: path,
@@ -393,7 +413,7 @@ struct ConfigValidator {
         }
         guard diagnostics.count == errorsBefore, let targetVm else { return nil }
         return RuleSet(description: description, targetVm: targetVm, allow: lists[0], deny: lists[1],
-                       disable: disable, location: view.location)
+                       disable: disable, location: view.location, options: options)
     }
 
     mutating func usbRule(_ view: ObjectView) -> USBRule? {
@@ -411,6 +431,7 @@ struct ConfigValidator {
             deviceClass: byte(view, "deviceClass"),
             deviceSubclass: byte(view, "deviceSubclass"),
             deviceProtocol: byte(view, "deviceProtocol"),
+            removable: removable(view),
             description: string(view, "description"),
             disable: bool(view, "disable") ?? false,
             location: view.location)

@@ -59,6 +59,8 @@ final class Tracked: @unchecked Sendable {
     var since: Deadline
     /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
     var vfio: BindRecord?
+    /// The last attach or detach failure, for API replies.
+    var lastError: String?
 
     init(device: HostDevice, decision: Decision, since: Deadline) {
         self.device = device
@@ -94,6 +96,8 @@ public actor Daemon {
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
+    /// The control API: server, state file, the user's choices (Daemon+API.swift).
+    var api = APIState()
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -134,7 +138,9 @@ public actor Daemon {
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
         makeBackends()
+        loadState()
         await firstPass()
+        try await startAPI()
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         onReady?()
     }
@@ -163,7 +169,8 @@ public actor Daemon {
                 case .qemu:
                     next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger)
                 case .crosvm:
-                    next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket, crosvmPath: options.crosvmPath,
+                    next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
+                                                  crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
                                                   loop: loop, logger: logger)
                 }
             }
@@ -216,8 +223,8 @@ public actor Daemon {
         for device in found {
             guard let key = Self.key(device) else { continue }
             let t = Tracked(device: device, decision: decide(device), since: now)
-            if options.attachConnected { t.want = t.decision.targetVm }
             devices[key] = t
+            if options.attachConnected { t.want = initialWant(key, t) }
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
         adoptBindRecords()
@@ -455,13 +462,14 @@ public actor Daemon {
             t.present = true
             t.failed = false
             t.since = since
-            t.want = decision.targetVm
+            t.want = initialWant(sysPath, t)
         } else {
             let t = Tracked(device: device, decision: decision, since: since)
-            t.want = decision.targetVm
             devices[sysPath] = t
+            t.want = initialWant(sysPath, t)
         }
         logDecision(devices[sysPath]!)
+        announceConnected(devices[sysPath]!)
         reconcile(sysPath)
     }
 
@@ -472,6 +480,7 @@ public actor Daemon {
         t.want = nil
         t.since = .now()
         logger.info("\(t.device.logName): unplugged")
+        announceDisconnected(sysPath, t)
         reconcile(sysPath)
     }
 
@@ -502,6 +511,7 @@ public actor Daemon {
         await reconcileLoop(key, t)
         t.busy = false
         if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
+        reconciled(key)
     }
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
@@ -512,12 +522,14 @@ public actor Daemon {
                     try await backend.detach(a)
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
+                    announceDetached(t, vm: a.vm)
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
                         continue
                     }
                     logger.error("\(t.device.logName): detach from \(a.vm) failed: \(error)")
+                    t.lastError = "\(error)"
                     return
                 }
             } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, vmDown.contains(vm) {
@@ -532,18 +544,21 @@ public actor Daemon {
                     let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                    announceAttached(t, vm: vm)
                 } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
                     } else {
                         t.failed = true
+                        t.lastError = "\(error)"
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
                     await giveBackDriver(t)
                     return
                 } catch {
                     t.failed = true
+                    t.lastError = "\(error)"
                     logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     return
                 }
@@ -571,7 +586,7 @@ public actor Daemon {
             }
             return try await backend.attachPCI(d)
         case .input(let d):
-            return try await backend.attachEvdev(d, busPrefix: configuration.evdevPassthrough?.pcieBusPrefix)
+            return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
         }
     }
 
@@ -608,6 +623,7 @@ public actor Daemon {
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
+            await stopAPI()
             loop.stop()
         }
     }
@@ -643,7 +659,7 @@ public actor Daemon {
             let decision = decide(t.device)
             if decision != t.decision {
                 t.decision = decision
-                t.want = decision.targetVm
+                t.want = initialWant(key, t)
                 t.failed = false
                 t.since = .now()
                 logDecision(t)

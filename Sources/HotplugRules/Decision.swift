@@ -21,6 +21,8 @@ public enum DecisionReason: String, Sendable, Hashable, Codable {
     case usbInput = "usb-input"
     /// No `evdevPassthrough` section, or it is disabled.
     case evdevDisabled = "evdev-disabled"
+    /// The rule set says `pciIommuSkipIfShared` and the device's IOMMU group has other members.
+    case iommuShared = "iommu-shared"
 }
 
 /// A rule entry named by its position and description, for logs and `inspect`.
@@ -49,6 +51,14 @@ public struct Decision: Sendable, Hashable {
     /// The deny entry that stopped it.
     public var deniedBy: EntryRef?
     public var reason: DecisionReason
+    /// The deciding rule set's options (allowedVms, tag, skipOnSuspend, IOMMU policy).
+    public var options = RuleSetOptions()
+
+    /// The VMs the device may go to: `allowedVms`, else `targetVm` (none when not matched).
+    public var candidateVms: [String] {
+        guard let targetVm else { return [] }
+        return options.allowedVms.isEmpty ? [targetVm] : options.allowedVms
+    }
 
     public init(targetVm: String? = nil, ruleSetIndex: Int? = nil, ruleSetDescription: String? = nil,
                 entry: EntryRef? = nil, deniedBy: EntryRef? = nil, reason: DecisionReason) {
@@ -84,6 +94,7 @@ public struct Decision: Sendable, Hashable {
         case .bridge: return "none: PCI bridges are never passed through"
         case .usbInput: return "none: input device of a USB device (USB rules decide)"
         case .evdevDisabled: return "none: evdev passthrough is disabled"
+        case .iommuShared: return "none: its IOMMU group is shared and \(set.isEmpty ? "the rule set" : set) says pciIommuSkipIfShared"
         }
     }
 }

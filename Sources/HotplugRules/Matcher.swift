@@ -30,6 +30,7 @@ extension USBRule: RuleEntry {
         if let v = deviceClass, v != d.deviceClass { return false }
         if let v = deviceSubclass, v != d.deviceSubclass { return false }
         if let v = deviceProtocol, v != d.deviceProtocol { return false }
+        if let v = removable, !v.contains(d.removable.rawValue) { return false }
         if interfaceClass != nil || interfaceSubclass != nil || interfaceProtocol != nil {
             // The three interface fields must hold together on one interface.
             let hit = d.interfaces.contains { i in
@@ -99,7 +100,7 @@ public struct Matcher: Sendable {
     public func decide(_ device: PCIDevice) -> Decision {
         if device.isBridge { return Decision(reason: .bridge) }
         if device.holdsHostBootFilesystem { return Decision(reason: .bootDevice) }
-        return Self.decide(device, in: configuration.pciPassthrough)
+        return Self.skipIfShared(device, Self.decide(device, in: configuration.pciPassthrough))
     }
 
     /// True when some input device can go somewhere (evdev passthrough is on):
@@ -112,6 +113,7 @@ public struct Matcher: Sendable {
     /// Where a non-USB input device goes (`evdevPassthrough`).
     public func decide(_ device: InputDevice) -> Decision {
         if device.hasUSBAncestor { return Decision(reason: .usbInput) }
+        if !configuration.evdevRuleSets.isEmpty { return Self.decide(device, in: configuration.evdevRuleSets) }
         guard let evdev = configuration.evdevPassthrough, !evdev.disable else {
             return Decision(reason: .evdevDisabled)
         }
@@ -146,8 +148,10 @@ public struct Matcher: Sendable {
                 }
                 continue
             }
-            return Decision(targetVm: set.targetVm, ruleSetIndex: setIndex, ruleSetDescription: set.description,
-                            entry: ref(allowIndex, set.allow[allowIndex]), reason: .matched)
+            var decision = Decision(targetVm: set.targetVm, ruleSetIndex: setIndex, ruleSetDescription: set.description,
+                                    entry: ref(allowIndex, set.allow[allowIndex]), reason: .matched)
+            decision.options = set.options
+            return decision
         }
         return denied ?? disabled ?? Decision(reason: .noRule)
     }

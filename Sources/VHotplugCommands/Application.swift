@@ -11,10 +11,12 @@ import Glibc
 /// commands, everything else is the daemon's command line (the seed's, unchanged).
 /// Each command owns its options, so `-c` means the same file everywhere.
 public enum Entry {
-    static let subcommands: [String: any ParsableCommand.Type] = ["inspect": Inspect.self, "check": Check.self]
+    static let subcommands: [String: any ParsableCommand.Type] = [
+        "inspect": Inspect.self, "check": Check.self, "usb": USBCommand.self, "pci": PCICommand.self, "listen": Listen.self,
+    ]
 
     public static func main() {
-        let args = Array(CommandLine.arguments.dropFirst())
+        let args = clientArguments(Array(CommandLine.arguments.dropFirst()))
         if let first = args.first, let command = subcommands[first] {
             command.main(Array(args.dropFirst()))
         } else if args.first == "help", args.count > 1, let command = subcommands[args[1]] {
@@ -79,6 +81,17 @@ struct DaemonArguments: Equatable {
     }
 }
 
+/// `vhotplug -t tcp -p 2000 usb list` (the reference client's order): connection
+/// options before `usb`/`pci`/`listen` move after the subcommand, where they are parsed.
+func clientArguments(_ args: [String]) -> [String] {
+    let withValue: Set<String> = ["-t", "--transport", "-u", "--path", "-s", "--host", "-p", "--api-port", "-c", "--cid"]
+    var k = 0
+    while k + 1 < args.count, withValue.contains(args[k]) { k += 2 }
+    guard k > 0, k < args.count, ["usb", "pci", "listen"].contains(args[k]) else { return args }
+    let leafEnd = args[k] == "listen" ? k + 1 : min(args.count, k + 2)
+    return Array(args[k..<leafEnd]) + Array(args[0..<k]) + Array(args[leafEnd...])
+}
+
 /// The daemon's command line: `vhotplug -c CONFIG [-a] [-d]`.
 public struct Application: ParsableCommand {
     public static let version = "0.1.0"
@@ -90,6 +103,9 @@ public struct Application: ParsableCommand {
             vhotplug -c <config> [-a | --attach-connected | --no-attach-connected] [-d | --debug | --no-debug]
               vhotplug inspect [-c <config>] [--json] [--usb] [--pci] [--input] [<sysname> ...]
               vhotplug check -c <config>
+              vhotplug usb list|attach|detach|suspend|resume [options]   (the control API's client)
+              vhotplug pci list|attach|detach|suspend|resume [options]
+              vhotplug listen [--json]
             """,
         discussion: """
             Watches the host's device events and attaches each device to the VM its rules name \

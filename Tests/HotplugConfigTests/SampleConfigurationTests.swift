@@ -103,6 +103,13 @@ struct SampleConfigurationTests {
         #expect(pci.allow.map(\.address) == ["0000:00:14.3", nil, nil])
         #expect(pci.allow[2].deviceClass == 2 && pci.allow[2].deviceSubclass == 128 && pci.allow[2].deviceProgIf == 0)
         #expect(pci.deny.first?.address == "0000:00:1f.6")
+        #expect(pci.options == RuleSetOptions(allowedVms: ["gui-vm", "audio-vm"], tag: "wifi-gpu", pciIommuAddAll: true))
+        #expect(gui.options == RuleSetOptions(tag: "input", skipOnSuspend: true))
+        #expect(gui.allow[2].removable == ["removable", "unknown"])
+        #expect(net.candidateVms == ["net-vm", "gui-vm"])
+        #expect(config.general.api.enable && config.general.api.transports == [.unix, .vsock, .tcp])
+        #expect(config.general.api.unixSocketMode == 0o660 && config.general.api.allowedCids == [3])
+        #expect(config.general.crosvm == "/run/current-system/sw/bin/crosvm")
         #expect(config.evdevPassthrough == EvdevPassthrough(
             disable: false, pcieBusPrefix: "rp", targetVm: "gui-vm", location: config.evdevPassthrough?.location))
         #expect(config.summary
@@ -126,6 +133,8 @@ struct SampleConfigurationTests {
                 case (.top, "pciPassthrough"): .pciRuleSet
                 case (.top, "evdevPassthrough"): .evdev
                 case (.top, "vms"): .vm
+                case (.top, "general"): .general
+                case (.general, "api"): .api
                 case (.usbRuleSet, "allow"), (.usbRuleSet, "deny"): .usbEntry
                 case (.pciRuleSet, "allow"), (.pciRuleSet, "deny"): .pciEntry
                 default: nil
@@ -134,7 +143,7 @@ struct SampleConfigurationTests {
             }
         }
         collect(root, as: .top)
-        for kind in [ObjectKind.top, .usbRuleSet, .pciRuleSet, .usbEntry, .pciEntry, .evdev, .vm] {
+        for kind in [ObjectKind.top, .usbRuleSet, .pciRuleSet, .usbEntry, .pciEntry, .evdev, .vm, .general, .api] {
             #expect(usedKeys[kind, default: []] == Set(kind.keys), "keys of \(kind)")
         }
     }

@@ -26,7 +26,7 @@ struct KeyValidationTests {
     @Test("a key far from any known key lists the valid keys")
     func unknownKeyWithoutSuggestion() throws {
         let d = try singleError(Sample.usbEntry(#"{"color": "red", "vendorId": "046d"}"#))
-        #expect(d.message == #"unknown key "color"; valid keys here: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol, description, disable"#)
+        #expect(d.message == #"unknown key "color"; valid keys here: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol, removable, description, disable"#)
         #expect(d.position == "4:6")
     }
 
@@ -89,7 +89,7 @@ struct KeyValidationTests {
     func oddKeyPath() throws {
         let d = try singleError(#"{"my key": 1}"#)
         #expect(d.path == #"$["my key"]"#)
-        #expect(d.message == #"unknown key "my key"; valid keys here: usbPassthrough, pciPassthrough, evdevPassthrough, vms"#)
+        #expect(d.message == #"unknown key "my key"; valid keys here: usbPassthrough, pciPassthrough, evdevPassthrough, vms, general"#)
     }
 
     @Test("unknown keys in evdevPassthrough and VMs")
@@ -469,10 +469,10 @@ struct ReferenceValidationTests {
         #expect(d.path == "$.evdevPassthrough")
     }
 
-    @Test("evdevPassthrough must be an object")
+    @Test("evdevPassthrough must be an object or an array")
     func evdevNotObject() throws {
-        let d = try singleError(Sample.evdev("[]"))
-        #expect(d.message == "expected an object (the evdev passthrough settings), found array")
+        let d = try singleError(Sample.evdev("\"vm1\""))
+        #expect(d.message == "expected an object (the evdev passthrough settings, or an array of evdev rule sets), found string \"vm1\"")
         #expect(d.position == "3:23")
         #expect(d.path == "$.evdevPassthrough")
     }
@@ -491,7 +491,7 @@ struct EntryAndReportingTests {
     @Test("an entry with only description and disable would match every device")
     func entryWithoutMatchingField() throws {
         let d = try singleError(Sample.usbEntry(#"{"description": "everything", "disable": true}"#))
-        #expect(d.message == "entry has no matching field; it would match every device (use one or more of: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol)")
+        #expect(d.message == "entry has no matching field; it would match every device (use one or more of: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol, removable)")
         #expect(d.position == "4:5")
         #expect(d.path == "$.usbPassthrough[0].allow[0]")
     }
@@ -577,7 +577,7 @@ struct EntryAndReportingTests {
             #"/etc/vhotplug.conf:6:10: error: unknown key "vendorID"; did you mean "vendorId"? (at $.usbPassthrough[0].allow[0].vendorID)"#,
             #"/etc/vhotplug.conf:7:28: error: 300 is out of range: expected an integer from 0 to 255 (at $.usbPassthrough[0].allow[1].interfaceClass)"#,
             #"/etc/vhotplug.conf:7:45: error: expected a hex string like "046d", found number 1133 (at $.usbPassthrough[0].allow[1].vendorId)"#,
-            #"/etc/vhotplug.conf:8:9: error: entry has no matching field; it would match every device (use one or more of: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol) (at $.usbPassthrough[0].allow[2])"#,
+            #"/etc/vhotplug.conf:8:9: error: entry has no matching field; it would match every device (use one or more of: vendorId, productId, vendorName, productName, bus, port, interfaceClass, interfaceSubclass, interfaceProtocol, deviceClass, deviceSubclass, deviceProtocol, removable) (at $.usbPassthrough[0].allow[2])"#,
             #"/etc/vhotplug.conf:12:35: error: crosvm does not support PCI hot-plug; VM "net" (line 15) is a crosvm VM: target a QEMU VM, or disable this rule set (at $.pciPassthrough[0].targetVm)"#,
             #"/etc/vhotplug.conf:12:64: error: invalid PCI address "00:14.9": function 9 is out of range: expected 0 to 7 (at $.pciPassthrough[0].allow[0].address)"#,
             #"/etc/vhotplug.conf:16:14: error: duplicate VM name "vm1"; the first VM with this name is on line 14 (at $.vms[2].name)"#,

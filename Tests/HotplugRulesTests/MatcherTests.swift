@@ -292,3 +292,90 @@ struct SeedSampleTests {
         #expect(m.decide(wifi).targetVm == "vm1")          // address 0000:00:14.3
     }
 }
+
+@Suite("Matcher: the control API's keys")
+struct MatcherAPIKeysTests {
+    @Test("removable matches the device's port kind")
+    func removable() throws {
+        var fixed = receiver
+        fixed.removable = .fixed
+        var plugged = receiver
+        plugged.removable = .removable
+        let m = try usbConfig(allow: [#"{"vendorId": "046d", "removable": ["removable", "unknown"]}"#])
+        #expect(m.decide(plugged).targetVm == "vm1")
+        #expect(m.decide(receiver).targetVm == "vm1") // unknown
+        #expect(m.decide(fixed).reason == .noRule)
+    }
+
+    @Test("a decision carries allowedVms, tag and skipOnSuspend of its rule set")
+    func options() throws {
+        let m = Matcher(try config("""
+            {"usbPassthrough": [{"allowedVms": ["vm2", "vm1"], "tag": "receiver", "skipOnSuspend": true, "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "/tmp/a"}, {"name": "vm2", "type": "crosvm", "socket": "/tmp/b"}]}
+            """))
+        let d = m.decide(receiver)
+        #expect(d.targetVm == "vm2")
+        #expect(d.candidateVms == ["vm2", "vm1"])
+        #expect(d.options.tag == "receiver")
+        #expect(d.options.skipOnSuspend)
+        #expect(m.decide(bluetooth).candidateVms == [])
+    }
+
+    @Test("pciIommuSkipIfShared: a device whose group has other members is skipped, a lone one is taken")
+    func skipIfShared() throws {
+        let m = Matcher(try config("""
+            {"pciPassthrough": [{"targetVm": "vm1", "pciIommuSkipIfShared": true, "allow": [{"vendorId": "8086"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "/tmp/a"}]}
+            """))
+        let alone = PCIDevice(address: "0000:00:14.3", sysPath: "/devices/pci0000:00/0000:00:14.3", vendorId: 0x8086, deviceId: 0xa0f0,
+                              iommuGroup: 5)
+        var shared = alone
+        shared.iommuGroupPeers = ["0000:00:14.0"]
+        #expect(m.decide(alone).targetVm == "vm1")
+        let d = m.decide(shared)
+        #expect(d.reason == .iommuShared)
+        #expect(d.targetVm == nil)
+        #expect(d.summary == "none: its IOMMU group is shared and rule set 0 says pciIommuSkipIfShared")
+    }
+
+    @Test("evdev rule sets match name, pathTag and kind; deny wins; USB input stays with USB rules")
+    func evdevRuleSets() throws {
+        let m = Matcher(try config("""
+            {"evdevPassthrough": [{"targetVm": "vm1", "allow": [{"kind": "touchpad"}, {"pathTag": "^platform-thinkpad_acpi$"}, {"name": "keyboard", "kind": "keyboard"}],
+                                   "deny": [{"name": "^Power Button$"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "/tmp/a"}]}
+            """))
+        let touchpad = InputDevice(sysName: "event5", sysPath: "/devices/platform/i8042/serio1/input/input5/event5",
+                                   devnode: "/dev/input/event5", name: "SynPS/2 Synaptics TouchPad", kinds: [.touchpad],
+                                   pathTag: "platform-i8042-serio-1")
+        let hotkeys = InputDevice(sysName: "event7", sysPath: "/devices/platform/thinkpad_acpi/input/input7/event7",
+                                  devnode: "/dev/input/event7", name: "ThinkPad Extra Buttons", kinds: [.key],
+                                  pathTag: "platform-thinkpad_acpi")
+        let keyboard = InputDevice(sysName: "event2", sysPath: "/devices/platform/i8042/serio0/input/input2/event2",
+                                   devnode: "/dev/input/event2", name: "AT Translated Set 2 keyboard", kinds: [.keyboard],
+                                   pathTag: "platform-i8042-serio-0")
+        var power = keyboard
+        power.name = "Power Button"
+        var powerKey = power
+        powerKey.kinds = [.key]
+        var notKeyboard = keyboard
+        notKeyboard.kinds = [.key]
+        var usb = touchpad
+        usb.hasUSBAncestor = true
+        #expect(m.decide(touchpad).targetVm == "vm1")
+        #expect(m.decide(touchpad).entry?.index == 0)
+        #expect(m.decide(hotkeys).entry?.index == 1)
+        #expect(m.decide(keyboard).entry?.index == 2)
+        #expect(m.decide(notKeyboard).reason == .noRule) // name matches, kind does not
+        #expect(m.decide(powerKey).reason == .noRule)
+        var powerTouch = power
+        powerTouch.kinds = [.touchpad]
+        #expect(m.decide(powerTouch).reason == .denied)
+        #expect(m.decide(usb).reason == .usbInput)
+    }
+
+    @Test("the kinds the configuration accepts are DeviceModel's input kinds")
+    func kindsAgree() {
+        #expect(EvdevRule.kinds.sorted() == InputKind.allCases.map(\.rawValue).sorted())
+    }
+}

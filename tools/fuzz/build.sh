@@ -17,7 +17,7 @@ SWIFT=${SWIFT:-$(dirname "$SWIFTC")/swift}
 CLANG=${CLANG:-$(dirname "$SWIFTC")/clang}
 OPT=${FUZZ_OPT:--O}
 SAN=${FUZZ_SANITIZERS:-fuzzer,address}
-ALL_TARGETS=(config json qmp usbids sysfs)
+ALL_TARGETS=(config json qmp usbids sysfs api)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 
@@ -78,6 +78,7 @@ deps_of() {
         config) echo JSONKit HotplugConfig ;;
         qmp)    echo JSONKit DeviceModel HotplugConfig CLinux Logging Reactor VMM ;;
         usbids|sysfs) echo JSONKit DeviceModel HostDevices ;;
+        api)    echo JSONKit DeviceModel HotplugConfig CLinux Logging Reactor ControlAPI ;;
         *) echo "unknown target: $1" >&2; exit 2 ;;
     esac
 }

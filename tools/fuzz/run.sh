@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the libFuzzer targets, one after the other, for SECONDS each (default 300).
 #
-#   tools/fuzz/run.sh [SECONDS] [TARGET...]     targets: config json qmp usbids sysfs
+#   tools/fuzz/run.sh [SECONDS] [TARGET...]     targets: config json qmp usbids sysfs api
 #
 # Before fuzzing, each target re-runs the inputs saved in tools/fuzz/crashes/TARGET/
 # (earlier crashes: regression inputs). New inputs that grow coverage go to
@@ -16,7 +16,7 @@ OUT=$ROOT/.build-fuzz
 SECONDS_EACH=${1:-300}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config json qmp usbids sysfs)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config json qmp usbids sysfs api)
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 # Swift's own crash handler reads memory ASan calls wild: let libFuzzer report the trap.
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}

@@ -1143,6 +1143,142 @@ def _alive(pid):
         return False
 
 
+API_SOCK = labkit.GUEST_RUN + "/api.sock"
+API_STATE = labkit.GUEST_RUN + "/vhotplug.state"
+
+
+class Test6API(LabCase):
+    """The control API in the real kernel (issue 6): `vhotplug usb detach` then
+    `usb attach --vm` moves a mouse between the inner VMs vm1 and vm2; suspend and
+    resume; a restarted daemon keeps the user's choice and detached marks; the
+    e1000e NIC detached and attached again through `vhotplug pci` (VFIO for real)."""
+
+    vms = ("vm1", "vm2")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.vhotplug = labkit.find_vhotplug()
+        super().setUpClass()
+
+    def setUp(self):
+        self.mark = 0
+
+    def tearDown(self):
+        lab = self.lab
+        try:
+            super().tearDown()
+        finally:
+            lab.stop_vhotplug()
+            lab.run("rm -f %s %s" % (API_STATE, API_SOCK))
+            for vm in self.vms:
+                try:
+                    for id in sorted(vhp_ids(lab.inner_peripherals(vm))):
+                        lab.inner_qmp(vm, "device_del", id=id,
+                                      wait_event={"event": "DEVICE_DELETED", "data": {"device": id}, "timeout": 10})
+                except (LabError, QMPError) as e:
+                    print("tearDown: cannot clean %s: %s" % (vm, e), file=sys.stderr)
+
+    def config(self):
+        run = labkit.GUEST_RUN
+        return {
+            "usbPassthrough": [{"description": "Lab: mice for vm1 or vm2", "allowedVms": ["vm1", "vm2"], "tag": "mouse",
+                                "allow": [{"interfaceClass": 3, "interfaceProtocol": 2, "description": "HID Mouse"}]}],
+            "pciPassthrough": [{"description": "Lab: the e1000e for vm1", "targetVm": "vm1", "tag": "nic",
+                                "allow": [{"vendorId": "8086", "deviceId": "10d3"}]}],
+            "vms": [{"name": "vm1", "type": "qemu", "socket": run + "/vm1.qmp"},
+                    {"name": "vm2", "type": "qemu", "socket": run + "/vm2.qmp"}],
+            "general": {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE},
+        }
+
+    def start(self, *args):
+        lab = self.lab
+        self.mark = mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        lab.start_vhotplug(list(args) + ["-d"], config=self.config(), binary=self.vhotplug, timeout=30,
+                           ready=lambda l: "; listening (" in l.vhotplug_log(since=mark))
+        note("api: daemon start -> \"listening\"", time.monotonic() - t)
+
+    def diag(self):
+        return "\n----- vhotplug log -----\n%s\n----- guest console (last lines) -----\n%s" % (
+            self.lab.vhotplug_log(since=self.mark)[-6000:], self.lab.console_tail(25))
+
+    def cli(self, *args, what=None):
+        """`vhotplug ARGS --path API_SOCK` in the guest; fails the test on a non-zero exit."""
+        t = time.monotonic()
+        rc, out, err = self.lab.vhotplug_cli(list(args) + ["--path", API_SOCK], binary=self.vhotplug)
+        if rc != 0:
+            self.fail("vhotplug %s: rc %s\n%s%s%s" % (" ".join(args), rc, out, err, self.diag()))
+        if what:
+            note("api: %s" % what, time.monotonic() - t)
+        return out
+
+    def listed(self, bus="usb"):
+        return json.loads(self.cli(bus, "list", "--json"))
+
+    def ids(self, vm):
+        return vhp_ids(self.lab.inner_peripherals(vm))
+
+    def test_1_move_a_mouse_between_vms_suspend_resume_and_restart(self):
+        lab = self.lab
+        self.start()
+        p = lab.plug("usb-mouse", "m1")
+        vid = "vhp-usb-" + p.guest["name"]
+        # No client listens: the first allowed VM takes it.
+        lab.wait_inner("vm1", lambda per: vid in per, 20, "the mouse goes to vm1 (the default)")
+        [mouse] = self.listed()
+        self.assertEqual((mouse["vm"], mouse["allowed_vms"], mouse["tag"]), ("vm1", ["vm1", "vm2"], "mouse"))
+        node = mouse["device_node"]
+
+        # Detach, then attach to vm2: the mouse moves between the inner VMs.
+        self.cli("usb", "detach", "--devnode", node, what="usb detach (reply after the VM let go)")
+        self.assertNotIn(vid, self.ids("vm1"))
+        self.cli("usb", "attach", "--devnode", node, "--vm", "vm2", what="usb attach --vm vm2 (reply once in the VM)")
+        self.assertIn(vid, self.ids("vm2"))
+        self.assertNotIn(vid, self.ids("vm1"))
+        self.assertRegex(lab.inner_usb("vm2"), r"Product QEMU USB Mouse, ID: %s\b" % re.escape(vid))
+
+        # Suspend and resume.
+        self.cli("usb", "suspend", what="usb suspend")
+        self.assertNotIn(vid, self.ids("vm2"))
+        self.cli("usb", "resume", what="usb resume")
+        self.assertIn(vid, self.ids("vm2"))
+
+        # A restarted daemon keeps the choice: after a replug, the mouse goes to vm2.
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        lab.unplug("m1")
+        self.start("-a")
+        lab.wait_inner("vm2", lambda per: vid not in per, 10, "the stale id is removed")
+        p2 = lab.plug("usb-mouse", "m2", port=p.port)
+        vid2 = "vhp-usb-" + p2.guest["name"]
+        lab.wait_inner("vm2", lambda per: vid2 in per, 20, "the replugged mouse goes to vm2, the VM chosen before")
+        self.assertNotIn(vid2, self.ids("vm1"))
+
+        # Detached, then the daemon restarts: the mark holds, even with -a.
+        [mouse] = self.listed()
+        self.cli("usb", "detach", "--tag", "mouse")
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        self.start("-a")
+        lab.wait_log(r"detached by the user earlier", since=self.mark, timeout=10)
+        self.assertNotIn(vid2, self.ids("vm1") | self.ids("vm2"))
+        self.assertEqual(self.listed()[0]["disconnected"], True)
+
+    def test_2_pci_detach_and_attach_through_the_api(self):
+        lab = self.lab
+        self.start()
+        n = lab.plug("e1000e", "n1")
+        addr = n.guest["name"]
+        lab.wait_inner("vm1", lambda per: "vhp-pci-" + addr.replace(":", "-") in per, 90,
+                       "the e1000e reaches vm1 through vfio-pci")
+        [nic] = self.listed("pci")
+        self.assertEqual((nic["address"], nic["vid"], nic["did"], nic["vm"], nic["tag"]), (addr, "8086", "10d3", "vm1", "nic"))
+        self.cli("pci", "detach", "--address", addr, what="pci detach (VM lets go, back to e1000e)")
+        self.assertNotIn("vhp-pci-" + addr.replace(":", "-"), self.ids("vm1"))
+        lab.wait_for(lambda: truth.lspci_kernel_driver(lab, addr) == "e1000e", 20, "the NIC is back on e1000e")
+        self.assertEqual(self.listed("pci")[0]["disconnected"], True)
+        self.cli("pci", "attach", "--vid", "8086", "--did", "10d3", what="pci attach (vfio-pci + device_add)")
+        self.assertIn("vhp-pci-" + addr.replace(":", "-"), self.ids("vm1"))
+
+
 if __name__ == "__main__":
     prog = unittest.main(verbosity=2, exit=False)
     r = prog.result

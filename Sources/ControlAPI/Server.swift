@@ -1,0 +1,342 @@
+import HotplugConfig
+import JSONKit
+import Logging
+import Reactor
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The logic behind the API: the daemon implements it; the server only moves
+/// lines. It never sees a socket, so the logic does not depend on the transport.
+public protocol ControlService: AnyObject, Sendable {
+    /// The reply (`APIReply.ok(...)` or `APIReply.failed(...)`) to one request.
+    /// `enable_notifications` is answered by the server itself.
+    func handle(_ request: APIRequest) async -> JSONText
+}
+
+/// Limits that keep one client from affecting the daemon.
+public struct ServerLimits: Sendable {
+    /// A request line longer than this gets an error and the connection is dropped.
+    public var maxLineBytes = 64 * 1024
+    /// Replies and notifications waiting for a client that does not read: beyond this it is dropped.
+    public var maxPendingOutput = 1 << 20
+    /// A client that cannot take any output for this long is dropped.
+    public var writeTimeout: Double = 10
+    /// Connections at once; more are refused.
+    public var maxConnections = 64
+
+    public init() {}
+}
+
+/// The control API server: listeners from `general.api`, one task per connection
+/// on the event loop (no threads, no polling), newline-delimited JSON.
+public actor ControlServer {
+    nonisolated let loop: EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    /// One client; touched only by this actor (hence unchecked).
+    final class Connection: @unchecked Sendable {
+        let fd: Int32
+        let peer: APIPeer
+        var input: [UInt8] = []
+        var output: [UInt8] = []
+        var notifications = false
+        var writing = false
+        var closed = false
+        init(fd: Int32, peer: APIPeer) {
+            self.fd = fd
+            self.peer = peer
+        }
+    }
+
+    let settings: APISettings
+    let limits: ServerLimits
+    var logger: Logger
+    var service: (any ControlService)?
+    var listeners: [(fd: Int32, transport: APITransport)] = []
+    var connections: [Int32: Connection] = [:]
+    /// Group whose members may connect over the Unix socket (besides root and the daemon's user).
+    var allowedGroup: UInt32?
+    var running = false
+    /// Told of each connection the server ends or refuses, with the reason (tests, metrics).
+    var observer: (@Sendable (APIPeer, String?) -> Void)?
+
+    /// Sets the observer of ended and refused connections.
+    public func observeDrops(_ observer: @escaping @Sendable (APIPeer, String?) -> Void) {
+        self.observer = observer
+    }
+
+    /// Open connections.
+    public var connectionCount: Int { connections.count }
+
+    /// Bytes of replies and notifications waiting for clients to read them.
+    public var pendingOutput: Int { connections.values.reduce(0) { $0 + $1.output.count } }
+
+    public init(settings: APISettings, limits: ServerLimits = ServerLimits(), loop: EventLoop, logger: Logger) {
+        self.settings = settings
+        self.limits = limits
+        self.loop = loop
+        self.logger = logger
+    }
+
+    /// Creates the listeners of `settings.transports` and starts accepting.
+    public func start(service: any ControlService) throws {
+        self.service = service
+        var uid: UInt32?
+        if let user = settings.unixSocketUser {
+            guard let id = Sockets.userID(user) else { throw SocketError("unixSocketUser: no user named \(quoted(user))") }
+            uid = id
+        }
+        if let group = settings.unixSocketGroup {
+            guard let id = Sockets.groupID(group) else { throw SocketError("unixSocketGroup: no group named \(quoted(group))") }
+            allowedGroup = id
+        }
+        do {
+            for transport in settings.transports {
+                switch transport {
+                case .unix:
+                    let fd = try Sockets.unixListener(path: settings.unixSocket, mode: settings.unixSocketMode, uid: uid, gid: allowedGroup)
+                    listeners.append((fd, .unix))
+                    logger.info("API: listening on \(settings.unixSocket) (mode \(String(settings.unixSocketMode, radix: 8)), root\(allowedGroup.map { " and group \($0)" } ?? ""))")
+                case .tcp:
+                    let fd = try Sockets.tcpListener(host: settings.host, port: settings.port)
+                    listeners.append((fd, .tcp))
+                    logger.warning("API: listening on TCP \(settings.host):\(settings.port); TCP has no peer credentials: anyone who can reach it may use the API")
+                case .vsock:
+                    let fd = try Sockets.vsockListener(port: settings.port)
+                    listeners.append((fd, .vsock))
+                    logger.info("API: listening on vsock port \(settings.port) for CIDs \(settings.allowedCids.map(String.init).joined(separator: ", "))")
+                }
+            }
+        } catch {
+            for l in listeners { close(l.fd) }
+            listeners = []
+            throw error
+        }
+        running = true
+        for l in listeners {
+            Task(executorPreference: loop) { await self.acceptLoop(l.fd, l.transport) }
+        }
+    }
+
+    /// Closes every listener and connection (the Unix socket file is removed).
+    public func stop() {
+        running = false
+        for l in listeners {
+            loop.forget(l.fd)
+            close(l.fd)
+        }
+        if listeners.contains(where: { $0.transport == .unix }) { unlink(settings.unixSocket) }
+        listeners = []
+        for c in connections.values { drop(c, reason: nil) }
+    }
+
+    /// Connections that asked for notifications; readable from any actor.
+    public nonisolated var listenerCount: Int { listening.load(ordering: .relaxed) }
+    private nonisolated let listening = Atomic<Int>(0)
+    /// Notifications posted from other actors, sent in order by one drain task.
+    private nonisolated let posted = Mutex<(events: [JSONText], draining: Bool)>(([], false))
+
+    /// Queues a notification from any actor, without waiting; sent in posting order.
+    public nonisolated func post(_ event: JSONText) {
+        let startDrain = posted.withLock { p -> Bool in
+            p.events.append(event)
+            if p.draining { return false }
+            p.draining = true
+            return true
+        }
+        if startDrain { Task(executorPreference: loop) { await self.drainPosted() } }
+    }
+
+    private func drainPosted() {
+        while true {
+            let batch = posted.withLock { p -> [JSONText] in
+                let b = p.events
+                p.events.removeAll()
+                if b.isEmpty { p.draining = false }
+                return b
+            }
+            if batch.isEmpty { return }
+            for e in batch { notify(e) }
+        }
+    }
+
+    /// Sends a notification line to every connection that enabled them.
+    public func notify(_ event: JSONText) {
+        let line = event.rendered() + "\n"
+        for c in connections.values where c.notifications { enqueue(c, line) }
+    }
+
+    // MARK: Accepting
+
+    func acceptLoop(_ fd: Int32, _ transport: APITransport) async {
+        while running {
+            do { try await loop.readable(fd) } catch { return }
+            while running {
+                let accepted: (fd: Int32, peer: APIPeer)?
+                do {
+                    accepted = try Sockets.accept(fd, transport: transport)
+                } catch {
+                    // Out of descriptors and the like: say so, and back off a little.
+                    logger.error("API: \(error)")
+                    await loop.sleep(0.1)
+                    break
+                }
+                guard let (cfd, peer) = accepted else { break }
+                admit(cfd, peer)
+            }
+        }
+    }
+
+    func admit(_ fd: Int32, _ peer: APIPeer) {
+        if let refusal = refusal(peer) {
+            logger.warning("API: refused connection from \(peer): \(refusal)")
+            observer?(peer, "refused: \(refusal)")
+            let line = APIReply.failed("permission denied: \(refusal)").rendered() + "\n"
+            _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            close(fd)
+            return
+        }
+        if connections.count >= limits.maxConnections {
+            logger.warning("API: refused connection from \(peer): already \(connections.count) connections")
+            close(fd)
+            return
+        }
+        let c = Connection(fd: fd, peer: peer)
+        connections[fd] = c
+        logger.debug("API: connection from \(peer)")
+        Task(executorPreference: loop) { await self.readLoop(c) }
+    }
+
+    /// Why a peer may not connect, or nil (for tests and tools).
+    public func refusalText(_ peer: APIPeer) -> String? { refusal(peer) }
+
+    /// Why a peer may not connect, or nil.
+    func refusal(_ peer: APIPeer) -> String? {
+        switch peer {
+        case .unix(let pid, let uid, let gid):
+            if uid == 0 || uid == geteuid() { return nil }
+            if let g = allowedGroup, gid == g || Sockets.supplementaryGroups(pid: pid).contains(g) { return nil }
+            return allowedGroup.map { "uid \(uid) is not root and not in group \($0)" } ?? "uid \(uid) is not root (no unixSocketGroup is configured)"
+        case .vsock(let cid, _):
+            return settings.allowedCids.contains(cid) ? nil : "CID \(cid) is not in allowedCids"
+        case .tcp:
+            return nil
+        }
+    }
+
+    // MARK: Reading
+
+    func readLoop(_ c: Connection) async {
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while !c.closed {
+            do { try await loop.readable(c.fd) } catch { return }
+            if c.closed { return }
+            let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 {
+                drop(c, reason: nil)
+                return
+            }
+            if n < 0 {
+                if errno == EAGAIN || errno == EINTR { continue }
+                drop(c, reason: "read failed: \(String(cString: strerror(errno)))")
+                return
+            }
+            c.input.append(contentsOf: chunk[0..<n])
+            while let nl = c.input.firstIndex(of: 0x0A) {
+                var line = c.input[..<nl]
+                c.input.removeSubrange(...nl)
+                if line.last == 0x0D { line = line.dropLast() }
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
+                if line.count > limits.maxLineBytes { return tooLong(c) }
+                let reply = await process(c, Array(line))
+                if c.closed { return }
+                enqueue(c, reply.rendered() + "\n")
+                if c.closed { return }
+            }
+            if c.input.count > limits.maxLineBytes { return tooLong(c) }
+        }
+    }
+
+    /// An oversized request: an error reply, then the connection is dropped.
+    func tooLong(_ c: Connection) {
+        let why = "request line longer than \(limits.maxLineBytes) bytes"
+        enqueue(c, APIReply.failed("\(why); closing the connection").rendered() + "\n")
+        drop(c, reason: why)
+    }
+
+    func process(_ c: Connection, _ line: [UInt8]) async -> JSONText {
+        switch APIRequest.decode(line: line) {
+        case .failure(let error):
+            logger.debug("API: \(c.peer): bad request: \(error.message)")
+            return APIReply.failed(error.message)
+        case .success(.enableNotifications):
+            if !c.notifications {
+                c.notifications = true
+                listening.add(1, ordering: .relaxed)
+            }
+            return APIReply.ok()
+        case .success(let request):
+            guard let service else { return APIReply.failed("the daemon is not ready") }
+            return await service.handle(request)
+        }
+    }
+
+    // MARK: Writing
+
+    func enqueue(_ c: Connection, _ text: String) {
+        guard !c.closed else { return }
+        c.output.append(contentsOf: text.utf8)
+        if c.output.count > limits.maxPendingOutput {
+            drop(c, reason: "more than \(limits.maxPendingOutput) bytes of output wait for it (it does not read)")
+            return
+        }
+        flush(c)
+    }
+
+    /// Writes what the socket takes now; the rest waits for writability (with a deadline).
+    func flush(_ c: Connection) {
+        while !c.output.isEmpty && !c.closed {
+            let n = c.output.withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                c.output.removeFirst(n)
+            } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                if errno == EAGAIN, !c.writing {
+                    c.writing = true
+                    Task(executorPreference: loop) { await self.writeLoop(c) }
+                }
+                if errno == EAGAIN { return }
+            } else {
+                drop(c, reason: "write failed: \(String(cString: strerror(errno)))")
+                return
+            }
+        }
+    }
+
+    func writeLoop(_ c: Connection) async {
+        defer { c.writing = false }
+        while !c.closed && !c.output.isEmpty {
+            do {
+                try await loop.writable(c.fd, deadline: .after(limits.writeTimeout))
+            } catch LoopError.timeout {
+                drop(c, reason: "it read nothing for \(limits.writeTimeout) s")
+                return
+            } catch {
+                return
+            }
+            flush(c)
+        }
+    }
+
+    func drop(_ c: Connection, reason: String?) {
+        guard !c.closed else { return }
+        c.closed = true
+        if c.notifications { listening.subtract(1, ordering: .relaxed) }
+        if let reason { logger.warning("API: dropped connection from \(c.peer): \(reason)") }
+        observer?(c.peer, reason)
+        loop.forget(c.fd)
+        close(c.fd)
+        connections[c.fd] = nil
+    }
+}

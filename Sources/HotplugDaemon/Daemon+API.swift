@@ -1,0 +1,333 @@
+import ControlAPI
+import DeviceModel
+import HostDevices
+import HotplugConfig
+import HotplugRules
+import JSONKit
+import Logging
+import Reactor
+import VMM
+
+/// The daemon's part of the control API: the user's choices and marks, the
+/// server, devices waiting for a choice, suspended devices, reply waiters.
+struct APIState {
+    var server: ControlServer?
+    var stateFile: StateFile?
+    var state = DaemonState()
+    /// Devices (by sysfs path) waiting for a client to choose their VM (`usb_select_vm` sent).
+    var selecting: Set<String> = []
+    /// Devices detached by `usb_suspend`/`pci_suspend` (sysfs path -> the VM to give them back to).
+    var suspended: [String: String] = [:]
+    /// Requests waiting for a device's reconcile task to end.
+    var idleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+}
+
+extension Daemon: ControlService {
+    // MARK: Start and stop
+
+    /// Reads the state file (when `general.persistency`).
+    func loadState() {
+        let general = configuration.general
+        guard general.persistency else { return }
+        let file = StateFile(path: general.statePath)
+        api.stateFile = file
+        api.state = file.load(logger: logger)
+        if !api.state.chosenVms.isEmpty || !api.state.disconnected.isEmpty {
+            logger.info("state \(general.statePath): \(api.state.chosenVms.count) chosen VMs, \(api.state.disconnected.count) devices detached by the user")
+        }
+    }
+
+    func saveState() {
+        guard let file = api.stateFile else { return }
+        do { try file.save(api.state) } catch { logger.error("cannot save the state: \(error)") }
+    }
+
+    /// Starts the API server when `general.api.enable`.
+    func startAPI() async throws {
+        let settings = configuration.general.api
+        guard settings.enable, api.server == nil else { return }
+        let server = ControlServer(settings: settings, loop: loop, logger: logger)
+        try await server.start(service: self)
+        api.server = server
+    }
+
+    func stopAPI() async {
+        await api.server?.stop()
+    }
+
+    // MARK: Hooks from the engine
+
+    /// Where a device that appears (or whose rules changed) should go: nowhere when the
+    /// user detached it; with several allowed VMs, the one chosen last, else a client
+    /// is asked (`usb_select_vm`) and it waits; with no client listening, the default.
+    func initialWant(_ key: String, _ t: Tracked) -> String? {
+        let candidates = t.decision.candidateVms
+        guard let first = t.decision.targetVm ?? candidates.first else { return nil }
+        let id = Self.identity(t.device)
+        if api.state.disconnected.contains(id) {
+            logger.info("\(t.device.logName): detached by the user earlier; stays on the host until attached through the API")
+            return nil
+        }
+        guard candidates.count > 1 else { return first }
+        if let chosen = api.state.chosenVms[id], candidates.contains(chosen) { return chosen }
+        if let server = api.server, server.listenerCount > 0, case .usb(let d) = t.device {
+            api.selecting.insert(key)
+            logger.info("\(t.device.logName): may go to \(candidates.joined(separator: ", ")); waiting for a client to choose")
+            server.post(APINotification.usbSelectVM(d, allowedVms: candidates))
+            return nil
+        }
+        return first
+    }
+
+    /// A device appeared: `usb_connected` (devices some rule takes).
+    func announceConnected(_ t: Tracked) {
+        guard case .usb(let d) = t.device, !t.decision.candidateVms.isEmpty else { return }
+        api.server?.post(APINotification.usbConnected(d))
+    }
+
+    /// A device left the host: `usb_disconnected`.
+    func announceDisconnected(_ key: String, _ t: Tracked) {
+        api.selecting.remove(key)
+        guard case .usb(let d) = t.device, !t.decision.candidateVms.isEmpty else { return }
+        api.server?.post(APINotification.usbDisconnected(d))
+    }
+
+    func announceAttached(_ t: Tracked, vm: String) {
+        switch t.device {
+        case .usb(let d): api.server?.post(APINotification.usbAttached(d, vm: vm))
+        case .pci(let d): api.server?.post(APINotification.pciAttached(d, vm: vm))
+        case .input: break
+        }
+    }
+
+    func announceDetached(_ t: Tracked, vm: String) {
+        switch t.device {
+        case .usb(let d): api.server?.post(APINotification.usbDetached(d, vm: vm))
+        case .pci(let d): api.server?.post(APINotification.pciDetached(d, vm: vm))
+        case .input: break
+        }
+    }
+
+    /// A device's reconcile task ended: requests waiting on it go on.
+    func reconciled(_ key: String) {
+        for c in api.idleWaiters.removeValue(forKey: key) ?? [] { c.resume() }
+    }
+
+    /// Waits until none of these devices has a reconcile task running.
+    func settle(_ keys: [String]) async {
+        for key in keys {
+            while let t = devices[key], t.busy {
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    api.idleWaiters[key, default: []].append(c)
+                }
+            }
+        }
+    }
+
+    /// A device's identity across replugs and restarts, for the state file:
+    /// `usb:046d:c52b:serial=XYZ` (or `:port=1-2` without a serial), `pci:0000:01:00.0`.
+    static func identity(_ device: HostDevice) -> String {
+        switch device {
+        case .usb(let d): "usb:\(hex4(d.vendorId)):\(hex4(d.productId)):" + (d.serial.map { "serial=\($0)" } ?? "port=\(d.sysName)")
+        case .pci(let d): "pci:\(d.address)"
+        case .input(let d): "input:\(d.sysName)"
+        }
+    }
+
+    // MARK: Requests
+
+    public func handle(_ request: APIRequest) async -> JSONText {
+        switch request {
+        case .enableNotifications:
+            return APIReply.ok()
+        case .usbList(let disconnected, let tag):
+            return APIReply.ok([("usb_devices", .array(list(usb: true, disconnected: disconnected, tag: tag)))])
+        case .pciList(let disconnected, let tag):
+            return APIReply.ok([("pci_devices", .array(list(usb: false, disconnected: disconnected, tag: tag)))])
+        case .usbAttach(let selector, let vm):
+            return await attach(selected(usb: selector), what: selector.description, bus: "USB", vm: vm)
+        case .pciAttach(let selector, let vm):
+            return await attach(selected(pci: selector), what: selector.description, bus: "PCI", vm: vm)
+        case .usbDetach(let selector):
+            return await detach(selected(usb: selector), what: selector.description, bus: "USB")
+        case .pciDetach(let selector):
+            return await detach(selected(pci: selector), what: selector.description, bus: "PCI")
+        case .usbSuspend(let vm):
+            return await suspendOrResume(usb: true, vm: vm, resume: false)
+        case .pciSuspend(let vm):
+            return await suspendOrResume(usb: false, vm: vm, resume: false)
+        case .usbResume(let vm):
+            return await suspendOrResume(usb: true, vm: vm, resume: true)
+        case .pciResume(let vm):
+            return await suspendOrResume(usb: false, vm: vm, resume: true)
+        case .vmmArgs:
+            return APIReply.failed("vmm_args is not supported: this vhotplug hot-plugs into running VMs and needs no start-up arguments")
+        }
+    }
+
+    /// Present devices some rule takes, USB or PCI, sorted by name.
+    func managed(usb: Bool) -> [(key: String, t: Tracked)] {
+        devices.filter { _, t in
+            guard t.present, !t.decision.candidateVms.isEmpty else { return false }
+            switch t.device {
+            case .usb: return usb
+            case .pci: return !usb
+            case .input: return false
+            }
+        }.map { (key: $0.key, t: $0.value) }.sorted { $0.key < $1.key }
+    }
+
+    func list(usb: Bool, disconnected: Bool?, tag: String?) -> [JSONText] {
+        let items = managed(usb: usb)
+        return items.compactMap { _, t in
+            let marked = api.state.disconnected.contains(Self.identity(t.device))
+            if let disconnected, disconnected != marked { return nil }
+            if let tag, t.decision.options.tag != tag { return nil }
+            let placement = APIPlacement(allowedVms: t.decision.candidateVms, vm: t.attachment?.vm,
+                                         tag: t.decision.options.tag, disconnected: marked)
+            switch t.device {
+            case .usb(let d): return d.apiObject(placement)
+            case .pci(let d): return d.apiObject(placement)
+            case .input: return nil
+            }
+        } + (usb ? [] : iommuMembers(of: items.map(\.t), disconnected: disconnected))
+    }
+
+    /// PCI devices no rule takes that share an IOMMU group with a listed one
+    /// (`iommu_member: true`): they go to vfio-pci with it.
+    func iommuMembers(of listed: [Tracked], disconnected: Bool?) -> [JSONText] {
+        guard disconnected != true else { return [] }
+        var seen = Set<String>()
+        var out: [JSONText] = []
+        for t in listed {
+            guard case .pci(let d) = t.device else { continue }
+            for peer in d.iommuGroupPeers.sorted() where !seen.contains(peer) {
+                seen.insert(peer)
+                guard let member = devices.values.first(where: { m in
+                    if case .pci(let p) = m.device { return p.address == peer && m.present && m.decision.candidateVms.isEmpty }
+                    return false
+                }), case .pci(let p) = member.device else { continue }
+                out.append(p.apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
+                                                    tag: t.decision.options.tag, iommuMember: true)))
+            }
+        }
+        return out
+    }
+
+    func selected(usb selector: USBSelector) -> [(key: String, t: Tracked)] {
+        managed(usb: true).filter { _, t in
+            guard case .usb(let d) = t.device else { return false }
+            switch selector {
+            case .deviceNode(let n): return d.devnode == n
+            case .busPort(let b, let p): return d.bus == b && d.port == p
+            case .vidPid(let v, let p): return d.vendorId == v && d.productId == p
+            case .tag(let tag): return t.decision.options.tag == tag
+            }
+        }
+    }
+
+    func selected(pci selector: PCISelector) -> [(key: String, t: Tracked)] {
+        managed(usb: false).filter { _, t in
+            guard case .pci(let d) = t.device else { return false }
+            switch selector {
+            case .address(let a): return d.address == a
+            case .vidDid(let v, let i): return d.vendorId == v && d.deviceId == i
+            case .tag(let tag): return t.decision.options.tag == tag
+            }
+        }
+    }
+
+    func noMatch(_ bus: String, _ what: String) -> JSONText {
+        APIReply.failed("no \(bus) device matches \(what) (only connected devices some rule passes can be managed)")
+    }
+
+    /// Explicit attach: clears the "disconnected" mark, remembers the choice, waits for the VM.
+    func attach(_ targets: [(key: String, t: Tracked)], what: String, bus: String, vm: String?) async -> JSONText {
+        guard !targets.isEmpty else { return noMatch(bus, what) }
+        var wanted: [(String, Tracked, String)] = []
+        for (key, t) in targets {
+            let id = Self.identity(t.device)
+            let candidates = t.decision.candidateVms
+            guard let target = vm ?? api.state.chosenVms[id].flatMap({ candidates.contains($0) ? $0 : nil }) ?? t.decision.targetVm else {
+                continue
+            }
+            guard candidates.contains(target) else {
+                return APIReply.failed("VM \(quoted(target)) may not take \(t.device.logName) (allowed: \(candidates.joined(separator: ", ")))")
+            }
+            wanted.append((key, t, target))
+        }
+        for (key, t, target) in wanted {
+            let id = Self.identity(t.device)
+            api.state.disconnected.remove(id)
+            if t.decision.candidateVms.count > 1 { api.state.chosenVms[id] = target }
+            api.selecting.remove(key)
+            api.suspended[key] = nil
+            t.want = target
+            t.failed = false
+            t.lastError = nil
+            t.since = .now()
+            logger.info("\(t.device.logName): attach to \(target) requested through the API")
+            reconcile(key)
+        }
+        saveState()
+        await settle(wanted.map(\.0))
+        for (_, t, target) in wanted where t.attachment?.vm != target {
+            if vmDown.contains(target) {
+                return APIReply.failed("VM \(target) is not running; \(t.device.logName) will be attached when it starts")
+            }
+            return APIReply.failed("attach of \(t.device.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")")
+        }
+        return APIReply.ok()
+    }
+
+    /// Explicit detach: marks the device "disconnected" (kept across replug and restart).
+    func detach(_ targets: [(key: String, t: Tracked)], what: String, bus: String) async -> JSONText {
+        guard !targets.isEmpty else { return noMatch(bus, what) }
+        for (key, t) in targets {
+            api.state.disconnected.insert(Self.identity(t.device))
+            api.selecting.remove(key)
+            api.suspended[key] = nil
+            t.want = nil
+            t.since = .now()
+            logger.info("\(t.device.logName): detach requested through the API; marked disconnected")
+            reconcile(key)
+        }
+        saveState()
+        await settle(targets.map(\.key))
+        for (_, t) in targets where t.attachment != nil {
+            return APIReply.failed("detach of \(t.device.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")")
+        }
+        return APIReply.ok()
+    }
+
+    /// Suspend: detaches every attached device of the kind (of `vm`, when given) except
+    /// `skipOnSuspend` ones, remembering their VM. Resume: gives them back.
+    func suspendOrResume(usb: Bool, vm: String?, resume: Bool) async -> JSONText {
+        if let vm, configuration.vm(named: vm) == nil { return APIReply.failed("no VM named \(quoted(vm))") }
+        var keys: [String] = []
+        for (key, t) in managed(usb: usb) {
+            if resume {
+                guard let target = api.suspended[key], vm == nil || target == vm else { continue }
+                api.suspended[key] = nil
+                t.want = target
+                t.failed = false
+            } else {
+                guard let a = t.attachment, vm == nil || a.vm == vm, !t.decision.options.skipOnSuspend else { continue }
+                api.suspended[key] = a.vm
+                t.want = nil
+            }
+            t.since = .now()
+            keys.append(key)
+            reconcile(key)
+        }
+        let verb = resume ? "resume" : "suspend"
+        logger.info("API: \(verb) \(usb ? "USB" : "PCI")\(vm.map { " of \($0)" } ?? ""): \(resume ? "attaching" : "detaching") \(keys.count) devices")
+        await settle(keys)
+        for key in keys {
+            guard let t = devices[key], t.attachment?.vm != t.want else { continue }
+            let problem = t.want.map { "is not back in \($0)" } ?? "is still in \(t.attachment?.vm ?? "?")"
+            return APIReply.failed("\(verb): \(t.device.logName) \(problem): \(t.lastError ?? "see the daemon's log")")
+        }
+        return APIReply.ok()
+    }
+}

@@ -1,0 +1,452 @@
+import ArgumentParser
+import CLinux
+import ControlAPI
+import JSONKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The command-line client of the control API: `vhotplug usb ...`, `vhotplug pci ...`,
+// `vhotplug listen`, mirroring the reference's vhotplugcli. Tables for people,
+// `--json` for scripts; a failed reply prints its error on stderr and exits 1.
+
+/// Where the daemon's API is: `--transport unix|tcp|vsock` and its address.
+struct ConnectionOptions: ParsableArguments {
+    @Option(name: [.customShort("t"), .long], help: "Transport: unix, tcp or vsock")
+    var transport: String = "unix"
+
+    @Option(name: [.customShort("u"), .long], help: "Unix socket path")
+    var path: String = "/var/lib/vhotplug/vhotplug.sock"
+
+    @Option(name: [.customShort("s"), .long], help: "TCP host (an IP address)")
+    var host: String = "127.0.0.1"
+
+    @Option(name: [.customShort("p"), .customLong("api-port")], help: "TCP or vsock port of the API")
+    var port: Int = 2000
+
+    @Option(name: [.customShort("c"), .long], help: "vsock CID of the host")
+    var cid: UInt32 = 2
+
+    func validate() throws {
+        guard ["unix", "tcp", "vsock"].contains(transport) else {
+            throw ValidationError("--transport must be unix, tcp or vsock, not \(quoted(transport))")
+        }
+    }
+
+    var address: String {
+        switch transport {
+        case "tcp": "\(host):\(port)"
+        case "vsock": "vsock CID \(cid) port \(port)"
+        default: path
+        }
+    }
+
+    /// Connects (blocking, with a deadline on each reply).
+    func connect(replyTimeout: Int = 120) throws(ClientError) -> APIConnection {
+        let fd: Int32
+        switch transport {
+        case "tcp":
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+            guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &a.sin_addr) == 1 else {
+                close(fd)
+                throw ClientError("--host must be an IPv4 address, not \(quoted(host))")
+            }
+            try Self.connect(fd, &a, MemoryLayout<sockaddr_in>.size, address)
+        case "vsock":
+            fd = socket(40, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            // struct sockaddr_vm: family, reserved, port, cid, zero.
+            var a: (UInt16, UInt16, UInt32, UInt32, UInt32) = (40, 0, UInt32(truncatingIfNeeded: port), cid, 0)
+            try Self.connect(fd, &a, 16, address)
+        default:
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var a = sockaddr_un()
+            let len = vh_sockaddr_un(&a, path)
+            guard len > 0 else {
+                close(fd)
+                throw ClientError("socket path too long: \(path)")
+            }
+            try Self.connect(fd, &a, Int(len), address)
+        }
+        var tv = timeval(tv_sec: replyTimeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return APIConnection(fd: fd, address: address)
+    }
+
+    private static func connect<A>(_ fd: Int32, _ addr: inout A, _ len: Int, _ address: String) throws(ClientError) {
+        guard fd >= 0 else { throw ClientError("cannot create a socket: \(String(cString: strerror(errno)))") }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(len)) }
+        }
+        if r != 0 {
+            let code = errno
+            close(fd)
+            throw ClientError("cannot connect to the vhotplug API at \(address): \(String(cString: strerror(code))) (is the daemon running with general.api enabled?)")
+        }
+    }
+}
+
+struct ClientError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One connection to the API: requests out, lines in.
+final class APIConnection {
+    let fd: Int32
+    let address: String
+    private var pending: [UInt8] = []
+
+    init(fd: Int32, address: String) {
+        self.fd = fd
+        self.address = address
+    }
+
+    deinit { close(fd) }
+
+    func send(_ request: JSONText) throws(ClientError) {
+        var text = request.rendered() + "\n"
+        let ok = text.withUTF8 { buf -> Bool in
+            var off = 0
+            while off < buf.count {
+                let n = Glibc.send(fd, buf.baseAddress! + off, buf.count - off, Int32(MSG_NOSIGNAL))
+                if n <= 0 { if errno == EINTR { continue }; return false }
+                off += n
+            }
+            return true
+        }
+        if !ok { throw ClientError("cannot send to \(address): \(String(cString: strerror(errno)))") }
+    }
+
+    /// The next line; nil at end of stream.
+    func readLine() throws(ClientError) -> [UInt8]? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let nl = pending.firstIndex(of: 0x0A) {
+                let line = Array(pending[..<nl])
+                pending.removeSubrange(...nl)
+                return line
+            }
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return nil }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { throw ClientError("no reply from \(address) in time") }
+                throw ClientError("cannot read from \(address): \(String(cString: strerror(errno)))")
+            }
+            pending.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    /// Sends a request and returns its reply (notifications in between are skipped).
+    func request(_ request: JSONText) throws(ClientError) -> JSONObject {
+        try send(request)
+        while true {
+            guard let line = try readLine() else { throw ClientError("\(address) closed the connection without a reply") }
+            guard let object = parseObject(line) else { throw ClientError("not a JSON object from \(address): \(quoted(String(decoding: line, as: UTF8.self)))") }
+            if object.member("event") == nil { return object }
+        }
+    }
+}
+
+func parseObject(_ line: [UInt8]) -> JSONObject? {
+    var parser = JSONParser(bytes: line)
+    guard let root = try? parser.parseDocument(), case .object(let o) = root.value else { return nil }
+    return o
+}
+
+/// A parsed value back to writable JSON (for `--json` output).
+func jsonText(_ node: JSONNode) -> JSONText {
+    switch node.value {
+    case .null: return .null
+    case .bool(let b): return .bool(b)
+    case .number(let n): return n.integer.map(JSONText.int) ?? .string(n.text)
+    case .string(let s): return .string(s)
+    case .array(let items): return .array(items.map(jsonText))
+    case .object(let o): return objectText(o)
+    }
+}
+
+func objectText(_ o: JSONObject) -> JSONText { .object(o.members.map { ($0.key, jsonText($0.value)) }) }
+
+extension JSONObject {
+    func text(_ key: String) -> String? {
+        guard let m = member(key) else { return nil }
+        switch m.value.value {
+        case .string(let s): return s
+        case .number(let n): return n.text
+        case .bool(let b): return b ? "true" : "false"
+        case .null: return nil
+        case .array(let items): return items.compactMap { if case .string(let s) = $0.value { s } else { nil } }.joined(separator: ",")
+        case .object: return nil
+        }
+    }
+}
+
+/// Sends one request; a failed reply prints its error and exits 1.
+func perform(_ connection: ConnectionOptions, _ request: JSONText, json: Bool) throws -> JSONObject {
+    let reply: JSONObject
+    do {
+        reply = try connection.connect().request(request)
+    } catch {
+        writeStderr("vhotplug: \(error)\n")
+        throw ExitCode(1)
+    }
+    if reply.text("result") != "ok" {
+        if json { writeStdout(objectText(reply).rendered() + "\n") }
+        writeStderr("vhotplug: \(reply.text("error") ?? "the daemon reports a failure without a reason")\n")
+        throw ExitCode(1)
+    }
+    return reply
+}
+
+/// Builds `{"action": ..., fields...}` leaving out the fields not given.
+func request(_ action: String, _ fields: [(String, JSONText?)]) -> JSONText {
+    .object([("action", .string(action))] + fields.compactMap { k, v in v.map { (k, $0) } })
+}
+
+// MARK: - usb and pci
+
+/// `vhotplug usb ...`.
+struct USBCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhotplug usb", abstract: "List, attach, detach, suspend and resume USB devices through the daemon's API",
+        subcommands: [DeviceList<USBKind>.self, DeviceAttach<USBKind>.self, DeviceDetach<USBKind>.self,
+                      DeviceSuspend<USBKind>.self, DeviceResume<USBKind>.self])
+}
+
+/// `vhotplug pci ...`.
+struct PCICommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhotplug pci", abstract: "List, attach, detach, suspend and resume PCI devices through the daemon's API",
+        subcommands: [DeviceList<PCIKind>.self, DeviceAttach<PCIKind>.self, DeviceDetach<PCIKind>.self,
+                      DeviceSuspend<PCIKind>.self, DeviceResume<PCIKind>.self])
+}
+
+/// What differs between `usb` and `pci`: action prefix, list key, selectors, one-line names.
+protocol DeviceKind {
+    static var prefix: String { get }
+    static var listKey: String { get }
+    /// `046d:c52b Logitech, Inc. Unifying Receiver`.
+    static func title(_ d: JSONObject) -> String
+    /// The column that names the device in `--short` tables.
+    static var idField: String { get }
+}
+
+enum USBKind: DeviceKind {
+    static let prefix = "usb"
+    static let listKey = "usb_devices"
+    static let idField = "device_node"
+    static func title(_ d: JSONObject) -> String {
+        "\(d.text("vid") ?? "?"):\(d.text("pid") ?? "?") \(d.text("vendor_name") ?? "") \(d.text("product_name") ?? "")"
+    }
+}
+
+enum PCIKind: DeviceKind {
+    static let prefix = "pci"
+    static let listKey = "pci_devices"
+    static let idField = "address"
+    static func title(_ d: JSONObject) -> String {
+        "\(d.text("vid") ?? "?"):\(d.text("did") ?? "?") \(d.text("vendor_name") ?? "") \(d.text("device_name") ?? "")"
+    }
+}
+
+/// The device selectors of attach and detach (`--devnode`, `--bus --port`, `--vid --pid` / `--did`, `--tag`, `--address`).
+struct Selector: ParsableArguments {
+    @Option(help: "USB: device node, e.g. /dev/bus/usb/001/004")
+    var devnode: String?
+    @Option(help: "USB: bus number (with --port)")
+    var bus: Int?
+    @Option(name: .customLong("port"), help: "USB: root port number (with --bus)")
+    var usbPort: Int?
+    @Option(help: "Vendor ID in hex (with --pid or --did)")
+    var vid: String?
+    @Option(help: "USB: product ID in hex")
+    var pid: String?
+    @Option(help: "PCI: device ID in hex")
+    var did: String?
+    @Option(help: "PCI: address, e.g. 0000:01:00.0")
+    var address: String?
+    @Option(help: "The rule set's tag")
+    var tag: String?
+
+    var fields: [(String, JSONText?)] {
+        [("device_node", devnode.map(JSONText.string)), ("bus", bus.map(JSONText.int)), ("port", usbPort.map(JSONText.int)),
+         ("vid", vid.map(JSONText.string)), ("pid", pid.map(JSONText.string)), ("did", did.map(JSONText.string)),
+         ("address", address.map(JSONText.string)), ("tag", tag.map(JSONText.string))]
+    }
+}
+
+struct DeviceList<Kind: DeviceKind>: ParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "list", abstract: "List the devices some rule passes, with their VM")
+    }
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Only devices not detached by the user") var connected = false
+    @Flag(help: "Only devices the user detached") var disconnected = false
+    @Flag(help: "One line per device") var short = false
+    @Option(help: "Only devices of rule sets with this tag") var tag: String?
+    @Flag(help: "The reply's device objects as JSON") var json = false
+
+    func validate() throws {
+        if connected && disconnected { throw ValidationError("--connected and --disconnected exclude each other") }
+    }
+
+    func run() throws {
+        let filter: JSONText? = connected ? .bool(false) : disconnected ? .bool(true) : nil
+        let reply = try perform(connection, request("\(Kind.prefix)_list", [("disconnected", filter), ("tag", tag.map(JSONText.string))]), json: json)
+        var devices: [JSONObject] = []
+        var nodes: [JSONNode] = []
+        if let m = reply.member(Kind.listKey), case .array(let items) = m.value.value {
+            nodes = items
+            devices = items.compactMap { if case .object(let o) = $0.value { o } else { nil } }
+        }
+        if json {
+            writeStdout(JSONText.array(nodes.map(jsonText)).rendered(pretty: true) + "\n")
+        } else if short {
+            let rows = devices.map { d in
+                [d.text(Kind.idField) ?? "", d.text("vm") ?? "-", d.text("allowed_vms") ?? "", d.text("tag") ?? "-",
+                 d.text("disconnected") == "true" ? "yes" : "no", Kind.title(d)]
+            }
+            writeStdout(table(header: [Kind.idField.uppercased(), "VM", "ALLOWED", "TAG", "DETACHED", "DEVICE"], rows: rows))
+        } else {
+            for d in devices {
+                var out = Kind.title(d) + "\n"
+                for m in d.members { out += "  \(m.key): \(d.text(m.key) ?? "null")\n" }
+                writeStdout(out)
+            }
+        }
+    }
+}
+
+/// Columns padded to their widest cell; device strings escaped so they stay on one line.
+func table(header: [String], rows: [[String]]) -> String {
+    let all = [header] + rows.map { $0.map { cell in String(JSONText.string(cell).rendered().dropFirst().dropLast()) } }
+    var widths = [Int](repeating: 0, count: header.count)
+    for row in all { for (i, c) in row.enumerated() { widths[i] = max(widths[i], c.count) } }
+    return all.map { row in
+        row.enumerated().map { i, c in i == row.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n") + "\n"
+}
+
+/// A command that sends one request and, with `--json`, prints the reply.
+protocol OneRequest: ParsableCommand {
+    var connection: ConnectionOptions { get }
+    var json: Bool { get }
+    var request: JSONText { get }
+}
+
+extension OneRequest {
+    func run() throws {
+        let reply = try perform(connection, request, json: json)
+        if json { writeStdout(objectText(reply).rendered() + "\n") }
+    }
+}
+
+struct DeviceAttach<Kind: DeviceKind>: OneRequest {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "attach", abstract: "Attach a device (clears its detached mark; remembers the VM)")
+    }
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var selector: Selector
+    @Option(help: "The VM to attach to") var vm: String?
+    @Flag(help: "Print the reply as JSON") var json = false
+    var request: JSONText { VHotplugCommands.request("\(Kind.prefix)_attach", selector.fields + [("vm", vm.map(JSONText.string))]) }
+}
+
+struct DeviceDetach<Kind: DeviceKind>: OneRequest {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "detach", abstract: "Detach a device and keep it on the host (also after replug and restart)")
+    }
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var selector: Selector
+    @Flag(help: "Print the reply as JSON") var json = false
+    var request: JSONText { VHotplugCommands.request("\(Kind.prefix)_detach", selector.fields) }
+}
+
+struct DeviceSuspend<Kind: DeviceKind>: OneRequest {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "suspend", abstract: "Detach every device (of a VM) except skipOnSuspend ones")
+    }
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Only this VM's devices") var vm: String?
+    @Flag(help: "Print the reply as JSON") var json = false
+    var request: JSONText { VHotplugCommands.request("\(Kind.prefix)_suspend", [("vm", vm.map(JSONText.string))]) }
+}
+
+struct DeviceResume<Kind: DeviceKind>: OneRequest {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "resume", abstract: "Attach the suspended devices again")
+    }
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Only this VM's devices") var vm: String?
+    @Flag(help: "Print the reply as JSON") var json = false
+    var request: JSONText { VHotplugCommands.request("\(Kind.prefix)_resume", [("vm", vm.map(JSONText.string))]) }
+}
+
+// MARK: - listen
+
+/// `vhotplug listen`: prints notifications; reconnects when the daemon goes away.
+struct Listen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhotplug listen", abstract: "Print the daemon's notifications as they come (reconnects on its own)")
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Print each notification as its JSON line") var json = false
+    @Option(help: "Seconds between reconnection attempts") var retry: Double = 1
+
+    func run() throws {
+        // It runs until stopped: whatever mask or handlers it inherited, SIGTERM and SIGINT end it.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signo in [SIGTERM, SIGINT, SIGHUP] {
+            sigaddset(&set, signo)
+            signal(signo, SIG_DFL)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        var announcedWait = false
+        while true {
+            do {
+                let c = try connection.connect(replyTimeout: 0)
+                let reply = try c.request(.object([("action", .string("enable_notifications"))]))
+                guard reply.text("result") == "ok" else {
+                    writeStderr("vhotplug: \(reply.text("error") ?? "notifications refused")\n")
+                    throw ExitCode(1)
+                }
+                writeStderr("vhotplug: listening to \(connection.address)\n")
+                announcedWait = false
+                while let line = try c.readLine() {
+                    guard let event = parseObject(line) else { continue }
+                    if json {
+                        writeStdout(String(decoding: line, as: UTF8.self) + "\n")
+                    } else {
+                        writeStdout(describe(event) + "\n")
+                    }
+                }
+                writeStderr("vhotplug: \(connection.address) closed the connection; reconnecting\n")
+            } catch let error as ClientError {
+                if !announcedWait { writeStderr("vhotplug: \(error); retrying every \(retry) s\n") }
+                announcedWait = true
+            }
+            // A client's back-off between reconnection attempts (the daemon may be restarting).
+            usleep(useconds_t(max(0.05, retry) * 1_000_000))
+        }
+    }
+
+    /// `usb_attached vm1: 046d:c52b Logitech, Inc. Unifying Receiver (/dev/bus/usb/001/004)`.
+    func describe(_ e: JSONObject) -> String {
+        let name = e.text("event") ?? "?"
+        var subject = ""
+        if let m = e.member("usb_device"), case .object(let d) = m.value.value {
+            subject = USBKind.title(d) + " (\(d.text("device_node") ?? "?"))"
+        } else if let m = e.member("pci_device"), case .object(let d) = m.value.value {
+            subject = PCIKind.title(d) + " (\(d.text("address") ?? "?"))"
+        }
+        var text = name + (e.text("vm").map { " \($0)" } ?? "") + ": " + subject
+        if let allowed = e.text("allowed_vms") { text += "; allowed VMs: \(allowed)" }
+        return String(JSONText.string(text).rendered().dropFirst().dropLast())
+    }
+}

@@ -1,0 +1,216 @@
+import ControlAPI
+import Foundation
+import HotplugConfig
+import JSONKit
+import Logging
+import Reactor
+import Testing
+import VHotplugTestSupport
+
+/// A service double that answers each request with its own description (the server is under test).
+final class EchoService: ControlService {
+    func handle(_ request: APIRequest) async -> JSONText {
+        if case .usbList = request { return APIReply.ok([("usb_devices", .array([]))]) }
+        return APIReply.ok([("request", .string("\(request)"))])
+    }
+}
+
+/// Connections the server ended, as a stream a test waits on (with a deadline).
+final class Drops: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var reasons: [String] = []
+
+    func add(_ reason: String?) {
+        lock.lock()
+        reasons.append(reason ?? "closed")
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    func wait(for text: String, timeout: Double = 10) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            if let r = reasons.first(where: { $0.contains(text) }) { return r }
+            if !lock.wait(until: deadline) {
+                throw TestbedError(message: "no connection ended with \"\(text)\"; ended: \(reasons)")
+            }
+        }
+    }
+}
+
+struct ServerRig {
+    let host: LoopHost
+    let server: ControlServer
+    let path: String
+    let drops = Drops()
+
+    init(limits: ServerLimits = ServerLimits(), settings: (String) -> APISettings = { APISettings(enable: true, unixSocket: $0) }) async throws {
+        host = try LoopHost()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        path = dir + "/api.sock"
+        let server = ControlServer(settings: settings(path), limits: limits, loop: host.loop, logger: Logger(label: "test"))
+        self.server = server
+        let drops = self.drops
+        await server.observeDrops { _, reason in drops.add(reason) }
+        try await server.start(service: EchoService())
+    }
+}
+
+@Suite("ControlAPI: the server over a real Unix socket", .serialized)
+struct ServerTests {
+    @Test("requests get one reply each, in order; errors for malformed lines and unknown actions; the daemon goes on")
+    func requestsAndErrors() async throws {
+        let rig = try await ServerRig()
+        let c = try APIClient(path: rig.path)
+        #expect(try c.request(#"{"action": "usb_list"}"#)["usb_devices"] as? [Any] != nil)
+        let bad = try c.request("{this is not json")
+        #expect(bad["result"] as? String == "failed")
+        #expect((bad["error"] as? String)?.hasPrefix("malformed JSON at column ") == true)
+        let unknown = try c.request(#"{"action": "usb_dance"}"#)
+        #expect((unknown["error"] as? String)?.hasPrefix(#"unknown action "usb_dance""#) == true)
+        let missing = try c.request(#"{"vm": "vm1"}"#)
+        #expect((missing["error"] as? String)?.hasPrefix(#"missing "action""#) == true)
+        // Several requests in one write, CRLF and blank lines: one reply each, in order.
+        try c.send("{\"action\": \"usb_suspend\"}\r\n\n{\"action\": \"usb_resume\", \"vm\": \"vm1\"}\n")
+        #expect(try c.readObject()["request"] as? String == "usbSuspend(vm: nil)")
+        #expect(try c.readObject()["request"] as? String == #"usbResume(vm: Optional("vm1"))"#)
+        #expect(await rig.server.connectionCount == 1)
+    }
+
+    @Test("notifications go to clients that enabled them, interleaved with replies; two clients at once")
+    func notifications() async throws {
+        let rig = try await ServerRig()
+        let listener = try APIClient(path: rig.path)
+        let other = try APIClient(path: rig.path)
+        #expect(try listener.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        #expect(rig.server.listenerCount == 1)
+        await rig.server.notify(.object([("event", .string("usb_connected")), ("usb_device", .object([]))]))
+        #expect(try listener.readObject()["event"] as? String == "usb_connected")
+        #expect(try other.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        // The other client got no notification: its next line is its own reply.
+        #expect(try other.request(#"{"action": "pci_list"}"#)["request"] as? String != nil)
+        listener.shutdown()
+        _ = try rig.drops.wait(for: "closed")
+        #expect(rig.server.listenerCount == 0)
+    }
+
+    @Test("an oversized line gets an error and the connection is dropped; others are unaffected")
+    func oversized() async throws {
+        var limits = ServerLimits()
+        limits.maxLineBytes = 1024
+        let rig = try await ServerRig(limits: limits)
+        let other = try APIClient(path: rig.path)
+        let c = try APIClient(path: rig.path)
+        try c.send(String(repeating: "x", count: 5000))
+        let reply = try c.readObject()
+        #expect(reply["error"] as? String == "request line longer than 1024 bytes; closing the connection")
+        #expect(try c.readLine() == nil)
+        _ = try rig.drops.wait(for: "request line longer than 1024 bytes")
+        #expect(try other.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+    }
+
+    @Test("a client that never reads is dropped (output bound, then write deadline); the server stays responsive")
+    func slowReader() async throws {
+        var limits = ServerLimits()
+        limits.maxPendingOutput = 64 * 1024
+        limits.writeTimeout = 0.5
+        let rig = try await ServerRig(limits: limits)
+        let sleeper = try APIClient(path: rig.path)
+        #expect(try sleeper.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        // Notifications until the socket buffers are full and the bound is passed.
+        let big = JSONText.object([("event", .string("usb_connected")), ("pad", .string(String(repeating: "p", count: 8192)))])
+        for _ in 0..<400 { await rig.server.notify(big) }
+        _ = try rig.drops.wait(for: "bytes of output wait for it (it does not read)")
+        #expect(await rig.server.connectionCount == 0)
+
+    }
+
+    @Test("a client that reads nothing for the write deadline is dropped")
+    func writeDeadline() async throws {
+        var limits = ServerLimits()
+        limits.maxPendingOutput = 64 << 20
+        limits.writeTimeout = 0.5
+        let rig = try await ServerRig(limits: limits)
+        let slow = try APIClient(path: rig.path)
+        #expect(try slow.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        // Until the socket takes no more: output then waits in the server.
+        var sent = 0
+        while await rig.server.pendingOutput == 0 && sent < 4000 {
+            await rig.server.notify(.object([("event", .string("x")), ("pad", .string(String(repeating: "q", count: 16384)))]))
+            sent += 1
+        }
+        #expect(await rig.server.pendingOutput > 0)
+        _ = try rig.drops.wait(for: "it read nothing for 0.5 s")
+        let fresh = try APIClient(path: rig.path)
+        #expect(try fresh.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+    }
+
+    @Test("a stale socket file is replaced; a live one is an error")
+    func staleSocket() async throws {
+        let rig = try await ServerRig()
+        // A second server on the same path: the first still answers.
+        let second = ControlServer(settings: APISettings(enable: true, unixSocket: rig.path), loop: rig.host.loop, logger: Logger(label: "t"))
+        await #expect(throws: SocketError.self) { try await second.start(service: EchoService()) }
+        await rig.server.stop()
+        // A socket file nobody listens on (as a crashed daemon leaves it).
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in rig.path.utf8.enumerated() { buf[i] = b }
+        }
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(fd)
+        let third = ControlServer(settings: APISettings(enable: true, unixSocket: rig.path, unixSocketMode: 0o600), loop: rig.host.loop,
+                                  logger: Logger(label: "t"))
+        try await third.start(service: EchoService())
+        var st = stat()
+        #expect(stat(rig.path, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        #expect(try APIClient(path: rig.path).request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        await third.stop()
+    }
+
+    @Test("TCP listener: requests work over TCP")
+    func tcp() async throws {
+        let port = Int.random(in: 20000...40000)
+        let rig = try await ServerRig(settings: { APISettings(enable: true, transports: [.tcp], unixSocket: $0, port: port) })
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(r == 0)
+        let line = #"{"action": "usb_list"}"# + "\n"
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let n = read(fd, &buf, buf.count)
+        #expect(String(decoding: buf[0..<max(0, n)], as: UTF8.self) == #"{"result":"ok","usb_devices":[]}"# + "\n")
+        await rig.server.stop()
+    }
+}
+
+@Suite("ControlAPI: who may connect")
+struct PeerCheckTests {
+    @Test("Unix peers: root and the daemon's user pass, others need the group; vsock peers need an allowed CID")
+    func refusals() async throws {
+        let host = try LoopHost()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let server = ControlServer(settings: APISettings(enable: true, transports: [.unix, .vsock], unixSocket: dir + "/api.sock",
+                                                         unixSocketGroup: "0", port: Int.random(in: 20000...40000), allowedCids: [3]),
+                                   loop: host.loop, logger: Logger(label: "test"))
+        // The vsock listener binds on this host (no vsock transport is needed for bind and listen).
+        try await server.start(service: EchoService())
+        #expect(await server.refusalText(.unix(pid: 1, uid: 0, gid: 0)) == nil)
+        #expect(await server.refusalText(.unix(pid: 1, uid: 65534, gid: 0)) == nil) // primary group 0 is the configured group
+        #expect(await server.refusalText(.unix(pid: 1, uid: 65534, gid: 65534)) == "uid 65534 is not root and not in group 0")
+        #expect(await server.refusalText(.vsock(cid: 3, port: 1234)) == nil)
+        #expect(await server.refusalText(.vsock(cid: 4, port: 1234)) == "CID 4 is not in allowedCids")
+        await server.stop()
+    }
+}

@@ -1,0 +1,326 @@
+import Foundation
+import Testing
+import VHotplugTestSupport
+
+/// A testbed, one or two real QEMUs, and a configuration with the control API on a
+/// Unix socket in the test's folder; the daemon, the CLI and raw clients are driven by each test.
+struct APIRig {
+    let tb: Testbed
+    let qemu: QEMUInstance
+    var qemu2: QEMUInstance?
+    let base: Rig
+    let config: String
+    var socket: String { qemu.dir + "/api.sock" }
+    var statePath: String { qemu.dir + "/vhotplug.state" }
+
+    /// `ruleSets`: the usbPassthrough array's text (default: the receiver's mouse interface to vm1).
+    init(twoVMs: Bool = false, ruleSets: String? = nil) async throws {
+        base = try await Rig()
+        tb = base.tb
+        qemu = base.qemu
+        if twoVMs { qemu2 = try QEMUInstance(name: "vm2", testbed: tb) }
+        config = qemu.dir + "/api.conf"
+        let vm2 = qemu2.map { #", {"name": "vm2", "type": "qemu", "socket": "\#($0.qmpPath)"}"# } ?? ""
+        try """
+            {
+              "usbPassthrough": \(ruleSets ?? #"[{"targetVm": "vm1", "tag": "mouse", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}]"#),
+              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}\(vm2)],
+              "general": {"api": {"unixSocket": "\(socket)", "unixSocketMode": "0666"}, "statePath": "\(statePath)"},
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    func daemon(_ extra: [String] = []) throws -> DaemonProcess {
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"] + extra, testbed: tb)
+        try d.waitFor("; listening (")
+        return d
+    }
+
+    /// Runs `vhotplug ARGS --path SOCKET` (the CLI).
+    func cli(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run([Repository.vhotplug] + args + ["--path", socket])
+    }
+
+    /// `usb list --json`, decoded.
+    func list(_ extra: [String] = []) throws -> [[String: Any]] {
+        let r = try cli(["usb", "list", "--json"] + extra)
+        guard r.status == 0, let items = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] else {
+            throw TestbedError(message: "usb list failed (\(r.status)): \(r.stdout) \(r.stderr)")
+        }
+        return items
+    }
+}
+
+@Suite("The control API end to end: the daemon, real QEMUs, umockdev, the CLI and raw clients", .serialized)
+struct DaemonAPITests {
+    @Test("list, detach (the device leaves QEMU), replug stays detached, attach again; notifications on the way")
+    func listDetachAttach() async throws {
+        let rig = try await APIRig()
+        let d = try rig.daemon()
+        let listener = try APIClient(path: rig.socket)
+        #expect(try listener.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let connected = try listener.waitForEvent("usb_connected")
+        #expect((connected["usb_device"] as? [String: Any])?["device_node"] as? String == "/dev/bus/usb/001/004")
+        let attached = try listener.waitForEvent("usb_attached")
+        #expect(attached["vm"] as? String == "vm1")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+
+        // The list: only devices a rule passes (no hubs), every field of the reference.
+        let items = try rig.list()
+        try #require(items.count == 1)
+        let item = items[0]
+        #expect(item["device_node"] as? String == "/dev/bus/usb/001/004")
+        #expect(item["vid"] as? String == "046d" && item["pid"] as? String == "c52b")
+        #expect(item["vm"] as? String == "vm1")
+        #expect(item["allowed_vms"] as? [String] == ["vm1"])
+        #expect(item["busnum"] as? Int == 1 && item["devnum"] as? Int == 4 && item["portnum"] as? Int == 2)
+        #expect(item["sys_name"] as? String == "1-2")
+        #expect((item["interfaces"] as? String)?.contains(":030102:") == true)
+        for key in ["vendor_name", "product_name", "device_class", "device_subclass", "device_protocol", "serial", "tag"] {
+            #expect(item.keys.contains(key), "missing \(key)")
+        }
+        let short = try rig.cli(["usb", "list", "--short"])
+        #expect(short.status == 0 && short.stdout.contains("/dev/bus/usb/001/004  vm1"))
+        // The reference client's order: connection options before the subcommand.
+        let first = try run([Repository.vhotplug, "-t", "unix", "-u", rig.socket, "usb", "list", "--short"])
+        #expect(first.status == 0 && first.stdout == short.stdout)
+        let people = try rig.cli(["usb", "list"])
+        #expect(people.stdout.hasPrefix("046d:c52b ") && people.stdout.contains("\n  device_node: /dev/bus/usb/001/004\n"))
+
+        // Detach by device node: it leaves QEMU, the listener hears it, the list shows the mark.
+        let detach = try rig.cli(["usb", "detach", "--devnode", "/dev/bus/usb/001/004"])
+        #expect(detach.status == 0, "\(detach.stderr)")
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try listener.waitForEvent("usb_detached")["vm"] as? String == "vm1")
+        #expect(try rig.list(["--disconnected"]).count == 1)
+        #expect(try rig.list(["--connected"]).isEmpty)
+        #expect(try rig.list(["--tag", "mouse"]).count == 1)
+        #expect(try rig.list(["--tag", "other"]).isEmpty)
+
+        // Replugged: remembered as detached by the user, not attached.
+        var mark = d.mark
+        rig.base.unplugReceiver()
+        _ = try listener.waitForEvent("usb_disconnected")
+        try rig.base.replugReceiver(1)
+        try d.waitFor("detached by the user earlier", from: mark)
+        #expect(try rig.qemu.attachedIds() == [])
+
+        // Attach by bus and port (the new address is 5): in QEMU again, the mark is gone.
+        mark = d.mark
+        let attach = try rig.cli(["usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm1"])
+        #expect(attach.status == 0, "\(attach.stderr)")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.list(["--disconnected"]).isEmpty)
+        #expect(try listener.waitForEvent("usb_attached")["vm"] as? String == "vm1")
+
+        // Errors: a failed reply is printed on stderr, exit 1.
+        let unknownVM = try rig.cli(["usb", "attach", "--vid", "046d", "--pid", "c52b", "--vm", "vm9"])
+        #expect(unknownVM.status == 1)
+        #expect(unknownVM.stderr.contains(#"VM "vm9" may not take usb 1-2 046d:c52b"#))
+        let none = try rig.cli(["usb", "detach", "--vid", "1234", "--pid", "5678"])
+        #expect(none.status == 1 && none.stderr.contains("no USB device matches vid 1234 pid 5678"))
+        let noDaemon = try run([Repository.vhotplug, "usb", "list", "--path", rig.qemu.dir + "/nothing.sock"])
+        #expect(noDaemon.status == 1 && noDaemon.stderr.contains("cannot connect to the vhotplug API at"))
+        #expect(d.stop() == 0)
+    }
+
+    @Test("the detached mark survives a daemon restart (state file); attach clears it")
+    func restartKeepsMark() async throws {
+        let rig = try await APIRig()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        var d = try rig.daemon(["-a"])
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.cli(["usb", "detach", "--tag", "mouse"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == [])
+        d.stop()
+        let state = try String(contentsOfFile: rig.statePath, encoding: .utf8)
+        #expect(state.contains("usb:046d:c52b:"))
+        #expect(!FileManager.default.fileExists(atPath: rig.socket), "the socket file is removed at exit")
+
+        d = try rig.daemon(["-a"])
+        #expect(d.log.contains { $0.contains("detached by the user earlier") })
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try rig.list()[0]["disconnected"] as? Bool == true)
+        #expect(try rig.cli(["usb", "attach", "--devnode", "/dev/bus/usb/001/004"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        d.stop()
+
+        // A corrupt state file is moved aside with a warning; the daemon starts empty.
+        try "{ not json".write(toFile: rig.statePath, atomically: true, encoding: .utf8)
+        d = try rig.daemon()
+        #expect(d.log.contains { $0.contains("state file \(rig.statePath): it is not a valid state file") && $0.contains(".corrupt-") })
+        let aside = try FileManager.default.contentsOfDirectory(atPath: rig.qemu.dir).filter { $0.hasPrefix("vhotplug.state.corrupt-") }
+        #expect(aside.count == 1)
+    }
+
+    @Test("allowedVms: no client listening -> the first VM; a listener gets usb_select_vm and chooses; the choice is kept")
+    func selectVM() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        var mark = d.mark
+        rig.base.unplugReceiver()
+        try d.waitFor("detached from vm1", from: mark)
+
+        let applet = try APIClient(path: rig.socket)
+        #expect(try applet.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        try rig.base.replugReceiver(1)
+        let select = try applet.waitForEvent("usb_select_vm")
+        #expect(select["allowed_vms"] as? [String] == ["vm1", "vm2"])
+        let node = try #require((select["usb_device"] as? [String: Any])?["device_node"] as? String)
+        #expect(try rig.qemu.attachedIds() == [] && vm2.attachedIds() == [])
+        // A second client at the same time: the CLI lists it as waiting (in no VM).
+        #expect(try rig.list()[0]["vm"] is NSNull)
+
+        let reply = try applet.request(#"{"action": "usb_attach", "device_node": "\#(node)", "vm": "vm2"}"#)
+        #expect(reply["result"] as? String == "ok", "\(reply)")
+        #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try String(contentsOfFile: rig.statePath, encoding: .utf8).contains("\"vm2\""))
+
+        // Replugged: straight to the VM chosen last, no question.
+        mark = d.mark
+        rig.base.unplugReceiver()
+        try rig.base.replugReceiver(2)
+        try d.waitFor("attached to vm2 as vhp-usb-1-2", from: mark)
+        #expect(!d.log[mark...].contains { $0.contains("waiting for a client to choose") })
+    }
+
+    @Test("usb suspend detaches all but skipOnSuspend devices; resume gives them back")
+    func suspendResume() async throws {
+        let rig = try await APIRig(ruleSets: """
+            [{"targetVm": "vm1", "allow": [{"port": 2}]}, {"targetVm": "vm1", "skipOnSuspend": true, "allow": [{"port": 3}]}]
+            """)
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try rig.base.replugReceiver(1, port: 3)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        try d.waitFor("attached to vm1 as vhp-usb-1-3")
+        let suspend = try rig.cli(["usb", "suspend"])
+        #expect(suspend.status == 0, "\(suspend.stderr)")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-3"])
+        let resume = try rig.cli(["usb", "resume", "--vm", "vm1"])
+        #expect(resume.status == 0, "\(resume.stderr)")
+        #expect(try rig.qemu.attachedIds().sorted() == ["vhp-usb-1-2", "vhp-usb-1-3"])
+        #expect(try rig.cli(["usb", "suspend", "--vm", "nope"]).stderr.contains(#"no VM named "nope""#))
+    }
+
+    @Test("malformed, unknown, oversized requests and a client that never reads do not affect the daemon; strangers are refused")
+    func robustness() async throws {
+        let rig = try await APIRig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let c = try APIClient(path: rig.socket)
+        let bad = try c.request("{\"action\": ")
+        #expect(bad["result"] as? String == "failed")
+        #expect((bad["error"] as? String)?.hasPrefix("malformed JSON") == true)
+        #expect((try c.request(#"{"action": "usb_teleport"}"#)["error"] as? String)?.hasPrefix(#"unknown action "usb_teleport""#) == true)
+        #expect((try c.request(#"{"device_node": "/dev/bus/usb/001/004"}"#)["error"] as? String)?.hasPrefix(#"missing "action""#) == true)
+
+        let big = try APIClient(path: rig.socket)
+        try? big.send(String(repeating: "a", count: 70_000)) // the server may close before taking it all
+        #expect((try big.readObject()["error"] as? String)?.hasPrefix("request line longer than 65536 bytes") == true)
+        #expect(try big.readLine() == nil)
+
+        // Thousands of requests, no reply read: the server drops it once its output bound is passed.
+        let mark = d.mark
+        let greedy = try APIClient(path: rig.socket)
+        try? greedy.send(String(repeating: #"{"action": "usb_list"}"# + "\n", count: 8000)) // may be cut off by the drop
+        try d.waitFor("(it does not read)", from: mark)
+
+        // A stranger (uid nobody) is refused by its peer credentials, with the reason logged.
+        let setpriv = try requireProgram("setpriv", package: "util-linux")
+        let stranger = try run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", Repository.vhotplug,
+                                "usb", "list", "--path", rig.socket])
+        #expect(stranger.status == 1)
+        #expect(stranger.stderr.contains("permission denied: uid 65534 is not root"), "\(stranger.stderr)")
+        try d.waitFor("refused connection from pid", from: mark)
+
+        // Through all of it the daemon kept serving.
+        #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        #expect(try rig.list().count == 1)
+        #expect(d.process.isRunning)
+    }
+
+    @Test("vhotplug listen prints notifications and reconnects after a daemon restart")
+    func listen() async throws {
+        let rig = try await APIRig()
+        var d = try rig.daemon()
+        let listener = try DaemonProcess(arguments: ["listen", "--json", "--retry", "0.1", "--path", rig.socket])
+        try listener.waitFor("listening to \(rig.socket)")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try listener.waitFor(#""event":"usb_attached""#)
+        let mark = listener.mark
+        d.stop()
+        try listener.waitFor("closed the connection; reconnecting", from: mark)
+        d = try rig.daemon()
+        try listener.waitFor("listening to \(rig.socket)", from: mark)
+        let people = try DaemonProcess(arguments: ["listen", "--path", rig.socket])
+        try people.waitFor("listening to")
+        #expect(try rig.cli(["usb", "detach", "--devnode", "/dev/bus/usb/001/004"]).status == 0)
+        try listener.waitFor(#""event":"usb_detached""#, from: mark)
+        try people.waitFor("usb_detached vm1: 046d:c52b")
+        listener.stop()
+        people.stop()
+    }
+}
+
+@Suite("The control API with PCI devices (umockdev: listing only, no vfio-pci here)", .serialized)
+struct DaemonAPIPCITests {
+    @Test("pci list: the GPU a rule passes, its audio function as iommu_member; pciIommuSkipIfShared leaves both out")
+    func pciList() async throws {
+        let tb = await Testbed.make()
+        let qemu = try qemuWithPorts(tb)
+        let socket = qemu.dir + "/api.sock"
+        func config(_ extra: String) throws -> String {
+            let path = qemu.dir + "/pci.conf"
+            try """
+                {"pciPassthrough": [{"targetVm": "vm1", "tag": "gpu", \(extra) "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],
+                 "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}],
+                 "general": {"api": {"unixSocket": "\(socket)"}, "persistency": false}}
+                """.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        var d = try DaemonProcess(arguments: ["-c", try config("")], testbed: tb)
+        try d.waitFor("; listening (")
+        let r = try run([Repository.vhotplug, "pci", "list", "--json", "--path", socket])
+        #expect(r.status == 0, "\(r.stderr)")
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        #expect(items.map { $0["address"] as? String } == ["0000:01:00.0", "0000:01:00.1"])
+        #expect(items[0]["vendor_id"] as? Int == 0x10de && items[0]["did"] as? String == "1f06" && items[0]["pci_class"] as? Int == 3)
+        #expect(items[0]["tag"] as? String == "gpu" && items[0]["allowed_vms"] as? [String] == ["vm1"])
+        #expect(items[0]["iommu_member"] == nil)
+        #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")
+        #expect(try run([Repository.vhotplug, "pci", "list", "--short", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
+        d.stop()
+
+        d = try DaemonProcess(arguments: ["-c", try config(#""pciIommuSkipIfShared": true,"#), "-a"], testbed: tb)
+        try d.waitFor("; listening (")
+        #expect(d.log.contains { $0.contains("pci 0000:01:00.0 10de:1f06: none: its IOMMU group is shared and rule set 0 says pciIommuSkipIfShared") })
+        #expect(try run([Repository.vhotplug, "pci", "list", "--json", "--path", socket]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
+    }
+}
+
+@Suite("evdev rule sets in the daemon (umockdev, a real QEMU)", .serialized)
+struct DaemonEvdevRuleSetTests {
+    @Test("evdevPassthrough as rule sets: a keyboard by kind goes to its set's VM on a root port with the set's prefix")
+    func evdevRuleSets() async throws {
+        let tb = await Testbed.make()
+        let qemu = try qemuWithPorts(tb)
+        let config = qemu.dir + "/vhotplug.conf"
+        try """
+            {"evdevPassthrough": [{"targetVm": "vm1", "pcieBusPrefix": "ep", "allow": [{"kind": "keyboard"}], "deny": [{"name": "^Power Button$"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 (rule set 0, allow[0])")
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-event0","bus":"ep1""#)
+    }
+}
