@@ -55,7 +55,7 @@ let package = Package(
         ], exclude: ["README.md"]),
         // The engine: events -> devices -> decisions -> VM operations; state.
         .target(name: "HotplugDaemon", dependencies: [
-            "ControlAPI", "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VFIO", "VMM",
+            "CLinux", "ControlAPI", "DeviceModel", "HostDevices", "HotplugConfig", "HotplugRules", "JSONKit", "Reactor", "VFIO", "VMM",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The commands (inspect, check, ...): argument parsing and output only.

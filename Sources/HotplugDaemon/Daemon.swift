@@ -1,3 +1,4 @@
+import CLinux
 import DeviceModel
 import HostDevices
 import HotplugConfig
@@ -96,6 +97,8 @@ public actor Daemon {
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
+    /// The pending `malloc_trim` (see `trimSoon`).
+    var trimTimer: TimerToken?
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
     var api = APIState()
 
@@ -512,6 +515,20 @@ public actor Daemon {
         t.busy = false
         if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
         reconciled(key)
+        trimSoon()
+    }
+
+    /// Half a second after the last VM operation, the allocator gives its free pages
+    /// back to the system (`malloc_trim`): after a burst (a dock, an event storm) the
+    /// daemon's memory returns to its level before. No timer runs while nothing happens.
+    func trimSoon() {
+        if let t = trimTimer { loop.cancel(t) }
+        trimTimer = loop.schedule(at: .after(0.5)) { [self] in
+            assumeIsolated { daemon in
+                daemon.trimTimer = nil
+                _ = vh_malloc_trim()
+            }
+        }
     }
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {

@@ -13,6 +13,7 @@
 #include <spawn.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <malloc.h>
 #include <unistd.h>
 
 /* sockaddr_un set-up: sun_path is a fixed C array, awkward from Swift. Returns -1 when too long. */
@@ -23,6 +24,11 @@ static inline int vh_sockaddr_un(struct sockaddr_un *addr, const char *path) {
     addr->sun_family = AF_UNIX;
     memcpy(addr->sun_path, path, n + 1);
     return (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+/// Gives the allocator's free pages back to the system (glibc's malloc_trim).
+static inline int vh_malloc_trim(void) {
+    return malloc_trim(0);
 }
 
 static inline int vh_pidfd_open(pid_t pid) {
