@@ -106,6 +106,7 @@ public struct Matcher: Sendable {
     /// True when some input device can go somewhere (evdev passthrough is on):
     /// otherwise the daemon neither reads nor follows input devices.
     public var decidesInputDevices: Bool {
+        if configuration.evdevRuleSets.contains(where: { !$0.disable }) { return true }
         guard let evdev = configuration.evdevPassthrough else { return false }
         return !evdev.disable
     }

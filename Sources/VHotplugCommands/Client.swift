@@ -143,7 +143,14 @@ final class APIConnection {
 
     /// Sends a request and returns its reply (notifications in between are skipped).
     func request(_ request: JSONText) throws(ClientError) -> JSONObject {
-        try send(request)
+        do {
+            try send(request)
+        } catch {
+            // The server may have refused the connection (and said why) before the request
+            // went out: its reply, when there is one, is the better message.
+            if let line = try? readLine(), let object = parseObject(line), object.member("event") == nil { return object }
+            throw error
+        }
         while true {
             guard let line = try readLine() else { throw ClientError("\(address) closed the connection without a reply") }
             guard let object = parseObject(line) else { throw ClientError("not a JSON object from \(address): \(quoted(String(decoding: line, as: UTF8.self)))") }
