@@ -56,8 +56,25 @@ public actor QEMUBackend: VMBackend {
             client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
         }
         defer { client.close() }
-        if !client.isOpen { try client.start() }
+        if !client.isOpen { try await connect(client) }
         return try await body(client)
+    }
+
+    /// Connects; a full listen backlog (QEMU busy with another client: its manager,
+    /// or a stopped QEMU) is tried again with a short back-off until the exchange's deadline.
+    private func connect(_ client: QMPClient) async throws(VMError) {
+        let deadline = Deadline.after(timeout)
+        var delay = 0.005
+        while true {
+            do throws(VMError) {
+                try client.start()
+                return
+            } catch .timeout(let vm, let step) where step.hasPrefix("connect") {
+                guard Deadline.now() < deadline else { throw .timeout(vm: vm, step: step) }
+                await loop.sleep(min(delay, max(0, deadline.seconds(since: .now()))))
+                delay = min(delay * 2, 0.25)
+            }
+        }
     }
 
     /// Connects while the daemon reads a new device (and sends `qmp_capabilities`),

@@ -153,6 +153,28 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
+    @Test("QEMU killed in the middle of an attach: logged, the daemon goes on, and the restarted VM gets the device")
+    func qemuKilledMidAttach() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        let mark = d.mark
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        // SIGKILL as soon as the device_add is out: QEMU takes about 2.5 ms to answer it,
+        // so it dies with the request in hand (if it was quicker, the device was attached
+        // and the same must hold after the restart).
+        let sent = try d.waitFor(#"qmp vm1 -> {"execute":"device_add""#, from: mark)
+        rig.qemu.stop()
+        let outcome = try d.waitFor(#""USB Receiver": "#, from: sent + 1)
+        let line = d.log[outcome]
+        #expect(line.contains("attach to vm1 failed") || line.contains("attached to vm1 as vhp-usb-1-2")
+                || line.contains("VM vm1 is not running"), "\(line)")
+        // The daemon is still there and answers the next start of the VM.
+        let restart = d.mark
+        try rig.qemu.start()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: restart)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
     @Test("a VM down when the device comes: attached once the VM starts")
     func vmDownThenUp() async throws {
         let rig = try await Rig()

@@ -36,6 +36,9 @@ public final class FakeQMPServer: @unchecked Sendable {
         case greetThenReply(String)
         /// Never accepts (the connection waits in the backlog).
         case neverAccept
+        /// Sends the greeting, then for each line received the next of these texts (each
+        /// may hold several lines, or none: a stall), then keeps the connection open.
+        case replies([String])
     }
 
     public let path: String
@@ -76,6 +79,14 @@ public final class FakeQMPServer: @unchecked Sendable {
             case .greetThenReply(let text):
                 send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
                 if readLine() { send(text) }
+            case .replies(let texts):
+                send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
+                for text in texts {
+                    guard readLine() else { break }
+                    if !text.isEmpty { send(text) }
+                }
+                var byte: UInt8 = 0
+                while read(c, &byte, 1) > 0 {}
             case .neverAccept:
                 break
             }

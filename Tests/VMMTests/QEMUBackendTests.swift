@@ -63,6 +63,31 @@ struct QMPPeerTests {
         #expect(e?.description.contains("closed the connection") == true)
     }
 
+    @Test("replies out of order: a reply to another request and an event first, then ours")
+    func outOfOrder() async throws {
+        let server = try FakeQMPServer(.replies([
+            #"{"return": {}, "id": 1}"# + "\n",
+            #"{"return": {"stale": true}, "id": 77}"# + "\n" + #"{"event": "RESUME", "data": {}}"# + "\n"
+                + #"{"return": {"status": "paused", "running": false}, "id": 2}"# + "\n",
+        ]))
+        let host = try LoopHost()
+        let status = try await OnLoop(host.loop).run { loop -> String? in
+            let c = QMPClient(vm: "vm1", path: server.path, loop: loop, logger: logger, timeout: 2)
+            try await c.open()
+            let reply = try await c.execute("query-status")
+            #expect(c.events.map(\.name) == ["RESUME"])
+            return reply["status"]?.stringValue
+        }
+        #expect(status == "paused")
+    }
+
+    @Test("a peer that stalls in the middle of a command: timeout naming the command, not a hang")
+    func stallsMidCommand() async throws {
+        let server = try FakeQMPServer(.replies([#"{"return": {}, "id": 1}"# + "\n", ""]))
+        let e = try await open(server.path)
+        #expect(e == .timeout(vm: "vm1", step: "query-status"))
+    }
+
     @Test("a regular file in place of the socket: not running")
     func regularFile() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("notasocket-\(getpid())").path
