@@ -275,6 +275,8 @@ public struct Configuration: Sendable, Hashable {
     public var evdevPassthrough: EvdevPassthrough?
     /// The VMs, in file order.
     public var vms: [VMDefinition]
+    /// USB authorization settings, when the key is present (Model+Authorization.swift).
+    public var usbAuthorization: USBAuthorization? = nil
 
     /// Creates a configuration.
     public init(usbPassthrough: [USBRuleSet] = [], pciPassthrough: [PCIRuleSet] = [],

@@ -3,7 +3,7 @@ import JSONKit
 
 /// The kinds of object the configuration has, with their keys.
 enum ObjectKind {
-    case top, usbRuleSet, pciRuleSet, usbEntry, pciEntry, evdev, vm
+    case top, usbRuleSet, pciRuleSet, usbEntry, pciEntry, evdev, vm, usbAuthorization
 
     static let usbMatchKeys = [
         "vendorId", "productId", "vendorName", "productName", "bus", "port",
@@ -15,12 +15,13 @@ enum ObjectKind {
 
     var keys: [String] {
         switch self {
-        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms"]
+        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms", "usbAuthorization"]
         case .usbRuleSet, .pciRuleSet: return Self.ruleSetKeys
         case .usbEntry: return Self.usbMatchKeys + ["description", "disable"]
         case .pciEntry: return Self.pciMatchKeys + ["description", "disable"]
         case .evdev: return ["disable", "pcieBusPrefix", "targetVm"]
         case .vm: return ["name", "type", "socket"]
+        case .usbAuthorization: return Self.usbAuthorizationKeys
         }
     }
 
@@ -56,7 +57,10 @@ enum ObjectKind {
             if ["name", "type", "socket"].contains(key) {
                 return "it is not a top-level key: put it inside an entry of \"vms\""
             }
-        case .evdev, .vm:
+            if Self.usbAuthorizationKeys.contains(key) {
+                return "it is not a top-level key: put it inside \"usbAuthorization\""
+            }
+        case .evdev, .vm, .usbAuthorization:
             break
         }
         return nil
@@ -303,6 +307,7 @@ struct ConfigValidator {
            let view = object(m.value, path: appendingKey("$", "evdevPassthrough"), kind: .evdev, what: "the evdev passthrough settings") {
             config.evdevPassthrough = evdev(view, context: context)
         }
+        config.usbAuthorization = usbAuthorization(top)
         return config
     }
 
@@ -378,22 +383,29 @@ struct ConfigValidator {
                       "crosvm does not support PCI hot-plug; VM \(quoted(targetVm)) (line \(vm.line)) is a crosvm VM: target a QEMU VM, or disable this rule set")
             }
         }
-        var lists: [[Rule]] = [[], []]
-        for (i, key) in ["allow", "deny"].enumerated() {
-            for (node, path) in array(view, key) {
-                guard let entryView = object(node, path: path, kind: entryKind, what: key == "allow" ? "an allow entry" : "a deny entry") else { continue }
-                let matchKeys = isPCI ? ObjectKind.pciMatchKeys : ObjectKind.usbMatchKeys
-                let allKeysKnown = entryView.object.members.allSatisfy { entryKind.keys.contains($0.key) }
-                if allKeysKnown && !matchKeys.contains(where: entryView.has) {
-                    error(line: entryView.line, column: entryView.column, path: path,
-                          "entry has no matching field; it would match every device (use one or more of: \(matchKeys.joined(separator: ", ")))")
-                }
-                if let rule = entry(&self, entryView) { lists[i].append(rule) }
-            }
-        }
+        let allow = entries(view, "allow", kind: entryKind, isPCI: isPCI, what: "an allow entry", entry: entry)
+        let deny = entries(view, "deny", kind: entryKind, isPCI: isPCI, what: "a deny entry", entry: entry)
         guard diagnostics.count == errorsBefore, let targetVm else { return nil }
-        return RuleSet(description: description, targetVm: targetVm, allow: lists[0], deny: lists[1],
+        return RuleSet(description: description, targetVm: targetVm, allow: allow, deny: deny,
                        disable: disable, location: view.location)
+    }
+
+    /// The matching entries of an array member (`allow`, `deny`, `hostAllow`); an entry
+    /// with no matching field (it would match every device) is an error.
+    mutating func entries<Rule>(_ view: ObjectView, _ key: String, kind: ObjectKind, isPCI: Bool, what: String,
+                                entry: (inout ConfigValidator, ObjectView) -> Rule?) -> [Rule] {
+        var list: [Rule] = []
+        for (node, path) in array(view, key) {
+            guard let entryView = object(node, path: path, kind: kind, what: what) else { continue }
+            let matchKeys = isPCI ? ObjectKind.pciMatchKeys : ObjectKind.usbMatchKeys
+            let allKeysKnown = entryView.object.members.allSatisfy { kind.keys.contains($0.key) }
+            if allKeysKnown && !matchKeys.contains(where: entryView.has) {
+                error(line: entryView.line, column: entryView.column, path: path,
+                      "entry has no matching field; it would match every device (use one or more of: \(matchKeys.joined(separator: ", ")))")
+            }
+            if let rule = entry(&self, entryView) { list.append(rule) }
+        }
+        return list
     }
 
     mutating func usbRule(_ view: ObjectView) -> USBRule? {
