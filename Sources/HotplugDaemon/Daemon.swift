@@ -94,6 +94,8 @@ public actor Daemon {
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
+    /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
+    var authorizer: USBAuthorizer
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -106,6 +108,7 @@ public actor Daemon {
         let boot = BootDevices.read(sysfs: sysfs)
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
         self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot)
+        self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
     }
@@ -221,6 +224,7 @@ public actor Daemon {
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
         adoptBindRecords()
+        engageAuthorization()
         // Each VM is asked at the same time: a VM that does not answer costs its
         // own deadline once, not one per VM before it.
         await withTaskGroup(of: Void.self) { group in
@@ -342,6 +346,7 @@ public actor Daemon {
         case "usb":
             switch (e.devtype, e.action) {
             case ("usb_device", "add"):
+                if e.sysName.hasPrefix("usb") { authorizer.rootHubAdded(e.sysPath, logger) }
                 prepareUSBTargets()
                 deviceAdded(e.sysPath, at: time)
             case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
@@ -403,7 +408,9 @@ public actor Daemon {
         if let old = devices[sysPath], old.present {
             return // already followed (a repeated add)
         }
-        if reader.usbConfigured(sysPath: sysPath) {
+        // An unauthorized device (usbAuthorization) gets no interfaces until it is
+        // authorized: it is decided on its descriptors at once.
+        if reader.usbConfigured(sysPath: sysPath) || (authorization != nil && reader.usbAuthorized(sysPath: sysPath) == false) {
             admit(sysPath, subsystem: "usb", since: time)
             return
         }
@@ -462,6 +469,7 @@ public actor Daemon {
             devices[sysPath] = t
         }
         logDecision(devices[sysPath]!)
+        authorizeOnArrival(devices[sysPath]!)
         reconcile(sysPath)
     }
 
@@ -512,6 +520,7 @@ public actor Daemon {
                     try await backend.detach(a)
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
+                    if t.want == nil { deauthorizeAfterVM(t, vm: a.vm) }
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
@@ -529,6 +538,7 @@ public actor Daemon {
                     return
                 }
                 do {
+                    authorizeForVM(t, vm: vm)
                     let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
@@ -540,11 +550,13 @@ public actor Daemon {
                         t.failed = true
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
+                    deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
                     return
                 } catch {
                     t.failed = true
                     logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
+                    deauthorizeAfterVM(t, vm: vm)
                     return
                 }
             } else if t.attachment == nil && t.want == nil {
@@ -608,6 +620,7 @@ public actor Daemon {
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
+            authorizer.release(logger)
             loop.stop()
         }
     }
@@ -623,6 +636,7 @@ public actor Daemon {
             return
         }
         let followedInput = matcher.decidesInputDevices
+        let authorizationWasActive = authorization != nil
         configuration = next
         matcher = Matcher(next)
         makeBackends()
@@ -650,6 +664,7 @@ public actor Daemon {
             }
             reconcile(key)
         }
+        reloadAuthorization(wasActive: authorizationWasActive)
         for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
     }
 }
