@@ -184,9 +184,13 @@ extension Daemon {
         }
     }
 
-    /// Just before a USB attach. QEMU's usb-host opens the device through usbfs and
-    /// claims its interfaces: an unauthorized device has no configuration, so it must
-    /// be authorized first (seen in the lab, see tools/lab/test_lab.py Test7).
+    /// Just before a USB attach. Seen in the lab (tools/lab/test_lab.py, Test7
+    /// test_4, kernel 6.1, QEMU 7.2): QEMU's usb-host accepts an unauthorized device
+    /// (`device_add` returns `{}`, `info usb` lists it) but gets it unconfigured, with
+    /// no interface to claim, and the SET_CONFIGURATION its guest sends goes through
+    /// usbfs, where the kernel keeps an unauthorized device unconfigured. Authorized,
+    /// the kernel configures it at once (the write returns once it has), host drivers
+    /// bind for the moment until QEMU detaches them, and the attach works.
     func authorizeForVM(_ t: Tracked, vm: String) {
         guard authorization != nil, case .usb(let d) = t.device, reader.usbAuthorized(sysPath: d.sysPath) == false else { return }
         authorizer.set(d, authorized: true, why: "going to \(vm)", logger)
