@@ -50,6 +50,12 @@ struct USBAuthorizerTests {
         ((try? String(contentsOfFile: root + "/" + path, encoding: .utf8)) ?? "<missing>").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// An authorizer on the folder, its seam (faults added by the test) and its log.
+    func make(_ faults: [FaultInjectingSysfsIO.Fault] = []) -> (USBAuthorizer, FaultInjectingSysfsIO, CapturedLog) {
+        let io = FaultInjectingSysfsIO(faults: faults)
+        return (USBAuthorizer(sysfs: Sysfs(root: root), io: io), io, CapturedLog())
+    }
+
     var device: USBDevice {
         USBDevice(sysName: "1-2", sysPath: "/devices/x/1-2", bus: 1, devnum: 4, port: 2, portPath: [2],
                   vendorId: 0x046d, productId: 0xc52b, devnode: "/dev/bus/usb/001/004")
@@ -58,9 +64,7 @@ struct USBAuthorizerTests {
     @Test("engage writes 0 everywhere and release writes back each value as it was")
     func engageRelease() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let io = FaultInjectingSysfsIO()
-        let log = CapturedLog()
-        var a = USBAuthorizer(sysfs: Sysfs(root: root), io: io)
+        var (a, io, log) = make()
         a.engage(log.logger())
         #expect(["usb1", "usb2", "usb10"].map { value("bus/usb/devices/\($0)/authorized_default") } == ["0", "0", "0"])
         #expect(value("module/usbcore/parameters/authorized_default") == "0")
@@ -78,9 +82,7 @@ struct USBAuthorizerTests {
         let targets = ["usb1/authorized_default", "usb2/authorized_default", "usb10/authorized_default", "usbcore/parameters/authorized_default"]
         for (k, suffix) in targets.enumerated() {
             // engage fails on one file: that one is left alone, and not "restored" later.
-            let io = FaultInjectingSysfsIO(faults: [.init(operation: .write, pathSuffix: suffix, errno: EIO)])
-            let log = CapturedLog()
-            var a = USBAuthorizer(sysfs: Sysfs(root: root), io: io)
+            var (a, io, log) = make([.init(operation: .write, pathSuffix: suffix, errno: EIO)])
             a.engage(log.logger())
             #expect(io.allFired)
             let path = suffix.hasPrefix("usbcore") ? root + "/module/" + suffix : root + "/bus/usb/devices/" + suffix
@@ -96,9 +98,7 @@ struct USBAuthorizerTests {
     @Test("a failing restore is logged and the other files are still restored")
     func failingRestore() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let io = FaultInjectingSysfsIO()
-        let log = CapturedLog()
-        var a = USBAuthorizer(sysfs: Sysfs(root: root), io: io)
+        var (a, io, log) = make()
         a.engage(log.logger())
         io.add(.init(operation: .write, pathSuffix: "usb1/authorized_default", errno: EBUSY))
         a.release(log.logger())
@@ -110,9 +110,7 @@ struct USBAuthorizerTests {
     @Test("a device's authorized: written and logged; a failure is logged and reported, not thrown")
     func deviceAuthorized() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let io = FaultInjectingSysfsIO()
-        let log = CapturedLog()
-        let a = USBAuthorizer(sysfs: Sysfs(root: root), io: io)
+        let (a, io, log) = make()
         #expect(a.set(device, authorized: true, why: "going to vm1", log.logger()))
         #expect(value("devices/x/1-2/authorized") == "1")
         #expect(log.all.last == "info usb 1-2 046d:c52b: authorized on the host (going to vm1)")
