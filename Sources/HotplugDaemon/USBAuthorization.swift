@@ -3,6 +3,7 @@ import HostDevices
 import HotplugConfig
 import HotplugRules
 import Logging
+import Reactor
 import VFIO
 #if canImport(Glibc)
 import Glibc
@@ -92,8 +93,11 @@ struct USBAuthorizer {
     /// Writes a device's `authorized`; logs what and why, or the failure.
     @discardableResult
     func set(_ device: USBDevice, authorized: Bool, why: String, _ logger: Logger) -> Bool {
+        // The kernel configures (or unconfigures) the device within the write: its time is logged.
+        let start = Deadline.now()
         guard write(authorized ? "1" : "0", to: sysfs.path(device.sysPath + "/authorized"), logger) else { return false }
-        logger.info("\(HostDevice.usb(device).logName): \(authorized ? "authorized" : "de-authorized") on the host (\(why))")
+        let ms = Deadline.now().seconds(since: start) * 1000
+        logger.info("\(HostDevice.usb(device).logName): \(authorized ? "authorized" : "de-authorized") on the host (\(why)) in \(Double(Int(ms * 100)) / 100) ms")
         return true
     }
 
