@@ -81,7 +81,7 @@ let package = Package(
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport", "HotplugDaemon",
+        .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport", "HotplugDaemon", "HostDevices", "DeviceModel", "VFIO",
                                                               .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "DeviceModel", "JSONKit", "Reactor", "HotplugConfig",
                                                            "VHotplugTestSupport", .product(name: "Logging", package: "swift-log")]),

@@ -125,7 +125,12 @@ public final class DeviceReader {
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
         let config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) }
         var interfaces: [USBInterface]
-        if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
+        if config == nil, (try a.optionalString("authorized"))?.trimmingWhitespace() == "0" {
+            // Not configured because not authorized (USB authorization): no interface folders
+            // will come until it is, and libusb has no active configuration to read; its
+            // descriptors say what it has.
+            interfaces = descriptorInterfaces(dir: dir)
+        } else if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
             switch known {
             case .success(let list):
                 // libusb gives every alternate setting; sysfs says which one is in force.

@@ -286,6 +286,8 @@ public struct Configuration: Sendable, Hashable {
     public var evdevRuleSets: [EvdevRuleSet]
     /// `general`: API, state file, crosvm binary.
     public var general: GeneralSettings
+    /// USB authorization settings, when the key is present (Model+Authorization.swift).
+    public var usbAuthorization: USBAuthorization? = nil
 
     /// Creates a configuration.
     public init(usbPassthrough: [USBRuleSet] = [], pciPassthrough: [PCIRuleSet] = [],

@@ -26,7 +26,10 @@ extension Configuration {
         if !vms.isEmpty {
             vmPart += " (" + vms.map { "\(name($0.name)): \($0.type.rawValue)" }.joined(separator: ", ") + ")"
         }
-        return "ok: " + [ruleSets(usbPassthrough, "USB"), ruleSets(pciPassthrough, "PCI"), evdev, vmPart]
-            .joined(separator: ", ")
+        var parts = [ruleSets(usbPassthrough, "USB"), ruleSets(pciPassthrough, "PCI"), evdev, vmPart]
+        if let a = usbAuthorization {
+            parts.append(a.enable ? "USB authorization on (\(a.hostAllow.count) hostAllow entr\(a.hostAllow.count == 1 ? "y" : "ies")\(a.deauthorizeUnmatched ? ", unmatched de-authorized" : ""))" : "USB authorization off")
+        }
+        return "ok: " + parts.joined(separator: ", ")
     }
 }

@@ -3,7 +3,7 @@ import JSONKit
 
 /// The kinds of object the configuration has, with their keys.
 enum ObjectKind {
-    case top, usbRuleSet, pciRuleSet, usbEntry, pciEntry, evdev, vm
+    case top, usbRuleSet, pciRuleSet, usbEntry, pciEntry, evdev, vm, usbAuthorization
     case evdevRuleSet, evdevEntry, general, api
 
     static let usbMatchKeys = [
@@ -16,7 +16,7 @@ enum ObjectKind {
 
     var keys: [String] {
         switch self {
-        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms", "general"]
+        case .top: return ["usbPassthrough", "pciPassthrough", "evdevPassthrough", "vms", "general", "usbAuthorization"]
         case .usbRuleSet: return Self.ruleSetKeys + Self.usbRuleSetOptionKeys
         case .pciRuleSet: return Self.ruleSetKeys + Self.pciRuleSetOptionKeys
         case .evdevRuleSet: return Self.ruleSetKeys + ["pcieBusPrefix"]
@@ -27,6 +27,7 @@ enum ObjectKind {
         case .pciEntry: return Self.pciMatchKeys + ["description", "disable"]
         case .evdev: return ["disable", "pcieBusPrefix", "targetVm"]
         case .vm: return ["name", "type", "socket"]
+        case .usbAuthorization: return Self.usbAuthorizationKeys
         }
     }
 
@@ -62,7 +63,10 @@ enum ObjectKind {
             if ["name", "type", "socket"].contains(key) {
                 return "it is not a top-level key: put it inside an entry of \"vms\""
             }
-        case .evdev, .vm, .evdevRuleSet, .evdevEntry, .general, .api:
+            if Self.usbAuthorizationKeys.contains(key) {
+                return "it is not a top-level key: put it inside \"usbAuthorization\""
+            }
+        case .evdev, .vm, .evdevRuleSet, .evdevEntry, .general, .api, .usbAuthorization:
             break
         }
         return nil
@@ -317,6 +321,7 @@ struct ConfigValidator {
            let view = object(m.value, path: appendingKey("$", "general"), kind: .general, what: "the general settings") {
             config.general = general(view)
         }
+        config.usbAuthorization = usbAuthorization(top)
         return config
     }
 
@@ -398,22 +403,28 @@ struct ConfigValidator {
         }
         let options = ruleSetOptions(view, context: context, bus: bus, disable: disable, targetVm: targetVm)
         if targetVm == nil { targetVm = options.allowedVms.first }
-        var lists: [[Rule]] = [[], []]
-        for (i, key) in ["allow", "deny"].enumerated() {
-            for (node, path) in array(view, key) {
-                guard let entryView = object(node, path: path, kind: entryKind, what: key == "allow" ? "an allow entry" : "a deny entry") else { continue }
-                let matchKeys = bus.matchKeys
-                let allKeysKnown = entryView.object.members.allSatisfy { entryKind.keys.contains($0.key) }
-                if allKeysKnown && !matchKeys.contains(where: entryView.has) {
-                    error(line: entryView.line, column: entryView.column, path: path,
-                          "entry has no matching field; it would match every device (use one or more of: \(matchKeys.joined(separator: ", ")))")
-                }
-                if let rule = entry(&self, entryView) { lists[i].append(rule) }
-            }
-        }
+        let allow = entries(view, "allow", kind: entryKind, matchKeys: bus.matchKeys, what: "an allow entry", entry: entry)
+        let deny = entries(view, "deny", kind: entryKind, matchKeys: bus.matchKeys, what: "a deny entry", entry: entry)
         guard diagnostics.count == errorsBefore, let targetVm else { return nil }
-        return RuleSet(description: description, targetVm: targetVm, allow: lists[0], deny: lists[1],
+        return RuleSet(description: description, targetVm: targetVm, allow: allow, deny: deny,
                        disable: disable, location: view.location, options: options)
+    }
+
+    /// The matching entries of an array member (`allow`, `deny`, `hostAllow`); an entry
+    /// with no matching field (it would match every device) is an error.
+    mutating func entries<Rule>(_ view: ObjectView, _ key: String, kind: ObjectKind, matchKeys: [String], what: String,
+                                entry: (inout ConfigValidator, ObjectView) -> Rule?) -> [Rule] {
+        var list: [Rule] = []
+        for (node, path) in array(view, key) {
+            guard let entryView = object(node, path: path, kind: kind, what: what) else { continue }
+            let allKeysKnown = entryView.object.members.allSatisfy { kind.keys.contains($0.key) }
+            if allKeysKnown && !matchKeys.contains(where: entryView.has) {
+                error(line: entryView.line, column: entryView.column, path: path,
+                      "entry has no matching field; it would match every device (use one or more of: \(matchKeys.joined(separator: ", ")))")
+            }
+            if let rule = entry(&self, entryView) { list.append(rule) }
+        }
+        return list
     }
 
     mutating func usbRule(_ view: ObjectView) -> USBRule? {

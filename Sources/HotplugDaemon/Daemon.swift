@@ -101,6 +101,8 @@ public actor Daemon {
     var trimTimer: TimerToken?
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
     var api = APIState()
+    /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
+    var authorizer: USBAuthorizer
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -113,6 +115,7 @@ public actor Daemon {
         let boot = BootDevices.read(sysfs: sysfs)
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
         self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot)
+        self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
     }
@@ -231,6 +234,7 @@ public actor Daemon {
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
         adoptBindRecords()
+        engageAuthorization()
         // Each VM is asked at the same time: a VM that does not answer costs its
         // own deadline once, not one per VM before it.
         await withTaskGroup(of: Void.self) { group in
@@ -352,6 +356,7 @@ public actor Daemon {
         case "usb":
             switch (e.devtype, e.action) {
             case ("usb_device", "add"):
+                if e.sysName.hasPrefix("usb") { authorizer.rootHubAdded(e.sysPath, logger) }
                 prepareUSBTargets()
                 deviceAdded(e.sysPath, at: time)
             case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
@@ -413,7 +418,9 @@ public actor Daemon {
         if let old = devices[sysPath], old.present {
             return // already followed (a repeated add)
         }
-        if reader.usbConfigured(sysPath: sysPath) {
+        // An unauthorized device (usbAuthorization) gets no interfaces until it is
+        // authorized: it is decided on its descriptors at once.
+        if reader.usbConfigured(sysPath: sysPath) || (authorization != nil && reader.usbAuthorized(sysPath: sysPath) == false) {
             admit(sysPath, subsystem: "usb", since: time)
             return
         }
@@ -473,6 +480,7 @@ public actor Daemon {
         }
         logDecision(devices[sysPath]!)
         announceConnected(devices[sysPath]!)
+        authorizeOnArrival(devices[sysPath]!)
         reconcile(sysPath)
     }
 
@@ -540,6 +548,7 @@ public actor Daemon {
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
                     announceDetached(t, vm: a.vm)
+                    if t.want == nil { deauthorizeAfterVM(t, vm: a.vm) }
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
@@ -558,6 +567,7 @@ public actor Daemon {
                     return
                 }
                 do {
+                    authorizeForVM(t, vm: vm)
                     let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
@@ -571,12 +581,14 @@ public actor Daemon {
                         t.lastError = "\(error)"
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
+                    deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
                     return
                 } catch {
                     t.failed = true
                     t.lastError = "\(error)"
                     logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
+                    deauthorizeAfterVM(t, vm: vm)
                     return
                 }
             } else if t.attachment == nil && t.want == nil {
@@ -641,6 +653,7 @@ public actor Daemon {
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
             await stopAPI()
+            authorizer.release(logger)
             loop.stop()
         }
     }
@@ -656,6 +669,7 @@ public actor Daemon {
             return
         }
         let followedInput = matcher.decidesInputDevices
+        let authorizationWasActive = authorization != nil
         configuration = next
         matcher = Matcher(next)
         makeBackends()
@@ -683,6 +697,7 @@ public actor Daemon {
             }
             reconcile(key)
         }
+        reloadAuthorization(wasActive: authorizationWasActive)
         for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
     }
 }

@@ -113,7 +113,11 @@ struct SampleConfigurationTests {
         #expect(config.evdevPassthrough == EvdevPassthrough(
             disable: false, pcieBusPrefix: "rp", targetVm: "gui-vm", location: config.evdevPassthrough?.location))
         #expect(config.summary
-            == "ok: 3 USB rule sets (7 allow, 2 deny entries), 1 PCI rule set (3 allow, 1 deny entries), evdev passthrough to gui-vm, 3 VMs (gui-vm: qemu, net-vm: crosvm, audio-vm: qemu)")
+            == "ok: 3 USB rule sets (7 allow, 2 deny entries), 1 PCI rule set (3 allow, 1 deny entries), evdev passthrough to gui-vm, 3 VMs (gui-vm: qemu, net-vm: crosvm, audio-vm: qemu), USB authorization on (2 hostAllow entries)")
+        let auth = try #require(config.activeUSBAuthorization)
+        #expect(!auth.deauthorizeUnmatched)
+        #expect(auth.hostAllow.map(\.vendorId) == [0x046d, nil])
+        #expect(auth.hostAllow[1].interfaceClass == 8 && auth.hostAllow[1].bus == 1 && auth.hostAllow[1].port == 4)
     }
 
     @Test("data/example-full.conf uses every key of the format")
@@ -135,6 +139,8 @@ struct SampleConfigurationTests {
                 case (.top, "vms"): .vm
                 case (.top, "general"): .general
                 case (.general, "api"): .api
+                case (.top, "usbAuthorization"): .usbAuthorization
+                case (.usbAuthorization, "hostAllow"): .usbEntry
                 case (.usbRuleSet, "allow"), (.usbRuleSet, "deny"): .usbEntry
                 case (.pciRuleSet, "allow"), (.pciRuleSet, "deny"): .pciEntry
                 default: nil
@@ -143,7 +149,7 @@ struct SampleConfigurationTests {
             }
         }
         collect(root, as: .top)
-        for kind in [ObjectKind.top, .usbRuleSet, .pciRuleSet, .usbEntry, .pciEntry, .evdev, .vm, .general, .api] {
+        for kind in [ObjectKind.top, .usbRuleSet, .pciRuleSet, .usbEntry, .pciEntry, .evdev, .vm, .general, .api, .usbAuthorization] {
             #expect(usedKeys[kind, default: []] == Set(kind.keys), "keys of \(kind)")
         }
     }

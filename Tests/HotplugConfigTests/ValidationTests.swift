@@ -89,7 +89,7 @@ struct KeyValidationTests {
     func oddKeyPath() throws {
         let d = try singleError(#"{"my key": 1}"#)
         #expect(d.path == #"$["my key"]"#)
-        #expect(d.message == #"unknown key "my key"; valid keys here: usbPassthrough, pciPassthrough, evdevPassthrough, vms, general"#)
+        #expect(d.message == #"unknown key "my key"; valid keys here: usbPassthrough, pciPassthrough, evdevPassthrough, vms, general, usbAuthorization"#)
     }
 
     @Test("unknown keys in evdevPassthrough and VMs")

@@ -1108,6 +1108,161 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
 
 
+def auth_rules(keyboard=True, **auth):
+    """LAB_RULES with usbAuthorization on; without the keyboard entry when keyboard is False."""
+    rules = json.loads(json.dumps(LAB_RULES))
+    if not keyboard:
+        rules["usbPassthrough"][0]["allow"] = [e for e in rules["usbPassthrough"][0]["allow"]
+                                               if e["description"] != "HID Keyboard"]
+    rules["usbAuthorization"] = dict({"enable": True}, **auth)
+    return rules
+
+
+ROOT_HUB_DEFAULTS = ["/sys/bus/usb/devices/usb1/authorized_default", "/sys/bus/usb/devices/usb2/authorized_default",
+                     "/sys/module/usbcore/parameters/authorized_default"]
+
+
+class Test7USBAuthorization(DaemonCase):
+    """usbAuthorization (issue 7) with the guest's real kernel: `authorized_default` = 0
+    on the root hubs while the daemon runs; an unmatched USB keyboard is never configured
+    (no interface, no bound driver, no event node); a matched one is authorized just
+    before it goes to vm1 and reaches it; one that leaves vm1 is de-authorized; a hub is
+    authorized so the mouse behind it enumerates; a stopped daemon restores the defaults."""
+
+    def defaults(self):
+        files = self.lab.read_files(ROOT_HUB_DEFAULTS)
+        return [None if files.get(p) is None else files[p].strip() for p in ROOT_HUB_DEFAULTS]
+
+    def usb_state(self, name):
+        """(authorized, interfaces with their drivers, the guest's event nodes of the device)."""
+        lab = self.lab
+        devs = lab.guest_devices()
+        d = devs["usb"].get(name)
+        self.assertIsNotNone(d, "the guest has no USB device %s%s" % (name, self.diag()))
+        authorized = lab.read_files(["/sys/bus/usb/devices/%s/authorized" % name])["/sys/bus/usb/devices/%s/authorized" % name]
+        nodes = sorted(k for k, v in devs["input"].items() if v.get("usb") == name)
+        return (authorized or "").strip(), d["interfaces"], nodes
+
+    def test_1_unmatched_keyboard_has_no_driver_and_no_event_node(self):
+        lab = self.lab
+        self.assertEqual(self.defaults()[:2], ["1", "1"], "the guest starts with authorized_default 1")
+        self.start(config=auth_rules(keyboard=False))
+        self.assertLog(r"USB authorization: new USB devices are not authorized on the host "
+                       r"\(authorized_default = 0 on usb1, usb2, usbcore\)")
+        self.assertEqual(self.defaults(), ["0", "0", "0"])
+        t = time.monotonic()
+        lab.plug("usb-kbd", "k1", wait=False)
+        m = lab.wait_log(r"usb (\S+) 0627:0001 [^\n]*: stays unauthorized on the host "
+                         r"\(no rule sends it to a VM, no hostAllow entry matches\)", since=self.mark, timeout=20)
+        note("auth: plug usb-kbd -> decided unauthorized (end to end)", time.monotonic() - t)
+        name = m.group(1)
+        lab.settle()
+        authorized, interfaces, nodes = self.usb_state(name)
+        self.assertEqual(authorized, "0", self.diag())
+        self.assertEqual(interfaces, [], "an unauthorized keyboard has no interfaces (so no driver)%s" % self.diag())
+        self.assertEqual(nodes, [], "an unauthorized keyboard has no input device%s" % self.diag())
+        self.assertFalse(lab.read_files(["/sys/bus/usb/devices/%s/bConfigurationValue" % name])
+                         ["/sys/bus/usb/devices/%s/bConfigurationValue" % name].strip(), "no configuration")
+        self.assertEqual(self.vhp(), set())
+        self.assertNotLog(r"usb %s: configuration or interfaces not there yet|interfaces incomplete" % re.escape(name))
+
+    def test_2_matched_keyboard_reaches_vm1_and_a_hub_stays_usable(self):
+        lab = self.lab
+        self.start(config=auth_rules(keyboard=True))
+        t = time.monotonic()
+        p = lab.plug("usb-kbd", "k1", wait=False)
+        per = lab.wait_inner("vm1", lambda per: vhp_ids(per), 20, "vhotplug attaches the keyboard to vm1", interval=0.02)
+        note("auth: plug usb-kbd -> in vm1 (end to end)", time.monotonic() - t)
+        lab.wait_plugged(p)
+        name = p.guest["name"]
+        self.assertEqual(vhp_ids(per), {"vhp-usb-" + name}, self.diag())
+        i = self.assertLog(r"usb %s 0627:0001 [^\n]*: authorized on the host \(going to vm1\)" % re.escape(name)).start()
+        j = self.assertLog(r"usb %s [^\n]*: attached to vm1 as vhp-usb-%s" % (re.escape(name), re.escape(name))).start()
+        self.assertLess(i, j, "authorized before the attach%s" % self.diag())
+        # QEMU took the configured device: usbhid let go of it (QEMU detached it), no event node on the host
+        authorized, interfaces, nodes = self.usb_state(name)
+        self.assertEqual(authorized, "1")
+        self.assertTrue(interfaces and all(i["driver"] in (None, "usbfs") for i in interfaces), "%s%s" % (interfaces, self.diag()))
+        self.assertEqual(nodes, [], self.diag())
+        # a hub is authorized at once; the mouse behind it enumerates and goes to vm1
+        h = lab.plug("usb-hub", "h1")
+        hub = h.guest["name"]
+        self.assertLog(r"usb %s 0409:55aa [^\n]*: authorized on the host \(a hub: devices behind it must enumerate\)"
+                       % re.escape(hub))
+        before = self.vhp()
+        m = lab.plug("usb-mouse", "hm1", port=h.port + ".1", wait=False)
+        lab.wait_inner("vm1", lambda per: vhp_ids(per) - before, 20, "the mouse behind the hub goes to vm1", interval=0.02)
+        lab.wait_plugged(m)
+        self.assertEqual(self.vhp() - before, {"vhp-usb-%s.1" % hub})
+        # an unplug is no de-authorization (the device is gone)
+        mark = lab.vhotplug_log_mark()
+        lab.unplug("k1")
+        lab.wait_log(r"usb %s [^\n]*: detached from vm1" % re.escape(name), since=mark, timeout=10)
+        self.assertNotLog(r"usb %s [^\n]*: de-authorized" % re.escape(name), since=mark)
+
+    def test_3_leaving_vm1_deauthorizes_and_a_stopped_daemon_restores_the_defaults(self):
+        lab = self.lab
+        self.start(config=auth_rules(keyboard=True))
+        p = lab.plug("usb-kbd", "k1", wait=False)
+        lab.wait_inner("vm1", lambda per: vhp_ids(per), 20, "vhotplug attaches the keyboard to vm1", interval=0.02)
+        lab.wait_plugged(p)
+        name = p.guest["name"]
+        # the rules no longer take keyboards: it leaves vm1 and goes off the host again
+        mark = lab.vhotplug_log_mark()
+        lab.write_file("/run/vhotplug-lab/vhotplug.conf", json.dumps(auth_rules(keyboard=False)))
+        lab.signal_vhotplug(signal.SIGHUP)
+        lab.wait_inner("vm1", lambda per: not vhp_ids(per), 10, "reload: the keyboard leaves vm1")
+        lab.wait_log(r"usb %s [^\n]*: de-authorized on the host \(it left vm1\)" % re.escape(name), since=mark, timeout=10)
+        lab.settle()
+        authorized, interfaces, nodes = self.usb_state(name)
+        self.assertEqual((authorized, interfaces, nodes), ("0", [], []), self.diag())
+        # SIGTERM: the defaults are as they were
+        self.assertEqual(self.defaults(), ["0", "0", "0"])
+        self.assertEqual(lab.stop_vhotplug(), 0)
+        self.assertEqual(self.defaults(), ["1", "1", "-1"])
+        self.assertLog(r"USB authorization: authorized_default restored \(usb1 = 1, usb2 = 1, usbcore = -1\)")
+        # the host takes new devices again
+        m = lab.plug("usb-mouse", "m1")
+        self.assertTrue(m.guest["input"], "a mouse plugged after the daemon stopped has its event node")
+
+    def test_4_qemu_needs_the_device_authorized(self):
+        """Why the daemon authorizes a device just before its attach (no daemon here).
+
+        QEMU's usb-host accepts an unauthorized device (device_add returns {} and `info
+        usb` lists it) but gets it unconfigured, with no interface to claim; the
+        SET_CONFIGURATION its guest sends goes through usbfs, and the kernel keeps an
+        unauthorized device unconfigured (usb_set_configuration takes configuration 0
+        for it). Authorized, the same device is configured at once."""
+        lab = self.lab
+        lab.check("echo 0 > /sys/bus/usb/devices/usb1/authorized_default; echo 0 > /sys/bus/usb/devices/usb2/authorized_default")
+        try:
+            before = set(lab.guest_devices()["usb"])
+            lab.plug("usb-kbd", "k1", wait=False)
+            name = lab.wait_for(lambda: sorted(set(lab.guest_devices()["usb"]) - before), 20, "the keyboard appears")[0]
+            lab.settle()
+            d = lab.guest_devices()["usb"][name]
+            self.assertEqual(d["interfaces"], [])
+            self.assertEqual(lab.inner_qmp("vm1", "device_add", driver="usb-host", id="probe",
+                                           hostbus=int(d["busnum"]), hostaddr=int(d["devnum"])), {})
+            self.assertRegex(lab.inner_usb("vm1"), r"Product QEMU USB Keyboard, ID: probe")
+            sysdir = "/sys/bus/usb/devices/" + name
+            node = "/dev/bus/usb/%03d/%03d" % (int(d["busnum"]), int(d["devnum"]))
+            # USBDEVFS_SETCONFIGURATION 1, as QEMU passes on its guest's SET_CONFIGURATION
+            lab.check("python3 -c 'import fcntl, os, struct; fd = os.open(\"%s\", os.O_RDWR); "
+                      "fcntl.ioctl(fd, 0x80045505, struct.pack(\"I\", 1))'" % node)
+            cfg = lab.read_files([sysdir + "/bConfigurationValue"])[sysdir + "/bConfigurationValue"]
+            self.assertEqual(cfg.strip(), "", "an unauthorized device stays unconfigured after SET_CONFIGURATION")
+            self.assertEqual(lab.guest_devices()["usb"][name]["interfaces"], [])
+            lab.inner_qmp("vm1", "device_del", id="probe",
+                          wait_event={"event": "DEVICE_DELETED", "data": {"device": "probe"}, "timeout": 10})
+            lab.check("echo 1 > %s/authorized" % sysdir)
+            cfg = lab.read_files([sysdir + "/bConfigurationValue"])[sysdir + "/bConfigurationValue"]
+            self.assertEqual(cfg.strip(), "1", "authorized: configured at once")
+            self.assertTrue(lab.guest_devices()["usb"][name]["interfaces"])
+        finally:
+            lab.check("echo 1 > /sys/bus/usb/devices/usb1/authorized_default; echo 1 > /sys/bus/usb/devices/usb2/authorized_default")
+
+
 def _readline(child, timeout):
     """A line of the child's stdout, or '' after timeout seconds (never blocks longer)."""
     import select

@@ -1,0 +1,55 @@
+import DeviceModel
+
+/// The raw descriptors of a USB device, as the kernel keeps them in sysfs
+/// (`descriptors`: the device descriptor, then each configuration descriptor with
+/// its interface and endpoint descriptors, as the device sent them).
+///
+/// An unauthorized device (USB authorization) has these and its `idVendor`/`idProduct`,
+/// but no active configuration and no interface folders: its interfaces are read here.
+/// The bytes come from the device, which may lie: every length is checked, and a
+/// malformed descriptor ends the walk with what was read before it.
+public enum USBDescriptors {
+    /// The interfaces of the first configuration (alternate setting 0 of each
+    /// interface number, in number order): the one the kernel's
+    /// `usb_choose_configuration` takes for all but vendor-specific devices.
+    public static func firstConfigurationInterfaces(_ bytes: [UInt8]) -> [USBInterface] {
+        var out: [USBInterface] = []
+        var i = 0
+        var inConfiguration = false
+        while i + 2 <= bytes.count {
+            let length = Int(bytes[i]), type = bytes[i + 1]
+            guard length >= 2, i + length <= bytes.count else { break }
+            switch type {
+            case 2: // CONFIGURATION
+                if inConfiguration { return out.sorted { $0.interfaceNumber < $1.interfaceNumber } }
+                inConfiguration = true
+            case 4 where inConfiguration && length >= 9: // INTERFACE
+                let number = bytes[i + 2], alternate = bytes[i + 3]
+                if alternate == 0 && !out.contains(where: { $0.interfaceNumber == number }) {
+                    out.append(USBInterface(interfaceNumber: number, interfaceClass: bytes[i + 5],
+                                            interfaceSubclass: bytes[i + 6], interfaceProtocol: bytes[i + 7]))
+                }
+            default:
+                break
+            }
+            i += length
+        }
+        return out.sorted { $0.interfaceNumber < $1.interfaceNumber }
+    }
+}
+
+extension DeviceReader {
+    /// The device's `authorized` attribute: false for a device USB authorization keeps
+    /// off the host, nil when there is no such attribute (or it cannot be read).
+    public func usbAuthorized(sysPath: String) -> Bool? {
+        let a = AttributeReader(dir: sysfs.path(sysPath), device: sysPath)
+        guard let text = (try? a.optionalString("authorized")).flatMap({ $0 }) else { return nil }
+        return text.trimmingWhitespace() != "0"
+    }
+
+    /// Interfaces of an unconfigured, unauthorized device, from its `descriptors` file.
+    func descriptorInterfaces(dir: String) -> [USBInterface] {
+        guard case .success(let bytes) = Sysfs.readBytes(dir + "/descriptors", limit: 64 * 1024) else { return [] }
+        return USBDescriptors.firstConfigurationInterfaces(bytes)
+    }
+}

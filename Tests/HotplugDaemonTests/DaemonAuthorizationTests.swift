@@ -1,0 +1,197 @@
+import Foundation
+import Testing
+import VHotplugTestSupport
+
+/// usbAuthorization with umockdev and a real (paused) QEMU: the testbed's sysfs files
+/// are plain files, so what the daemon writes to `authorized_default` and `authorized`
+/// is read back as it left it (no kernel acts on it: the lab does that, Test7).
+struct AuthRig {
+    static let usb1 = "/devices/pci0000:00/0000:00:14.0/usb1"
+    static let usb2 = "/devices/pci0000:00/0000:00:14.0/usb2"
+    let tb: Testbed
+    let qemu: QEMUInstance
+    let config: String
+
+    /// The controller and its root hubs; with `receiver`, the (authorized) receiver too.
+    init(receiver: Bool = false) async throws {
+        tb = await Testbed.make()
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let records = text.components(separatedBy: "\n\n").filter { receiver || !$0.hasPrefix("P: " + Self.usb1 + "/1-2") }
+        try tb.add(record: records.joined(separator: "\n\n") + "\n")
+        qemu = try QEMUInstance(testbed: tb)
+        config = qemu.dir + "/vhotplug.conf"
+    }
+
+    /// HID mice to vm1 (or `allow`), with `auth` as the usbAuthorization object.
+    func write(auth: String, allow: String = #"{"interfaceClass": 3, "interfaceProtocol": 2, "description": "HID mouse"}"#) throws {
+        try """
+            {
+              "usbPassthrough": [{"targetVm": "vm1", "allow": [\(allow)]}],
+              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}],
+              "usbAuthorization": \(auth),
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    func daemon() throws -> DaemonProcess {
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
+        try d.waitFor("; listening (")
+        return d
+    }
+
+    /// A sysfs attribute as the testbed holds it.
+    func attribute(_ devpath: String, _ name: String) -> String {
+        ((try? String(contentsOfFile: tb.sysRoot + devpath + "/" + name, encoding: .utf8)) ?? "<missing>")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Plugs the receiver as an unauthorized device arrives: its device record only
+    /// (no interfaces, no driver), `authorized` 0 and no active configuration.
+    func plugUnauthorizedReceiver() throws {
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let device = text.components(separatedBy: "\n\n").first { $0.hasPrefix("P: " + receiverDevpath + "\n") }!
+        let record = device.split(separator: "\n").filter { !$0.hasPrefix("L: driver=") && !$0.hasPrefix("E: DRIVER=") }
+            .joined(separator: "\n")
+            .replacingOccurrences(of: "A: authorized=1\\n", with: "A: authorized=0\\n")
+            .replacingOccurrences(of: "A: bConfigurationValue=1\\n", with: "A: bConfigurationValue=\\n")
+        try tb.add(record: record + "\n")
+    }
+}
+
+let receiverDevpath = "/devices/pci0000:00/0000:00:14.0/usb1/1-2"
+
+@Suite("usbAuthorization: the daemon with umockdev and a real QEMU", .serialized)
+struct DaemonAuthorizationTests {
+    @Test("authorized_default is 0 on every root hub while the daemon runs, and written back when it stops")
+    func defaultsWrittenAndRestored() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        let d = try rig.daemon()
+        try d.waitFor("USB authorization: new USB devices are not authorized on the host (authorized_default = 0 on usb1, usb2)")
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "0")
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "0")
+        #expect(d.stop() == 0)
+        #expect(d.log.contains { $0.contains("USB authorization: authorized_default restored (usb1 = 1, usb2 = 1)") })
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
+    }
+
+    @Test("off (enable false): authorized_default is not touched")
+    func disabledTouchesNothing() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": false, "hostAllow": [{"vendorId": "046d"}]}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("usb 1-2 046d:c52b", timeout: 20)
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        #expect(!d.log.contains { $0.contains("USB authorization:") || $0.contains("authorized on the host") })
+    }
+
+    @Test("an unmatched device stays unauthorized, decided at once on its descriptors (no 5 s wait for interfaces)")
+    func unmatchedStaysUnauthorized() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        let d = try rig.daemon()
+        let start = Date()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": stays unauthorized on the host (no rule sends it to a VM, no hostAllow entry matches)", timeout: 4)
+        #expect(Date().timeIntervalSince(start) < 4)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        #expect(!d.log.contains { $0.contains("interfaces incomplete") || $0.contains("waiting for their events") })
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
+    @Test("a hostAllow device is authorized when it arrives")
+    func hostAllowAuthorized() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true, "hostAllow": [{"vendorId": "046d", "productId": "c52b"}]}"#, allow: #"{"vendorId": "1234"}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host (a hostAllow entry matches)")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
+    @Test("a device going to a VM: matched on its descriptors' interfaces, authorized before device_add, de-authorized after it leaves the VM")
+    func authorizedForTheVM() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        let log = d.log
+        let authorized = try #require(log.firstIndex { $0.contains("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host (going to vm1)") })
+        let deviceAdd = try #require(log.firstIndex { $0.contains("qmp vm1 -> ") && $0.contains("device_add") })
+        #expect(authorized < deviceAdd)
+        #expect(log.contains { $0.contains("stays unauthorized on the host until it is attached to vm1") })
+        #expect(!log.contains { $0.contains("interfaces incomplete") })
+
+        // The rule goes (a reload): the device leaves vm1, and goes off the host again.
+        let mark = d.mark
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
+        try d.waitFor("de-authorized on the host (it left vm1)", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        #expect(try rig.qemu.attachedIds() == [])
+
+        // Unplugged while in the VM: nothing is written to a device that is gone.
+        let mark2 = d.mark
+        try rig.write(auth: #"{"enable": true}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark2)
+        rig.tb.unplug("/sys" + receiverDevpath)
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark2)
+        #expect(!d.log[mark2...].contains { $0.contains("de-authorized") })
+    }
+
+    @Test("deauthorizeUnmatched: a connected device no rule and no hostAllow entry matches is de-authorized at start; hubs are not")
+    func deauthorizeUnmatchedAtStart() async throws {
+        let rig = try await AuthRig(receiver: true)
+        try rig.write(auth: #"{"enable": true, "deauthorizeUnmatched": true}"#, allow: #"{"vendorId": "1234"}"#)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        let d = try rig.daemon()
+        #expect(d.log.contains { $0.contains("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": de-authorized on the host (deauthorizeUnmatched: no rule and no hostAllow entry matches)") })
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        #expect(rig.attribute(AuthRig.usb1, "authorized") == "1")
+        #expect(!d.log.contains { $0.contains("usb usb1") && $0.contains("de-authorized") })
+    }
+
+    @Test("turned off by a reload: authorized_default written back, the device kept off the host authorized")
+    func reloadTurnsItOff() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("stays unauthorized on the host (no rule")
+        let mark = d.mark
+        try rig.write(auth: #"{"enable": false}"#, allow: #"{"vendorId": "1234"}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("authorized on the host (USB authorization turned off)", from: mark)
+        #expect(d.log[mark...].contains { $0.contains("USB authorization: authorized_default restored (usb1 = 1, usb2 = 1)") })
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+    }
+
+    @Test("a failing sysfs write is logged with its path and errno, and stops nothing")
+    func failingWriteIsLogged() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        // usb1's authorized_default becomes a folder: writing it fails with EISDIR.
+        let file = rig.tb.sysRoot + AuthRig.usb1 + "/authorized_default"
+        try FileManager.default.removeItem(atPath: file)
+        try FileManager.default.createDirectory(atPath: file, withIntermediateDirectories: false)
+        let d = try rig.daemon()
+        #expect(d.log.contains { $0.contains("USB authorization: cannot read /sys/bus/usb/devices/usb1/authorized_default: Is a directory (errno 21)") || $0.contains("USB authorization: cannot write \"0\" to /sys/bus/usb/devices/usb1/authorized_default: Is a directory (errno 21)") })
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "0")
+        // The daemon goes on: a device for vm1 is authorized and attached.
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(d.stop() == 0)
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
+    }
+}
