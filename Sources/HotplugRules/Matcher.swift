@@ -126,18 +126,21 @@ public struct Matcher: Sendable {
         var denied: Decision?
         var disabled: Decision?
         for setIndex in sets.indices {
-            // Entries are visited in place (no copies of their strings and patterns).
-            var allowIndex: Int?
-            for i in sets[setIndex].allow.indices where sets[setIndex].allow[i].matches(device) {
-                if sets[setIndex].allow[i].disable || sets[setIndex].disable {
-                    if disabled == nil {
-                        disabled = Decision(ruleSetIndex: setIndex, ruleSetDescription: sets[setIndex].description,
-                                            entry: ref(i, sets[setIndex].allow[i]), reason: .disabled)
+            // Entries are visited in place, through the array's buffer: no copy of an
+            // entry (its strings, patterns and sets) for each test.
+            let setDisabled = sets[setIndex].disable
+            let allowIndex: Int? = sets[setIndex].allow.withUnsafeBufferPointer { allow in
+                for i in allow.indices where allow[i].matches(device) {
+                    if allow[i].disable || setDisabled {
+                        if disabled == nil {
+                            disabled = Decision(ruleSetIndex: setIndex, ruleSetDescription: sets[setIndex].description,
+                                                entry: ref(i, allow[i]), reason: .disabled)
+                        }
+                        continue
                     }
-                    continue
+                    return i
                 }
-                allowIndex = i
-                break
+                return nil
             }
             guard let allowIndex else { continue }
             let set = sets[setIndex]
