@@ -16,27 +16,33 @@ public enum Entry {
     ]
 
     public static func main() {
-        let args = clientArguments(Array(CommandLine.arguments.dropFirst()))
+        let raw = Array(CommandLine.arguments.dropFirst())
+        // The daemon first: its plain command line touches no ArgumentParser type
+        // (not even the subcommands' table), so that library's pages stay unmapped.
+        if let daemon = DaemonArguments(raw) { runDaemon(daemon) }
+        let args = clientArguments(raw)
         if let first = args.first, let command = subcommands[first] {
             command.main(Array(args.dropFirst()))
         } else if args.first == "help", args.count > 1, let command = subcommands[args[1]] {
             command.main(["--help"])
-        } else if let daemon = DaemonArguments(args) {
-            // The plain daemon command line, read without ArgumentParser: the service
-            // then never touches that library's code (nor Foundation's), which keeps it
-            // out of the daemon's memory. Help, version and mistakes go to ArgumentParser.
-            do {
-                try Application.runDaemon(config: daemon.config, attachConnected: daemon.attachConnected, debug: daemon.debug)
-            } catch let code as ExitCode {
-                exit(code.rawValue)
-            } catch {
-                writeStderr("vhotplug: \(error)\n")
-                exit(1)
-            }
-            exit(0)
         } else {
             Application.main(args)
         }
+    }
+
+    /// The plain daemon command line, read without ArgumentParser: the service then
+    /// never touches that library's code (nor Foundation's), which keeps it out of the
+    /// daemon's memory. Help, version and mistakes go to ArgumentParser.
+    static func runDaemon(_ daemon: DaemonArguments) -> Never {
+        do {
+            try Application.runDaemon(config: daemon.config, attachConnected: daemon.attachConnected, debug: daemon.debug)
+        } catch let code as ExitCode {
+            exit(code.rawValue)
+        } catch {
+            writeStderr("vhotplug: \(error)\n")
+            exit(1)
+        }
+        exit(0)
     }
 }
 
