@@ -1,7 +1,8 @@
 // libFuzzer target: the parsers of sysfs and procfs text that a device or the
 // host controls: capability bitmaps and the input kinds computed from them,
 // hex attributes, USB port names and the natural order of device names,
-// mountinfo (with its octal escapes), and the quoting of device strings in messages.
+// mountinfo (with its octal escapes), the quoting of device strings in messages,
+// and the USB `descriptors` file (binary: device and configuration descriptors).
 //
 // The first byte picks the bus type and the quote limit; the rest is the text.
 // Its lines, in order, are read as the ev/key/rel/abs/sw/properties bitmaps.
@@ -14,6 +15,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let control = data[0]
     let bytes = UnsafeBufferPointer(start: data + 1, count: size - 1)
     let text = String(decoding: bytes, as: UTF8.self)
+
+    // The bytes as a USB device's `descriptors` file (device descriptor, then its
+    // configurations): what a device says of itself, read for unauthorized devices.
+    let interfaces = USBDescriptors.firstConfigurationInterfaces(Array(bytes))
+    if interfaces.count > 256 { fatalError("more interfaces than a configuration can hold: \(interfaces.count)") }
 
     // Whole text as one attribute.
     _ = Bitmap(sysfs: text)
