@@ -1107,6 +1107,33 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertNotLog(r"pci %s [^\n]*: on vfio-pci \(IOMMU" % re.escape(addr), since=mark)
         self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
 
+    def test_7_coldplug_with_a_pci_and_evdev(self):
+        """An e1000e and a virtio keyboard already in the guest when the daemon starts:
+        with -a both end in vm1 (the NIC through vfio-pci), and leave it on unplug."""
+        lab = self.lab
+        nic = lab.plug("e1000e", "n1")
+        kbd = lab.plug("virtio-keyboard-pci", "vk1")
+        addr, ev = nic.guest["name"], kbd.guest["input"][0]
+        self.assertEqual(self.driver(addr), "e1000e")
+        want = {pci_id(addr): "vfio-pci", "vhp-evdev-" + ev: "virtio-input-host-pci"}
+        t = time.monotonic()
+        self.start("-a", config=PCI_RULES, what="daemon: start with -a, an e1000e and a virtio keyboard connected")
+        per = lab.wait_inner("vm1", lambda per: set(want) <= vhp_ids(per), PCI_ATTACH_DEADLINE,
+                             "-a: the e1000e and the virtio keyboard in vm1", interval=0.05)
+        note("daemon: start with -a -> e1000e and virtio keyboard in vm1", time.monotonic() - t)
+        self.assertEqual({k: per[k] for k in want}, want, self.diag())
+        group = int(lab.wait_log(r"pci %s [^\n]*: on vfio-pci \(IOMMU group (\d+)" % re.escape(addr),
+                                 since=self.mark, timeout=10).group(1))
+        self.assertOnVFIO(addr, group)
+        self.assertInVM1(pci_id(addr), 0x8086, 0x10d3, wait=10)
+        self.assertInVM1("vhp-evdev-" + ev, 0x1af4, 0x1052, wait=10)
+        mark = lab.vhotplug_log_mark()
+        lab.unplug("vk1")
+        lab.unplug("n1")
+        lab.wait_inner("vm1", lambda per: not (set(want) & vhp_ids(per)), 20, "both leave vm1 on unplug")
+        lab.wait_log(r"pci %s [^\n]*: detached from vm1" % re.escape(addr), since=mark, timeout=20)
+        self.assertNotLog(r"(error|critical) [^\n]*(pci %s|input %s)" % (re.escape(addr), re.escape(ev)))
+
 
 def auth_rules(keyboard=True, **auth):
     """LAB_RULES with usbAuthorization on; without the keyboard entry when keyboard is False."""
