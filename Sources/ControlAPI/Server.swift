@@ -13,6 +13,16 @@ public protocol ControlService: AnyObject, Sendable {
     /// The reply (`APIReply.ok(...)` or `APIReply.failed(...)`) to one request.
     /// `enable_notifications` is answered by the server itself.
     func handle(_ request: APIRequest) async -> JSONText
+    /// Notifications a client that has just enabled them should get at once (choices
+    /// still waiting for it: `usb_select_vm`), sent after its `ok`.
+    func notificationsForNewListener() async -> [JSONText]
+    /// The last client listening for notifications has gone.
+    func lastListenerGone() async
+}
+
+extension ControlService {
+    public func notificationsForNewListener() async -> [JSONText] { [] }
+    public func lastListenerGone() async {}
 }
 
 /// Limits that keep one client from affecting the daemon.
@@ -250,10 +260,17 @@ public actor ControlServer {
                 if line.last == 0x0D { line = line.dropLast() }
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
                 if line.count > limits.maxLineBytes { return tooLong(c) }
+                let wasListening = c.notifications
                 let reply = await process(c, Array(line))
                 if c.closed { return }
                 enqueue(c, reply.rendered() + "\n")
                 if c.closed { return }
+                if c.notifications && !wasListening, let service {
+                    for event in await service.notificationsForNewListener() where !c.closed {
+                        enqueue(c, event.rendered() + "\n")
+                    }
+                    if c.closed { return }
+                }
             }
             if c.input.count > limits.maxLineBytes { return tooLong(c) }
         }
@@ -332,7 +349,9 @@ public actor ControlServer {
     func drop(_ c: Connection, reason: String?) {
         guard !c.closed else { return }
         c.closed = true
-        if c.notifications { listening.subtract(1, ordering: .relaxed) }
+        if c.notifications, listening.subtract(1, ordering: .relaxed).newValue == 0, running, let service {
+            Task(executorPreference: loop) { await service.lastListenerGone() }
+        }
         if let reason { logger.warning("API: dropped connection from \(c.peer): \(reason)") }
         observer?(c.peer, reason)
         loop.forget(c.fd)

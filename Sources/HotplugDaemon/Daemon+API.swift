@@ -79,6 +79,28 @@ extension Daemon: ControlService {
         return first
     }
 
+    /// A client that enables notifications is asked about every device still waiting for a choice.
+    public func notificationsForNewListener() async -> [JSONText] {
+        api.selecting.sorted().compactMap { key -> JSONText? in
+            guard let t = devices[key], t.present, case .usb(let d) = t.device else { return nil }
+            return APINotification.usbSelectVM(d, allowedVms: t.decision.candidateVms)
+        }
+    }
+
+    /// Nobody is left to choose: devices waiting for a choice go to their first allowed VM
+    /// (as when no client listened at all).
+    public func lastListenerGone() async {
+        for key in api.selecting.sorted() {
+            api.selecting.remove(key)
+            guard let t = devices[key], t.present, t.want == nil, let first = t.decision.targetVm ?? t.decision.candidateVms.first
+            else { continue }
+            logger.info("\(t.device.logName): no client left to choose its VM; it goes to \(first)")
+            t.want = first
+            t.since = .now()
+            reconcile(key)
+        }
+    }
+
     /// A device appeared: `usb_connected` (devices some rule takes).
     func announceConnected(_ t: Tracked) {
         guard case .usb(let d) = t.device, !t.decision.candidateVms.isEmpty else { return }

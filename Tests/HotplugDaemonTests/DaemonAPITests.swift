@@ -189,6 +189,34 @@ struct DaemonAPITests {
         #expect(!d.log[mark...].contains { $0.contains("waiting for a client to choose") })
     }
 
+    @Test("allowedVms: a client that starts listening later is asked too; when the last listener leaves, the device goes to the first VM")
+    func selectVMLateListenerAndNobodyLeft() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        let d = try rig.daemon()
+        let first = try APIClient(path: rig.socket)
+        #expect(try first.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        _ = try first.waitForEvent("usb_select_vm")
+        try d.waitFor("waiting for a client to choose")
+
+        // A second applet, started after the question went out, gets it when it subscribes.
+        let late = try APIClient(path: rig.socket)
+        #expect(try late.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        let asked = try late.waitForEvent("usb_select_vm")
+        #expect(asked["allowed_vms"] as? [String] == ["vm1", "vm2"])
+        #expect(try rig.qemu.attachedIds() == [] && vm2.attachedIds() == [])
+
+        // Both leave without choosing: nobody can choose any more, so the first allowed VM takes it.
+        let mark = d.mark
+        first.shutdown()
+        late.shutdown()
+        try d.waitFor("no client left to choose its VM; it goes to vm1", from: mark)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try vm2.attachedIds() == [])
+    }
+
     @Test("usb suspend detaches all but skipOnSuspend devices; resume gives them back")
     func suspendResume() async throws {
         let rig = try await APIRig(ruleSets: """
