@@ -548,7 +548,7 @@ public actor Daemon {
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
                     announceDetached(t, vm: a.vm)
-                    if t.want == nil { deauthorizeAfterVM(t, vm: a.vm) }
+                    if t.want == nil { await deauthorizeAfterVM(t, vm: a.vm) }
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
@@ -567,7 +567,7 @@ public actor Daemon {
                     return
                 }
                 do {
-                    authorizeForVM(t, vm: vm)
+                    await authorizeForVM(t, vm: vm)
                     let a = try await attach(t, to: backend)
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
@@ -581,14 +581,14 @@ public actor Daemon {
                         t.lastError = "\(error)"
                         logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
                     }
-                    deauthorizeAfterVM(t, vm: vm)
+                    await deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
                     return
                 } catch {
                     t.failed = true
                     t.lastError = "\(error)"
                     logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
-                    deauthorizeAfterVM(t, vm: vm)
+                    await deauthorizeAfterVM(t, vm: vm)
                     return
                 }
             } else if t.attachment == nil && t.want == nil {

@@ -101,6 +101,25 @@ struct USBAuthorizer {
         return true
     }
 
+    /// The same, with the write on a helper thread (`EventLoop.runBlocking`): the
+    /// kernel configures or unconfigures the device inside it (155-260 ms for a keyboard
+    /// in the TCG lab), and the loop must not wait for that.
+    @discardableResult
+    func set(_ device: USBDevice, authorized: Bool, why: String, _ logger: Logger, on loop: EventLoop) async -> Bool {
+        let start = Deadline.now()
+        let io = self.io, value = authorized ? "1" : "0", path = sysfs.path(device.sysPath + "/authorized")
+        let failure = await loop.runBlocking { () -> SysfsIOError? in
+            do throws(SysfsIOError) { try io.write(value, to: path); return nil } catch { return error }
+        }
+        if let failure {
+            logger.error("USB authorization: cannot write \"\(value)\" to \(path): \(failure.errnoText) (errno \(failure.errno))")
+            return false
+        }
+        let ms = Deadline.now().seconds(since: start) * 1000
+        logger.info("\(HostDevice.usb(device).logName): \(authorized ? "authorized" : "de-authorized") on the host (\(why)) in \(Double(Int(ms * 100)) / 100) ms")
+        return true
+    }
+
     /// One write through the seam; a failure is logged (path, errno), never thrown.
     func write(_ value: String, to path: String, _ logger: Logger) -> Bool {
         do {
@@ -177,10 +196,10 @@ extension Daemon {
     /// stays unauthorized.
     func authorizeOnArrival(_ t: Tracked) {
         guard authorization != nil, case .usb(let d) = t.device, reader.usbAuthorized(sysPath: d.sysPath) == false else { return }
-        if d.isHub {
-            authorizer.set(d, authorized: true, why: "a hub: devices behind it must enumerate", logger)
-        } else if hostAllows(d) {
-            authorizer.set(d, authorized: true, why: "a hostAllow entry matches", logger)
+        if d.isHub || hostAllows(d) {
+            let why = d.isHub ? "a hub: devices behind it must enumerate" : "a hostAllow entry matches"
+            let authorizer = self.authorizer, logger = self.logger, loop = self.loop
+            Task(executorPreference: loop) { await authorizer.set(d, authorized: true, why: why, logger, on: loop) }
         } else if let vm = t.decision.targetVm {
             logger.info("\(t.device.logName): stays unauthorized on the host until it is attached to \(vm)")
         } else {
@@ -195,16 +214,16 @@ extension Daemon {
     /// usbfs, where the kernel keeps an unauthorized device unconfigured. Authorized,
     /// the kernel configures it at once (the write returns once it has), host drivers
     /// bind for the moment until QEMU detaches them, and the attach works.
-    func authorizeForVM(_ t: Tracked, vm: String) {
+    func authorizeForVM(_ t: Tracked, vm: String) async {
         guard authorization != nil, case .usb(let d) = t.device, reader.usbAuthorized(sysPath: d.sysPath) == false else { return }
-        authorizer.set(d, authorized: true, why: "going to \(vm)", logger)
+        await authorizer.set(d, authorized: true, why: "going to \(vm)", logger, on: loop)
     }
 
     /// The device left its VM (a detach, or an attach that failed) and is still plugged
     /// in: it goes off the host again, unless a hostAllow entry matches or it is a hub.
-    func deauthorizeAfterVM(_ t: Tracked, vm: String) {
+    func deauthorizeAfterVM(_ t: Tracked, vm: String) async {
         guard authorization != nil, t.present, t.attachment == nil, case .usb(let d) = t.device,
               !d.isHub, !hostAllows(d), reader.usbAuthorized(sysPath: d.sysPath) == true else { return }
-        authorizer.set(d, authorized: false, why: "it left \(vm)", logger)
+        await authorizer.set(d, authorized: false, why: "it left \(vm)", logger, on: loop)
     }
 }

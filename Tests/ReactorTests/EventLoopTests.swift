@@ -32,6 +32,24 @@ actor LoopProbe {
         return box.order
     }
 
+    /// A blocking call on a helper thread (it waits for a byte on `fd`); meanwhile a
+    /// timer on the loop writes that byte, which only works if the loop is free.
+    /// Returns (the call ran off the loop, the caller resumed on the loop).
+    func blockingCallWhileLoopServes() async -> (offLoop: Bool, resumedOnLoop: Bool) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return (false, false) }
+        let (r, w) = (fds[0], fds[1])
+        defer { close(r); close(w) }
+        let loop = self.loop
+        loop.schedule(at: .after(0.02)) { _ = write(w, "x", 1) }
+        let offLoop = await loop.runBlocking { () -> Bool in
+            var byte: UInt8 = 0
+            let n = read(r, &byte, 1)
+            return n == 1 && !loop.inLoop
+        }
+        return (offLoop, loop.inLoop)
+    }
+
     func pendingTimers() -> Int { loop.pendingTimers }
     func onLoopThread() -> Bool { loop.inLoop }
 }
@@ -42,6 +60,14 @@ struct EventLoopTests {
     func executor() async throws {
         let host = try LoopHost()
         #expect(await LoopProbe(host.loop).onLoopThread())
+    }
+
+    @Test("a blocking call runs on a helper thread while the loop goes on, and the caller resumes on the loop")
+    func blocking() async throws {
+        let host = try LoopHost()
+        let r = await LoopProbe(host.loop).blockingCallWhileLoopServes()
+        #expect(r.offLoop)
+        #expect(r.resumedOnLoop)
     }
 
     @Test("a wait for a readable fd ends when data arrives")
