@@ -14,7 +14,7 @@ struct APIRig {
     var statePath: String { qemu.dir + "/vhotplug.state" }
 
     /// `ruleSets`: the usbPassthrough array's text (default: the receiver's mouse interface to vm1).
-    init(twoVMs: Bool = false, ruleSets: String? = nil) async throws {
+    init(twoVMs: Bool = false, ruleSets: String? = nil, api: String = "") async throws {
         base = try await Rig()
         tb = base.tb
         qemu = base.qemu
@@ -25,7 +25,7 @@ struct APIRig {
             {
               "usbPassthrough": \(ruleSets ?? #"[{"targetVm": "vm1", "tag": "mouse", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}]"#),
               "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}\(vm2)],
-              "general": {"api": {"unixSocket": "\(socket)", "unixSocketMode": "0666"}, "statePath": "\(statePath)"},
+              "general": {"api": {"unixSocket": "\(socket)", "unixSocketMode": "0666"\(api)}, "statePath": "\(statePath)"},
             }
             """.write(toFile: config, atomically: true, encoding: .utf8)
     }
@@ -215,6 +215,38 @@ struct DaemonAPITests {
         try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
         #expect(try vm2.attachedIds() == [])
+    }
+
+    @Test("TCP as well as the Unix socket: the CLI reaches the daemon with -t tcp, in both option orders; the daemon warns that TCP has no credentials")
+    func tcpTransport() async throws {
+        // A free port: bound by us, then let go for the daemon.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        close(probe)
+        try #require(port > 0)
+
+        let rig = try await APIRig(api: #", "transports": ["unix", "tcp"], "host": "127.0.0.1", "port": \#(port)"#)
+        let d = try rig.daemon()
+        try d.waitFor("API: listening on TCP 127.0.0.1:\(port); TCP has no peer credentials")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        for args in [["usb", "list", "--json", "-t", "tcp", "-s", "127.0.0.1", "--api-port", "\(port)"],
+                     ["-t", "tcp", "-s", "127.0.0.1", "--api-port", "\(port)", "usb", "list", "--json"]] {
+            let r = try run([Repository.vhotplug] + args)
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+            let items = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]]
+            #expect(items?.count == 1 && items?.first?["vm"] as? String == "vm1", "\(r.stdout)")
+        }
+        // Nothing listens on the next port: a clear error, exit 1.
+        let none = try run([Repository.vhotplug, "usb", "list", "-t", "tcp", "-s", "127.0.0.1", "--api-port", "\(port == 65535 ? port - 1 : port + 1)"])
+        #expect(none.status == 1)
+        #expect(none.stderr.contains("127.0.0.1"), "\(none.stderr)")
     }
 
     @Test("usb suspend detaches all but skipOnSuspend devices; resume gives them back")
