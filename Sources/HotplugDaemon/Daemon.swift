@@ -628,14 +628,40 @@ public actor Daemon {
             await binder.forget(record)
             return
         }
+        // The group goes back as a whole: not while another of its devices is in a VM
+        // (or on its way to one), which would lose the device from under that VM.
+        if let mate = groupMateInUse(t) {
+            logger.info("\(t.device.logName): IOMMU group \(record.group) stays on vfio-pci while \(mate.device.logName) is in a VM or going to one")
+            return
+        }
         do {
             try await binder.restore(record)
             t.vfio = nil
-            let drivers = record.members.map { "\($0.address) -> \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
-            logger.info("\(t.device.logName): back on its host driver (\(drivers))")
+            let drivers = record.members.filter { !$0.wasOnVFIO }
+                .map { "\($0.address) -> \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
+            logger.info("\(t.device.logName): back on its host driver (\(drivers.isEmpty ? "its group stays as it was before vhotplug" : drivers))")
         } catch {
             logger.error("\(t.device.logName): cannot give the device back to its driver: \(error)")
+            return
         }
+        // A group mate kept on vfio-pci for this device can go back now.
+        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.want == nil && !o.busy {
+            await giveBackDriver(o)
+        }
+    }
+
+    /// The other followed PCI devices of `t`'s IOMMU group.
+    func groupMates(of t: Tracked) -> [Tracked] {
+        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return [] }
+        return devices.values.filter { o in
+            guard o !== t, o.present, case .pci(let od) = o.device else { return false }
+            return od.iommuGroup == group
+        }
+    }
+
+    /// A device of `t`'s IOMMU group that is in a VM or going to one.
+    func groupMateInUse(_ t: Tracked) -> Tracked? {
+        groupMates(of: t).first { $0.attachment != nil || $0.want != nil }
     }
 
     func ms(since: Deadline) -> String {

@@ -1135,6 +1135,41 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertNotLog(r"(error|critical) [^\n]*(pci %s|input %s)" % (re.escape(addr), re.escape(ev)))
 
 
+    def test_8_two_functions_of_one_iommu_group(self):
+        """A two-function e1000e (01:00.0 and 01:00.1, one IOMMU group): both go to vm1;
+        when the one whose bind moved the group leaves vm1, the group stays on vfio-pci
+        for the other (still in vm1); once that one leaves too, both are back on e1000e."""
+        lab = self.lab
+        self.start(config=PCI_RULES)
+        mark = lab.vhotplug_log_mark()
+        port = lab.free_root_port()
+        lab.plug("e1000e", "f1", bus=port, addr="0.1", multifunction="on", wait=False)
+        lab.plug("e1000e", "f0", bus=port, addr="0.0", multifunction="on", wait=False)
+        lab.wait_inner("vm1", lambda per: len({i for i in vhp_ids(per) if i.startswith("vhp-pci-")}) == 2,
+                       PCI_ATTACH_DEADLINE * 2, "both functions in vm1", interval=0.1)
+        bound = re.findall(r"pci (\S+) 8086:10d3[^\n]*: on vfio-pci \(IOMMU group (\d+), 2 devices\)",
+                           lab.vhotplug_log(since=mark))
+        self.assertEqual(len(bound), 2, self.diag())
+        (first, group), (other, _) = bound[0], bound[1]
+        self.assertEqual(first[:-1], other[:-1], "two functions of one slot: %s %s" % (first, other))
+        # The rule keeps only the other function: the first leaves, the group stays on vfio-pci.
+        only_other = json.loads(json.dumps(PCI_RULES))
+        only_other["pciPassthrough"][0]["allow"] = [{"address": other, "description": "the other function"}]
+        m = self.reload(only_other)
+        lab.wait_inner("vm1", lambda per: pci_id(first) not in per, 30, "%s leaves vm1" % first)
+        lab.wait_log(r"pci %s [^\n]*: IOMMU group %s stays on vfio-pci while pci %s " % (re.escape(first), group, re.escape(other)),
+                     since=m, timeout=20)
+        self.assertEqual(self.driver(first), "vfio-pci")
+        self.assertEqual(self.driver(other), "vfio-pci")
+        self.assertInVM1(pci_id(other), 0x8086, 0x10d3)
+        # No rule at all: the other leaves too, and the whole group is back on e1000e.
+        m = self.reload(NO_PCI_RULES)
+        lab.wait_inner("vm1", lambda per: pci_id(other) not in per, 30, "%s leaves vm1" % other)
+        lab.wait_for(lambda: self.driver(first) == "e1000e" and self.driver(other) == "e1000e", 30,
+                     "both functions back on e1000e", interval=0.2)
+        self.assertNotLog(r"(error|critical) [^\n]*pci 0000:", since=mark)
+
+
 def auth_rules(keyboard=True, **auth):
     """LAB_RULES with usbAuthorization on; without the keyboard entry when keyboard is False."""
     rules = json.loads(json.dumps(LAB_RULES))
