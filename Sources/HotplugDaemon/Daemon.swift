@@ -404,10 +404,7 @@ public actor Daemon {
 
     /// The decision is made: connections prepared for other VMs are closed now.
     func unprepareUSBTargets(except target: String?) {
-        for vm in usbTargetVMs where vm != target {
-            guard let backend = backends[vm] else { continue }
-            Task(executorPreference: loop) { await backend.unprepare() }
-        }
+        for vm in usbTargetVMs where vm != target { backends[vm]?.unprepare() }
     }
 
     func parent(_ path: String) -> String {

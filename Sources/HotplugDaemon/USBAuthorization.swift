@@ -96,9 +96,17 @@ struct USBAuthorizer {
         // The kernel configures (or unconfigures) the device within the write: its time is logged.
         let start = Deadline.now()
         guard write(authorized ? "1" : "0", to: sysfs.path(device.sysPath + "/authorized"), logger) else { return false }
+        logSet(device, authorized: authorized, why: why, since: start, logger)
+        return true
+    }
+
+    private func logSet(_ device: USBDevice, authorized: Bool, why: String, since start: Deadline, _ logger: Logger) {
         let ms = Deadline.now().seconds(since: start) * 1000
         logger.info("\(HostDevice.usb(device).logName): \(authorized ? "authorized" : "de-authorized") on the host (\(why)) in \(Double(Int(ms * 100)) / 100) ms")
-        return true
+    }
+
+    private static func logFailure(_ value: String, _ path: String, _ error: SysfsIOError, _ logger: Logger) {
+        logger.error("USB authorization: cannot write \"\(value)\" to \(path): \(error.errnoText) (errno \(error.errno))")
     }
 
     /// The same, with the write on a helper thread (`EventLoop.runBlocking`): the
@@ -112,11 +120,10 @@ struct USBAuthorizer {
             do throws(SysfsIOError) { try io.write(value, to: path); return nil } catch { return error }
         }
         if let failure {
-            logger.error("USB authorization: cannot write \"\(value)\" to \(path): \(failure.errnoText) (errno \(failure.errno))")
+            Self.logFailure(value, path, failure, logger)
             return false
         }
-        let ms = Deadline.now().seconds(since: start) * 1000
-        logger.info("\(HostDevice.usb(device).logName): \(authorized ? "authorized" : "de-authorized") on the host (\(why)) in \(Double(Int(ms * 100)) / 100) ms")
+        logSet(device, authorized: authorized, why: why, since: start, logger)
         return true
     }
 
@@ -126,7 +133,7 @@ struct USBAuthorizer {
             try io.write(value, to: path)
             return true
         } catch {
-            logger.error("USB authorization: cannot write \"\(value)\" to \(path): \(error.errnoText) (errno \(error.errno))")
+            Self.logFailure(value, path, error, logger)
             return false
         }
     }

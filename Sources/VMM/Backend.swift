@@ -94,12 +94,13 @@ public protocol VMBackend: Actor {
     /// Called on the loop's thread, synchronously.
     nonisolated func prepare()
     /// The device did not come to this VM after all: drop what `prepare` opened.
-    func unprepare()
+    /// Called on the loop's thread, synchronously.
+    nonisolated func unprepare()
 }
 
 extension VMBackend {
     public nonisolated func prepare() {}
-    public func unprepare() {}
+    public nonisolated func unprepare() {}
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),

@@ -95,12 +95,16 @@ public actor QEMUBackend: VMBackend {
             return // the operation, if one comes, connects itself and reports the error
         }
         let timer = loop.schedule(at: .after(Self.preparedLinger)) {
-            Task(executorPreference: self.loop) { await self.unprepare() }
+            self.unprepare()
         }
         prepared = (client, timer)
     }
 
-    public func unprepare() {
+    public nonisolated func unprepare() {
+        assumeIsolated { $0.dropPrepared() }
+    }
+
+    private func dropPrepared() {
         guard let p = prepared else { return }
         prepared = nil
         loop.cancel(p.timer)

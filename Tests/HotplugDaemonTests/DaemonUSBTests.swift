@@ -57,17 +57,7 @@ struct Rig {
         records = records.replacingOccurrences(of: "bus/usb/001/004", with: "bus/usb/001/\(padded)")
             .replacingOccurrences(of: "DEVNUM=004", with: "DEVNUM=\(padded)")
             .replacingOccurrences(of: "devnum=4\\n", with: "devnum=\(devnum)\\n")
-        for node in ["hidraw", "event", "mouse"] {
-            for n in (0..<10).reversed() {
-                records = records.replacingOccurrences(of: "\(node)\(n)\n", with: "\(node)\(n + 10 * round)\n")
-                    .replacingOccurrences(of: "/\(node)\(n)/", with: "/\(node)\(n + 10 * round)/")
-            }
-        }
-        // Names that must be unique in the testbed: input devices and HID devices.
-        for n in (0..<10).reversed() {
-            records = records.replacingOccurrences(of: "/input\(n)", with: "/input\(n + 10 * round)")
-                .replacingOccurrences(of: "C52B.000\(n)", with: String(format: "C52B.%04d", n + 10 * round))
-        }
+        records = renumberReceiverNames(records, round: round)
         if port != 2 {
             records = records.replacingOccurrences(of: "usb1/1-2", with: "usb1/1-\(port)")
                 .replacingOccurrences(of: "/1-2:", with: "/1-\(port):")

@@ -236,3 +236,21 @@ public func requireProgram(_ name: String, package: String) throws -> String {
     }
     throw TestbedError(message: "\(name) not found: install the Debian package \(package) (make deps)")
 }
+
+/// The Logitech receiver fixture's names that must be unique in one testbed (umockdev
+/// cannot make a node or device of the same name twice), renumbered for plug `round`:
+/// hidraw/event/mouse nodes, input devices and HID devices.
+public func renumberReceiverNames(_ records: String, round: Int) -> String {
+    var records = records
+    for node in ["hidraw", "event", "mouse"] {
+        for n in (0..<10).reversed() {
+            records = records.replacingOccurrences(of: "\(node)\(n)\n", with: "\(node)\(n + 10 * round)\n")
+                .replacingOccurrences(of: "/\(node)\(n)/", with: "/\(node)\(n + 10 * round)/")
+        }
+    }
+    for n in (0..<10).reversed() {
+        records = records.replacingOccurrences(of: "/input\(n)", with: "/input\(n + 10 * round)")
+            .replacingOccurrences(of: "C52B.000\(n)", with: String(format: "C52B.%04d", n + 10 * round))
+    }
+    return records
+}

@@ -179,17 +179,7 @@ func receiverPlug(round: Int) throws -> Plug {
             .replacingOccurrences(of: "BUSNUM=001", with: String(format: "BUSNUM=%03d", bus))
             .replacingOccurrences(of: "busnum=1\\n", with: "busnum=\(bus)\\n")
     }
-    // Names that must be unique in the testbed: input devices and HID devices.
-    for node in ["hidraw", "event", "mouse"] {
-        for n in (0..<10).reversed() {
-            records = records.replacingOccurrences(of: "\(node)\(n)\n", with: "\(node)\(n + 10 * round)\n")
-                .replacingOccurrences(of: "/\(node)\(n)/", with: "/\(node)\(n + 10 * round)/")
-        }
-    }
-    for n in (0..<10).reversed() {
-        records = records.replacingOccurrences(of: "/input\(n)", with: "/input\(n + 10 * round)")
-            .replacingOccurrences(of: "C52B.000\(n)", with: String(format: "C52B.%04d", n + 10 * round))
-    }
+    records = renumberReceiverNames(records, round: round)
     // Only the USB node is made: QEMU opens it; nobody opens the hidraw and input
     // nodes here, and umockdev would keep a pseudo-terminal open for each of them.
     let lines = records.split(separator: "\n", omittingEmptySubsequences: false)
