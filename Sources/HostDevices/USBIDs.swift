@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// The system's usb.ids database (vendor and product names), indexed in one pass
 /// over the bytes; product names are decoded only when asked for.
 ///
@@ -63,19 +66,22 @@ public final class USBIDs: Sendable {
 
     public func productName(_ vendor: UInt16, _ product: UInt16) -> String? {
         guard let v = vendors[vendor] else { return nil }
-        var i = v.products.lowerBound
         let end = min(v.products.upperBound, bytes.count)
-        while i < end {
-            let lineStart = i
-            while i < end && bytes[i] != 0x0A { i += 1 }
-            let lineEnd = i
-            i += 1
-            // Exactly one tab, then four hex digits (interface lines have two tabs).
-            guard lineEnd - lineStart > 5, bytes[lineStart] == 0x09,
-                  let id = Self.hex4(bytes, lineStart + 1, lineEnd), id == product else { continue }
-            return text(Self.nameRange(bytes, lineStart + 5, lineEnd))
-        }
-        return nil
+        return bytes.withUnsafeBufferPointer { b -> Range<Int>? in
+            guard let base = b.baseAddress else { return nil }
+            var i = v.products.lowerBound
+            while i < end {
+                let lineStart = i
+                // The next newline, found by memchr: a big vendor has hundreds of products.
+                let lineEnd = memchr(base + i, 0x0A, end - i).map { UnsafeRawPointer($0) - UnsafeRawPointer(base) } ?? end
+                i = lineEnd + 1
+                // Exactly one tab, then four hex digits (interface lines have two tabs).
+                guard lineEnd - lineStart > 5, b[lineStart] == 0x09,
+                      let id = Self.hex4(b, lineStart + 1, lineEnd), id == product else { continue }
+                return Self.nameRange(b, lineStart + 5, lineEnd)
+            }
+            return nil
+        }.map(text)
     }
 
     private func text(_ r: Range<Int>) -> String {
@@ -83,7 +89,7 @@ public final class USBIDs: Sendable {
     }
 
     /// Four hex digits at `at` followed by a space or tab.
-    private static func hex4(_ b: [UInt8], _ at: Int, _ end: Int) -> UInt16? {
+    private static func hex4<C: RandomAccessCollection<UInt8>>(_ b: C, _ at: Int, _ end: Int) -> UInt16? where C.Index == Int {
         guard end - at >= 5 else { return nil }
         var v: UInt16 = 0
         for k in 0..<4 {
@@ -102,7 +108,7 @@ public final class USBIDs: Sendable {
     }
 
     /// The name after the ID: separating blanks skipped, trailing blanks and CR dropped.
-    private static func nameRange(_ b: [UInt8], _ from: Int, _ end: Int) -> Range<Int> {
+    private static func nameRange<C: RandomAccessCollection<UInt8>>(_ b: C, _ from: Int, _ end: Int) -> Range<Int> where C.Index == Int {
         var s = from
         while s < end && (b[s] == 0x20 || b[s] == 0x09) { s += 1 }
         var e = end

@@ -42,6 +42,13 @@ public final class UdevMonitor: @unchecked Sendable {
     public let source: String
     /// The socket to wait on for readability.
     public let fd: Int32
+    /// The subsystems asked for, as the bytes of `SUBSYSTEM=<name>` values.
+    private var wanted: [[UInt8]]
+    /// Messages dropped by `receive()`'s own check before libudev parses them.
+    public private(set) var dropped = 0
+    /// Whether `usb_interface` events and a USB device's `bind` are wanted: only while a
+    /// device waits for its interfaces (the daemon sets it).
+    public var usbInterfaceEvents = true
 
     /// True when udevd runs on this host: its control socket accepts a connection.
     public static func udevdRunning(runDir: String = "/run/udev") -> Bool {
@@ -83,6 +90,7 @@ public final class UdevMonitor: @unchecked Sendable {
         udev = u
         monitor = m
         source = chosen
+        wanted = subsystems.map { Array($0.utf8) }
         fd = udev_monitor_get_fd(m)
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
@@ -90,6 +98,7 @@ public final class UdevMonitor: @unchecked Sendable {
 
     /// Replaces the subsystem filter (for instance `input` joins when evdev passthrough is turned on).
     public func setSubsystems(_ subsystems: [String]) {
+        wanted = subsystems.map { Array($0.utf8) }
         udev_monitor_filter_remove(monitor)
         for s in subsystems { udev_monitor_filter_add_match_subsystem_devtype(monitor, s, nil) }
         udev_monitor_filter_update(monitor)
@@ -102,6 +111,7 @@ public final class UdevMonitor: @unchecked Sendable {
 
     /// The next event already received, or nil when none is waiting.
     public func receive() -> DeviceEvent? {
+        dropUnwanted()
         guard let dev = udev_monitor_receive_device(monitor) else { return nil }
         defer { udev_device_unref(dev) }
         func text(_ p: UnsafePointer<CChar>?) -> String? { p.map { String(cString: $0) } }
@@ -115,5 +125,77 @@ public final class UdevMonitor: @unchecked Sendable {
             devnode: text(udev_device_get_property_value(dev, "DEVNAME")).map { $0.hasPrefix("/") ? $0 : "/dev/" + $0 },
             driver: text(udev_device_get_property_value(dev, "DRIVER")),
             seqnum: UInt64(udev_device_get_seqnum(dev)))
+    }
+
+    /// Discards waiting messages that would be thrown away after libudev parsed them (tens of
+    /// thousands of instructions each), up to the first one that is wanted or cannot be told
+    /// from a peek at its fields (libudev then decides, with its own checks). The kernel source
+    /// has no in-kernel subsystem filter (libudev gives the udev source one only), so every
+    /// uevent of the host arrives: a USB mouse's plug is 17, of which 4 are `usb`, and of those
+    /// only the device's own `add` matters unless `usbInterfaceEvents` is on.
+    private func dropUnwanted() {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 2048) { buf in
+            while true {
+                let n = recv(fd, buf.baseAddress, buf.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+                guard n > 0 else { return }
+                let fields = Self.fields(in: UnsafeBufferPointer(rebasing: buf[..<n]))
+                guard wants(fields) == false else { return }
+                _ = recv(fd, nil, 0, Int32(MSG_DONTWAIT))
+                dropped += 1
+            }
+        }
+    }
+
+    /// False when the peeked message is certainly not wanted; nil when it cannot be told.
+    func wants(_ f: PeekedFields) -> Bool? {
+        guard let subsystem = f.subsystem else { return nil }
+        guard wanted.contains(where: { $0.elementsEqual(subsystem) }) else { return false }
+        if !usbInterfaceEvents, subsystem.elementsEqual("usb".utf8), let devtype = f.devtype {
+            if devtype.elementsEqual("usb_interface".utf8) { return false }
+            if devtype.elementsEqual("usb_device".utf8), let action = f.action, action.elementsEqual("bind".utf8) { return false }
+        }
+        return true
+    }
+
+    /// The fields a peek looks at, as byte slices of the peeked message.
+    struct PeekedFields {
+        var action: Slice<UnsafeBufferPointer<UInt8>>?
+        var subsystem: Slice<UnsafeBufferPointer<UInt8>>?
+        var devtype: Slice<UnsafeBufferPointer<UInt8>>?
+    }
+
+    private static let actionKey = Array("ACTION=".utf8)
+    private static let subsystemKey = Array("SUBSYSTEM=".utf8)
+    private static let devtypeKey = Array("DEVTYPE=".utf8)
+
+    /// ACTION, SUBSYSTEM and DEVTYPE of a uevent message as it arrives on the socket: the
+    /// kernel's (`action@devpath` then NUL-separated `KEY=value`) or libudev's (a `libudev`
+    /// header, then the same properties at its offset). A field cut off by the end of the
+    /// peeked bytes is not taken.
+    static func fields(in message: UnsafeBufferPointer<UInt8>) -> PeekedFields {
+        var out = PeekedFields()
+        guard let base = message.baseAddress else { return out }
+        var i = 0
+        if message.count >= 24, message.starts(with: "libudev\0".utf8) {
+            // After the prefix, the magic and the header size: the properties' offset (host
+            // order, like libudev writes it); they run to the end of the message.
+            i = Int(UnsafeRawPointer(base).loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+        }
+        func value(_ key: [UInt8], _ from: Int, _ to: Int) -> Slice<UnsafeBufferPointer<UInt8>>? {
+            guard to - from > key.count, message[from ..< from + key.count].elementsEqual(key) else { return nil }
+            return message[(from + key.count) ..< to]
+        }
+        while i < message.count {
+            guard let nul = memchr(base + i, 0, message.count - i) else { break }
+            let j = UnsafeRawPointer(nul) - UnsafeRawPointer(base)
+            switch message[i] {
+            case UInt8(ascii: "A"): out.action = out.action ?? value(actionKey, i, j)
+            case UInt8(ascii: "S"): out.subsystem = out.subsystem ?? value(subsystemKey, i, j)
+            case UInt8(ascii: "D"): out.devtype = out.devtype ?? value(devtypeKey, i, j)
+            default: break
+            }
+            i = j + 1
+        }
+        return out
     }
 }

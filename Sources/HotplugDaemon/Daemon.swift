@@ -93,7 +93,10 @@ public actor Daemon {
     /// Followed devices by sysfs path.
     var devices: [String: Tracked] = [:]
     /// USB devices whose interfaces are not all there yet: sysfs path -> (event time, deadline timer).
-    var pendingUSB: [String: (since: Deadline, timer: TimerToken)] = [:]
+    var pendingUSB: [String: (since: Deadline, timer: TimerToken)] = [:] {
+        // Interfaces' events are parsed only while a device waits for its interfaces.
+        didSet { monitor?.usbInterfaceEvents = !pendingUSB.isEmpty }
+    }
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
@@ -128,6 +131,7 @@ public actor Daemon {
             Task(executorPreference: self.loop) { await self.signal(signo) }
         }
         let monitor = try UdevMonitor(subsystems: eventSubsystems)
+        monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if monitor.source == "kernel" {
             logger.warning("udevd is not running: listening to kernel events directly")
         }

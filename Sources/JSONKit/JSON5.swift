@@ -24,6 +24,13 @@ public struct JSONNode: Sendable {
     public var line: Int
     public var column: Int
 
+    /// A value made rather than read (line and column 1).
+    public init(value: Value, line: Int = 1, column: Int = 1) {
+        self.value = value
+        self.line = line
+        self.column = column
+    }
+
     /// `object`, `array`, `string`, ... as used in "found ..." messages, with the
     /// value itself for scalars.
     public var foundDescription: String {
@@ -55,6 +62,8 @@ public struct JSONMember: Sendable {
 /// and only the first occurrence kept).
 public struct JSONObject: Sendable {
     public var members: [JSONMember] = []
+
+    public init(members: [JSONMember] = []) { self.members = members }
 
     public func member(_ key: String) -> JSONMember? { members.first { $0.key == key } }
 }

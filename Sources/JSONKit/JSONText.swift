@@ -55,7 +55,12 @@ public indirect enum JSONText: Sendable, Hashable {
 
     static func escape(_ s: String, into out: inout String) {
         out += "\""
-        for scalar in s.unicodeScalars { appendEscaped(scalar, to: &out) }
+        // Printable ASCII without quotes or backslashes (ids, paths, most names) goes in whole.
+        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+            out += s
+        } else {
+            for scalar in s.unicodeScalars { appendEscaped(scalar, to: &out) }
+        }
         out += "\""
     }
 }

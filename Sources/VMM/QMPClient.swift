@@ -13,6 +13,21 @@ public enum QMPMessage: Sendable {
     case error(id: Int?, errorClass: String, description: String)
     case event(name: String, data: JSONNode?)
 
+    /// QEMU's most frequent line, exactly `{"return": {}, "id": N}` (the answer to
+    /// qmp_capabilities, device_add and device_del), read without the general parser; nil
+    /// for any other line (the parser then reads it).
+    static func emptyReturn(_ line: [UInt8]) -> QMPMessage? {
+        let head = #"{"return": {}, "id": "#.utf8
+        guard line.count > head.count + 1, line.count < head.count + 20, line.starts(with: head),
+              line.last == UInt8(ascii: "}") else { return nil }
+        var id = 0
+        for c in line[head.count ..< line.count - 1] {
+            guard c >= 0x30, c <= 0x39 else { return nil }
+            id = id * 10 + Int(c - 0x30)
+        }
+        return .reply(id: id, value: JSONNode(value: .object(JSONObject())))
+    }
+
     /// Classifies one parsed line; nil when it is none of QMP's messages.
     static func from(_ node: JSONNode) -> QMPMessage? {
         guard case .object(let o) = node.value else { return nil }
@@ -274,6 +289,7 @@ public final class QMPClient {
                 buffer.removeSubrange(...nl)
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
                 logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
+                if let message = QMPMessage.emptyReturn(line) { return message }
                 var parser = JSONParser(bytes: line)
                 guard let node = try? parser.parseDocument(), let message = QMPMessage.from(node) else {
                     close()

@@ -1,6 +1,7 @@
 import DeviceModel
 import Foundation
 import Logging
+import JSONKit
 import Reactor
 import Testing
 import VHotplugTestSupport
@@ -161,5 +162,32 @@ struct QEMUBackendTests {
         try qemu.start()
         _ = try await backend.attachUSB(receiver)
         #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+}
+
+@Suite("QMP lines")
+struct QMPLineTests {
+    func parsed(_ text: String) -> QMPMessage? {
+        var p = JSONParser(bytes: Array(text.utf8))
+        return (try? p.parseDocument()).flatMap(QMPMessage.from)
+    }
+
+    @Test("the empty return is read without the parser, as the parser reads it; any other line is left to the parser")
+    func emptyReturn() {
+        for (text, id) in [(#"{"return": {}, "id": 3}"#, 3), (#"{"return": {}, "id": 123456789012345678}"#, 123456789012345678)] {
+            guard case .reply(let fast, let value)? = QMPMessage.emptyReturn(Array(text.utf8)),
+                  case .reply(let slow, _)? = parsed(text) else {
+                Issue.record("not read as a reply: \(text)")
+                continue
+            }
+            #expect(fast == id && slow == id)
+            guard case .object(let o) = value.value else { Issue.record("not an object"); continue }
+            #expect(o.members.isEmpty)
+        }
+        for text in [#"{"return": {}, "id": }"#, #"{"return": {}, "id": -1}"#, #"{"return": {}, "id": 1x}"#,
+                     #"{"return": {}, "id": 1}}"#, #"{"return": {}}"#, #"{"return": {}, "id": 1234567890123456789012}"#,
+                     #"{"return": {"a": 1}, "id": 1}"#, #"{"QMP": {}}"#, ""] {
+            #expect(QMPMessage.emptyReturn(Array(text.utf8)) == nil, "\(text)")
+        }
     }
 }

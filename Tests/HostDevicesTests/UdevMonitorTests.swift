@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import HostDevices
+import Testing
+import VHotplugTestSupport
+
+@Suite("The uevent monitor", .serialized)
+struct UdevMonitorTests {
+    func subsystem(_ bytes: [UInt8]) -> String? { field(bytes, \.subsystem) }
+
+    func field(_ bytes: [UInt8], _ key: KeyPath<UdevMonitor.PeekedFields, Slice<UnsafeBufferPointer<UInt8>>?>) -> String? {
+        bytes.withUnsafeBufferPointer { b in UdevMonitor.fields(in: b)[keyPath: key].map { String(decoding: $0, as: UTF8.self) } }
+    }
+
+    func kernelMessage(_ fields: [String]) -> [UInt8] {
+        fields.flatMap { Array($0.utf8) + [0] }
+    }
+
+    @Test("SUBSYSTEM is found in the kernel's messages and in libudev's, and not in a cut-off one")
+    func subsystemField() {
+        let kernel = kernelMessage(["add@/devices/pci0000:00/usb1/1-2", "ACTION=add", "DEVPATH=/devices/pci0000:00/usb1/1-2",
+                                    "SUBSYSTEM=usb", "DEVTYPE=usb_device", "SEQNUM=7"])
+        #expect(subsystem(kernel) == "usb")
+        #expect(field(kernel, \.action) == "add")
+        #expect(field(kernel, \.devtype) == "usb_device")
+        // SUBSYSTEM= inside another field's value does not count.
+        #expect(subsystem(kernelMessage(["change@/x", "NAME=SUBSYSTEM=usb", "SUBSYSTEM=input"])) == "input")
+        // Cut off by the peek's buffer: not trusted ("us" is not "usb").
+        let cut = Array(kernel[..<(kernel.firstIndex(of: UInt8(ascii: "b"))!)])
+        #expect(subsystem(Array(kernelMessage(["add@/x", "ACTION=add"]) + Array("SUBSYSTEM=us".utf8))) == nil)
+        #expect(subsystem(cut) == nil)
+        #expect(subsystem(kernelMessage(["add@/x", "ACTION=add"])) == nil)
+        #expect(subsystem([]) == nil)
+
+        // libudev's: an 8-byte prefix, the magic, then header size, properties offset and length.
+        let properties = kernelMessage(["ACTION=add", "SUBSYSTEM=hidraw", "DEVNAME=/dev/hidraw0"])
+        var udev = Array("libudev\0".utf8) + [0xfe, 0xed, 0xca, 0xfe]
+        func u32(_ v: Int) -> [UInt8] { withUnsafeBytes(of: UInt32(v)) { Array($0) } }
+        udev += u32(40) + u32(40) + u32(properties.count) + Array(repeating: 0, count: 16)
+        #expect(udev.count == 40)
+        #expect(subsystem(udev + properties) == "hidraw")
+        #expect(field(udev + properties, \.action) == "add")
+        #expect(field(udev + properties, \.devtype) == nil)
+        // A properties offset beyond the message: nothing found, nothing read out of bounds.
+        var bad = udev
+        bad.replaceSubrange(16..<20, with: u32(4000))
+        #expect(subsystem(bad + properties) == nil)
+    }
+
+    @Test("uevents nobody wants (other subsystems, interfaces while no device waits) are dropped before libudev parses them")
+    func dropsOthers() async throws {
+        let tb = await Testbed.make()
+        let usb = tb.addDevice(subsystem: "usb", name: "1-1", attributes: usbAttributes(), properties: [("DEVTYPE", "usb_device")])
+        let input = tb.addDevice(subsystem: "input", name: "input7", attributes: [("name", "Mouse")], properties: [])
+        let monitor = try UdevMonitor(subsystems: ["usb"], source: "kernel")
+        tb.uevent(input, "add")
+        tb.uevent(input, "change")
+        tb.uevent(usb, "add")
+        tb.uevent(input, "remove")
+        var p = pollfd(fd: monitor.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&p, 1, 5000) == 1)
+        let e = try #require(monitor.receive())
+        #expect(e.subsystem == "usb" && e.action == "add" && e.sysName == "1-1")
+        #expect(monitor.dropped == 2)
+        #expect(monitor.receive() == nil)
+        #expect(monitor.dropped == 3)
+
+        // Interfaces' events and a device's bind only while the daemon waits for interfaces.
+        let interface = tb.addDevice(subsystem: "usb", name: "1-1:1.0", attributes: [("bInterfaceClass", "03")],
+                                     properties: [("DEVTYPE", "usb_interface")])
+        // umockdev announces a device it adds with an `add` uevent of its own.
+        #expect(poll(&p, 1, 5000) == 1)
+        #expect(monitor.receive().map { "\($0.action) \($0.devtype)" } == "add usb_interface")
+        monitor.usbInterfaceEvents = false
+        tb.uevent(interface, "add")
+        tb.uevent(usb, "bind")
+        tb.uevent(usb, "remove")
+        #expect(poll(&p, 1, 5000) == 1)
+        #expect(monitor.receive().map { "\($0.action) \($0.sysName)" } == "remove 1-1")
+        #expect(monitor.dropped == 5)
+        monitor.usbInterfaceEvents = true
+        tb.uevent(interface, "bind")
+        tb.uevent(usb, "bind")
+        #expect(poll(&p, 1, 5000) == 1)
+        #expect(monitor.receive().map { "\($0.action) \($0.devtype)" } == "bind usb_interface")
+        #expect(monitor.receive().map { "\($0.action) \($0.devtype)" } == "bind usb_device")
+        #expect(monitor.dropped == 5)
+
+        // Asked for later (evdev passthrough turned on): received.
+        monitor.setSubsystems(["usb", "input"])
+        tb.uevent(input, "change")
+        #expect(poll(&p, 1, 5000) == 1)
+        #expect(monitor.receive()?.subsystem == "input")
+        #expect(monitor.dropped == 5)
+    }
+}
