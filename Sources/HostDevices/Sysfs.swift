@@ -147,16 +147,19 @@ struct AttributeReader {
 
     /// A hexadecimal attribute (`046d`, `0x8086`), checked against `max`.
     func hex(_ name: String, max: UInt64 = UInt64(UInt16.max)) throws(DeviceReadError) -> UInt64 {
-        let s = try string(name)
+        try hexValue(name, try string(name), max: max)
+    }
+
+    func optionalHex(_ name: String, max: UInt64 = UInt64(UInt16.max)) throws(DeviceReadError) -> UInt64? {
+        guard let s = try optionalString(name) else { return nil }
+        return try hexValue(name, s, max: max)
+    }
+
+    private func hexValue(_ name: String, _ s: String, max: UInt64) throws(DeviceReadError) -> UInt64 {
         guard let v = parseHex(s), v <= max else {
             throw DeviceReadError(device: device, attribute: name, reason: "expected a hex number up to \(String(max, radix: 16)), found \(quoted(s))")
         }
         return v
-    }
-
-    func optionalHex(_ name: String, max: UInt64 = UInt64(UInt16.max)) throws(DeviceReadError) -> UInt64? {
-        guard try optionalString(name) != nil else { return nil }
-        return try hex(name, max: max)
     }
 
     /// A decimal attribute.

@@ -111,8 +111,7 @@ public final class UdevMonitor: @unchecked Sendable {
 
     /// The next event already received, or nil when none is waiting.
     public func receive() -> DeviceEvent? {
-        dropUnwanted()
-        guard let dev = udev_monitor_receive_device(monitor) else { return nil }
+        guard dropUnwanted(), let dev = udev_monitor_receive_device(monitor) else { return nil }
         defer { udev_device_unref(dev) }
         func text(_ p: UnsafePointer<CChar>?) -> String? { p.map { String(cString: $0) } }
         return DeviceEvent(
@@ -133,13 +132,16 @@ public final class UdevMonitor: @unchecked Sendable {
     /// has no in-kernel subsystem filter (libudev gives the udev source one only), so every
     /// uevent of the host arrives: a USB mouse's plug is 17, of which 4 are `usb`, and of those
     /// only the device's own `add` matters unless `usbInterfaceEvents` is on.
-    private func dropUnwanted() {
+    /// False when nothing is left to read.
+    private func dropUnwanted() -> Bool {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 2048) { buf in
             while true {
                 let n = recv(fd, buf.baseAddress, buf.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
-                guard n > 0 else { return }
+                // Nothing waiting (libudev's own read would say the same); an error: libudev reads and reports.
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return false }
+                guard n > 0 else { return true }
                 let fields = Self.fields(in: UnsafeBufferPointer(rebasing: buf[..<n]))
-                guard wants(fields) == false else { return }
+                guard wants(fields) == false else { return true }
                 _ = recv(fd, nil, 0, Int32(MSG_DONTWAIT))
                 dropped += 1
             }

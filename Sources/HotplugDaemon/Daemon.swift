@@ -130,9 +130,18 @@ public actor Daemon {
         signals = try SignalSource([SIGHUP, SIGTERM, SIGINT], loop: loop) { [self] signo in
             Task(executorPreference: self.loop) { await self.signal(signo) }
         }
-        let monitor = try UdevMonitor(subsystems: eventSubsystems)
+        // VHOTPLUG_EVENT_SOURCE=udev|kernel overrides the detection (a container whose
+        // /run/udev is not the host's, a udevd that does not answer on its control socket).
+        var forced = getenv("VHOTPLUG_EVENT_SOURCE").map { String(cString: $0) }
+        if let f = forced, f != "udev", f != "kernel" {
+            logger.warning("VHOTPLUG_EVENT_SOURCE=\(quoted(f)) ignored: expected udev or kernel")
+            forced = nil
+        }
+        let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
-        if monitor.source == "kernel" {
+        if let forced {
+            logger.info("listening to \(forced) events (VHOTPLUG_EVENT_SOURCE)")
+        } else if monitor.source == "kernel" {
             logger.warning("udevd is not running: listening to kernel events directly")
         }
         self.monitor = monitor

@@ -30,8 +30,8 @@ struct Rig {
         config = try writeConfig(qemu.dir, socket: qemu.qmpPath)
     }
 
-    func daemon(_ extra: [String] = []) throws -> DaemonProcess {
-        let d = try DaemonProcess(arguments: ["-c", config, "-d"] + extra, testbed: tb)
+    func daemon(_ extra: [String] = [], environment: [String: String] = [:]) throws -> DaemonProcess {
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"] + extra, testbed: tb, environment: environment)
         try d.waitFor("; listening (")
         return d
     }
@@ -98,6 +98,24 @@ struct DaemonUSBTests {
         #expect(d.stop() == 0)
         // SIGTERM leaves attached devices with their VM.
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
+    @Test("VHOTPLUG_EVENT_SOURCE chooses libudev's source (umockdev's events are in udevd's format); a bad value is ignored")
+    func eventSource() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon(environment: ["VHOTPLUG_EVENT_SOURCE": "udev"])
+        #expect(d.log.contains { $0.contains("listening to udev events (VHOTPLUG_EVENT_SOURCE)") })
+        #expect(d.log.contains { $0.hasSuffix("listening (udev events)") })
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let mark = d.mark
+        rig.unplugReceiver()
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
+        #expect(d.stop() == 0)
+
+        let bad = try rig.daemon(environment: ["VHOTPLUG_EVENT_SOURCE": "netlink"])
+        #expect(bad.log.contains { $0.contains(#"VHOTPLUG_EVENT_SOURCE="netlink" ignored: expected udev or kernel"#) })
+        #expect(bad.stop() == 0)
     }
 
     @Test("a denied device is not attached, and the log says which deny entry stopped it")
