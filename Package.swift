@@ -1,6 +1,9 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// This folder (linker flags name files in it by absolute path).
+let packageRoot = String(#filePath.dropLast("/Package.swift".count))
+
 // The data path, one module per arrow (see README "Architecture"):
 // udev event -> HostDevices (sysfs + libusb + libpci) -> DeviceModel values
 // -> HotplugRules (pure matcher, with HotplugConfig) -> decision -> actions.
@@ -69,7 +72,10 @@ let package = Package(
         // to relocate, and the binary stays position-independent (ASLR).
         .executableTarget(name: "vhotplug", dependencies: ["VHotplugCommands"],
                           linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xclang-linker", "-fuse-ld=lld",
-                                                         "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"],
+                                                         "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+                                                         // The functions a daemon runs, together (tools/bench/README.md).
+                                                         "-Xlinker", "--symbol-ordering-file=\(packageRoot)/tools/bench/hot-functions.txt",
+                                                         "-Xlinker", "--no-warn-symbol-ordering"],
                                                         .when(configuration: .release))]),
         // Benchmarks (tools/bench/run.sh builds them in release mode).
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
@@ -101,4 +107,10 @@ let package = Package(
 // daemon's code stays on the event loop's thread (Swift 6.2+ semantics).
 for target in package.targets where target.type != .system {
     target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
+}
+
+// Release code one section per function, so that the linker can put the functions a
+// daemon runs together (fewer pages touched: tools/bench/README.md, "Memory").
+for target in package.targets where target.type != .system && target.type != .test {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-Xfrontend", "-function-sections"], .when(configuration: .release))]
 }
