@@ -1548,14 +1548,22 @@ class Test6VMMArgsVSock(DaemonCase):
         t = time.monotonic()
         lab.vm_start("vm1", timeout=PCI_ATTACH_DEADLINE, extra_args=out.split(" "))
         note("vmm args: vm1 start with the e1000e on its command line", time.monotonic() - t)
-        lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s" % (re.escape(addr), re.escape(vid)), since=mark,
-                     timeout=PCI_ATTACH_DEADLINE)
+        # The daemon's resync lists vm1's devices once QEMU answers (it answers only after realizing
+        # the vfio-pci device, 3 s here). Should that exceed the QMP deadline (5 s) on a loaded
+        # machine, the attach that follows finds the device under its id instead: never a second one.
+        found = lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s|VM vm1: %s is in the VM already \(host %s\)"
+                             % (re.escape(addr), re.escape(vid), re.escape(vid), re.escape(addr)), since=mark,
+                             timeout=PCI_ATTACH_DEADLINE)
         lab.wait_for(lambda: any(d["qdev_id"] == vid for d in lab.inner_pci("vm1")), 30,
                      "%s in vm1's query-pci" % vid, interval=0.1)
         [dev] = [d for d in lab.inner_pci("vm1") if d["qdev_id"] == vid]
         self.assertEqual((dev["vendor"], dev["device"]), (0x8086, 0x10d3))
         self.assertEqual(dev["parent"], "rp3")
-        self.assertNotLog(r"device_add", since=mark)
+        if "found in VM" in found.group(0):
+            self.assertNotLog(r"device_add", since=mark)
+        else:
+            print("\n  vmm args: vm1's QMP answered after the resync's deadline; the attach found the NIC", file=sys.stderr)
+        self.assertEqual(list(self.vhp()), [vid])
         rc, out, err = self.cli("pci", "list", "--json", "--path", VMM_API_SOCK)
         self.assertEqual(rc, 0, err)
         [listed] = json.loads(out)
