@@ -50,11 +50,41 @@ public enum APIRequest: Sendable, Hashable {
     case pciDetach(PCISelector)
     case pciSuspend(vm: String?)
     case pciResume(vm: String?)
-    case vmmArgs(vm: String?)
+    case vmmArgs(VMMArgsRequest)
 
     /// The actions this server knows, as clients spell them.
     public static let actions = ["enable_notifications", "usb_list", "usb_attach", "usb_detach", "usb_suspend", "usb_resume",
                                  "pci_list", "pci_attach", "pci_detach", "pci_suspend", "pci_resume", "vmm_args"]
+}
+
+/// `vmm_args`: the arguments a VM launcher adds to a VM's command line so that the
+/// PCI and evdev devices the rules give that VM are there from its start.
+public struct VMMArgsRequest: Sendable, Hashable {
+    public var vm: String
+    /// QEMU: each device goes on bus `<prefix><index>` (a free pcie-root-port of the
+    /// VM's command line); no `bus=` without a prefix.
+    public var busPrefix: String?
+    /// The first index (default 0), one more per device.
+    public var busStartIndex: Int
+    /// A VM that gets no PCI device is an error (the launcher asks again later).
+    public var requirePCI: Bool
+
+    public init(vm: String, busPrefix: String? = nil, busStartIndex: Int = 0, requirePCI: Bool = false) {
+        self.vm = vm
+        self.busPrefix = busPrefix
+        self.busStartIndex = busStartIndex
+        self.requirePCI = requirePCI
+    }
+
+    init(_ f: RequestFields) throws {
+        guard let vm = try f.string("vm") else { throw APIRequestError("vmm_args needs \"vm\": the VM about to start") }
+        let prefix = try f.string("qemu_bus_prefix")
+        if let prefix, prefix.isEmpty || !prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) {
+            throw APIRequestError("\"qemu_bus_prefix\": expected a QEMU device id prefix (letters, digits, \"-\", \"_\", \".\"), found \(quoted(prefix, limit: 40))")
+        }
+        self.init(vm: vm, busPrefix: prefix, busStartIndex: try f.integer("qemu_bus_start_index") ?? 0,
+                  requirePCI: try f.bool("require_pci") ?? false)
+    }
 }
 
 /// Why a request line was refused; `message` goes back as the reply's `error`.
@@ -110,7 +140,7 @@ extension APIRequest {
         case "usb_resume": return .usbResume(vm: try f.string("vm"))
         case "pci_suspend": return .pciSuspend(vm: try f.string("vm"))
         case "pci_resume": return .pciResume(vm: try f.string("vm"))
-        case "vmm_args": return .vmmArgs(vm: try f.string("vm"))
+        case "vmm_args": return .vmmArgs(try VMMArgsRequest(f))
         default:
             throw APIRequestError("unknown action \(quoted(action, limit: 80)) (known: \(actions.joined(separator: ", ")))")
         }

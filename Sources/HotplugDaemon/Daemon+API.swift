@@ -182,8 +182,8 @@ extension Daemon: ControlService {
             return await suspendOrResume(usb: true, vm: vm, resume: true)
         case .pciResume(let vm):
             return await suspendOrResume(usb: false, vm: vm, resume: true)
-        case .vmmArgs:
-            return APIReply.failed("vmm_args is not supported: this vhotplug hot-plugs into running VMs and needs no start-up arguments")
+        case .vmmArgs(let request):
+            return await vmmArgs(request)
         }
     }
 
@@ -282,12 +282,7 @@ extension Daemon: ControlService {
             let id = Self.identity(t.device)
             api.state.disconnected.remove(id)
             if t.decision.candidateVms.count > 1 { api.state.chosenVms[id] = target }
-            api.selecting.remove(key)
-            api.suspended[key] = nil
-            t.want = target
-            t.failed = false
-            t.lastError = nil
-            t.since = .now()
+            aim(key, t, at: target)
             logger.info("\(t.device.logName): attach to \(target) requested through the API")
             reconcile(key)
         }
@@ -300,6 +295,17 @@ extension Daemon: ControlService {
             return APIReply.failed("attach of \(t.device.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")")
         }
         return APIReply.ok()
+    }
+
+    /// The device goes to `vm` now (an explicit request): no choice or suspension
+    /// pending for it any more, and a fresh try.
+    func aim(_ key: String, _ t: Tracked, at vm: String) {
+        api.selecting.remove(key)
+        api.suspended[key] = nil
+        t.want = vm
+        t.failed = false
+        t.lastError = nil
+        t.since = .now()
     }
 
     /// Explicit detach: marks the device "disconnected" (kept across replug and restart).

@@ -208,7 +208,11 @@ public actor Daemon {
         if !created {
             logger.info("VM \(vm): socket removed; its devices wait for it to come back")
             vmDown.insert(vm)
-            for t in devices.values where t.attachment?.vm == vm { t.attachment = nil }
+            for (key, t) in devices where t.attachment?.vm == vm {
+                t.attachment = nil
+                // One that should have left it (its guest never let go) is free now: back to its driver.
+                if t.want != vm { reconcile(key) }
+            }
             return
         }
         logger.info("VM \(vm): socket appeared; giving it back its devices")

@@ -12,7 +12,7 @@ import Glibc
 /// Each command owns its options, so `-c` means the same file everywhere.
 public enum Entry {
     static let subcommands: [String: any ParsableCommand.Type] = [
-        "inspect": Inspect.self, "check": Check.self, "usb": USBCommand.self, "pci": PCICommand.self, "listen": Listen.self,
+        "inspect": Inspect.self, "check": Check.self, "usb": USBCommand.self, "pci": PCICommand.self, "listen": Listen.self, "vmm": VMMCommand.self,
     ]
 
     public static func main() {
@@ -93,7 +93,7 @@ func clientArguments(_ args: [String]) -> [String] {
     let withValue: Set<String> = ["-t", "--transport", "-u", "--path", "-s", "--host", "-p", "--api-port", "-c", "--cid"]
     var k = 0
     while k + 1 < args.count, withValue.contains(args[k]) { k += 2 }
-    guard k > 0, k < args.count, ["usb", "pci", "listen"].contains(args[k]) else { return args }
+    guard k > 0, k < args.count, ["usb", "pci", "listen", "vmm"].contains(args[k]) else { return args }
     let leafEnd = args[k] == "listen" ? k + 1 : min(args.count, k + 2)
     return Array(args[k..<leafEnd]) + Array(args[0..<k]) + Array(args[leafEnd...])
 }
@@ -112,6 +112,7 @@ public struct Application: ParsableCommand {
               vhotplug usb list|attach|detach|suspend|resume [options]   (the control API's client)
               vhotplug pci list|attach|detach|suspend|resume [options]
               vhotplug listen [--json]
+              vhotplug vmm args --vm <vm> [--qemu-bus-prefix <p>] [--qemu-bus-start-index <n>] [--require-pci] [--timeout <s>] [--json]
             """,
         discussion: """
             Watches the host's device events and attaches each device to the VM its rules name \

@@ -2,6 +2,7 @@ import ArgumentParser
 import CLinux
 import ControlAPI
 import JSONKit
+import Reactor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -193,11 +194,13 @@ extension JSONObject {
     }
 }
 
-/// Sends one request; a failed reply prints its error and exits 1.
-func perform(_ connection: ConnectionOptions, _ request: JSONText, json: Bool) throws -> JSONObject {
+/// Sends one request; a failed reply prints its error and exits 1. With `retryingFor`,
+/// connecting is tried again for that many seconds while nothing listens.
+func perform(_ connection: ConnectionOptions, _ request: JSONText, json: Bool, retryingFor seconds: Double? = nil) throws -> JSONObject {
     let reply: JSONObject
     do {
-        reply = try connection.connect().request(request)
+        let c = try seconds.map { (s) throws(ClientError) in try connection.connect(retryingFor: s) } ?? connection.connect()
+        reply = try c.request(request)
     } catch {
         writeStderr("vhotplug: \(error)\n")
         throw ExitCode(1)
@@ -455,5 +458,78 @@ struct Listen: ParsableCommand {
         var text = name + (e.text("vm").map { " \($0)" } ?? "") + ": " + subject
         if let allowed = e.text("allowed_vms") { text += "; allowed VMs: \(allowed)" }
         return String(JSONText.string(text).rendered().dropFirst().dropLast())
+    }
+}
+
+// MARK: - vmm args
+
+/// `vhotplug vmm ...`.
+struct VMMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhotplug vmm", abstract: "Ask the daemon for a VM's start arguments",
+        subcommands: [VMMArgs.self])
+}
+
+/// `vhotplug vmm args --vm V`: the arguments that give a VM about to start its PCI and
+/// evdev devices (the daemon moves the PCI ones to vfio-pci first). Printed joined by
+/// spaces without a newline, for a launcher's command line; `--json` prints the list.
+/// The daemon may start after the launcher: connecting is retried until `--timeout`.
+struct VMMArgs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "args", abstract: "Print the arguments that give a VM about to start its PCI and evdev devices")
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "The VM about to start") var vm: String
+    @Option(help: "QEMU: put each device on bus <prefix><index> (free pcie-root-ports of the VM)") var qemuBusPrefix: String?
+    @Option(help: "QEMU: the first bus index (one more per device)") var qemuBusStartIndex: Int?
+    @Flag(help: "Fail when the rules give the VM no PCI device") var requirePci = false
+    @Option(help: "Seconds to keep trying to reach the daemon") var timeout: Double = 30
+    @Flag(help: "Print the arguments as a JSON list") var json = false
+
+    func validate() throws {
+        if let i = qemuBusStartIndex, !(0...65535).contains(i) {
+            throw ValidationError("--qemu-bus-start-index must be from 0 to 65535, not \(i)")
+        }
+        guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout must be a number of seconds, not \(timeout)") }
+    }
+
+    var request: JSONText {
+        VHotplugCommands.request("vmm_args", [
+            ("vm", .string(vm)), ("qemu_bus_prefix", qemuBusPrefix.map(JSONText.string)),
+            ("qemu_bus_start_index", qemuBusStartIndex.map(JSONText.int)), ("require_pci", requirePci ? .bool(true) : nil),
+        ])
+    }
+
+    func run() throws {
+        let reply = try perform(connection, request, json: json, retryingFor: timeout)
+        var args: [String] = []
+        if let m = reply.member("vmm_args"), case .array(let items) = m.value.value {
+            args = items.compactMap { if case .string(let s) = $0.value { s } else { nil } }
+        }
+        writeStdout(json ? JSONText.array(args.map(JSONText.string)).rendered() + "\n" : args.joined(separator: " "))
+    }
+}
+
+extension ConnectionOptions {
+    /// Connects, trying again while nothing listens yet (the daemon may start after
+    /// the caller): a back-off from 50 ms to 1 s between attempts, until `seconds`.
+    /// The first failure is said on stderr once.
+    func connect(retryingFor seconds: Double) throws(ClientError) -> APIConnection {
+        let start = Deadline.now()
+        var delay = 0.05
+        var said = false
+        while true {
+            do {
+                return try connect()
+            } catch {
+                let left = seconds - Deadline.now().seconds(since: start)
+                guard left > 0 else {
+                    throw ClientError("\(error.description) (tried for \(seconds) s)")
+                }
+                if !said { writeStderr("vhotplug: waiting up to \(seconds) s for the daemon at \(address)\n") }
+                said = true
+                usleep(useconds_t(min(delay, left) * 1_000_000))
+                delay = min(delay * 2, 1)
+            }
+        }
     }
 }

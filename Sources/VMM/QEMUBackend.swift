@@ -186,11 +186,12 @@ public actor QEMUBackend: VMBackend {
         let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(id))]
         do throws(VMError) {
             return try await session { (qmp) throws(VMError) in
-                let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
-                // Realizing vfio-pci maps the device's memory: seconds on a real host,
-                // about 5 s under TCG. It gets its own, longer deadline.
-                try await qmp.execute("device_add", args + [("bus", .string(port))], timeout: pciTimeout)
-                return attachment
+                try await unlessPresent(qmp, attachment, property: "host", value: device.address) { () throws(VMError) in
+                    let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
+                    // Realizing vfio-pci maps the device's memory: seconds on a real host,
+                    // about 5 s under TCG. It gets its own, longer deadline.
+                    try await qmp.execute("device_add", args + [("bus", .string(port))], timeout: pciTimeout)
+                }
             }
         } catch .timeout {
             // QEMU may finish the device_add after the deadline: ask before reporting a failure.
@@ -206,11 +207,33 @@ public actor QEMUBackend: VMBackend {
         let id = DeviceIds.evdev(eventNode: device.sysName)
         let attachment = Attachment(vm: name, kind: .evdev, id: id, hostKey: device.sysName)
         return try await session { (qmp) throws(VMError) in
-            let port = try await freeRootPort(qmp, prefix: busPrefix, for: device.devnode)
-            try await qmp.execute("device_add", [
-                ("driver", .string("virtio-input-host-pci")), ("evdev", .string(device.devnode)),
-                ("id", .string(id)), ("bus", .string(port)),
-            ])
+            try await unlessPresent(qmp, attachment, property: "evdev", value: device.devnode) { () throws(VMError) in
+                let port = try await freeRootPort(qmp, prefix: busPrefix, for: device.devnode)
+                try await qmp.execute("device_add", [
+                    ("driver", .string("virtio-input-host-pci")), ("evdev", .string(device.devnode)),
+                    ("id", .string(id)), ("bus", .string(port)),
+                ])
+            }
+        }
+    }
+
+    /// Runs `add`; when QEMU refuses (a duplicate id, no free root port), a device of
+    /// vhotplug's id whose `property` is `value` means the device is there already (given on
+    /// the VM's command line by `vmm_args`, or added by an earlier run): that is success.
+    private func unlessPresent(_ qmp: QMPClient, _ attachment: Attachment, property: String, value: String,
+                               _ add: () async throws(VMError) -> Void) async throws(VMError) -> Attachment {
+        do throws(VMError) {
+            try await add()
+            return attachment
+        } catch {
+            switch error {
+            case .commandFailed, .unsupported: break
+            default: throw error
+            }
+            let path = "/machine/peripheral/\(attachment.id)"
+            guard let there = try? await qmp.execute("qom-get", [("path", .string(path)), ("property", .string(property))]).stringValue,
+                  there == value else { throw error }
+            logger.info("VM \(name): \(attachment.id) is in the VM already (\(property) \(value))")
             return attachment
         }
     }

@@ -1083,9 +1083,12 @@ class Lab:
         return self.wait_for(lambda: (lambda p: p if predicate(p) else None)(self.inner_peripherals(vm)),
                              timeout, step or "inner VM %s state" % vm, interval=interval)
 
-    def vm_start(self, vm, timeout=30):
+    def vm_start(self, vm, timeout=30, extra_args=()):
+        """Starts an inner VM; extra_args are added to its QEMU command line (e.g. the
+        `vhotplug vmm args` output, split)."""
         with self.step("inner VM %s start" % vm):
-            self.check("%s/innervm.sh start %s" % (GUEST_DIR, vm), timeout=timeout)
+            self.check(" ".join(["%s/innervm.sh start %s" % (GUEST_DIR, vm)] + [_shquote(a) for a in extra_args]),
+                       timeout=timeout)
             self.wait_for(lambda: self.inner_qmp(vm, "query-status", timeout=5).get("status") == "running",
                           timeout, "inner VM %s answers QMP" % vm)
 
@@ -1285,6 +1288,23 @@ class Lab:
         for id in [i for i, p in self.plugged.items() if not (p.port and "." in p.port)]:
             if id in self.plugged:
                 self.unplug(id)
+
+    # -- kernel modules not in the initramfs -------------------------------------
+
+    def load_modules(self, names, timeout=30):
+        """insmod kernel modules (and their dependencies) in the guest from the lab
+        kernel's module tree, which the guest sees through its 9p root; modules already
+        loaded are skipped. For modules only some tests need (e.g. vsock_loopback)."""
+        stamp = _read_stamp(os.path.join(CACHE_DIR, "stamp.json"))
+        if not stamp or not os.path.isdir(stamp.get("moddir", "")):
+            raise LabError("no lab kernel module tree (run labkit.prepare first)", step="load modules")
+        with self.step("load modules %s" % ", ".join(names)):
+            for name, path, opts in module_load_order(stamp["moddir"], names):
+                if not path.endswith(".ko"):
+                    raise LabError("module %s is compressed (%s): insmod in the guest needs a plain .ko" % (name, path))
+                # the lab's busybox: the host root the guest runs may have no kmod
+                self.check("[ -d /sys/module/%s ] || %s insmod %s %s" % (name, _shquote(stamp["busybox"]), _shquote(path), opts),
+                           timeout=timeout)
 
     # -- VFIO (manual path; the daemon does this itself) ------------------------
 

@@ -1505,6 +1505,114 @@ class Test6API(LabCase):
         self.assertIn("vhp-pci-" + addr.replace(":", "-"), self.ids("vm1"))
 
 
+VMM_API_SOCK = labkit.GUEST_RUN + "/vmm-api.sock"
+
+
+class Test6VMMArgsVSock(DaemonCase):
+    """`vhotplug vmm args` for real (issue 6): with vm1 stopped, the launcher's call moves the
+    e1000e to vfio-pci and answers `-device vfio-pci,...,bus=rpN`; vm1 started with those
+    arguments has the NIC at boot, the daemon finds it under its own id (no second
+    device_add), lists it in vm1, and a `pci detach` takes it out of vm1 and back to e1000e.
+    And the API over vsock (vsock_loopback, CID 1): answered when CID 1 is allowed,
+    refused (and logged) when it is not."""
+
+    def config(self, **api):
+        c = json.loads(json.dumps(PCI_RULES))
+        del c["evdevPassthrough"]
+        c["general"] = {"api": dict({"unixSocket": VMM_API_SOCK}, **api), "persistency": False}
+        return c
+
+    def cli(self, *args):
+        return self.lab.vhotplug_cli(list(args), binary=self.vhotplug)
+
+    def test_1_vm1_started_with_vmm_args_has_the_e1000e_at_boot(self):
+        lab = self.lab
+        nic = lab.plug("e1000e", "n1")
+        addr, vid = nic.guest["name"], pci_id(nic.guest["name"])
+        lab.vm_stop("vm1")
+        self.start(config=self.config())
+        self.assertLog(r"VM vm1 is not running")
+        t = time.monotonic()
+        rc, out, err = self.cli("vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "rp", "--qemu-bus-start-index", "3",
+                                "--require-pci", "--path", VMM_API_SOCK)
+        note("vmm args: e1000e to vfio-pci + reply", time.monotonic() - t)
+        self.assertEqual(rc, 0, err + self.diag())
+        # rp3: a free root port of vm1's command line (innervm.sh: rp1..rp4, ep1, ep2)
+        self.assertEqual(out, "-device vfio-pci,host=%s,id=%s,bus=rp3" % (addr, vid))
+        group = int(self.assertLog(r"pci %s [^\n]*: on vfio-pci for the start of vm1 \(IOMMU group (\d+), 1 device\)"
+                                   % re.escape(addr)).group(1))
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        lab.check("test -c /dev/vfio/%d" % group)
+
+        mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        lab.vm_start("vm1", timeout=PCI_ATTACH_DEADLINE, extra_args=out.split(" "))
+        note("vmm args: vm1 start with the e1000e on its command line", time.monotonic() - t)
+        # The daemon's resync lists vm1's devices once QEMU answers (it answers only after realizing
+        # the vfio-pci device, 3 s here). Should that exceed the QMP deadline (5 s) on a loaded
+        # machine, the attach that follows finds the device under its id instead: never a second one.
+        found = lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s|VM vm1: %s is in the VM already \(host %s\)"
+                             % (re.escape(addr), re.escape(vid), re.escape(vid), re.escape(addr)), since=mark,
+                             timeout=PCI_ATTACH_DEADLINE)
+        lab.wait_for(lambda: any(d["qdev_id"] == vid for d in lab.inner_pci("vm1")), 30,
+                     "%s in vm1's query-pci" % vid, interval=0.1)
+        [dev] = [d for d in lab.inner_pci("vm1") if d["qdev_id"] == vid]
+        self.assertEqual((dev["vendor"], dev["device"]), (0x8086, 0x10d3))
+        self.assertEqual(dev["parent"], "rp3")
+        if "found in VM" in found.group(0):
+            self.assertNotLog(r"device_add", since=mark)
+        else:
+            print("\n  vmm args: vm1's QMP answered after the resync's deadline; the attach found the NIC", file=sys.stderr)
+        self.assertEqual(list(self.vhp()), [vid])
+        rc, out, err = self.cli("pci", "list", "--json", "--path", VMM_API_SOCK)
+        self.assertEqual(rc, 0, err)
+        [listed] = json.loads(out)
+        self.assertEqual((listed["address"], listed["vm"]), (addr, "vm1"))
+
+        # Detached through the API: the daemon asks vm1 to let go of its id. A device present
+        # at boot sits in a powered slot, and vm1 has no guest OS to answer the attention
+        # button, so QEMU never releases it (10 s, the daemon's unplug deadline): the reply says so.
+        mark = lab.vhotplug_log_mark()
+        t = time.monotonic()
+        rc, out, err = self.cli("pci", "detach", "--address", addr, "--path", VMM_API_SOCK)
+        note("vmm args: pci detach from an OS-less vm1 (DEVICE_DELETED deadline)", time.monotonic() - t)
+        self.assertEqual(rc, 1, out + err + self.diag())
+        self.assertIn("the guest did not release it", err)
+        self.assertLog(r'"execute":"device_del","arguments":\{"id":"%s"\}' % re.escape(vid), since=mark)
+        # vm1 stops (its launcher shuts it down): the NIC, wanted nowhere, goes back to e1000e.
+        mark = lab.vhotplug_log_mark()
+        lab.vm_stop("vm1")
+        lab.wait_log(r"pci %s [^\n]*: back on its host driver \(%s -> e1000e\)" % (re.escape(addr), re.escape(addr)),
+                     since=mark, timeout=20)
+        lab.wait_for(lambda: self.driver(addr) == "e1000e", 20, "the NIC is back on e1000e", interval=0.1)
+        lab.vm_start("vm1")
+
+    def test_2_api_over_vsock_loopback(self):
+        lab = self.lab
+        t = time.monotonic()
+        lab.load_modules(["vsock_loopback"])
+        note("vsock: insmod vsock_loopback", time.monotonic() - t)
+        self.start(config=self.config(transports=["unix", "vsock"], port=2000, allowedCids=[1]))
+        self.assertLog(r"API: listening on vsock port 2000 for CIDs 1")
+        rc, out, err = self.cli("-t", "vsock", "-c", "1", "-p", "2000", "usb", "list", "--json")
+        self.assertEqual((rc, out.strip()), (0, "[]"), err + self.diag())
+        rc, out, err = self.cli("pci", "list", "--json", "-t", "vsock", "--cid", "1", "--api-port", "2000")
+        self.assertEqual((rc, out.strip()), (0, "[]"), err + self.diag())
+        self.assertLog(r"API: connection from vsock cid 1 port \d+")
+        self.assertEqual(lab.stop_vhotplug(), 0)
+
+        self.start(config=self.config(transports=["unix", "vsock"], port=2000, allowedCids=[3]))
+        mark = lab.vhotplug_log_mark()
+        rc, out, err = self.cli("-t", "vsock", "-c", "1", "-p", "2000", "usb", "list")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("CID 1 is not in allowedCids", err)
+        lab.wait_log(r"vsock cid 1 port \d+[^\n]*CID 1 is not in allowedCids", since=mark, timeout=10)
+
+    def driver(self, address):
+        return self.lab.check("d=/sys/bus/pci/devices/%s; [ -e $d/driver ] && basename $(readlink $d/driver) || true"
+                              % address).strip()
+
+
 if __name__ == "__main__":
     prog = unittest.main(verbosity=2, exit=False)
     r = prog.result

@@ -1,12 +1,14 @@
 #!/bin/sh
 # vhotplug lab: the inner VMs (run in the outer guest).
 #   innervm.sh start|stop|status NAME
+#   innervm.sh start NAME [QEMU ARGUMENTS...]   (added to NAME's QEMU command line)
 # NAME's daemon socket: /run/vhotplug-lab/NAME.qmp (for vhotplug);
 # observer socket:      /run/vhotplug-lab/NAME-obs.qmp (for the lab).
 # q35 + TCG, no disk (SeaBIOS runs and numbers the buses), a qemu-xhci
 # controller (8 ports) and hot-pluggable root ports rp1..rp4 and ep1..ep2.
 RUN=/run/vhotplug-lab
 cmd=$1 name=$2
+[ $# -ge 2 ] && shift 2
 [ -n "$name" ] || { echo "usage: $0 start|stop|status NAME" >&2; exit 2; }
 mkdir -p $RUN
 pidfile=$RUN/$name.pid
@@ -36,7 +38,7 @@ start)
         -device pcie-root-port,id=ep2,chassis=6,bus=pcie.0 \
         -qmp unix:$RUN/$name.qmp,server=on,wait=off \
         -qmp unix:$RUN/$name-obs.qmp,server=on,wait=off \
-        -pidfile $pidfile -daemonize \
+        -pidfile $pidfile -daemonize "$@" \
         2>>$RUN/$name.log
     ;;
 stop)

@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+import VHotplugTestSupport
+
+/// A PS/2 keyboard (evdev passthrough to vm1) and the GPU with its audio function
+/// (a PCI rule for vm1) in a testbed; vm1's QEMU with root ports ep1, ep2; the API on a Unix socket.
+struct VMMArgsRig {
+    let tb: Testbed
+    let dir: String
+    let socket: String
+    let config: String
+    var qmpPath: String { dir + "/vm1.qmp" }
+
+    init(pci: Bool = false) async throws {
+        tb = await Testbed.make()
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-vmmargs-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        socket = dir + "/api.sock"
+        config = dir + "/vhotplug.conf"
+        let pciRules = pci ? #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],"# : ""
+        try """
+            {"evdevPassthrough": [{"targetVm": "vm1", "pcieBusPrefix": "ep", "allow": [{"kind": "keyboard"}], "deny": [{"name": "^Power Button$"}]}], \(pciRules)
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qmpPath)"}, {"name": "vm2", "type": "qemu", "socket": "\(dir)/vm2.qmp"}],
+             "general": {"api": {"unixSocket": "\(socket)"}, "persistency": false}}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    /// vm1's QEMU (in this folder, so its socket is the configured one).
+    func qemu(_ extra: [String] = []) throws -> QEMUInstance {
+        try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=ep1,chassis=1", "-device", "pcie-root-port,id=ep2,chassis=2"] + extra,
+                         directory: dir)
+    }
+
+    func daemon() throws -> DaemonProcess {
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
+        try d.waitFor("; listening (")
+        return d
+    }
+
+    /// `vhotplug vmm args ARGS --path SOCKET`.
+    func vmmArgs(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run([Repository.vhotplug, "vmm", "args"] + args + ["--path", socket])
+    }
+}
+
+@Suite("vmm_args end to end: the daemon, umockdev, a real QEMU, the CLI", .serialized)
+struct DaemonVMMArgsTests {
+    @Test("the launcher asks before the daemon is up (the CLI retries); the VM starts with the evdev device under the daemon's id: found as attached, no second device_add, detached on unplug")
+    func evdevColdplug() async throws {
+        let rig = try await VMMArgsRig()
+        try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        // The launcher first: nothing listens yet, it keeps trying.
+        let launcher = Process()
+        launcher.executableURL = URL(fileURLWithPath: Repository.vhotplug)
+        launcher.arguments = ["vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "ep", "--qemu-bus-start-index", "2",
+                              "--timeout", "30", "--path", rig.socket]
+        let out = Pipe(), err = Pipe()
+        launcher.standardOutput = out
+        launcher.standardError = err
+        try launcher.run()
+        var said = Data()
+        while !said.contains(0x0A), case let chunk = err.fileHandleForReading.availableData, !chunk.isEmpty { said.append(chunk) }
+        #expect(String(decoding: said, as: UTF8.self) == "vhotplug: waiting up to 30.0 s for the daemon at \(rig.socket)\n")
+        let d = try rig.daemon()
+        #expect(d.log.contains { $0.contains("VM vm1 is not running") })
+        let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        launcher.waitUntilExit()
+        #expect(launcher.terminationStatus == 0)
+        // The reference prints the arguments joined by spaces, with no newline.
+        #expect(printed == "-device virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-event0,bus=ep2")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": for vm1 from its start (vmm_args)")
+        try d.waitFor("API: vmm_args for vm1: 0 PCI and 1 input device: -device virtio-input-host-pci")
+        #expect(!d.log.contains { $0.contains("which is running") })
+
+        // vm1 starts with a device under that id (umockdev's node is no real evdev device for
+        // QEMU, so a virtio keyboard stands in for it, on the bus the arguments name).
+        let mark = d.mark
+        let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-event0,bus=ep2"])
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-event0", from: mark)
+        #expect(!d.log[mark...].contains { $0.contains("device_add") })
+        #expect(try qemu.peripheralIds().contains("vhp-evdev-event0"))
+
+        // Unplugged from the host: the daemon removes it from the VM (this paused QEMU has no
+        // guest to release it, so the device_del is what is seen here; the lab sees it go).
+        let unplug = d.mark
+        rig.tb.unplug("/sys/devices/platform/i8042/serio0/input/input0/event0")
+        try d.waitFor(#"{"execute":"device_del","arguments":{"id":"vhp-evdev-event0"}"#, from: unplug)
+        #expect(!d.log[mark...].contains { $0.contains("device_add") })
+    }
+
+    @Test("a running VM gets the arguments with a warning; unknown VM and require_pci without PCI fail; --json prints the list")
+    func runningAndFailures() async throws {
+        let rig = try await VMMArgsRig()
+        try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        let qemu = try rig.qemu()
+        let d = try rig.daemon()
+        let json = try rig.vmmArgs(["--vm", "vm1", "--json"])
+        #expect(json.status == 0, "\(json.stderr)")
+        #expect(json.stdout == #"["-device","virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-event0"]"# + "\n")
+        try d.waitFor("API: vmm_args for VM vm1, which is running: its devices are hot-plugged into it")
+        _ = qemu
+
+        let unknown = try rig.vmmArgs(["--vm", "nope", "--timeout", "0"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stdout == "")
+        #expect(unknown.stderr == "vhotplug: vmm_args: no VM named \"nope\" (configured: \"vm1\", \"vm2\")\n")
+
+        let noPCI = try rig.vmmArgs(["--vm", "vm2", "--require-pci"])
+        #expect(noPCI.status == 1)
+        #expect(noPCI.stderr == "vhotplug: no PCI device for VM vm2\n")
+        let nothing = try rig.vmmArgs(["--vm", "vm2", "--qemu-bus-prefix", "rp"])
+        #expect(nothing.status == 0 && nothing.stdout == "")
+
+        let raw = try APIClient(path: rig.socket)
+        let r = try raw.request(#"{"action": "vmm_args", "vm": "vm1", "qemu_bus_prefix": "ep,multifunction=on"}"#)
+        #expect(r["result"] as? String == "failed")
+        #expect((r["error"] as? String)?.hasPrefix(#""qemu_bus_prefix": expected a QEMU device id prefix"#) == true)
+    }
+
+    @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")
+    func pciWithoutVFIO() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        try rig.tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        let d = try rig.daemon()
+        let r = try rig.vmmArgs(["--vm", "vm1", "--require-pci"])
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("vhotplug: vmm_args for vm1: pci 0000:01:00.0 10de:1f06 cannot go to vfio-pci: "), "\(r.stderr)")
+        #expect(r.stderr.contains("modprobe vfio-pci"))
+        try d.waitFor("pci 0000:01:00.0 10de:1f06: cannot go to vfio-pci for vm1")
+        let gpu = rig.tb.sysRoot + "/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+        let override = (try? String(contentsOfFile: gpu + "/driver_override", encoding: .utf8)) ?? ""
+        #expect(!override.contains("vfio-pci"))
+    }
+}
