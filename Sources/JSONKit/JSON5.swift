@@ -371,6 +371,21 @@ public struct JSONParser {
         let (startLine, startColumn) = (line, column)
         guard let quote = peek() else { throw fail("expected a string") }
         advance()
+        // Most strings hold no escape and no control character: taken whole up to the quote.
+        var end = index
+        while end < bytes.count {
+            let c = bytes[end]
+            if c == quote || c == UInt8(ascii: "\\") || c < 0x20 { break }
+            end += 1
+        }
+        if end < bytes.count, bytes[end] == quote {
+            var scalars = 0
+            for k in index ..< end where bytes[k] & 0xC0 != 0x80 { scalars += 1 }
+            let text = String(decoding: bytes[index ..< end], as: UTF8.self)
+            column += scalars + 1
+            index = end + 1
+            return text
+        }
         var buffer: [UInt8] = []
         while true {
             guard let b = peek() else {
@@ -579,6 +594,7 @@ public func truncated(_ text: String, limit: Int = 60) -> String {
 
 /// `"text"` with JSON escapes, shortened when long, for messages.
 public func quoted(_ text: String, limit: Int = 60) -> String {
+    if text.utf8.count <= limit, isPlainText(text) { return "\"" + text + "\"" }
     var out = "\""
     var count = 0
     for scalar in text.unicodeScalars {

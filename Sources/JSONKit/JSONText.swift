@@ -55,8 +55,7 @@ public indirect enum JSONText: Sendable, Hashable {
 
     static func escape(_ s: String, into out: inout String) {
         out += "\""
-        // Printable ASCII without quotes or backslashes (ids, paths, most names) goes in whole.
-        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+        if isPlainText(s) {
             out += s
         } else {
             for scalar in s.unicodeScalars { appendEscaped(scalar, to: &out) }
@@ -65,6 +64,12 @@ public indirect enum JSONText: Sendable, Hashable {
     }
 }
 
+
+/// Printable ASCII without quotes or backslashes (ids, paths, most names): nothing to escape,
+/// so it goes in whole.
+func isPlainText(_ s: String) -> Bool {
+    s.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+}
 
 /// Appends one scalar as a JSON string holds it: quotes, backslashes and
 /// control characters (C0, DEL, C1, the line and paragraph separators) escaped,

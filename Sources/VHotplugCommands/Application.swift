@@ -265,25 +265,53 @@ struct StderrLogHandler: LogHandler {
             writeStderr(text + "\n")
             return
         }
-        let all = self.metadata.merging(metadata ?? [:]) { $1 }
-        let meta = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
-        writeStderr("\(Self.timestamp()) \(level) \(label):\(meta) [\(source)] \(message)\n")
+        var line = Self.timestamp()
+        line += " "
+        line += level.rawValue
+        line += " "
+        line += label
+        line += ":"
+        // Metadata is rare (none in the daemon's own lines): merged and sorted only when there is some.
+        if !self.metadata.isEmpty || !(metadata ?? [:]).isEmpty {
+            let all = self.metadata.merging(metadata ?? [:]) { $1 }
+            line += " " + all.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
+        }
+        line += " ["
+        line += source
+        line += "] "
+        line += message.description
+        line += "\n"
+        writeStderr(line)
     }
 
-    /// Local time, ISO 8601 with the UTC offset.
+    /// Local time, ISO 8601 with the UTC offset, written digit by digit (one log line each).
     static func timestamp() -> String {
         var t = time(nil)
         var tm = Glibc.tm()
         localtime_r(&t, &tm)
-        func pad(_ v: Int, _ width: Int) -> String {
-            let s = String(v)
-            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-        }
         let offset = tm.tm_gmtoff / 60
-        let sign = offset < 0 ? "-" : "+"
-        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
-            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2))"
-            + "\(sign)\(pad(abs(offset) / 60, 2))\(pad(abs(offset) % 60, 2))"
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        func digits(_ v: Int, _ width: Int) {
+            var d = 1
+            for _ in 1..<width { d *= 10 }
+            var v = v
+            while d > 0 {
+                bytes.append(UInt8(ascii: "0") + UInt8((v / d) % 10))
+                v %= d
+                d /= 10
+            }
+        }
+        digits(Int(tm.tm_year) + 1900, 4); bytes.append(UInt8(ascii: "-"))
+        digits(Int(tm.tm_mon) + 1, 2); bytes.append(UInt8(ascii: "-"))
+        digits(Int(tm.tm_mday), 2); bytes.append(UInt8(ascii: "T"))
+        digits(Int(tm.tm_hour), 2); bytes.append(UInt8(ascii: ":"))
+        digits(Int(tm.tm_min), 2); bytes.append(UInt8(ascii: ":"))
+        digits(Int(tm.tm_sec), 2)
+        bytes.append(UInt8(ascii: offset < 0 ? "-" : "+"))
+        digits(abs(offset) / 60, 2)
+        digits(abs(offset) % 60, 2)
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

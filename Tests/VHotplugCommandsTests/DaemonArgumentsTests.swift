@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import VHotplugCommands
 
@@ -33,5 +34,26 @@ extension DaemonArguments {
         self.init(["-c", config])!
         self.attachConnected = attachConnected
         self.debug = debug
+    }
+}
+
+@Suite("The log line's timestamp")
+struct LogTimestampTests {
+    @Test("local time, ISO 8601 with the offset, as date(1) prints it for the same second")
+    func format() throws {
+        let ours = StderrLogHandler.timestamp()
+        #expect(ours.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{4}/) != nil, "\(ours)")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/date")
+        p.arguments = ["+%Y-%m-%dT%H:%M:%S%z"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        p.waitUntilExit()
+        let theirs = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let again = StderrLogHandler.timestamp()
+        // The same second on one side or the other of date's.
+        #expect(theirs == ours || theirs == again, "ours \(ours) / \(again), date \(theirs)")
     }
 }
