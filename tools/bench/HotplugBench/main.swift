@@ -40,6 +40,9 @@ struct Options {
     /// Run the cycling daemon under callgrind (analysis): its counters are zeroed after the
     /// warm-up and dumped after the measured cycles, into this folder.
     var callgrind: String?
+    /// VHOTPLUG_EVENT_SOURCE for the daemons (`udev`: libudev's in-kernel subsystem filter
+    /// applies, as on a host where udevd runs; umockdev's uevents are in udevd's format).
+    var eventSource: String?
 }
 
 var options = Options()
@@ -66,11 +69,13 @@ do {
         case "--massif": options.massif = value()
         case "--vhotplug": options.vhotplug = value()
         case "--startup-profile": options.startupProfile = value()
+        case "--event-source": options.eventSource = value()
         case "-h", "--help":
             print("""
                 usage: umockdev-wrapper vhotplug-hotplug-bench [--cycles 100] [--memory-cycles 1000] [--warmup 5]
                        [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug]
                        [--debug] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
+                       [--event-source udev|kernel]
                 """)
             exit(0)
         default: eprint("unknown argument \(a)\n"); exit(2)
@@ -89,9 +94,11 @@ guard FileManager.default.isExecutableFile(atPath: vhotplug) else {
     exit(2)
 }
 
+if let source = opts.eventSource { setenv("VHOTPLUG_EVENT_SOURCE", source, 1) }
+
 /// One figure: one line on stdout, printed at once (notes go to stderr).
 func figure(_ line: String) {
-    out(line + "\n")
+    out((opts.eventSource.map { "[\($0) source] " } ?? "") + line + "\n")
 }
 func note(_ line: String) {
     eprint("  " + line + "\n")
