@@ -137,7 +137,7 @@ extension Daemon: ControlService {
 
     /// Waits until none of these devices has a reconcile task running.
     func settle(_ keys: [String]) async {
-        for key in keys {
+        for key in keys + followers(of: keys) {
             while let t = devices[key], t.busy {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                     api.idleWaiters[key, default: []].append(c)

@@ -81,4 +81,17 @@ extension Daemon {
             reconcile(key)
         }
     }
+
+    /// The devices that follow these ones (`pciIommuAddAll`): an API request on a
+    /// leading device waits for them too.
+    func followers(of keys: [String]) -> [String] {
+        let leaders = Set(keys.compactMap { key -> String? in
+            if case .pci(let d) = devices[key]?.device { return d.address }
+            return nil
+        })
+        guard !leaders.isEmpty else { return [] }
+        return devices.filter { key, o in
+            !keys.contains(key) && o.follows.map(leaders.contains) == true
+        }.keys.sorted()
+    }
 }

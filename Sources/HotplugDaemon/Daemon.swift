@@ -473,6 +473,12 @@ public actor Daemon {
         if subsystem == "usb" { unprepareUSBTargets(except: decision.targetVm) }
         if let t = devices[sysPath] {
             // Replugged while its detach was still running.
+            if let record = t.vfio {
+                // What the old bind recorded was of the device that left: the new one is bound afresh.
+                t.vfio = nil
+                let binder = self.binder
+                Task(executorPreference: loop) { await binder.forget(record) }
+            }
             t.device = device
             t.decision = decision
             t.present = true

@@ -224,12 +224,17 @@ public actor VFIOBinder {
             let limit = Deadline(nanoseconds: added.nanoseconds &+ UInt64(probeLimit * 1e9))
             let quiet = Deadline(nanoseconds: lastProbeActivity.nanoseconds &+ UInt64(probeQuiet * 1e9))
             let deadline = quiet < limit ? quiet : limit
-            guard Deadline.now() < deadline else {
+            // The kernel makes the `driver` link before it calls the driver's probe, and sends
+            // `bind` after it: a link with no `bind` yet is a probe still running (e1000e takes
+            // more than a second under TCG), waited for up to the limit.
+            let now = Deadline.now()
+            let probing = now < limit && (try? io.linkName(devicePath(address) + "/driver")).flatMap { $0 } != nil
+            guard now < deadline || probing else {
                 firstProbes[address] = nil
-                logger.info("\(address): just added; no driver took it within \(formatSeconds(Deadline.now().seconds(since: added))) (\(deadline == limit ? "the limit" : "no probe activity for \(formatSeconds(probeQuiet))"))")
+                logger.info("\(address): just added; no driver took it within \(formatSeconds(Deadline.now().seconds(since: added))) (\(now < limit ? "no probe activity for \(formatSeconds(probeQuiet))" : "the limit"))")
                 return
             }
-            _ = await waits.wait(for: .pci(address), deadline: deadline) { [self] in
+            _ = await waits.wait(for: .pci(address), deadline: probing ? limit : deadline) { [self] in
                 assumeIsolated { $0.firstProbes[address] == nil } ? .done : .notYet("first probe running")
             }
         }

@@ -21,7 +21,7 @@ struct DaemonIOMMUGroupTests {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", config], testbed: tb)
         try d.waitFor("; listening (")
-        try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        try tb.addProbed(file: fixtures + "/pci-gpu-audio.umockdev")
         return (tb, qemu, d)
     }
 

@@ -75,6 +75,38 @@ struct FirstProbeTests {
         #expect(left.waits == 0 && left.timers == 0)
     }
 
+    @Test("a probe that outlasts the quiet window (driver link there, no bind event yet: e1000e under TCG) is waited for")
+    func slowProbe() async throws {
+        let lab = try await Lab(records: [nicRecord], probeQuiet: 0.2)
+        defer { lab.stop() }
+        // The NIC was just added and its driver's probe runs: the link is there, `bind` is not sent yet.
+        let devpath = "/devices/pci0000:00/\(nic)"
+        await lab.binder.deviceEvent(action: "add", subsystem: "pci", sysPath: devpath)
+        let device = try lab.device(nic)
+        let binder = lab.binder
+        let binding = Task { try await binder.bind(device) }
+        // The probe takes 0.6 s, three quiet windows: the kernel's time, played on the loop's timer.
+        try await OnLoop(lab.host.loop).run { await $0.sleep(0.6) }
+        #expect(lab.writes == [], "nothing is written while the probe runs")
+        await binder.deviceEvent(action: "bind", subsystem: "pci", sysPath: devpath)
+        let record = try await binding.value
+        #expect(record.members == [.init(address: nic, originalDriver: "e1000e")])
+        #expect(lab.driver(nic) == "vfio-pci")
+    }
+
+    @Test("a driver link and no bind event ever (a lost event): the bind goes on at the limit (0.5 s), not before, never stuck")
+    func bindEventLost() async throws {
+        let lab = try await Lab(records: [nicRecord], probeQuiet: 0.1, probeLimit: 0.5)
+        defer { lab.stop() }
+        await lab.binder.deviceEvent(action: "add", subsystem: "pci", sysPath: "/devices/pci0000:00/\(nic)")
+        let start = Deadline.now()
+        let record = try await lab.binder.bind(try lab.device(nic))
+        #expect(Deadline.now().seconds(since: start) >= 0.45)
+        #expect(record.members == [.init(address: nic, originalDriver: "e1000e")])
+        let left = try await lab.leftovers()
+        #expect(left.waits == 0 && left.timers == 0)
+    }
+
     @Test("a device whose add the binder never saw (there at start) is not waited for")
     func presentAtStartNotWaited() async throws {
         let lab = try await Lab(records: [nicRecord], probeQuiet: 60)

@@ -67,13 +67,15 @@ final class Lab {
     var binder: VFIOBinder { current.binder }
     let timeout: Double
     let probeQuiet: Double
+    let probeLimit: Double
     let boot: [String]
     let kernel: FakeKernel
     let reader: DeviceReader
 
     init(fixture: String? = nil, records: [String] = [], natural: [String: String] = [:], vfioLoaded: Bool = true,
          refusals: FakeKernel.Refusals = .init(), faults: [FaultInjectingSysfsIO.Fault] = [],
-         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil, probeQuiet: Double = 0.5) async throws {
+         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil, probeQuiet: Double = 0.5,
+         probeLimit: Double = 10) async throws {
         testbed = await Testbed.make()
         if let fixture { try testbed.add(file: fixtures + "/" + fixture) }
         for r in records { try testbed.add(record: r) }
@@ -82,8 +84,9 @@ final class Lab {
         io = FaultInjectingSysfsIO(faults: faults)
         self.timeout = timeout
         self.probeQuiet = probeQuiet
+        self.probeLimit = probeLimit
         self.boot = boot
-        let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet))
+        let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet, probeLimit))
         self.current = current
         // The daemon's udev monitor passes events on the same way.
         kernel.start { action, subsystem, devpath in
@@ -99,15 +102,17 @@ final class Lab {
     /// A new binder in place of the old one, as a restarted daemon makes: it
     /// knows nothing of earlier binds but what `store` holds.
     func restartBinder(store: BindRecordStore?) -> VFIOBinder {
-        let next = Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet)
+        let next = Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet, probeLimit)
         current.binder = next
         return next
     }
 
     private static func makeBinder(_ host: LoopHost, _ testbed: Testbed, _ io: FaultInjectingSysfsIO, _ boot: [String],
-                                   _ timeout: Double, _ store: BindRecordStore?, _ probeQuiet: Double) -> VFIOBinder {
+                                   _ timeout: Double, _ store: BindRecordStore?, _ probeQuiet: Double,
+                                   _ probeLimit: Double) -> VFIOBinder {
         VFIOBinder(loop: host.loop, sysfs: Sysfs(root: testbed.sysRoot), devRoot: testbed.root + "/dev",
-                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store, probeQuiet: probeQuiet)
+                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store, probeQuiet: probeQuiet,
+                   probeLimit: probeLimit)
     }
 
     func stop() { kernel.stop() }
