@@ -1184,7 +1184,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         plugged while the daemon runs (function 1 first, then 0: the sequence that once raced
         the kernel's own e1000e probe), three times: each time both reach vm1, each on its own
         root port, with no error. Round 1 also asks the API (function 1 listed as an IOMMU
-        member in vm1); round 2 restarts the daemon, which finds both in vm1 and attaches
+        member in vm1; `pci detach` of function 0 takes both out, `pci attach` both back); round 2 restarts the daemon, which finds both in vm1 and attaches
         nothing twice; rounds 1-2 unplug from the guest (both leave vm1); round 3 removes the
         rule (SIGHUP): both leave vm1 and the group is back on e1000e."""
         lab = self.lab
@@ -1223,6 +1223,18 @@ class Test6DaemonPCIEvdev(DaemonCase):
                 self.assertEqual(listed[f0].get("vm"), "vm1", out)
                 self.assertNotIn("iommu_member", listed[f0], out)
                 self.assertEqual((listed[f1].get("vm"), listed[f1].get("iommu_member")), ("vm1", True), out)
+                # pci detach of function 0: function 1 leaves with it (the reply waits for both);
+                # pci attach: both come back.
+                m = lab.vhotplug_log_mark()
+                t = time.monotonic()
+                rc, out, err = lab.vhotplug_cli(["pci", "detach", "--address", f0, "--path", API_SOCK], binary=self.vhotplug)
+                self.assertEqual(rc, 0, out + err)
+                self.assertFalse(ids & self.vhp(), "pci detach returned with a function still in vm1")
+                self.assertLog(r"pci %s [^\n]*: detached from vm1" % re.escape(f1), since=m)
+                rc, out, err = lab.vhotplug_cli(["pci", "attach", "--address", f0, "--path", API_SOCK], binary=self.vhotplug)
+                self.assertEqual(rc, 0, out + err)
+                lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "pci attach: both back in vm1")
+                note("pciIommuAddAll: API pci detach + attach of function 0 (both follow)", time.monotonic() - t)
             if round == 2:
                 lab.stop_vhotplug()
                 self.assertEqual(self.vhp() & ids, ids, "a stopped daemon leaves the devices in vm1")
