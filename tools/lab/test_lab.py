@@ -1185,8 +1185,9 @@ class Test6DaemonPCIEvdev(DaemonCase):
         the kernel's own e1000e probe), three times: each time both reach vm1, each on its own
         root port, with no error. Round 1 also asks the API (function 1 listed as an IOMMU
         member in vm1; `pci detach` of function 0 takes both out, `pci attach` both back); round 2 restarts the daemon, which finds both in vm1 and attaches
-        nothing twice; rounds 1-2 unplug from the guest (both leave vm1); round 3 removes the
-        rule (SIGHUP): both leave vm1 and the group is back on e1000e."""
+        nothing twice; rounds 1-2 unplug from the guest (both leave vm1); round 3 restarts vm1
+        (both come back), then removes the rule (SIGHUP): both leave vm1 and the group is back
+        on e1000e."""
         lab = self.lab
         port = lab.free_root_port()
         f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
@@ -1256,7 +1257,20 @@ class Test6DaemonPCIEvdev(DaemonCase):
                     lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(f), re.escape(pci_id(f))),
                                  since=m, timeout=30)
                 lab.plugged.pop("g1", None)     # the guest's slot went as a whole
-        # Round 3: the rule goes; function 1 follows function 0 out, and the group is back on e1000e.
+        # Round 3: vm1 restarts and gets both back (the group stays on vfio-pci meanwhile, no second
+        # rebind); then the rule goes: function 1 follows function 0 out, and the group is back on e1000e.
+        t = time.monotonic()
+        lab.vm_stop("vm1")
+        lab.wait_log(r"VM vm1: socket removed", since=mark, timeout=10)
+        self.assertEqual((self.driver(f0), self.driver(f1)), ("vfio-pci", "vfio-pci"))
+        m = lab.vhotplug_log_mark()
+        lab.vm_start("vm1")
+        lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "the restarted vm1 gets both back",
+                       interval=0.1)
+        note("pciIommuAddAll: vm1 restart -> both back in vm1", time.monotonic() - t)
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s" % (re.escape(f), re.escape(pci_id(f))), since=m, timeout=10)
+        self.assertNotLog(r"on vfio-pci \(IOMMU", since=m)
         m = self.reload(NO_PCI_RULES)
         lab.wait_inner("vm1", lambda per: not (ids & set(per)), 30, "both leave vm1 after SIGHUP")
         lab.wait_for(lambda: self.driver(f0) == "e1000e" and self.driver(f1) == "e1000e", 30,
