@@ -137,7 +137,7 @@ extension Daemon: ControlService {
 
     /// Waits until none of these devices has a reconcile task running.
     func settle(_ keys: [String]) async {
-        for key in keys {
+        for key in keys + followers(of: keys) {
             while let t = devices[key], t.busy {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                     api.idleWaiters[key, default: []].append(c)
@@ -222,13 +222,15 @@ extension Daemon: ControlService {
         var seen = Set<String>()
         var out: [JSONText] = []
         for t in listed {
-            guard case .pci(let d) = t.device else { continue }
-            for peer in d.iommuGroupPeers.sorted() where !seen.contains(peer) {
-                seen.insert(peer)
-                guard let member = devices.values.first(where: { m in
-                    if case .pci(let p) = m.device { return p.address == peer && m.present && m.decision.candidateVms.isEmpty }
-                    return false
-                }), case .pci(let p) = member.device else { continue }
+            // The group as the followed devices show it now (a function hot-plugged after
+            // `t` was read is not among `t`'s peers read then).
+            let mates = groupMates(of: t).compactMap { m -> (PCIDevice, Tracked)? in
+                if case .pci(let p) = m.device { return (p, m) }
+                return nil
+            }
+            for (p, member) in mates.sorted(by: { $0.0.address < $1.0.address }) where !seen.contains(p.address) {
+                seen.insert(p.address)
+                guard member.decision.candidateVms.isEmpty, !p.isBridge else { continue }
                 out.append(p.apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
                                                     tag: t.decision.options.tag, iommuMember: true)))
             }

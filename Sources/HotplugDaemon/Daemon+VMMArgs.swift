@@ -16,10 +16,14 @@ extension Daemon {
             let known = configuration.vms.map { quoted($0.name) }.joined(separator: ", ")
             return APIReply.failed("vmm_args: no VM named \(quoted(request.vm, limit: 80)) (configured: \(known.isEmpty ? "none" : known))")
         }
-        let pci = startDevices(for: vm.name, pci: true)
+        let leaders = startDevices(for: vm.name, pci: true)
+        if let conflict = leaders.lazy.compactMap({ $0.t.groupConflict }).first {
+            return APIReply.failed("vmm_args for \(vm.name): \(conflict)")
+        }
+        // pciIommuAddAll: the other devices of their IOMMU groups go with them, as on hot-plug.
+        let pci = (leaders + followers(of: leaders.map(\.key)).compactMap { key in devices[key].map { (key: key, t: $0) } })
+            .sorted { $0.key < $1.key }
         let evdev = startDevices(for: vm.name, pci: false)
-        // TODO(pciIommuAddAll): with that option the other members of each device's IOMMU group
-        // go to the VM too; add them here once the daemon attaches them on hot-plug.
         if request.requirePCI && pci.isEmpty {
             logger.info("API: vmm_args for \(vm.name): no PCI device for it (require_pci)")
             return APIReply.failed("no PCI device for VM \(vm.name)")

@@ -62,6 +62,15 @@ final class Tracked: @unchecked Sendable {
     var vfio: BindRecord?
     /// The last attach or detach failure, for API replies.
     var lastError: String?
+    /// `pciIommuAddAll`: the address of the group mate whose VM this device follows (Daemon+PCI.swift).
+    var follows: String?
+    /// `pciIommuAddAll`: why no device of its IOMMU group may be attached (two VMs asked for it).
+    var groupConflict: String?
+    /// The last `pciIommuAddAll` note logged for a leading device (logged again only when it changes).
+    var groupNote: String?
+
+    /// Where the device should be, now: `want`, unless its IOMMU group is in conflict.
+    var target: String? { groupConflict == nil ? want : nil }
 
     init(device: HostDevice, decision: Decision, since: Deadline) {
         self.device = device
@@ -481,6 +490,12 @@ public actor Daemon {
         if subsystem == "usb" { unprepareUSBTargets(except: decision.targetVm) }
         if let t = devices[sysPath] {
             // Replugged while its detach was still running.
+            if let record = t.vfio {
+                // What the old bind recorded was of the device that left: the new one is bound afresh.
+                t.vfio = nil
+                let binder = self.binder
+                Task(executorPreference: loop) { await binder.forget(record) }
+            }
             t.device = device
             t.decision = decision
             t.present = true
@@ -527,6 +542,7 @@ public actor Daemon {
     /// Events that change `want` meanwhile are picked up by the same task.
     func reconcile(_ key: String) {
         guard let t = devices[key] else { return }
+        followIOMMUGroup(of: t)
         guard !t.busy else { return }
         t.busy = true
         Task(executorPreference: loop) { await self.reconcileTask(key, t) }
@@ -555,14 +571,14 @@ public actor Daemon {
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
         while !stopping {
-            if let a = t.attachment, a.vm != t.want || !t.present {
+            if let a = t.attachment, a.vm != t.target || !t.present {
                 guard let backend = backends[a.vm] else { t.attachment = nil; continue }
                 do {
                     try await backend.detach(a)
                     logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
                     announceDetached(t, vm: a.vm)
-                    if t.want == nil { await deauthorizeAfterVM(t, vm: a.vm) }
+                    if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
@@ -572,17 +588,17 @@ public actor Daemon {
                     t.lastError = "\(error)"
                     return
                 }
-            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed, vmDown.contains(vm) {
+            } else if t.attachment == nil, let vm = t.target, t.present, !t.failed, vmDown.contains(vm) {
                 logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
                 return
-            } else if t.attachment == nil, let vm = t.want, t.present, !t.failed {
+            } else if t.attachment == nil, let vm = t.target, t.present, !t.failed {
                 guard let backend = backends[vm] else {
                     logger.error("\(t.device.logName): VM \(vm) is not configured")
                     return
                 }
                 do {
                     await authorizeForVM(t, vm: vm)
-                    let a = try await attach(t, to: backend)
+                    guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
                     logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
                     announceAttached(t, vm: vm)
@@ -605,7 +621,7 @@ public actor Daemon {
                     await deauthorizeAfterVM(t, vm: vm)
                     return
                 }
-            } else if t.attachment == nil && t.want == nil {
+            } else if t.attachment == nil && t.target == nil {
                 // Nowhere to go: a PCI device goes back to the driver it had.
                 await giveBackDriver(t)
                 return
@@ -616,17 +632,24 @@ public actor Daemon {
     }
 
     /// One attach, by kind. PCI devices are bound to vfio-pci first (their whole
-    /// IOMMU group); a failed bind leaves every member on its own driver.
-    func attach(_ t: Tracked, to backend: any VMBackend) async throws -> Attachment {
+    /// IOMMU group); a failed bind leaves every member on its own driver. Nil when a
+    /// PCI device is no longer for this VM once bound (a group mate that arrived
+    /// meanwhile put its group in conflict, say): the caller looks again.
+    func attach(_ t: Tracked, to backend: any VMBackend) async throws -> Attachment? {
         switch t.device {
         case .usb(let d):
             return try await backend.attachUSB(d)
         case .pci(let d):
             if t.vfio == nil {
+                // A device just added (or a group mate) is bound only after the kernel's
+                // first probe of it; what is wanted may have changed meanwhile.
+                await binder.firstProbesOver(d)
+                guard t.target == backend.name else { return nil }
                 let record = try await binder.bind(d)
                 t.vfio = record
                 logger.info("\(t.device.logName): on vfio-pci (IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")) in \(ms(since: t.since))")
             }
+            guard t.target == backend.name else { return nil }
             return try await backend.attachPCI(d)
         case .input(let d):
             return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
@@ -659,7 +682,7 @@ public actor Daemon {
             return
         }
         // A group mate kept on vfio-pci for this device can go back now.
-        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.want == nil && !o.busy {
+        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil && !o.busy {
             await giveBackDriver(o)
         }
     }
@@ -675,7 +698,7 @@ public actor Daemon {
 
     /// A device of `t`'s IOMMU group that is in a VM or going to one.
     func groupMateInUse(_ t: Tracked) -> Tracked? {
-        groupMates(of: t).first { $0.attachment != nil || $0.want != nil }
+        groupMates(of: t).first { $0.attachment != nil || $0.target != nil }
     }
 
     func ms(since: Deadline) -> String {

@@ -37,6 +37,12 @@ public actor VFIOBinder {
     public nonisolated let restoreTimeout: Double
     /// Where each bind's record is kept until its restore (nil: in memory only).
     public nonisolated let store: BindRecordStore?
+    /// Seconds of quiet (no PCI `add` or `bind` event) after which a device just
+    /// added, and still without a `bind` event, is taken to have no driver that
+    /// wants it: its first probe is over.
+    public nonisolated let probeQuiet: Double
+    /// The longest a bind waits for a member's first probe, from its `add` event.
+    public nonisolated let probeLimit: Double
 
     private let loop: EventLoop
     private let io: any SysfsIO
@@ -44,6 +50,10 @@ public actor VFIOBinder {
     private let logger: Logger
     private let waits: EventWaits
     private let lock = AsyncLock()
+    /// Devices whose `add` event came and whose first probe may still run: address -> when it was added.
+    private var firstProbes: [String: Deadline] = [:]
+    /// The last PCI `add` or `bind` event (probes of a new slot come one after another).
+    private var lastProbeActivity = Deadline(nanoseconds: 0)
 
     /// The event loop: this actor runs on the daemon's loop thread.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
@@ -59,9 +69,13 @@ public actor VFIOBinder {
     ///   - restoreTimeout: seconds for each wait while giving devices back.
     ///   - store: where each successful bind's record is written, and deleted after its restore,
     ///     so that another run of the daemon can give the devices back.
+    ///   - probeQuiet: seconds without PCI `add`/`bind` events after which a device just added
+    ///     is taken to have no driver (its first probe is over without a `bind`).
+    ///   - probeLimit: the longest wait for a just-added device's first probe, from its `add`.
     public init(loop: EventLoop, sysfs: Sysfs = Sysfs(), devRoot: String = "/dev", io: any SysfsIO = SystemSysfsIO(),
                 bootDevices: BootDevices? = nil, timeout: Double = 5, restoreTimeout: Double = 10,
-                store: BindRecordStore? = nil, logger: Logger = Logger(label: "vhotplug.vfio")) {
+                store: BindRecordStore? = nil, probeQuiet: Double = 0.5, probeLimit: Double = 10,
+                logger: Logger = Logger(label: "vhotplug.vfio")) {
         self.loop = loop
         self.sysfs = sysfs
         self.devRoot = devRoot.count > 1 && devRoot.hasSuffix("/") ? String(devRoot.dropLast()) : devRoot
@@ -70,6 +84,8 @@ public actor VFIOBinder {
         self.timeout = timeout
         self.restoreTimeout = restoreTimeout
         self.store = store
+        self.probeQuiet = probeQuiet
+        self.probeLimit = probeLimit
         self.logger = logger
         waits = EventWaits(loop: loop)
     }
@@ -81,10 +97,22 @@ public actor VFIOBinder {
     /// the sysfs root). The rebind listens for `bind`/`unbind` of subsystem `pci`
     /// and `add` of subsystem `vfio` (`/devices/virtual/vfio/GROUP`); any other
     /// action on those devices only causes a re-check, which is harmless.
+    ///
+    /// A PCI `add` starts the device's first probe (the kernel's own driver
+    /// matching); its `bind` ends it. A bind waits for the first probe of every
+    /// member of the group, so that it does not race the kernel's driver.
     public func deviceEvent(action: String, subsystem: String, sysPath: String) {
         guard let name = sysPath.split(separator: "/").last.map(String.init) else { return }
         switch subsystem {
-        case "pci": waits.notify(.pci(name.lowercased()))
+        case "pci":
+            let address = name.lowercased()
+            switch action {
+            case "add": firstProbes[address] = .now()
+            case "bind", "remove": firstProbes[address] = nil
+            default: break
+            }
+            if action == "add" || action == "bind" { lastProbeActivity = .now() }
+            waits.notify(.pci(address))
         case "vfio": waits.notify(.vfioGroup(name))
         default: break
         }
@@ -107,7 +135,9 @@ public actor VFIOBinder {
         await lock.acquire()
         defer { lock.release() }
         let start = Deadline.now()
+        await waitForFirstProbe(device.address.lowercased())
         let (group, addresses) = try plan(device)
+        for address in addresses { await waitForFirstProbe(address) }
         var members: [BindRecord.Member] = []
         for address in addresses {
             members.append(try readState(address))
@@ -166,6 +196,52 @@ public actor VFIOBinder {
         forget(record)
     }
 
+    // MARK: First probe
+
+    /// Waits until the kernel's first probe of `device` and of every other
+    /// device of its IOMMU group is over (see `waitForFirstProbe`); at once when
+    /// none of them was just added. `bind` does the same wait itself; a caller
+    /// may wait first to look again at whether the bind is still wanted.
+    public func firstProbesOver(_ device: PCIDevice) async {
+        let address = device.address.lowercased()
+        await waitForFirstProbe(address)
+        var peers = device.iommuGroupPeers
+        if let group = device.iommuGroup { peers += Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices")) }
+        for peer in Set(peers.map { $0.lowercased() }).subtracting([address]).sorted() {
+            await waitForFirstProbe(peer)
+        }
+    }
+
+    /// Waits until the first probe of a device just added is over: its `bind`
+    /// event, or `probeQuiet` seconds without PCI `add`/`bind` events (no driver
+    /// wants it; while a new slot's functions are probed one after another the
+    /// wait goes on), and never more than `probeLimit` seconds after its `add`.
+    /// A device whose `add` this binder did not see is not waited for.
+    private func waitForFirstProbe(_ address: String) async {
+        guard firstProbes[address] != nil else { return }
+        let start = Deadline.now()
+        while let added = firstProbes[address] {
+            let limit = Deadline(nanoseconds: added.nanoseconds &+ UInt64(probeLimit * 1e9))
+            let quiet = Deadline(nanoseconds: lastProbeActivity.nanoseconds &+ UInt64(probeQuiet * 1e9))
+            let deadline = quiet < limit ? quiet : limit
+            // The kernel makes the `driver` link before it calls the driver's probe, and sends
+            // `bind` after it: a link with no `bind` yet is a probe still running (e1000e takes
+            // more than a second under TCG), waited for up to the limit.
+            let now = Deadline.now()
+            let probing = now < limit && (try? io.linkName(devicePath(address) + "/driver")).flatMap { $0 } != nil
+            guard now < deadline || probing else {
+                firstProbes[address] = nil
+                logger.info("\(address): just added; no driver took it within \(formatSeconds(Deadline.now().seconds(since: added))) (\(now < limit ? "no probe activity for \(formatSeconds(probeQuiet))" : "the limit"))")
+                return
+            }
+            _ = await waits.wait(for: .pci(address), deadline: probing ? limit : deadline) { [self] in
+                assumeIsolated { $0.firstProbes[address] == nil } ? .done : .notYet("first probe running")
+            }
+        }
+        let driver = (try? io.linkName(devicePath(address) + "/driver")).flatMap { $0 } ?? "no driver"
+        logger.info("\(address): just added; waited \(formatSeconds(Deadline.now().seconds(since: start))) for the kernel's first probe (\(driver))")
+    }
+
     // MARK: Steps
 
     /// The checks made before anything is touched; the group's endpoints, in address order.
@@ -183,7 +259,9 @@ public actor VFIOBinder {
                 + "command line, VT-d/AMD-Vi in the firmware); vfio-pci and QEMU cannot use such a device")
         }
         var members = [address]
-        for peer in Set(device.iommuGroupPeers.map { $0.lowercased() }).subtracting([address]).sorted() {
+        // The group as sysfs lists it now: a function added after the device was read counts too.
+        let listed = Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices"))
+        for peer in Set((device.iommuGroupPeers + listed).map { $0.lowercased() }).subtracting([address]).sorted() {
             let classText: String
             do { classText = try io.read(devicePath(peer) + "/class") } catch {
                 throw VFIOError(device: peer, step: .readState, cause: .system(error))
@@ -272,6 +350,12 @@ public actor VFIOBinder {
         let current = try currentDriver(a)
         if current == m.originalDriver { return }
         if let current {
+            if m.originalDriver == nil && current != Self.vfioDriver {
+                // It had no driver when recorded, and its driver came meanwhile (the kernel's
+                // first probe finished after the record was made): that is where it belongs.
+                logger.info("\(a): had no driver when recorded, now on \(current) (its driver took it meanwhile): left there")
+                return
+            }
             guard current == Self.vfioDriver else {
                 throw VFIOError(device: a, step: .unbind, cause: .refused(
                     "bound to \(current), neither vfio-pci nor its old driver (\(m.originalDriver ?? "none")): left alone"))

@@ -44,7 +44,7 @@ struct DaemonEvdevPCITests {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", config], testbed: tb)
         try d.waitFor("; listening (")
-        try tb.add(file: fixtures + "/pci-wifi.umockdev")
+        try tb.addProbed(file: fixtures + "/pci-wifi.umockdev")
         try d.waitFor("pci 0000:00:14.3 8086:a0f0: vm1 (rule set 0, allow[0] \"Wi-Fi\")")
         try d.waitFor("pci 0000:00:14.3 8086:a0f0: attach to vm1 failed: 0000:00:14.3: check: the vfio-pci driver is not loaded (no /sys/bus/pci/drivers/vfio-pci): modprobe vfio-pci")
         let wifi = tb.sysRoot + "/devices/pci0000:00/0000:00:14.3"

@@ -109,6 +109,20 @@ public final class Testbed: @unchecked Sendable {
         umockdev_testbed_uevent(tb, devpath, action)
     }
 
+    /// Adds a umockdev file, then sends for each PCI device of it that has a driver the
+    /// `bind` uevent a kernel sends once the driver's probe is over (umockdev sends `add`
+    /// only; vhotplug waits for a new PCI device's first probe before rebinding it).
+    public func addProbed(file: String) throws {
+        try add(file: file)
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        for record in text.components(separatedBy: "\n\n") {
+            let lines = record.split(separator: "\n")
+            guard let p = lines.first(where: { $0.hasPrefix("P: ") }), lines.contains("E: SUBSYSTEM=pci"),
+                  lines.contains(where: { $0.hasPrefix("L: driver=") }) else { continue }
+            uevent("/sys" + p.dropFirst(3), "bind")
+        }
+    }
+
     /// Removes a device (send the `remove` uevent first: this sends none).
     public func remove(_ devpath: String) {
         umockdev_testbed_remove_device(tb, devpath)

@@ -66,13 +66,16 @@ final class Lab {
     private let current: BinderSlot
     var binder: VFIOBinder { current.binder }
     let timeout: Double
+    let probeQuiet: Double
+    let probeLimit: Double
     let boot: [String]
     let kernel: FakeKernel
     let reader: DeviceReader
 
     init(fixture: String? = nil, records: [String] = [], natural: [String: String] = [:], vfioLoaded: Bool = true,
          refusals: FakeKernel.Refusals = .init(), faults: [FaultInjectingSysfsIO.Fault] = [],
-         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil) async throws {
+         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil, probeQuiet: Double = 0.5,
+         probeLimit: Double = 10) async throws {
         testbed = await Testbed.make()
         if let fixture { try testbed.add(file: fixtures + "/" + fixture) }
         for r in records { try testbed.add(record: r) }
@@ -80,8 +83,10 @@ final class Lab {
         host = try LoopHost()
         io = FaultInjectingSysfsIO(faults: faults)
         self.timeout = timeout
+        self.probeQuiet = probeQuiet
+        self.probeLimit = probeLimit
         self.boot = boot
-        let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store))
+        let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet, probeLimit))
         self.current = current
         // The daemon's udev monitor passes events on the same way.
         kernel.start { action, subsystem, devpath in
@@ -97,15 +102,17 @@ final class Lab {
     /// A new binder in place of the old one, as a restarted daemon makes: it
     /// knows nothing of earlier binds but what `store` holds.
     func restartBinder(store: BindRecordStore?) -> VFIOBinder {
-        let next = Self.makeBinder(host, testbed, io, boot, timeout, store)
+        let next = Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet, probeLimit)
         current.binder = next
         return next
     }
 
     private static func makeBinder(_ host: LoopHost, _ testbed: Testbed, _ io: FaultInjectingSysfsIO, _ boot: [String],
-                                   _ timeout: Double, _ store: BindRecordStore?) -> VFIOBinder {
+                                   _ timeout: Double, _ store: BindRecordStore?, _ probeQuiet: Double,
+                                   _ probeLimit: Double) -> VFIOBinder {
         VFIOBinder(loop: host.loop, sysfs: Sysfs(root: testbed.sysRoot), devRoot: testbed.root + "/dev",
-                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store)
+                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store, probeQuiet: probeQuiet,
+                   probeLimit: probeLimit)
     }
 
     func stop() { kernel.stop() }

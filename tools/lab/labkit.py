@@ -1123,6 +1123,15 @@ class Lab:
         used.update(p.bus for p in self.plugged.values() if p.bus in OUTER_ROOT_PORTS)
         return used
 
+    def root_port_bus(self, port):
+        """The guest's bus number behind outer root port `port` (its secondary bus, as the
+        guest numbered it): a device plugged there at addr=0.F is 0000:BB:00.F in the guest."""
+        for bus in self.outer_qmp("query-pci"):
+            for d in bus.get("devices", []):
+                if d.get("qdev_id") == port and d.get("pci_bridge"):
+                    return d["pci_bridge"]["bus"]["secondary"]
+        raise LabError("no root port %s in the outer VM's query-pci" % port)
+
     def free_root_port(self):
         used = self._root_ports_in_use()
         for rp in OUTER_ROOT_PORTS:

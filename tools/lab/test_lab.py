@@ -1178,6 +1178,106 @@ class Test6DaemonPCIEvdev(DaemonCase):
                      "both functions back on e1000e", interval=0.2)
         self.assertNotLog(r"(error|critical) [^\n]*pci 0000:", since=mark)
 
+    def test_9_iommu_add_all_with_functions_plugged_while_running(self):
+        """pciIommuAddAll, and the first-probe race: a rule takes only function 0 of a
+        two-function e1000e (one IOMMU group) and says pciIommuAddAll. Both functions are
+        plugged while the daemon runs (function 1 first, then 0: the sequence that once raced
+        the kernel's own e1000e probe), three times: each time both reach vm1, each on its own
+        root port, with no error. Round 1 also asks the API (function 1 listed as an IOMMU
+        member in vm1; `pci detach` of function 0 takes both out, `pci attach` both back); round 2 restarts the daemon, which finds both in vm1 and attaches
+        nothing twice; rounds 1-2 unplug from the guest (both leave vm1); round 3 restarts vm1
+        (both come back), then removes the rule (SIGHUP): both leave vm1 and the group is back
+        on e1000e."""
+        lab = self.lab
+        port = lab.free_root_port()
+        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
+        f1 = f0[:-1] + "1"
+        ids = {pci_id(f0), pci_id(f1)}
+        rules = json.loads(json.dumps(PCI_RULES))
+        rules["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
+        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
+        lab.check("rm -f %s" % API_STATE)
+        self.start(config=rules)
+        start_mark = self.mark
+        for round in (1, 2, 3):
+            mark = lab.vhotplug_log_mark()
+            t = time.monotonic()
+            lab.plug("e1000e", "g1", bus=port, addr="0.1", multifunction="on", wait=False)
+            lab.plug("e1000e", "g0", bus=port, addr="0.0", multifunction="on", wait=False)
+            lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2,
+                           "round %d: both functions in vm1" % round, interval=0.1)
+            note("pciIommuAddAll: plug 2 functions -> both in vm1 (round %d)" % round, time.monotonic() - t)
+            key0, key1 = r"pci %s 8086:10d3[^\n]*: " % re.escape(f0), r"pci %s 8086:10d3[^\n]*: " % re.escape(f1)
+            self.assertLog(key0 + r"IOMMU group \d+ goes with it \(pciIommuAddAll\): pci %s" % re.escape(f1),
+                           since=mark)
+            lab.wait_log(key0 + r"attached to vm1 as %s" % re.escape(pci_id(f0)), since=mark, timeout=10)
+            lab.wait_log(key1 + r"attached to vm1 as %s" % re.escape(pci_id(f1)), since=mark, timeout=10)
+            self.assertLog(r"%s: just added; waited [0-9.]+ m?s for the kernel's first probe \(e1000e\)" % re.escape(f1),
+                           since=mark)
+            ports = {self.assertInVM1(i, 0x8086, 0x10d3) for i in ids}
+            self.assertEqual(len(ports), 2, "each function on its own root port: %s" % ports)
+            self.assertNotLog(r"(error|critical) ", since=mark)
+            if round == 1:
+                rc, out, err = lab.vhotplug_cli(["pci", "list", "--json", "--path", API_SOCK], binary=self.vhotplug)
+                self.assertEqual(rc, 0, out + err)
+                listed = {d["address"]: d for d in json.loads(out)}
+                self.assertEqual(listed[f0].get("vm"), "vm1", out)
+                self.assertNotIn("iommu_member", listed[f0], out)
+                self.assertEqual((listed[f1].get("vm"), listed[f1].get("iommu_member")), ("vm1", True), out)
+                # pci detach of function 0: function 1 leaves with it (the reply waits for both);
+                # pci attach: both come back.
+                m = lab.vhotplug_log_mark()
+                t = time.monotonic()
+                rc, out, err = lab.vhotplug_cli(["pci", "detach", "--address", f0, "--path", API_SOCK], binary=self.vhotplug)
+                self.assertEqual(rc, 0, out + err)
+                self.assertFalse(ids & self.vhp(), "pci detach returned with a function still in vm1")
+                self.assertLog(r"pci %s [^\n]*: detached from vm1" % re.escape(f1), since=m)
+                rc, out, err = lab.vhotplug_cli(["pci", "attach", "--address", f0, "--path", API_SOCK], binary=self.vhotplug)
+                self.assertEqual(rc, 0, out + err)
+                lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "pci attach: both back in vm1")
+                note("pciIommuAddAll: API pci detach + attach of function 0 (both follow)", time.monotonic() - t)
+            if round == 2:
+                lab.stop_vhotplug()
+                self.assertEqual(self.vhp() & ids, ids, "a stopped daemon leaves the devices in vm1")
+                m = self.start(config=rules)
+                for f in (f0, f1):
+                    lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s" % (re.escape(f), re.escape(pci_id(f))), since=m, timeout=10)
+                self.assertNotLog(r"attached to vm1|device_add", since=m)
+                self.assertEqual(self.vhp() & ids, ids)
+            if round < 3:
+                m = lab.vhotplug_log_mark()
+                t = time.monotonic()
+                lab.unplug("g0")
+                lab.wait_inner("vm1", lambda per: not (ids & set(per)), 30, "round %d: both leave vm1" % round)
+                note("pciIommuAddAll: unplug function 0 -> both out of vm1", time.monotonic() - t)
+                lab.wait_for(lambda: not {f0, f1} & set(lab.guest_devices()["pci"]), 30, "the guest loses both functions")
+                # QEMU (vm1) drops a vfio-pci device whose host device goes; the daemon's own
+                # detach follows: the next round starts once both are done.
+                for f in (f0, f1):
+                    lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(f), re.escape(pci_id(f))),
+                                 since=m, timeout=30)
+                lab.plugged.pop("g1", None)     # the guest's slot went as a whole
+        # Round 3: vm1 restarts and gets both back (the group stays on vfio-pci meanwhile, no second
+        # rebind); then the rule goes: function 1 follows function 0 out, and the group is back on e1000e.
+        t = time.monotonic()
+        lab.vm_stop("vm1")
+        lab.wait_log(r"VM vm1: socket removed", since=mark, timeout=10)
+        self.assertEqual((self.driver(f0), self.driver(f1)), ("vfio-pci", "vfio-pci"))
+        m = lab.vhotplug_log_mark()
+        lab.vm_start("vm1")
+        lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "the restarted vm1 gets both back",
+                       interval=0.1)
+        note("pciIommuAddAll: vm1 restart -> both back in vm1", time.monotonic() - t)
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s" % (re.escape(f), re.escape(pci_id(f))), since=m, timeout=10)
+        self.assertNotLog(r"on vfio-pci \(IOMMU", since=m)
+        m = self.reload(NO_PCI_RULES)
+        lab.wait_inner("vm1", lambda per: not (ids & set(per)), 30, "both leave vm1 after SIGHUP")
+        lab.wait_for(lambda: self.driver(f0) == "e1000e" and self.driver(f1) == "e1000e", 30,
+                     "both functions back on e1000e", interval=0.2)
+        self.assertLog(r"pci %s [^\n]*: detached from vm1" % re.escape(f1), since=m)
+        self.assertNotLog(r"(error|critical) ", since=start_mark)
+
 
 def auth_rules(keyboard=True, **auth):
     """LAB_RULES with usbAuthorization on; without the keyboard entry when keyboard is False."""

@@ -1,0 +1,97 @@
+import DeviceModel
+import HotplugRules
+import Logging
+
+/// `pciIommuAddAll`: the other devices of a matched device's IOMMU group go to
+/// its VM and leave with it. Each follower is a `Tracked` device of its own (its
+/// own bind record, `vfio-pci` device and `vhp-pci-...` id); only its `want` is
+/// taken from its leader, here, each time a device of the group is reconciled.
+/// Every change of a leader's `want` (event, reload, API, VM restart) goes through
+/// `reconcile`, so the followers follow from there.
+extension Daemon {
+    /// Applies the group plan of `t`'s IOMMU group: followers take their leader's
+    /// `want`, devices that stopped following want nothing, and a conflict (two VMs)
+    /// keeps every member out of VMs. Group mates whose state changed are reconciled.
+    func followIOMMUGroup(of t: Tracked) {
+        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return }
+        let members = devices.filter { _, o in
+            guard o.present, case .pci(let od) = o.device else { return false }
+            return od.iommuGroup == group
+        }
+        guard members.count > 1 || t.follows != nil || t.groupConflict != nil else { return }
+        var byAddress: [String: Tracked] = [:]
+        var pairs: [(device: PCIDevice, decision: Decision)] = []
+        for o in members.values {
+            guard case .pci(let od) = o.device else { continue }
+            byAddress[od.address] = o
+            pairs.append((od, o.decision))
+        }
+        let plan = Matcher.iommuGroupPlan(pairs)
+        var changed: [String] = []
+
+        // A conflict is logged once, when it appears; it holds every member back.
+        if let conflict = plan.conflict, !members.values.contains(where: { $0.groupConflict == conflict }) {
+            logger.error("pciIommuAddAll: \(conflict)")
+        }
+        for (key, o) in members where o.groupConflict != plan.conflict {
+            if plan.conflict == nil, o.groupConflict != nil {
+                logger.info("\(o.device.logName): its IOMMU group is no longer asked for by two VMs")
+            }
+            o.groupConflict = plan.conflict
+            o.lastError = plan.conflict
+            changed.append(key)
+        }
+
+        for (key, o) in members {
+            guard case .pci(let od) = o.device else { continue }
+            let leader = plan.followers[od.address]
+            let want: String?
+            if let leader {
+                want = byAddress[leader]?.want
+            } else if o.follows != nil {
+                want = nil // it followed a device that no longer leads (rule gone, unplugged)
+            } else {
+                continue
+            }
+            guard o.follows != leader || o.want != want else { continue }
+            o.follows = leader
+            o.want = want
+            o.failed = false
+            o.since = .now()
+            changed.append(key)
+        }
+
+        for address in plan.leaders where plan.conflict == nil {
+            guard let o = byAddress[address] else { continue }
+            let mine = plan.followers.filter { $0.value == address }.keys.sorted()
+            guard !mine.isEmpty || !plan.bridges.isEmpty else { continue }
+            var note = "IOMMU group \(group) goes with it (pciIommuAddAll): "
+                + (mine.isEmpty ? "no other device" : mine.map { "pci \($0)" }.joined(separator: ", "))
+            if !plan.bridges.isEmpty {
+                note += "; left on the host: " + plan.bridges.map { "pci \($0)" }.joined(separator: ", ")
+                    + " (PCI bridges are never passed through)"
+            }
+            if o.groupNote != note {
+                o.groupNote = note
+                logger.info("\(o.device.logName): \(note)")
+            }
+        }
+
+        for key in changed.sorted() where members[key] !== t {
+            reconcile(key)
+        }
+    }
+
+    /// The devices that follow these ones (`pciIommuAddAll`): an API request on a
+    /// leading device waits for them too.
+    func followers(of keys: [String]) -> [String] {
+        let leaders = Set(keys.compactMap { key -> String? in
+            if case .pci(let d) = devices[key]?.device { return d.address }
+            return nil
+        })
+        guard !leaders.isEmpty else { return [] }
+        return devices.filter { key, o in
+            !keys.contains(key) && o.follows.map(leaders.contains) == true
+        }.keys.sorted()
+    }
+}
