@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates tools/bench/hot-functions.txt, the release link's symbol ordering: the functions
-# the daemon runs (start-up and 20 plug/unplug cycles of the hot-plug benchmark, under
+# the daemon runs (start-up and 150 plug/unplug cycles of the hot-plug benchmark, under
 # callgrind), so that the linker puts them together and a running daemon touches fewer pages
 # of its 10 MB of code (README "Memory" in tools/bench). Run it after large code changes; a
 # stale list only places fewer functions.
@@ -17,7 +17,7 @@ exec valgrind --tool=callgrind --demangle=no --dump-instr=no --callgrind-out-fil
 WRAP
 chmod +x "$work/vhotplug"
 mkdir -p "$work/tmp"
-TMPDIR="$work/tmp" umockdev-wrapper "$bin/vhotplug-hotplug-bench" --phases latency --cycles 20 --warmup 2 \
+TMPDIR="$work/tmp" umockdev-wrapper "$bin/vhotplug-hotplug-bench" --phases latency --cycles 150 --warmup 2 \
     --startups 2 --memory-cycles 0 --no-umockdev-mode --vhotplug "$work/vhotplug" >"$work/bench.log" 2>&1 \
     || { tail -20 "$work/bench.log" >&2; exit 1; }
 nm "$bin/vhotplug" > "$work/nm.txt"
