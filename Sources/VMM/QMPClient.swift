@@ -20,8 +20,11 @@ public enum QMPMessage: Sendable {
         let head = #"{"return": {}, "id": "#.utf8
         guard line.count > head.count + 1, line.count < head.count + 20, line.starts(with: head),
               line.last == UInt8(ascii: "}") else { return nil }
+        let digits = line[head.count ..< line.count - 1]
+        // JSON has no leading zeros: "07" is not a number the parser would take.
+        guard digits.first != UInt8(ascii: "0") || digits.count == 1 else { return nil }
         var id = 0
-        for c in line[head.count ..< line.count - 1] {
+        for c in digits {
             guard c >= 0x30, c <= 0x39 else { return nil }
             id = id * 10 + Int(c - 0x30)
         }
