@@ -82,6 +82,20 @@ extension Daemon {
         }
     }
 
+    /// The VM a device goes to as a follower of its IOMMU group's matched device
+    /// (`pciIommuAddAll`), before any reconcile has set it: nil when it follows nothing
+    /// or the group is in conflict.
+    func leaderVM(of t: Tracked) -> String? {
+        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return nil }
+        let pairs = devices.values.compactMap { o -> (device: PCIDevice, decision: Decision)? in
+            guard o.present, case .pci(let od) = o.device, od.iommuGroup == group else { return nil }
+            return (od, o.decision)
+        }
+        let plan = Matcher.iommuGroupPlan(pairs)
+        guard plan.conflict == nil, let leader = plan.followers[d.address] else { return nil }
+        return pairs.first { $0.device.address == leader }?.decision.targetVm
+    }
+
     /// The devices that follow these ones (`pciIommuAddAll`): an API request on a
     /// leading device waits for them too.
     func followers(of keys: [String]) -> [String] {

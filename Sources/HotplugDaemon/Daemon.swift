@@ -297,6 +297,9 @@ public actor Daemon {
             if let vm = t.decision.targetVm, backends[vm] != nil {
                 t.want = vm
                 logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm)")
+            } else if let vm = leaderVM(of: t), backends[vm] != nil {
+                t.want = vm
+                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm) with its IOMMU group (pciIommuAddAll)")
             } else {
                 t.want = nil
                 logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); no VM takes it now: back to its driver once it is in no VM")

@@ -25,8 +25,10 @@ actor WaitHarness {
     /// Waits for `flag` on `key`; `checked` is called on every look at the condition.
     func wait(_ key: EventWaits.Key, seconds: Double, flag: Flag, checked: @escaping @Sendable () -> Void = {}) async -> String {
         let outcome = await waits.wait(for: key, deadline: .after(seconds)) {
+            // Read before telling the test: a flag the test sets once told cannot change this look.
+            let set = flag.isSet
             checked()
-            return flag.isSet ? .done : .notYet("flag not set")
+            return set ? .done : .notYet("flag not set")
         }
         switch outcome {
         case .satisfied: return "satisfied"
