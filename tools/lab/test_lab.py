@@ -1278,6 +1278,67 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertLog(r"pci %s [^\n]*: detached from vm1" % re.escape(f1), since=m)
         self.assertNotLog(r"(error|critical) ", since=start_mark)
 
+    def test_10_iommu_add_all_suspend_resume_and_a_sigkilled_daemon(self):
+        """pciIommuAddAll with the API's suspend/resume and a SIGKILLed daemon: a two-function
+        e1000e (one IOMMU group) already in the guest, a rule for function 0 only, the daemon
+        started with -a: both functions in vm1. `pci suspend` takes both out, `pci resume` brings
+        both back. A daemon killed with SIGKILL leaves both in vm1 with their VFIO records; the
+        next daemon keeps both for vm1 (function 1's record: with its IOMMU group), finds both
+        there and attaches nothing twice; unplugging function 0 takes both out."""
+        lab = self.lab
+        port = lab.free_root_port()
+        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
+        f1 = f0[:-1] + "1"
+        ids = {pci_id(f0), pci_id(f1)}
+        rules = json.loads(json.dumps(PCI_RULES))
+        rules["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
+        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
+        lab.check("rm -f %s" % API_STATE)
+        lab.plug("e1000e", "s1", bus=port, addr="0.1", multifunction="on", wait=False)
+        lab.plug("e1000e", "s0", bus=port, addr="0.0", multifunction="on", wait=False)
+        lab.wait_for(lambda: self.driver(f0) == "e1000e" and self.driver(f1) == "e1000e", 30,
+                     "both functions in the guest on e1000e", interval=0.2)
+        self.start("-a", config=rules)
+        lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "-a: both functions in vm1",
+                       interval=0.1)
+
+        def cli(*args):
+            rc, out, err = lab.vhotplug_cli(list(args) + ["--path", API_SOCK], binary=self.vhotplug)
+            self.assertEqual(rc, 0, "vhotplug %s: %s%s" % (" ".join(args), out, err))
+
+        t = time.monotonic()
+        m = lab.vhotplug_log_mark()
+        cli("pci", "suspend")
+        lab.wait_inner("vm1", lambda per: not (ids & set(per)), 30, "pci suspend: both leave vm1")
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: detached from vm1" % re.escape(f), since=m, timeout=30)
+        cli("pci", "resume")
+        lab.wait_inner("vm1", lambda per: ids <= set(per), PCI_ATTACH_DEADLINE * 2, "pci resume: both back in vm1",
+                       interval=0.1)
+        note("pciIommuAddAll: pci suspend + resume (both functions)", time.monotonic() - t)
+
+        self.assertEqual(lab.stop_vhotplug(sig=signal.SIGKILL), -signal.SIGKILL)
+        for f in (f0, f1):
+            lab.check("test -f %s/%s.json" % (VFIO_RECORDS, f))
+        self.assertEqual(self.vhp() & ids, ids, "a killed daemon leaves the devices in vm1")
+        m = self.start(config=rules, what="daemon: start with the group's VFIO records")
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run [^\n]*; still for vm1\n" % re.escape(f0), since=m)
+        self.assertLog(r"pci %s [^\n]*: on vfio-pci from an earlier run [^\n]*; still for vm1 with its IOMMU group "
+                       r"\(pciIommuAddAll\)" % re.escape(f1), since=m)
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s" % (re.escape(f), re.escape(pci_id(f))), since=m, timeout=10)
+        self.assertNotLog(r"attached to vm1|device_add|no VM takes it now", since=m)
+        self.assertEqual((self.driver(f0), self.driver(f1)), ("vfio-pci", "vfio-pci"))
+
+        m = lab.vhotplug_log_mark()
+        lab.unplug("s0")
+        lab.wait_inner("vm1", lambda per: not (ids & set(per)), 30, "unplug: both leave vm1")
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: detached from vm1 \(%s\)" % (re.escape(f), re.escape(pci_id(f))),
+                         since=m, timeout=30)
+        lab.plugged.pop("s1", None)     # the guest's slot went as a whole
+        self.assertNotLog(r"(error|critical) ", since=self.mark)
+
 
 def auth_rules(keyboard=True, **auth):
     """LAB_RULES with usbAuthorization on; without the keyboard entry when keyboard is False."""
