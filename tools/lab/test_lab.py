@@ -1178,6 +1178,20 @@ class Test6DaemonPCIEvdev(DaemonCase):
                      "both functions back on e1000e", interval=0.2)
         self.assertNotLog(r"(error|critical) [^\n]*pci 0000:", since=mark)
 
+    def iommu_pair(self):
+        """A free root port for a two-function e1000e (one IOMMU group): the port, the two
+        functions' addresses, their vhotplug ids, and rules that take function 0 only with
+        pciIommuAddAll (and the API on, with a fresh state file)."""
+        lab = self.lab
+        port = lab.free_root_port()
+        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
+        f1 = f0[:-1] + "1"
+        rules = json.loads(json.dumps(PCI_RULES))
+        rules["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
+        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
+        lab.check("rm -f %s" % API_STATE)
+        return port, f0, f1, {pci_id(f0), pci_id(f1)}, rules
+
     def test_9_iommu_add_all_with_functions_plugged_while_running(self):
         """pciIommuAddAll, and the first-probe race: a rule takes only function 0 of a
         two-function e1000e (one IOMMU group) and says pciIommuAddAll. Both functions are
@@ -1189,14 +1203,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         (both come back), then removes the rule (SIGHUP): both leave vm1 and the group is back
         on e1000e."""
         lab = self.lab
-        port = lab.free_root_port()
-        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
-        f1 = f0[:-1] + "1"
-        ids = {pci_id(f0), pci_id(f1)}
-        rules = json.loads(json.dumps(PCI_RULES))
-        rules["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
-        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
-        lab.check("rm -f %s" % API_STATE)
+        port, f0, f1, ids, rules = self.iommu_pair()
         self.start(config=rules)
         start_mark = self.mark
         for round in (1, 2, 3):
@@ -1286,14 +1293,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         next daemon keeps both for vm1 (function 1's record: with its IOMMU group), finds both
         there and attaches nothing twice; unplugging function 0 takes both out."""
         lab = self.lab
-        port = lab.free_root_port()
-        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
-        f1 = f0[:-1] + "1"
-        ids = {pci_id(f0), pci_id(f1)}
-        rules = json.loads(json.dumps(PCI_RULES))
-        rules["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
-        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
-        lab.check("rm -f %s" % API_STATE)
+        port, f0, f1, ids, rules = self.iommu_pair()
         lab.plug("e1000e", "s1", bus=port, addr="0.1", multifunction="on", wait=False)
         lab.plug("e1000e", "s0", bus=port, addr="0.0", multifunction="on", wait=False)
         lab.wait_for(lambda: self.driver(f0) == "e1000e" and self.driver(f1) == "e1000e", 30,
