@@ -557,6 +557,8 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     }
     figure("resident memory (VmRSS): \(mib(afterStart.rssKiB)) after start, \(mib(staged.after.rssKiB)) after \(opts.warmup + opts.cycles) cycles, "
            + "\(mib(last.rssKiB)) after \(round) cycles: growth \(String(format: "%+.2f MiB", Double(last.rssKiB - afterStart.rssKiB) / 1024)) "
+           + "(anonymous memory \(String(format: "%+.2f MiB", Double(last.anonKiB - staged.after.anonKiB) / 1024)) after cycle "
+           + "\(opts.warmup + opts.cycles), file pages (code first run) \(String(format: "%+.2f MiB", Double(last.fileKiB - staged.after.fileKiB) / 1024))) "
            + "(VmHWM \(mib(last.hwmKiB))) (target < 12 MiB, no growth)")
     note("RssAnon \(mib(afterStart.anonKiB)) -> \(mib(staged.after.anonKiB)) -> \(mib(last.anonKiB)); "
          + "RssFile \(mib(afterStart.fileKiB)) -> \(mib(staged.after.fileKiB)) -> \(mib(last.fileKiB)) (after start, \(opts.warmup + opts.cycles), \(round) cycles)")
