@@ -1748,6 +1748,50 @@ class Test6VMMArgsVSock(DaemonCase):
         lab.wait_for(lambda: self.driver(addr) == "e1000e", 20, "the NIC is back on e1000e", interval=0.1)
         lab.vm_start("vm1")
 
+    def test_3_vmm_args_give_a_pci_iommu_add_all_group(self):
+        """pciIommuAddAll with vmm_args: a two-function e1000e (one IOMMU group), a rule for
+        function 0 only: `vmm args` moves both to vfio-pci and answers a `-device vfio-pci` for
+        each, on two root ports; vm1 started with them has both at boot, and the daemon finds
+        both under its ids (no device_add)."""
+        lab = self.lab
+        port = lab.free_root_port()
+        f0 = "0000:%02x:00.0" % lab.root_port_bus(port)
+        f1 = f0[:-1] + "1"
+        lab.plug("e1000e", "v1", bus=port, addr="0.1", multifunction="on", wait=False)
+        lab.plug("e1000e", "v0", bus=port, addr="0.0", multifunction="on", wait=False)
+        lab.wait_for(lambda: self.driver(f0) == "e1000e" and self.driver(f1) == "e1000e", 30,
+                     "both functions in the guest on e1000e", interval=0.2)
+        lab.vm_stop("vm1")
+        config = self.config()
+        config["pciPassthrough"][0].update(pciIommuAddAll=True, allow=[{"address": f0, "description": "function 0"}])
+        self.start(config=config)
+        t = time.monotonic()
+        rc, out, err = self.cli("vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "rp", "--qemu-bus-start-index", "3",
+                                "--require-pci", "--path", VMM_API_SOCK)
+        note("vmm args: a two-function group to vfio-pci + reply", time.monotonic() - t)
+        self.assertEqual(rc, 0, err + self.diag())
+        devices = [a for a in out.split(" ") if a != "-device"]
+        self.assertEqual(out.split(" ").count("-device"), 2, out)
+        opts = [dict(kv.split("=", 1) for kv in d.split(",")[1:]) for d in devices]
+        self.assertEqual(sorted((o["host"], o["id"], o["bus"]) for o in opts),
+                         [(f0, pci_id(f0), "rp3"), (f1, pci_id(f1), "rp4")], out)
+        self.assertEqual((self.driver(f0), self.driver(f1)), ("vfio-pci", "vfio-pci"))
+
+        mark = lab.vhotplug_log_mark()
+        lab.vm_start("vm1", timeout=PCI_ATTACH_DEADLINE * 2, extra_args=out.split(" "))
+        for f in (f0, f1):
+            lab.wait_log(r"pci %s [^\n]*: found in VM vm1 as %s|VM vm1: %s is in the VM already"
+                         % (re.escape(f), re.escape(pci_id(f)), re.escape(pci_id(f))), since=mark,
+                         timeout=PCI_ATTACH_DEADLINE * 2)
+        lab.wait_for(lambda: {pci_id(f0), pci_id(f1)} <= {d["qdev_id"] for d in lab.inner_pci("vm1")}, 30,
+                     "both functions in vm1's query-pci", interval=0.1)
+        self.assertNotLog(r'"execute":"device_add"', since=mark)
+        self.assertNotLog(r"(error|critical) ", since=self.mark)
+        # vm1 (no guest OS) stops with them; the group stays on vfio-pci for it.
+        lab.vm_stop("vm1")
+        self.assertEqual(lab.stop_vhotplug(), 0)
+        lab.vm_start("vm1")
+
     def test_2_api_over_vsock_loopback(self):
         lab = self.lab
         t = time.monotonic()
