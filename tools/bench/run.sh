@@ -41,7 +41,9 @@ if [ "$(id -u)" = 0 ] && [ "$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 1000 ]
 fi
 # Then the latency phase again with the udev source, as on a host where udevd runs (libudev's
 # socket filter drops other subsystems in the kernel; umockdev's uevents are in udevd's format).
-for args in "" "--phases latency --memory-cycles 0 --event-source udev"; do
+# Last, the floor of the attach figure: no daemon, the benchmark's own QMP connection made at the
+# first uevent (what any program that connects when a device comes can reach at best here).
+for args in "" "--phases latency --memory-cycles 0 --event-source udev" "--phases floor"; do
     # shellcheck disable=SC2086
     if [ -n "${BENCH_NOTES:-}" ]; then
         TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args

@@ -147,22 +147,32 @@ struct BenchError: Error, CustomStringConvertible {
 }
 
 /// A persistent, blocking QMP connection to QEMU's second (observer) monitor.
+/// A connected Unix stream socket whose reads time out after 10 s.
+func connectUnix(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw BenchError("socket: errno \(errno)") }
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_un()
+    let len = vh_sockaddr_un(&addr, path)
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(len)) }
+    }
+    guard rc == 0 else {
+        let e = errno
+        close(fd)
+        throw BenchError("connect \(path): errno \(e)")
+    }
+    return fd
+}
+
 final class QMPObserver: @unchecked Sendable {
     private let fd: Int32
     private var buffer: [UInt8] = []
     private var chunk = [UInt8](repeating: 0, count: 65536)
 
     init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw BenchError("socket: errno \(errno)") }
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_un()
-        let len = vh_sockaddr_un(&addr, path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(len)) }
-        }
-        guard rc == 0 else { throw BenchError("connect \(path): errno \(errno)") }
+        fd = try connectUnix(path)
         _ = try line()                                 // greeting
         _ = try command(#"{"execute": "qmp_capabilities"}"#)
     }

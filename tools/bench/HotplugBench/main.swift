@@ -73,7 +73,7 @@ do {
         case "-h", "--help":
             print("""
                 usage: umockdev-wrapper vhotplug-hotplug-bench [--cycles 100] [--memory-cycles 1000] [--warmup 5]
-                       [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug]
+                       [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug,floor]
                        [--debug] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
                        [--event-source udev|kernel]
                 """)
@@ -740,6 +740,7 @@ note("machine: \(machine); vhotplug \(vhotplug); TMPDIR \(ProcessInfo.processInf
 do {
     if opts.phases.contains("latency") || opts.phases.contains("idle") { try await latencyPhase() }
     if opts.phases.contains("coldplug") { try await coldplugPhase() }
+    if opts.phases.contains("floor") { try await floorPhase() }
 } catch {
     eprint("vhotplug-hotplug-bench: \(error)\n")
     Daemon.stopAll()
