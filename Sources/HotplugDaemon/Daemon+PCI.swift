@@ -14,19 +14,9 @@ extension Daemon {
     /// keeps every member out of VMs. Group mates whose state changed are reconciled.
     func followIOMMUGroup(of t: Tracked) {
         guard case .pci(let d) = t.device, let group = d.iommuGroup else { return }
-        let members = devices.filter { _, o in
-            guard o.present, case .pci(let od) = o.device else { return false }
-            return od.iommuGroup == group
-        }
+        let members = groupMembers(of: t)
         guard members.count > 1 || t.follows != nil || t.groupConflict != nil else { return }
-        var byAddress: [String: Tracked] = [:]
-        var pairs: [(device: PCIDevice, decision: Decision)] = []
-        for o in members.values {
-            guard case .pci(let od) = o.device else { continue }
-            byAddress[od.address] = o
-            pairs.append((od, o.decision))
-        }
-        let plan = Matcher.iommuGroupPlan(pairs)
+        let (plan, byAddress) = groupPlan(members)
         var changed: [String] = []
 
         // A conflict is logged once, when it appears; it holds every member back.
@@ -86,14 +76,31 @@ extension Daemon {
     /// (`pciIommuAddAll`), before any reconcile has set it: nil when it follows nothing
     /// or the group is in conflict.
     func leaderVM(of t: Tracked) -> String? {
-        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return nil }
-        let pairs = devices.values.compactMap { o -> (device: PCIDevice, decision: Decision)? in
-            guard o.present, case .pci(let od) = o.device, od.iommuGroup == group else { return nil }
-            return (od, o.decision)
-        }
-        let plan = Matcher.iommuGroupPlan(pairs)
+        guard case .pci(let d) = t.device else { return nil }
+        let (plan, byAddress) = groupPlan(groupMembers(of: t))
         guard plan.conflict == nil, let leader = plan.followers[d.address] else { return nil }
-        return pairs.first { $0.device.address == leader }?.decision.targetVm
+        return byAddress[leader]?.decision.targetVm
+    }
+
+    /// The present followed devices of `t`'s IOMMU group, `t` included, by key.
+    func groupMembers(of t: Tracked) -> [String: Tracked] {
+        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return [:] }
+        return devices.filter { _, o in
+            guard o.present, case .pci(let od) = o.device else { return false }
+            return od.iommuGroup == group
+        }
+    }
+
+    /// The group plan of these devices (Matcher.iommuGroupPlan), and the devices by address.
+    func groupPlan(_ members: [String: Tracked]) -> (plan: IOMMUGroupPlan, byAddress: [String: Tracked]) {
+        var byAddress: [String: Tracked] = [:]
+        var pairs: [(device: PCIDevice, decision: Decision)] = []
+        for o in members.values {
+            guard case .pci(let od) = o.device else { continue }
+            byAddress[od.address] = o
+            pairs.append((od, o.decision))
+        }
+        return (Matcher.iommuGroupPlan(pairs), byAddress)
     }
 
     /// The devices that follow these ones (`pciIommuAddAll`): an API request on a

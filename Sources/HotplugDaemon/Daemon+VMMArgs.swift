@@ -99,7 +99,7 @@ extension Daemon {
         do {
             let record = try await binder.bind(d)
             t.vfio = record
-            logger.info("\(t.device.logName): on vfio-pci for the start of \(vm) (IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")) in \(ms(since: t.since))")
+            logger.info("\(t.device.logName): on vfio-pci for the start of \(vm) (\(Self.groupText(record))) in \(ms(since: t.since))")
             return nil
         } catch {
             t.failed = true

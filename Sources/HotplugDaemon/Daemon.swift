@@ -650,7 +650,7 @@ public actor Daemon {
                 guard t.target == backend.name else { return nil }
                 let record = try await binder.bind(d)
                 t.vfio = record
-                logger.info("\(t.device.logName): on vfio-pci (IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")) in \(ms(since: t.since))")
+                logger.info("\(t.device.logName): on vfio-pci (\(Self.groupText(record))) in \(ms(since: t.since))")
             }
             guard t.target == backend.name else { return nil }
             return try await backend.attachPCI(d)
@@ -692,11 +692,12 @@ public actor Daemon {
 
     /// The other followed PCI devices of `t`'s IOMMU group.
     func groupMates(of t: Tracked) -> [Tracked] {
-        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return [] }
-        return devices.values.filter { o in
-            guard o !== t, o.present, case .pci(let od) = o.device else { return false }
-            return od.iommuGroup == group
-        }
+        groupMembers(of: t).values.filter { $0 !== t }
+    }
+
+    /// `IOMMU group 12, 2 devices`: what a bind moved, for the log.
+    static func groupText(_ record: BindRecord) -> String {
+        "IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")"
     }
 
     /// A device of `t`'s IOMMU group that is in a VM or going to one.

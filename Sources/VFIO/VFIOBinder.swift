@@ -203,13 +203,16 @@ public actor VFIOBinder {
     /// none of them was just added. `bind` does the same wait itself; a caller
     /// may wait first to look again at whether the bind is still wanted.
     public func firstProbesOver(_ device: PCIDevice) async {
-        let address = device.address.lowercased()
-        await waitForFirstProbe(address)
+        await waitForFirstProbe(device.address.lowercased())
+        for peer in groupPeers(of: device) { await waitForFirstProbe(peer) }
+    }
+
+    /// The other devices of `device`'s IOMMU group, as read with it and as sysfs lists them
+    /// now (a function added after the device was read counts too), in address order.
+    private func groupPeers(of device: PCIDevice) -> [String] {
         var peers = device.iommuGroupPeers
         if let group = device.iommuGroup { peers += Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices")) }
-        for peer in Set(peers.map { $0.lowercased() }).subtracting([address]).sorted() {
-            await waitForFirstProbe(peer)
-        }
+        return Set(peers.map { $0.lowercased() }).subtracting([device.address.lowercased()]).sorted()
     }
 
     /// Waits until the first probe of a device just added is over: its `bind`
@@ -259,9 +262,7 @@ public actor VFIOBinder {
                 + "command line, VT-d/AMD-Vi in the firmware); vfio-pci and QEMU cannot use such a device")
         }
         var members = [address]
-        // The group as sysfs lists it now: a function added after the device was read counts too.
-        let listed = Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices"))
-        for peer in Set((device.iommuGroupPeers + listed).map { $0.lowercased() }).subtracting([address]).sorted() {
+        for peer in groupPeers(of: device) {
             let classText: String
             do { classText = try io.read(devicePath(peer) + "/class") } catch {
                 throw VFIOError(device: peer, step: .readState, cause: .system(error))
