@@ -81,7 +81,7 @@ let package = Package(
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
                           path: "tools/bench/VHotplugBench"),
         // Hot-plug latency, CPU, idle, memory and start-up of the daemon (umockdev + a real QEMU).
-        .executableTarget(name: "vhotplug-hotplug-bench", dependencies: ["VHotplugTestSupport", "CLinux"],
+        .executableTarget(name: "vhotplug-hotplug-bench", dependencies: ["VHotplugTestSupport", "CLinux", "CUdev", "HostDevices"],
                           path: "tools/bench/HotplugBench"),
 
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),

@@ -47,8 +47,16 @@ public final class UdevMonitor: @unchecked Sendable {
     /// Messages dropped by `receive()`'s own check before libudev parses them.
     public private(set) var dropped = 0
     /// Whether `usb_interface` events and a USB device's `bind` are wanted: only while a
-    /// device waits for its interfaces (the daemon sets it).
-    public var usbInterfaceEvents = true
+    /// device waits for its interfaces (the daemon sets it). The socket's filter follows:
+    /// a change replaces it, and from then on the kernel drops (or keeps) interfaces'
+    /// messages as they are queued, so messages queued before the change were judged by the
+    /// old filter: a caller that starts waiting for interfaces looks at sysfs once after it.
+    public var usbInterfaceEvents = true {
+        didSet { if usbInterfaceEvents != oldValue { attachFilter() } }
+    }
+    /// The errno of the last failed attempt to attach the socket filter (0: attached).
+    /// Without it the same messages are dropped after the peek instead.
+    public private(set) var filterError: Int32 = 0
 
     /// True when udevd runs on this host: its control socket accepts a connection.
     public static func udevdRunning(runDir: String = "/run/udev") -> Bool {
@@ -70,7 +78,9 @@ public final class UdevMonitor: @unchecked Sendable {
     }
 
     /// Opens the monitor for the given subsystems. `source` nil chooses by whether udevd runs.
-    public init(subsystems: [String] = ["usb", "pci", "input", "vfio"], source requested: String? = nil) throws(DeviceReadError) {
+    /// `inKernelFilter` false keeps libudev's own filter (tests of the userspace peek alone).
+    public init(subsystems: [String] = ["usb", "pci", "input", "vfio"], source requested: String? = nil,
+                inKernelFilter: Bool = true) throws(DeviceReadError) {
         guard let u = udev_new() else {
             throw DeviceReadError(device: "udev", attribute: "udev_new", reason: "libudev could not start")
         }
@@ -94,6 +104,20 @@ public final class UdevMonitor: @unchecked Sendable {
         fd = udev_monitor_get_fd(m)
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        filtering = inKernelFilter
+        attachFilter()
+    }
+
+    /// Whether vhotplug's socket filter is used.
+    private var filtering = true
+
+    /// Replaces the socket's filter (libudev's, on the `udev` source) with vhotplug's
+    /// (UeventFilter): the same subsystems, in both message formats, and no `usb_interface`
+    /// messages while none is wanted.
+    private func attachFilter() {
+        guard filtering else { return }
+        let names = wanted.map { String(decoding: $0, as: UTF8.self) }
+        filterError = UeventFilter.attach(UeventFilter.program(subsystems: names, usbInterfaces: usbInterfaceEvents), to: fd)
     }
 
     /// Replaces the subsystem filter (for instance `input` joins when evdev passthrough is turned on).
@@ -102,6 +126,7 @@ public final class UdevMonitor: @unchecked Sendable {
         udev_monitor_filter_remove(monitor)
         for s in subsystems { udev_monitor_filter_add_match_subsystem_devtype(monitor, s, nil) }
         udev_monitor_filter_update(monitor)
+        attachFilter()
     }
 
     deinit {
@@ -150,6 +175,11 @@ public final class UdevMonitor: @unchecked Sendable {
 
     /// False when the peeked message is certainly not wanted; nil when it cannot be told.
     func wants(_ f: PeekedFields) -> Bool? {
+        Self.wants(f, subsystems: wanted, usbInterfaceEvents: usbInterfaceEvents)
+    }
+
+    /// The peek's decision (UeventFilter never drops a message this would keep: tested).
+    static func wants(_ f: PeekedFields, subsystems wanted: [[UInt8]], usbInterfaceEvents: Bool) -> Bool? {
         guard let subsystem = f.subsystem else { return nil }
         guard wanted.contains(where: { $0.elementsEqual(subsystem) }) else { return false }
         if !usbInterfaceEvents, subsystem.elementsEqual("usb".utf8), let devtype = f.devtype {

@@ -153,6 +153,9 @@ public actor Daemon {
         } else if monitor.source == "kernel" {
             logger.warning("udevd is not running: listening to kernel events directly")
         }
+        if monitor.filterError != 0 {
+            logger.warning("cannot filter uevents in the kernel (SO_ATTACH_FILTER: \(String(cString: strerror(monitor.filterError)))): each is read and dropped after a look")
+        }
         self.monitor = monitor
         loop.watch(monitor.fd) { [self] in
             // One event per wake-up, handled at once on the loop's thread (this actor's
@@ -456,6 +459,9 @@ public actor Daemon {
             Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath) }
         }
         pendingUSB[sysPath] = (time, timer)
+        // The socket filter now keeps interfaces' events; one that was queued before it
+        // changed was dropped, but its interface is in sysfs already.
+        checkPending(sysPath)
     }
 
     func checkPending(_ sysPath: String) {

@@ -71,6 +71,7 @@ final class ShotResult: @unchecked Sendable {
 func floorPhase() async throws {
     let tb = await Testbed.make()
     try tb.add(record: try controllerRecords(0))
+    _ = try directSender(tb)
     let qemu = try QEMUInstance(name: "vm1", testbed: tb)
     defer { qemu.stop(); try? FileManager.default.removeItem(atPath: qemu.dir) }
     let poller = try Poller(observerPath: qemu.observerPath, needle: #""vhp-usb-"#)
@@ -89,6 +90,7 @@ func floorPhase() async throws {
         let result = ShotResult()
         let path = qemu.qmpPath
         let add = #"{"execute": "device_add", "arguments": {"driver": "usb-host", "id": "\#(plug.id)", "hostbus": \#(bus), "hostaddr": \#(devnum)}, "id": 2}"#
+        let adds = try Uevents(tb, plug.paths, "add")
         let t0 = now()
         let thread = Thread {
             var tries = 0
@@ -114,7 +116,7 @@ func floorPhase() async throws {
             }
         }
         thread.start()
-        for p in plug.paths { tb.uevent("/sys" + p, "add") }
+        adds.send()
         let seen = try poller.wait(for: 1)
         retries += try result.wait().get()
         if round >= opts.warmup { floor.append(ms(seen - t0)) }

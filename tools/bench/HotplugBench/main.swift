@@ -43,6 +43,9 @@ struct Options {
     /// VHOTPLUG_EVENT_SOURCE for the daemons (`udev`: libudev's in-kernel subsystem filter
     /// applies, as on a host where udevd runs; umockdev's uevents are in udevd's format).
     var eventSource: String?
+    /// Who sends a plug's uevents: `umockdev` (umockdev_testbed_uevent, about 0.3 ms each) or
+    /// `direct` (the same datagrams, built before t0: DirectSender).
+    var sender = "umockdev"
 }
 
 var options = Options()
@@ -70,12 +73,15 @@ do {
         case "--vhotplug": options.vhotplug = value()
         case "--startup-profile": options.startupProfile = value()
         case "--event-source": options.eventSource = value()
+        case "--sender":
+            options.sender = value()
+            guard ["umockdev", "direct"].contains(options.sender) else { eprint("--sender: umockdev or direct\n"); exit(2) }
         case "-h", "--help":
             print("""
                 usage: umockdev-wrapper vhotplug-hotplug-bench [--cycles 100] [--memory-cycles 1000] [--warmup 5]
                        [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug,floor]
                        [--debug] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
-                       [--event-source udev|kernel]
+                       [--event-source udev|kernel] [--sender umockdev|direct]
                 """)
             exit(0)
         default: eprint("unknown argument \(a)\n"); exit(2)
@@ -252,6 +258,43 @@ func releaseListeners(_ tb: Testbed, _ names: [String]) {
     for n in names { rename(tb.root + "/held-" + n, tb.root + "/" + n) }
 }
 
+/// Uevents of a plug or unplug, ready to be sent by the chosen sender (`--sender`).
+struct Uevents {
+    private let tb: Testbed
+    private let paths: [String]
+    private let action: String
+    private let batch: DirectSender.Batch?
+    private let sender: DirectSender?
+
+    /// Prepares them (the direct sender's messages and connections are made here, before t0).
+    init(_ tb: Testbed, _ paths: [String], _ action: String) throws {
+        self.tb = tb
+        self.paths = paths
+        self.action = action
+        sender = try directSender(tb)
+        batch = try sender.map { try $0.prepare(paths.map { "/sys" + $0 }, action: action) }
+    }
+
+    func send() {
+        if let sender, let batch { sender.send(batch) } else { for p in paths { tb.uevent("/sys" + p, action) } }
+    }
+}
+
+nonisolated(unsafe) private var directSenders: [ObjectIdentifier: DirectSender] = [:]
+
+/// The direct sender of this testbed (nil with `--sender umockdev`); made once, after checking
+/// that it sends umockdev's datagrams (DirectSender.selfCheck, on the testbed's controller records).
+func directSender(_ tb: Testbed) throws -> DirectSender? {
+    guard opts.sender == "direct" else { return nil }
+    if let s = directSenders[ObjectIdentifier(tb)] { return s }
+    let s = DirectSender(root: tb.root)
+    let usb = "/sys" + receiverPath(bus: 1, pci: fixtureController).replacingOccurrences(of: "/1-2", with: "")
+    try s.selfCheck([usb, "/sys/devices/pci0000:00/" + fixtureController]) { tb.uevent($0, "change") }
+    note("direct sender: its datagrams equal umockdev's (checked on \(usb) and its controller)")
+    directSenders[ObjectIdentifier(tb)] = s
+    return s
+}
+
 func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugMode = .staged) throws -> CycleResult {
     let plug = try receiverPlug(round: round)
     var mark = d.mark
@@ -263,8 +306,9 @@ func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugM
         releaseListeners(tb, held)
         sleepSeconds(opts.gap)
         mark = d.mark
+        let adds = try Uevents(tb, plug.paths, "add")
         t0 = now()
-        for p in plug.paths { tb.uevent("/sys" + p, "add") }
+        adds.send()
     case .umockdev:
         t0 = now()
         try tb.add(record: plug.text)
@@ -288,11 +332,12 @@ func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugM
 
     // Unplug as the kernel does: children's remove events (deepest first), then the device's.
     mark = d.mark
-    let children = plug.paths.filter { $0 != plug.devicePath }.sorted { $0.count > $1.count }
+    let children = try Uevents(tb, plug.paths.filter { $0 != plug.devicePath }.sorted { $0.count > $1.count }, "remove")
+    let device = try Uevents(tb, [plug.devicePath], "remove")
     let t1 = now()
-    for c in children { tb.uevent("/sys" + c, "remove") }
+    children.send()
     let t2 = now()
-    tb.uevent("/sys" + plug.devicePath, "remove")
+    device.send()
     let gone = try poller.wait(for: 0)
     let detached = try d.waitFor("detached from vm1 (\(plug.id))", from: mark)
     let daemonDetach = daemonMs(d.log[detached.index].text)
@@ -361,6 +406,7 @@ func mib(_ k: Int) -> String { String(format: "%.2f MiB", Double(k) / 1024) }
 func latencyPhase() async throws {
     let tb = await Testbed.make()
     try tb.add(record: try controllerRecords(0))
+    _ = try directSender(tb)
     let qemu = try QEMUInstance(name: "vm1", testbed: tb)
     defer { qemu.stop(); try? FileManager.default.removeItem(atPath: qemu.dir) }
     let config = qemu.dir + "/vhotplug.conf"
