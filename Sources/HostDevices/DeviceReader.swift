@@ -115,12 +115,16 @@ public final class DeviceReader {
         let dir = sysfs.path(sysPath)
         let sysName = String(sysPath.split(separator: "/").last ?? "")
         let a = AttributeReader(dir: dir, device: sysPath)
-        let bus = try a.int("busnum", max: 255)
-        let devnum = try a.int("devnum", max: 255)
-        let vendorId = UInt16(try a.hex("idVendor"))
-        let productId = UInt16(try a.hex("idProduct"))
+        // The kernel's own `uevent` attribute (usb_dev_uevent) holds eight of the device's
+        // attributes in one read; each one it lacks (or cannot be read from it) is read from
+        // its own file, which also names it in an error.
+        let k = ((try? Sysfs.withSmallFile(dir + "/uevent") { KernelUSBFields(bytes: $0) }.get()) ?? nil) ?? KernelUSBFields(uevent: nil)
+        let bus = try either(k.busnum) { () throws(DeviceReadError) in try a.int("busnum", max: 255) }
+        let devnum = try either(k.devnum) { () throws(DeviceReadError) in try a.int("devnum", max: 255) }
+        let vendorId = try either(k.vendorId) { () throws(DeviceReadError) in UInt16(try a.hex("idVendor")) }
+        let productId = try either(k.productId) { () throws(DeviceReadError) in UInt16(try a.hex("idProduct")) }
         let (port, portPath) = try Self.ports(sysName: sysName, device: sysPath)
-        let deviceClass = try a.byteHex("bDeviceClass")
+        let deviceClass = try either(k.deviceClass) { () throws(DeviceReadError) in try a.byteHex("bDeviceClass") }
         // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
         let config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) }
@@ -135,9 +139,13 @@ public final class DeviceReader {
             case .success(let list):
                 // libusb gives every alternate setting; sysfs says which one is in force.
                 interfaces = list.map { i in
-                    let ifDir = "\(dir)/\(interfacePrefix):\(config ?? 0).\(i.number)"
-                    let current = (try? AttributeReader(dir: ifDir, device: ifDir).optionalHex("bAlternateSetting", max: 0xff))
-                        .flatMap { $0 }.map(UInt8.init) ?? 0
+                    // One alternate setting: it is the one in force (nothing to read).
+                    var current: UInt8 = i.alternates.count == 1 ? i.alternates[0].alternate : 0
+                    if i.alternates.count > 1 {
+                        let ifDir = "\(dir)/\(interfacePrefix):\(config ?? 0).\(i.number)"
+                        current = (try? AttributeReader(dir: ifDir, device: ifDir).optionalHex("bAlternateSetting", max: 0xff))
+                            .flatMap { $0 }.map(UInt8.init) ?? 0
+                    }
                     let alt = i.alternates.first { $0.alternate == current } ?? i.alternates[0]
                     return USBInterface(interfaceNumber: i.number, interfaceClass: alt.usbClass,
                                         interfaceSubclass: alt.subclass, interfaceProtocol: alt.proto)
@@ -160,9 +168,9 @@ public final class DeviceReader {
         let isHub = deviceClass == 9 || interfaces.contains { $0.interfaceClass == 9 }
         return USBDevice(
             sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
-            vendorId: vendorId, productId: productId, bcdDevice: UInt16(try a.optionalHex("bcdDevice") ?? 0),
-            deviceClass: deviceClass, deviceSubclass: try a.byteHex("bDeviceSubClass"),
-            deviceProtocol: try a.byteHex("bDeviceProtocol"),
+            vendorId: vendorId, productId: productId, bcdDevice: try either(k.bcdDevice) { () throws(DeviceReadError) in UInt16(try a.optionalHex("bcdDevice") ?? 0) },
+            deviceClass: deviceClass, deviceSubclass: try either(k.deviceSubclass) { () throws(DeviceReadError) in try a.byteHex("bDeviceSubClass") },
+            deviceProtocol: try either(k.deviceProtocol) { () throws(DeviceReadError) in try a.byteHex("bDeviceProtocol") },
             manufacturer: try a.optionalString("manufacturer"), product: try a.optionalString("product"),
             serial: try a.optionalString("serial"),
             vendorName: usbIDs?.vendorName(vendorId), productName: usbIDs?.productName(vendorId, productId),
@@ -331,4 +339,88 @@ public final class DeviceReader {
         }
         return x == nil && y != nil
     }
+}
+
+/// The fields of a USB device's `uevent` attribute that the kernel writes for every USB
+/// device (usb_dev_uevent): `PRODUCT=vid/pid/bcdDevice` (hex), `TYPE=class/subclass/protocol`
+/// (decimal), `BUSNUM=` and `DEVNUM=` (decimal). A field absent or malformed is nil.
+struct KernelUSBFields {
+    var busnum: Int?, devnum: Int?
+    var vendorId: UInt16?, productId: UInt16?, bcdDevice: UInt16?
+    var deviceClass: UInt8?, deviceSubclass: UInt8?, deviceProtocol: UInt8?
+
+    init(uevent: String?) {
+        guard var text = uevent else { return }
+        self = text.withUTF8 { KernelUSBFields(bytes: $0) }
+    }
+
+    init(bytes: UnsafeBufferPointer<UInt8>) {
+        var i = 0
+        let n = bytes.count
+        /// The numbers of a `a/b/c` value ending at `end`, each at most `max`.
+        func triple(_ from: Int, _ end: Int, hex: Bool, max: Int) -> (Int, Int, Int)? {
+            var out = [0, 0, 0], k = 0, digits = 0, j = from
+            while j < end {
+                let c = bytes[j]
+                if c == UInt8(ascii: "/") {
+                    guard digits > 0, k < 2 else { return nil }
+                    k += 1
+                    digits = 0
+                } else {
+                    let d: Int
+                    switch c {
+                    case 0x30...0x39: d = Int(c - 0x30)
+                    case 0x61...0x66 where hex: d = Int(c - 0x61 + 10)
+                    case 0x41...0x46 where hex: d = Int(c - 0x41 + 10)
+                    default: return nil
+                    }
+                    out[k] = out[k] * (hex ? 16 : 10) + d
+                    digits += 1
+                    guard digits <= 5, out[k] <= max else { return nil }
+                }
+                j += 1
+            }
+            guard k == 2, digits > 0 else { return nil }
+            return (out[0], out[1], out[2])
+        }
+        func number(_ from: Int, _ end: Int) -> Int? {
+            guard end > from, end - from <= 3 else { return nil }
+            var v = 0
+            for j in from..<end {
+                guard bytes[j] >= 0x30 && bytes[j] <= 0x39 else { return nil }
+                v = v * 10 + Int(bytes[j] - 0x30)
+            }
+            return v <= 255 ? v : nil
+        }
+        func starts(_ key: StaticString, at j: Int, _ end: Int) -> Bool {
+            let k = key.utf8Start, len = key.utf8CodeUnitCount
+            guard end - j > len else { return false }
+            for m in 0..<len where bytes[j + m] != k[m] { return false }
+            return true
+        }
+        while i < n {
+            var end = i
+            while end < n && bytes[end] != 0x0A { end += 1 }
+            switch bytes[i] {
+            case UInt8(ascii: "B") where starts("BUSNUM=", at: i, end): busnum = number(i + 7, end)
+            case UInt8(ascii: "D") where starts("DEVNUM=", at: i, end): devnum = number(i + 7, end)
+            case UInt8(ascii: "P") where starts("PRODUCT=", at: i, end):
+                if let (v, p, b) = triple(i + 8, end, hex: true, max: 0xffff) {
+                    (vendorId, productId, bcdDevice) = (UInt16(v), UInt16(p), UInt16(b))
+                }
+            case UInt8(ascii: "T") where starts("TYPE=", at: i, end):
+                if let (c, s, p) = triple(i + 5, end, hex: false, max: 0xff) {
+                    (deviceClass, deviceSubclass, deviceProtocol) = (UInt8(c), UInt8(s), UInt8(p))
+                }
+            default: break
+            }
+            i = end + 1
+        }
+    }
+}
+
+/// `value`, or else what `read` gives (typed throws do not pass through `??`).
+func either<T>(_ value: T?, _ read: () throws(DeviceReadError) -> T) throws(DeviceReadError) -> T {
+    if let value { return value }
+    return try read()
 }

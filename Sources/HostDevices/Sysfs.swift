@@ -67,6 +67,22 @@ public struct Sysfs: Sendable {
         }
     }
 
+    /// Calls `body` with a small file's bytes: one `read` into a stack buffer (a sysfs
+    /// attribute gives all it has at once). `.success(nil)`: 4 KiB or more (read it with
+    /// `readBytes`); a failure: the errno of `open` or `read`.
+    public static func withSmallFile<T>(_ path: String, _ body: (UnsafeBufferPointer<UInt8>) -> T) -> Result<T?, Errno> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return .failure(Errno(errno)) }
+        defer { close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> Result<T?, Errno> in
+            var n: Int
+            repeat { n = read(fd, buf.baseAddress, buf.count) } while n < 0 && errno == EINTR
+            if n < 0 { return .failure(Errno(errno)) }
+            guard n < buf.count else { return .success(nil) }
+            return .success(body(UnsafeBufferPointer(rebasing: buf[..<n])))
+        }
+    }
+
     /// The target of a symbolic link, or nil.
     public static func readLink(_ path: String) -> String? {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> String? in
@@ -124,18 +140,38 @@ struct AttributeReader {
     /// The attribute's text without the trailing newline, nil when absent.
     /// Garbage (non-UTF-8, NUL bytes) is an error.
     func optionalString(_ name: String) throws(DeviceReadError) -> String? {
-        switch Sysfs.readBytes(dir + "/" + name, limit: 64 * 1024, shortReadIsEnd: true) {
-        case .failure(let e) where e.code == ENOENT || e.code == ENODATA:
-            return nil
-        case .failure(let e):
-            throw DeviceReadError(device: device, attribute: name, reason: e.description)
-        case .success(var bytes):
-            while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
-            guard !bytes.contains(0), let s = String(validating: bytes, as: UTF8.self) else {
-                throw DeviceReadError(device: device, attribute: name, reason: "not valid UTF-8 text")
-            }
-            return s
+        let path = dir + "/" + name
+        /// The text without its trailing newlines; nil when it holds NUL or is not UTF-8.
+        func text(_ b: UnsafeBufferPointer<UInt8>) -> String? {
+            var end = b.count
+            while end > 0 && (b[end - 1] == 0x0A || b[end - 1] == 0x0D) { end -= 1 }
+            let body = UnsafeBufferPointer(rebasing: b[..<end])
+            if end > 0, let base = body.baseAddress, memchr(base, 0, end) != nil { return nil }
+            return String(validating: body, as: UTF8.self)
         }
+        var result: String??
+        switch Sysfs.withSmallFile(path, text) {
+        case .success(let small?): result = small
+        case .success(nil):
+            // 4 KiB or more: read it whole (up to 64 KiB).
+            switch Sysfs.readBytes(path, limit: 64 * 1024, shortReadIsEnd: true) {
+            case .success(let bytes): result = bytes.withUnsafeBufferPointer(text)
+            case .failure(let e): return try missing(e, name)
+            }
+        case .failure(let e): return try missing(e, name)
+        }
+        guard let s = result ?? nil else {
+            throw DeviceReadError(device: device, attribute: name, reason: "not valid UTF-8 text")
+        }
+        return s
+    }
+
+    /// nil for an attribute that is absent; any other errno is the device's error.
+    private func missing(_ e: Errno, _ name: String) throws(DeviceReadError) -> String? {
+        guard e.code == ENOENT || e.code == ENODATA else {
+            throw DeviceReadError(device: device, attribute: name, reason: e.description)
+        }
+        return nil
     }
 
     func string(_ name: String) throws(DeviceReadError) -> String {

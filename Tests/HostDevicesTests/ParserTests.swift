@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import DeviceModel
 import JSONKit
 @testable import HostDevices
@@ -44,6 +47,42 @@ struct USBIDsTests {
         let ids = USBIDs(bytes: Array(text.utf8))
         _ = ids.vendorName(0x046d)
         _ = ids.productName(0x046d, 0xc52b)
+    }
+
+    @Test("upper-case hex and a tab after the ID are product lines too; a product ID inside a name is not")
+    func forms() {
+        let ids = USBIDs(bytes: Array("046d  Logitech\n\tC52B  Upper\n\tc077\tTabbed\n\tc078  see \tc079 x\n\t\tc079  interface\n".utf8))
+        #expect(ids.productName(0x046d, 0xc52b) == "Upper")
+        #expect(ids.productName(0x046d, 0xc077) == "Tabbed")
+        #expect(ids.productName(0x046d, 0xc078) == "see \tc079 x")
+        #expect(ids.productName(0x046d, 0xc079) == nil)
+    }
+
+    @Test("every product of the system's usb.ids is found with the name a line-by-line reading gives")
+    func everyProduct() throws {
+        let ids = try #require(USBIDs(), "usb.ids not found: install the Debian package usb.ids")
+        let path = try #require(USBIDs.defaultPaths.first { access($0, R_OK) == 0 })
+        guard case .success(let bytes) = Sysfs.readBytes(path, limit: 64 << 20) else { Issue.record("cannot read \(path)"); return }
+        var vendor: UInt16?
+        var expected: [UInt32: String] = [:] // the first line of an ID repeated in a vendor's block wins
+        for line in bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map({ String(decoding: $0, as: UTF8.self) }) {
+            if line.hasPrefix("C ") { break }
+            if line.hasPrefix("#") || line.isEmpty { continue }
+            let tabs = line.prefix { $0 == "\t" }.count
+            let body = line.dropFirst(tabs)
+            guard body.count > 5, let id = UInt16(body.prefix(4), radix: 16), " \t".contains(body.dropFirst(4).first!) else { continue }
+            if tabs == 0 { vendor = id; continue }
+            guard tabs == 1, let v = vendor else { continue }
+            let key = UInt32(v) << 16 | UInt32(id)
+            if expected[key] == nil { expected[key] = body.dropFirst(4).trimmingCharacters(in: " \t\r") }
+        }
+        var checked = 0
+        for (key, name) in expected {
+            let (v, id) = (UInt16(key >> 16), UInt16(key & 0xffff))
+            #expect(ids.productName(v, id) == name, "\(String(v, radix: 16)):\(String(id, radix: 16))")
+            checked += 1
+        }
+        #expect(checked > 10_000)
     }
 
     @Test("the system's usb.ids loads and knows Logitech")
@@ -185,5 +224,14 @@ struct InputKindTests {
     @Test("joystick axes and buttons")
     func joystick() {
         #expect(caps(ev: "1b", key: "ffff00000000 0 0 0 0", abs: "3003f").kinds == [.joystick])
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> String {
+        var t = self
+        while let f = t.first, set.contains(f) { t = t.dropFirst() }
+        while let l = t.last, set.contains(l) { t = t.dropLast() }
+        return String(t)
     }
 }

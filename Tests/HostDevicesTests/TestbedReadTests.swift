@@ -86,4 +86,32 @@ struct TestbedReadTests {
         #expect(d.speed == "1.5" && d.removable == .removable && d.devnode == "/dev/bus/usb/001/003")
         #expect(!d.isHub && !d.holdsHostBootFilesystem)
     }
+
+    @Test("the kernel's uevent attribute gives IDs, class and bus/device numbers in one read; a malformed field is read from its own file")
+    func ueventFields() async throws {
+        let tb = await Testbed.make()
+        // Files that disagree with the uevent: which one was read shows in the result.
+        let files = usbAttributes(vendor: "1111", product: "2222", devnum: "9")
+        let uevent: [(String, String)] = [("DEVTYPE", "usb_device"), ("PRODUCT", "46d/c52b/1211"), ("TYPE", "9/0/1"),
+                                          ("BUSNUM", "003"), ("DEVNUM", "004")]
+        let good = tb.addDevice(subsystem: "usb", name: "3-1", attributes: files, properties: uevent)
+        let bad = tb.addDevice(subsystem: "usb", name: "3-2", attributes: files,
+                               properties: [("DEVTYPE", "usb_device"), ("PRODUCT", "46d/zz/1211"), ("TYPE", "9/0"),
+                                            ("BUSNUM", "300"), ("DEVNUM", "004")])
+        let r = reader(tb)
+        guard case .usb(let d) = try r.read(sysPath: String(good.dropFirst(4)), subsystem: "usb") else { Issue.record("not USB"); return }
+        #expect(d.vendorId == 0x046d && d.productId == 0xc52b && d.bcdDevice == 0x1211)
+        #expect(d.deviceClass == 9 && d.deviceSubclass == 0 && d.deviceProtocol == 1 && d.isHub)
+        #expect(d.bus == 3 && d.devnum == 4)
+        guard case .usb(let e) = try r.read(sysPath: String(bad.dropFirst(4)), subsystem: "usb") else { Issue.record("not USB"); return }
+        #expect(e.vendorId == 0x1111 && e.productId == 0x2222 && e.bcdDevice == 0x7200, "PRODUCT malformed: the files")
+        #expect(e.deviceClass == 0 && e.bus == 1 && e.devnum == 4, "TYPE and BUSNUM malformed: the files; DEVNUM from the uevent")
+
+        let k = KernelUSBFields(uevent: "MAJOR=189\nPRODUCT=1d6b/2/601\nTYPE=9/0/1\nBUSNUM=001\nDEVNUM=001\n")
+        #expect(k.vendorId == 0x1d6b && k.productId == 2 && k.bcdDevice == 0x601 && k.deviceClass == 9 && k.busnum == 1)
+        for broken in ["PRODUCT=10000/1/1", "PRODUCT=1/1", "PRODUCT=", "TYPE=256/0/0", "TYPE=-1/0/0", "BUSNUM=x", "BUSNUM=256", "=", ""] {
+            let f = KernelUSBFields(uevent: broken)
+            #expect(f.vendorId == nil && f.deviceClass == nil && f.busnum == nil, "\(broken)")
+        }
+    }
 }
