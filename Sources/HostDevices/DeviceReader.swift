@@ -113,7 +113,7 @@ public final class DeviceReader {
     /// Reads a USB device (DEVTYPE usb_device) folder.
     public func readUSB(sysPath: String, libusb: LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
         let dir = sysfs.path(sysPath)
-        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let sysName = lastComponent(sysPath)
         let a = AttributeReader(dir: dir, device: sysPath)
         // The kernel's own `uevent` attribute (usb_dev_uevent) holds eight of the device's
         // attributes in one read; each one it lacks (or cannot be read from it) is read from
@@ -187,7 +187,7 @@ public final class DeviceReader {
         guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
               let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
         else { return false }
-        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let sysName = lastComponent(sysPath)
         let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
         // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;
         // a device numbering them otherwise is counted in the folder instead.
@@ -237,7 +237,7 @@ public final class DeviceReader {
     /// Reads a PCI function folder.
     public func readPCI(sysPath: String) throws(DeviceReadError) -> PCIDevice {
         let dir = sysfs.path(sysPath)
-        let address = String(sysPath.split(separator: "/").last ?? "").lowercased()
+        let address = lastComponent(sysPath).lowercased()
         let a = AttributeReader(dir: dir, device: sysPath)
         let vendorId = UInt16(try a.hex("vendor"))
         let deviceId = UInt16(try a.hex("device"))
@@ -265,7 +265,7 @@ public final class DeviceReader {
         guard Sysfs.exists(sysfs.path(sysPath)) else {
             throw DeviceReadError(device: sysPath, attribute: "path", reason: "vanished while being read")
         }
-        let sysName = String(sysPath.split(separator: "/").last ?? "")
+        let sysName = lastComponent(sysPath)
         let parentPath = parentFolder(sysPath)
         let parent = AttributeReader(dir: sysfs.path(parentPath), device: parentPath)
         func bitmap(_ name: String) throws(DeviceReadError) -> Bitmap {
@@ -423,4 +423,10 @@ struct KernelUSBFields {
 func either<T>(_ value: T?, _ read: () throws(DeviceReadError) -> T) throws(DeviceReadError) -> T {
     if let value { return value }
     return try read()
+}
+
+/// The last component of a path (`1-2` of `/devices/.../usb1/1-2`), without splitting it all.
+func lastComponent(_ path: String) -> String {
+    guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return path }
+    return String(path[path.utf8.index(after: slash)...])
 }

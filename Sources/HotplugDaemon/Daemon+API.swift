@@ -65,14 +65,14 @@ extension Daemon: ControlService {
         guard let first = t.decision.targetVm ?? candidates.first else { return nil }
         let id = Self.identity(t.device)
         if api.state.disconnected.contains(id) {
-            logger.info("\(t.device.logName): detached by the user earlier; stays on the host until attached through the API")
+            logger.info("\(t.logName): detached by the user earlier; stays on the host until attached through the API")
             return nil
         }
         guard candidates.count > 1 else { return first }
         if let chosen = api.state.chosenVms[id], candidates.contains(chosen) { return chosen }
         if let server = api.server, server.listenerCount > 0, case .usb(let d) = t.device {
             api.selecting.insert(key)
-            logger.info("\(t.device.logName): may go to \(candidates.joined(separator: ", ")); waiting for a client to choose")
+            logger.info("\(t.logName): may go to \(candidates.joined(separator: ", ")); waiting for a client to choose")
             server.post(APINotification.usbSelectVM(d, allowedVms: candidates))
             return nil
         }
@@ -94,7 +94,7 @@ extension Daemon: ControlService {
             api.selecting.remove(key)
             guard let t = devices[key], t.present, t.want == nil, let first = t.decision.targetVm ?? t.decision.candidateVms.first
             else { continue }
-            logger.info("\(t.device.logName): no client left to choose its VM; it goes to \(first)")
+            logger.info("\(t.logName): no client left to choose its VM; it goes to \(first)")
             t.want = first
             t.since = .now()
             reconcile(key)
@@ -276,7 +276,7 @@ extension Daemon: ControlService {
                 continue
             }
             guard candidates.contains(target) else {
-                return APIReply.failed("VM \(quoted(target)) may not take \(t.device.logName) (allowed: \(candidates.joined(separator: ", ")))")
+                return APIReply.failed("VM \(quoted(target)) may not take \(t.logName) (allowed: \(candidates.joined(separator: ", ")))")
             }
             wanted.append((key, t, target))
         }
@@ -285,16 +285,16 @@ extension Daemon: ControlService {
             api.state.disconnected.remove(id)
             if t.decision.candidateVms.count > 1 { api.state.chosenVms[id] = target }
             aim(key, t, at: target)
-            logger.info("\(t.device.logName): attach to \(target) requested through the API")
+            logger.info("\(t.logName): attach to \(target) requested through the API")
             reconcile(key)
         }
         saveState()
         await settle(wanted.map(\.0))
         for (_, t, target) in wanted where t.attachment?.vm != target {
             if vmDown.contains(target) {
-                return APIReply.failed("VM \(target) is not running; \(t.device.logName) will be attached when it starts")
+                return APIReply.failed("VM \(target) is not running; \(t.logName) will be attached when it starts")
             }
-            return APIReply.failed("attach of \(t.device.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")")
+            return APIReply.failed("attach of \(t.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")")
         }
         return APIReply.ok()
     }
@@ -319,13 +319,13 @@ extension Daemon: ControlService {
             api.suspended[key] = nil
             t.want = nil
             t.since = .now()
-            logger.info("\(t.device.logName): detach requested through the API; marked disconnected")
+            logger.info("\(t.logName): detach requested through the API; marked disconnected")
             reconcile(key)
         }
         saveState()
         await settle(targets.map(\.key))
         for (_, t) in targets where t.attachment != nil {
-            return APIReply.failed("detach of \(t.device.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")")
+            return APIReply.failed("detach of \(t.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")")
         }
         return APIReply.ok()
     }
@@ -356,7 +356,7 @@ extension Daemon: ControlService {
         for key in keys {
             guard let t = devices[key], t.attachment?.vm != t.want else { continue }
             let problem = t.want.map { "is not back in \($0)" } ?? "is still in \(t.attachment?.vm ?? "?")"
-            return APIReply.failed("\(verb): \(t.device.logName) \(problem): \(t.lastError ?? "see the daemon's log")")
+            return APIReply.failed("\(verb): \(t.logName) \(problem): \(t.lastError ?? "see the daemon's log")")
         }
         return APIReply.ok()
     }

@@ -25,7 +25,7 @@ extension Daemon {
         }
         for (key, o) in members where o.groupConflict != plan.conflict {
             if plan.conflict == nil, o.groupConflict != nil {
-                logger.info("\(o.device.logName): its IOMMU group is no longer asked for by two VMs")
+                logger.info("\(o.logName): its IOMMU group is no longer asked for by two VMs")
             }
             o.groupConflict = plan.conflict
             o.lastError = plan.conflict
@@ -63,7 +63,7 @@ extension Daemon {
             }
             if o.groupNote != note {
                 o.groupNote = note
-                logger.info("\(o.device.logName): \(note)")
+                logger.info("\(o.logName): \(note)")
             }
         }
 

@@ -76,7 +76,7 @@ extension Daemon {
     func destine(_ key: String, _ t: Tracked, to vm: String) {
         guard t.want != vm else { return }
         aim(key, t, at: vm)
-        logger.info("\(t.device.logName): for \(vm) from its start (vmm_args)")
+        logger.info("\(t.logName): for \(vm) from its start (vmm_args)")
     }
 
     /// Destines a PCI device to the VM and moves it to vfio-pci (unless it is there from an
@@ -88,7 +88,7 @@ extension Daemon {
         await settle([key])
         guard t.present, t.vfio == nil, t.attachment == nil else {
             if t.present { reconcile(key) }
-            return t.present ? nil : "\(t.device.logName) was unplugged"
+            return t.present ? nil : "\(t.logName) was unplugged"
         }
         t.busy = true
         defer {
@@ -99,13 +99,13 @@ extension Daemon {
         do {
             let record = try await binder.bind(d)
             t.vfio = record
-            logger.info("\(t.device.logName): on vfio-pci for the start of \(vm) (\(Self.groupText(record))) in \(ms(since: t.since))")
+            logger.info("\(t.logName): on vfio-pci for the start of \(vm) (\(Self.groupText(record))) in \(ms(since: t.since))")
             return nil
         } catch {
             t.failed = true
             t.lastError = "\(error)"
-            logger.error("\(t.device.logName): cannot go to vfio-pci for \(vm): \(error)")
-            return "\(t.device.logName) cannot go to vfio-pci: \(error)"
+            logger.error("\(t.logName): cannot go to vfio-pci for \(vm): \(error)")
+            return "\(t.logName) cannot go to vfio-pci: \(error)"
         }
     }
 }

@@ -43,7 +43,11 @@ public struct DaemonOptions: Sendable {
 /// it should be and where it is. `reconcile` moves `attachment` towards `want`.
 /// Touched only from the `Daemon` actor (its reconcile tasks run on the same loop).
 final class Tracked: @unchecked Sendable {
-    var device: HostDevice
+    var device: HostDevice {
+        didSet { logName = device.logName }
+    }
+    /// How log lines and replies name the device (made once per reading of it).
+    private(set) var logName: String
     var decision: Decision
     /// The VM the device should be in (nil: in none).
     var want: String?
@@ -74,6 +78,7 @@ final class Tracked: @unchecked Sendable {
 
     init(device: HostDevice, decision: Decision, since: Deadline) {
         self.device = device
+        self.logName = device.logName
         self.decision = decision
         self.since = since
     }
@@ -299,13 +304,13 @@ public actor Daemon {
             let drivers = record.members.map { "\($0.address) from \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
             if let vm = t.decision.targetVm, backends[vm] != nil {
                 t.want = vm
-                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm)")
+                logger.info("\(t.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm)")
             } else if let vm = leaderVM(of: t), backends[vm] != nil {
                 t.want = vm
-                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm) with its IOMMU group (pciIommuAddAll)")
+                logger.info("\(t.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm) with its IOMMU group (pciIommuAddAll)")
             } else {
                 t.want = nil
-                logger.info("\(t.device.logName): on vfio-pci from an earlier run (\(drivers)); no VM takes it now: back to its driver once it is in no VM")
+                logger.info("\(t.logName): on vfio-pci from an earlier run (\(drivers)); no VM takes it now: back to its driver once it is in no VM")
             }
         }
     }
@@ -333,7 +338,7 @@ public actor Daemon {
                     t.attachment = a
                     // Found where an earlier run put it: it stays unless the rules now say otherwise.
                     if t.want == nil { t.want = t.decision.targetVm == vm ? vm : t.decision.targetVm }
-                    logger.info("\(t.device.logName): found in VM \(vm) as \(a.id)")
+                    logger.info("\(t.logName): found in VM \(vm) as \(a.id)")
                 }
             } else {
                 logger.info("VM \(vm): removing stale \(a.id) (its device is gone)")
@@ -528,7 +533,7 @@ public actor Daemon {
         t.present = false
         t.want = nil
         t.since = .now()
-        logger.info("\(t.device.logName): unplugged")
+        logger.info("\(t.logName): unplugged")
         announceDisconnected(sysPath, t)
         reconcile(sysPath)
     }
@@ -542,7 +547,7 @@ public actor Daemon {
     }
 
     func logDecision(_ t: Tracked) {
-        logger.info("\(t.device.logName): \(t.decision.summary)")
+        logger.info("\(t.logName): \(t.decision.summary)")
     }
 
     // MARK: Reconcile
@@ -584,7 +589,7 @@ public actor Daemon {
                 guard let backend = backends[a.vm] else { t.attachment = nil; continue }
                 do {
                     try await backend.detach(a)
-                    logger.info("\(t.device.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
+                    logger.info("\(t.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
                     t.attachment = nil
                     announceDetached(t, vm: a.vm)
                     if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
@@ -593,32 +598,32 @@ public actor Daemon {
                         t.attachment = nil // the VM is gone, and the device with it
                         continue
                     }
-                    logger.error("\(t.device.logName): detach from \(a.vm) failed: \(error)")
+                    logger.error("\(t.logName): detach from \(a.vm) failed: \(error)")
                     t.lastError = "\(error)"
                     return
                 }
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed, vmDown.contains(vm) {
-                logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
+                logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
                 return
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed {
                 guard let backend = backends[vm] else {
-                    logger.error("\(t.device.logName): VM \(vm) is not configured")
+                    logger.error("\(t.logName): VM \(vm) is not configured")
                     return
                 }
                 do {
                     await authorizeForVM(t, vm: vm)
                     guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
-                    logger.info("\(t.device.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                    logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
-                        logger.info("\(t.device.logName): VM \(vm) is not running; waiting for it")
+                        logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
                     } else {
                         t.failed = true
                         t.lastError = "\(error)"
-                        logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
+                        logger.error("\(t.logName): attach to \(vm) failed: \(error)")
                     }
                     await deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
@@ -626,7 +631,7 @@ public actor Daemon {
                 } catch {
                     t.failed = true
                     t.lastError = "\(error)"
-                    logger.error("\(t.device.logName): attach to \(vm) failed: \(error)")
+                    logger.error("\(t.logName): attach to \(vm) failed: \(error)")
                     await deauthorizeAfterVM(t, vm: vm)
                     return
                 }
@@ -656,7 +661,7 @@ public actor Daemon {
                 guard t.target == backend.name else { return nil }
                 let record = try await binder.bind(d)
                 t.vfio = record
-                logger.info("\(t.device.logName): on vfio-pci (\(Self.groupText(record))) in \(ms(since: t.since))")
+                logger.info("\(t.logName): on vfio-pci (\(Self.groupText(record))) in \(ms(since: t.since))")
             }
             guard t.target == backend.name else { return nil }
             return try await backend.attachPCI(d)
@@ -677,7 +682,7 @@ public actor Daemon {
         // The group goes back as a whole: not while another of its devices is in a VM
         // (or on its way to one), which would lose the device from under that VM.
         if let mate = groupMateInUse(t) {
-            logger.info("\(t.device.logName): IOMMU group \(record.group) stays on vfio-pci while \(mate.device.logName) is in a VM or going to one")
+            logger.info("\(t.logName): IOMMU group \(record.group) stays on vfio-pci while \(mate.device.logName) is in a VM or going to one")
             return
         }
         do {
@@ -685,9 +690,9 @@ public actor Daemon {
             t.vfio = nil
             let drivers = record.members.filter { !$0.wasOnVFIO }
                 .map { "\($0.address) -> \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
-            logger.info("\(t.device.logName): back on its host driver (\(drivers.isEmpty ? "its group stays as it was before vhotplug" : drivers))")
+            logger.info("\(t.logName): back on its host driver (\(drivers.isEmpty ? "its group stays as it was before vhotplug" : drivers))")
         } catch {
-            logger.error("\(t.device.logName): cannot give the device back to its driver: \(error)")
+            logger.error("\(t.logName): cannot give the device back to its driver: \(error)")
             return
         }
         // A group mate kept on vfio-pci for this device can go back now.

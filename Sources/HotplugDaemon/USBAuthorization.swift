@@ -208,9 +208,9 @@ extension Daemon {
             let authorizer = self.authorizer, logger = self.logger, loop = self.loop
             Task(executorPreference: loop) { await authorizer.set(d, authorized: true, why: why, logger, on: loop) }
         } else if let vm = t.decision.targetVm {
-            logger.info("\(t.device.logName): stays unauthorized on the host until it is attached to \(vm)")
+            logger.info("\(t.logName): stays unauthorized on the host until it is attached to \(vm)")
         } else {
-            logger.info("\(t.device.logName): stays unauthorized on the host (no rule sends it to a VM, no hostAllow entry matches)")
+            logger.info("\(t.logName): stays unauthorized on the host (no rule sends it to a VM, no hostAllow entry matches)")
         }
     }
 

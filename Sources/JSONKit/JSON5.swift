@@ -274,7 +274,16 @@ public struct JSONParser {
         try enterNesting()
         advance() // '{'
         var object = JSONObject()
+        // Keys seen, for duplicates: the members themselves while the object is small (a QMP
+        // message, a rule), a dictionary once it grows (a hand-written list of hundreds).
         var seen: [String: (line: Int, column: Int)] = [:]
+        func firstDefinition(_ key: String) -> (line: Int, column: Int)? {
+            if object.members.count <= 16 {
+                return object.members.first { $0.key == key }.map { ($0.keyLine, $0.keyColumn) }
+            }
+            if seen.isEmpty { for m in object.members { seen[m.key] = (m.keyLine, m.keyColumn) } }
+            return seen[key]
+        }
         while true {
             try skipWhitespaceAndComments()
             guard let b = peek() else {
@@ -300,12 +309,12 @@ public struct JSONParser {
             advance()
             path.append(.key(key))
             let value = try parseValue()
-            if let first = seen[key] {
+            if let first = firstDefinition(key) {
                 issues.append(JSONParseIssue(
                     line: keyLine, column: keyColumn, path: renderPath(path),
                     message: "duplicate key \(quoted(key)) (first defined at \(first.line):\(first.column))"))
             } else {
-                seen[key] = (keyLine, keyColumn)
+                if !seen.isEmpty { seen[key] = (keyLine, keyColumn) }
                 object.members.append(JSONMember(key: key, keyLine: keyLine, keyColumn: keyColumn, value: value))
             }
             path.removeLast()

@@ -18,6 +18,7 @@ public indirect enum JSONText: Sendable, Hashable {
     /// Compact JSON (one line), or indented by two spaces when `pretty`.
     public func rendered(pretty: Bool = false) -> String {
         var out = ""
+        out.reserveCapacity(256) // most documents are one short line: no regrowing on the way
         write(to: &out, pretty: pretty, indent: 0)
         return out
     }

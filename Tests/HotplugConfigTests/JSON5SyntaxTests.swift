@@ -312,6 +312,30 @@ struct JSON5SyntaxTests {
         #expect(d.description == #"<config>:3:3: error: duplicate key "vms" (first defined at 2:3) (at $.vms)"#)
     }
 
+    @Test("duplicates are found in small objects and in large ones (past 16 members the keys go into a table)",
+          arguments: [5, 16, 17, 40])
+    func duplicatesAtEverySize(members: Int) throws {
+        // Keys k0..k(n-1), one per line, then a repeat of k1 and (for large objects) of the last key.
+        var lines = (0..<members).map { "\"k\($0)\": \($0)," }
+        lines.append("\"k1\": 100,")
+        lines.append("\"k\(members - 1)\": 101,")
+        lines.append("\"late\": 1, \"late\": 2")
+        var parser = JSONParser(bytes: Array(("{\n" + lines.joined(separator: "\n") + "\n}").utf8))
+        let node = try parser.parseDocument()
+        #expect(parser.issues.map(\.message) == [
+            #"duplicate key "k1" (first defined at 3:1)"#,
+            "duplicate key \"k\(members - 1)\" (first defined at \(members + 1):1)",
+            #"duplicate key "late" (first defined at \#(members + 4):1)"#,
+        ])
+        guard case .object(let o) = node.value else { Issue.record("not an object"); return }
+        #expect(o.members.map(\.key) == (0..<members).map { "k\($0)" } + ["late"], "the first occurrence kept")
+        func int(_ key: String) -> Int? {
+            if case .number(let n)? = o.member(key)?.value.value { return n.integer }
+            return nil
+        }
+        #expect(int("k1") == 1 && int("late") == 1, "the first value kept")
+    }
+
     @Test("a duplicate key inside an entry has the entry's path")
     func duplicateKeyInEntry() throws {
         let d = try singleError(Sample.usbEntry(#"{"vendorId": "046d", "vendorId": "046e"}"#))
