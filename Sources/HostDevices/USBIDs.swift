@@ -1,4 +1,4 @@
-import CUdev
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,6 +16,8 @@ public final class USBIDs: Sendable {
     private let bytes: [UInt8]
     /// Vendor ID -> (name range, range of the product lines that follow).
     private let vendors: [UInt16: (name: Range<Int>, products: Range<Int>)]
+    /// Product indexes of the vendors looked up so far (productIndex).
+    private let products = Mutex<[UInt16: [UInt16: Range<Int>]]>([:])
 
     /// Indexes the bytes of a usb.ids file. Malformed lines are skipped.
     public init(bytes: [UInt8]) {
@@ -67,30 +69,34 @@ public final class USBIDs: Sendable {
 
     public func productName(_ vendor: UInt16, _ product: UInt16) -> String? {
         guard let v = vendors[vendor] else { return nil }
-        let end = min(v.products.upperBound, bytes.count)
-        let start = v.products.lowerBound // the newline that ends the vendor's line
-        return bytes.withUnsafeBufferPointer { b -> Range<Int>? in
-            guard let base = b.baseAddress, start < end else { return nil }
-            // A product line is "\t" + four hex digits + a space or tab (interface lines have
-            // two tabs): found by memmem in the vendor's block, lower-case hex as usb.ids writes
-            // it, then upper-case for a hand-edited file.
-            let digits = Array(String(product, radix: 16).utf8)
-            let hex = Array(repeating: UInt8(ascii: "0"), count: 4 - digits.count) + digits
-            for form in [hex, hex.map { $0 >= 0x61 ? $0 - 0x20 : $0 }] {
-                for sep: UInt8 in [0x20, 0x09] {
-                    let needle: [UInt8] = [0x0A, 0x09] + form + [sep]
-                    var from = start
-                    while from < end, let hit = needle.withUnsafeBytes({ memmem(base + from, end - from, $0.baseAddress, $0.count) }) {
-                        let lineStart = UnsafeRawPointer(hit) - UnsafeRawPointer(base) + 1
-                        let lineEnd = memchr(base + lineStart, 0x0A, end - lineStart).map { UnsafeRawPointer($0) - UnsafeRawPointer(base) } ?? end
-                        if lineEnd - lineStart > 5 { return Self.nameRange(b, lineStart + 5, lineEnd) }
-                        from = lineStart
-                    }
-                }
-                if form == hex.map({ $0 >= 0x61 ? $0 - 0x20 : $0 }) { break } // no letters: nothing more to try
+        let index = products.withLock { cache in
+            if let known = cache[vendor] { return known }
+            let made = productIndex(v.products)
+            cache[vendor] = made
+            return made
+        }
+        return index[product].map(text)
+    }
+
+    /// A vendor's products by ID (the first line of an ID repeated wins), made the first time
+    /// that vendor is asked for: the daemon meets few vendors, Logitech has 700 products.
+    private func productIndex(_ block: Range<Int>) -> [UInt16: Range<Int>] {
+        let end = min(block.upperBound, bytes.count)
+        var out: [UInt16: Range<Int>] = [:]
+        bytes.withUnsafeBufferPointer { b in
+            guard let base = b.baseAddress else { return }
+            var i = block.lowerBound
+            while i < end {
+                let lineStart = i
+                let lineEnd = memchr(base + i, 0x0A, end - i).map { UnsafeRawPointer($0) - UnsafeRawPointer(base) } ?? end
+                i = lineEnd + 1
+                // Exactly one tab, then four hex digits (interface lines have two tabs).
+                guard lineEnd - lineStart > 5, b[lineStart] == 0x09,
+                      let id = Self.hex4(b, lineStart + 1, lineEnd), out[id] == nil else { continue }
+                out[id] = Self.nameRange(b, lineStart + 5, lineEnd)
             }
-            return nil
-        }.map(text)
+        }
+        return out
     }
 
     private func text(_ r: Range<Int>) -> String {

@@ -41,9 +41,12 @@ if [ "$(id -u)" = 0 ] && [ "$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 1000 ]
 fi
 # Then the latency phase again with the udev source, as on a host where udevd runs (libudev's
 # socket filter drops other subsystems in the kernel; umockdev's uevents are in udevd's format).
-# Last, the floor of the attach figure: no daemon, the benchmark's own QMP connection made at the
-# first uevent (what any program that connects when a device comes can reach at best here).
-for args in "" "--phases latency --memory-cycles 0 --event-source udev" "--phases floor"; do
+# Then the floor of the attach figure: no daemon, the benchmark's own QMP connection made at the
+# first uevent (what any program that connects when a device comes can reach at best here), and
+# the bare QMP calibration of FACTS.md (an idle QEMU). Last, latency and floor again with the
+# plug's uevents sent at a kernel's cost (--sender direct: umockdev's datagrams, built before t0).
+for args in "" "--phases latency --memory-cycles 0 --event-source udev" "--phases floor" \
+            "--phases latency --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct" "--phases floor --sender direct"; do
     # shellcheck disable=SC2086
     if [ -n "${BENCH_NOTES:-}" ]; then
         TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args
