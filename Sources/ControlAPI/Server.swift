@@ -148,8 +148,11 @@ public actor ControlServer {
     /// Notifications posted from other actors, sent in order by one drain task.
     private nonisolated let posted = Mutex<(events: [JSONText], draining: Bool)>(([], false))
 
-    /// Queues a notification from any actor, without waiting; sent in posting order.
-    public nonisolated func post(_ event: JSONText) {
+    /// Queues a notification from any actor, without waiting; sent in posting order. While no
+    /// client listens (a host without an applet) nothing is built, queued or rendered.
+    public nonisolated func post(_ event: @autoclosure () -> JSONText) {
+        guard listenerCount > 0 else { return }
+        let event = event()
         let startDrain = posted.withLock { p -> Bool in
             p.events.append(event)
             if p.draining { return false }

@@ -110,8 +110,10 @@ public final class DeviceReader {
 
     // MARK: USB
 
-    /// Reads a USB device (DEVTYPE usb_device) folder.
-    public func readUSB(sysPath: String, libusb: LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
+    /// Reads a USB device (DEVTYPE usb_device) folder. libusb's snapshot is taken after the
+    /// device's own attributes are read: libusb's hotplug thread reads a device that has just
+    /// come while the daemon reads it, and a snapshot taken at once would wait for it.
+    public func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
         let dir = sysfs.path(sysPath)
         let sysName = lastComponent(sysPath)
         let a = AttributeReader(dir: dir, device: sysPath)
@@ -128,13 +130,16 @@ public final class DeviceReader {
         // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
         let config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) }
+        let removable: Removability = (try a.optionalString("removable")).flatMap(Removability.init(rawValue:)) ?? .unknown
+        let manufacturer = try a.optionalString("manufacturer"), product = try a.optionalString("product")
+        let serial = try a.optionalString("serial"), speed = try a.optionalString("speed")
         var interfaces: [USBInterface]
         if config == nil, (try a.optionalString("authorized"))?.trimmingWhitespace() == "0" {
             // Not configured because not authorized (USB authorization): no interface folders
             // will come until it is, and libusb has no active configuration to read; its
             // descriptors say what it has.
             interfaces = descriptorInterfaces(dir: dir)
-        } else if let known = libusb?.interfaces(bus: bus, devnum: devnum) {
+        } else if let known = libusb()?.interfaces(bus: bus, devnum: devnum, configuration: config) {
             switch known {
             case .success(let list):
                 // libusb gives every alternate setting; sysfs says which one is in force.
@@ -164,17 +169,15 @@ public final class DeviceReader {
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
             }
         }
-        let removable: Removability = (try a.optionalString("removable")).flatMap(Removability.init(rawValue:)) ?? .unknown
         let isHub = deviceClass == 9 || interfaces.contains { $0.interfaceClass == 9 }
         return USBDevice(
             sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
             vendorId: vendorId, productId: productId, bcdDevice: try either(k.bcdDevice) { () throws(DeviceReadError) in UInt16(try a.optionalHex("bcdDevice") ?? 0) },
             deviceClass: deviceClass, deviceSubclass: try either(k.deviceSubclass) { () throws(DeviceReadError) in try a.byteHex("bDeviceSubClass") },
             deviceProtocol: try either(k.deviceProtocol) { () throws(DeviceReadError) in try a.byteHex("bDeviceProtocol") },
-            manufacturer: try a.optionalString("manufacturer"), product: try a.optionalString("product"),
-            serial: try a.optionalString("serial"),
+            manufacturer: manufacturer, product: product, serial: serial,
             vendorName: usbIDs?.vendorName(vendorId), productName: usbIDs?.productName(vendorId, productId),
-            interfaces: interfaces, speed: try a.optionalString("speed"), removable: removable,
+            interfaces: interfaces, speed: speed, removable: removable,
             devnode: Self.usbDevnode(bus: bus, devnum: devnum), isHub: isHub,
             holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
     }

@@ -59,13 +59,17 @@ public final class LibUSBSnapshot {
         if let list { libusb_free_device_list(list, 1) }
     }
 
-    /// Interfaces of the device at bus:devnum from its active configuration
-    /// descriptor; nil when libusb does not know the device.
-    public func interfaces(bus: Int, devnum: Int) -> Result<[Interface], DeviceReadError>? {
+    /// Interfaces of the device at bus:devnum from the descriptor of its configuration
+    /// `configuration` (bConfigurationValue, as sysfs says; nil: not configured); nil when
+    /// libusb does not know the device. libusb takes the descriptor from the ones it read
+    /// when the device came (libusb_get_active_config_descriptor would read sysfs's
+    /// bConfigurationValue twice more to learn what the caller already knows).
+    public func interfaces(bus: Int, devnum: Int, configuration: Int?) -> Result<[Interface], DeviceReadError>? {
         guard let dev = devices[bus << 8 | devnum] else { return nil }
+        guard let value = configuration.flatMap(UInt8.init(exactly:)) else { return .success([]) } // not configured (yet)
         var config: UnsafeMutablePointer<libusb_config_descriptor>?
-        let rc = libusb_get_active_config_descriptor(dev, &config)
-        if rc == LIBUSB_ERROR_NOT_FOUND.rawValue { return .success([]) } // not configured (yet)
+        let rc = libusb_get_config_descriptor_by_value(dev, value, &config)
+        if rc == LIBUSB_ERROR_NOT_FOUND.rawValue { return .success([]) } // no such configuration
         guard rc == 0, let config else {
             let text = String(cString: libusb_strerror(rc))
             return .failure(DeviceReadError(device: "usb \(bus):\(devnum)", attribute: "descriptors", reason: "libusb: \(text)"))

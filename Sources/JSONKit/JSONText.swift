@@ -17,51 +17,68 @@ public indirect enum JSONText: Sendable, Hashable {
 
     /// Compact JSON (one line), or indented by two spaces when `pretty`.
     public func rendered(pretty: Bool = false) -> String {
-        var out = ""
+        String(decoding: renderedBytes(pretty: pretty), as: UTF8.self)
+    }
+
+    /// `rendered` as UTF-8 bytes (what goes on a socket), written without building a String.
+    public func renderedBytes(pretty: Bool = false) -> [UInt8] {
+        var out: [UInt8] = []
         out.reserveCapacity(256) // most documents are one short line: no regrowing on the way
         write(to: &out, pretty: pretty, indent: 0)
         return out
     }
 
-    private func write(to out: inout String, pretty: Bool, indent: Int) {
+    private func write(to out: inout [UInt8], pretty: Bool, indent: Int) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .int(let n): out += String(n)
+        case .null: out.append(contentsOf: "null".utf8)
+        case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
+        case .int(let n): out.append(contentsOf: String(n).utf8)
         case .string(let s): Self.escape(s, into: &out)
         case .array(let items):
-            if items.isEmpty { out += "[]"; return }
-            out += "["
+            if items.isEmpty { out.append(contentsOf: "[]".utf8); return }
+            out.append(UInt8(ascii: "["))
             for (k, item) in items.enumerated() {
-                if k > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+                if k > 0 { out.append(UInt8(ascii: ",")) }
+                if pretty { Self.newline(&out, indent + 1) }
                 item.write(to: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "]"
+            if pretty { Self.newline(&out, indent) }
+            out.append(UInt8(ascii: "]"))
         case .object(let members):
-            if members.isEmpty { out += "{}"; return }
-            out += "{"
+            if members.isEmpty { out.append(contentsOf: "{}".utf8); return }
+            out.append(UInt8(ascii: "{"))
             for (k, (key, value)) in members.enumerated() {
-                if k > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+                if k > 0 { out.append(UInt8(ascii: ",")) }
+                if pretty { Self.newline(&out, indent + 1) }
                 Self.escape(key, into: &out)
-                out += pretty ? ": " : ":"
+                out.append(UInt8(ascii: ":"))
+                if pretty { out.append(UInt8(ascii: " ")) }
                 value.write(to: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "}"
+            if pretty { Self.newline(&out, indent) }
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func escape(_ s: String, into out: inout String) {
-        out += "\""
+    private static func newline(_ out: inout [UInt8], _ indent: Int) {
+        out.append(0x0A)
+        out.append(contentsOf: repeatElement(UInt8(ascii: " "), count: 2 * indent))
+    }
+
+    static func escape(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
         if isPlainText(s) {
-            out += s
+            out.append(contentsOf: s.utf8)
         } else {
-            for scalar in s.unicodeScalars { appendEscaped(scalar, to: &out) }
+            for scalar in s.unicodeScalars {
+                if let e = jsonEscape(scalar) {
+                    out.append(contentsOf: e.utf8)
+                } else {
+                    out.append(contentsOf: UTF8.encode(scalar)!)
+                }
+            }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }
 
@@ -72,22 +89,31 @@ func isPlainText(_ s: String) -> Bool {
     s.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
 }
 
-/// Appends one scalar as a JSON string holds it: quotes, backslashes and
-/// control characters (C0, DEL, C1, the line and paragraph separators) escaped,
-/// so that device-supplied text stays on one line and cannot steer a terminal.
+/// Appends one scalar as a JSON string holds it (see `jsonEscape`).
 func appendEscaped(_ scalar: Unicode.Scalar, to out: inout String) {
+    if let e = jsonEscape(scalar) {
+        out += e
+    } else {
+        out.unicodeScalars.append(scalar)
+    }
+}
+
+/// The escape sequence JSON text holds for a scalar, nil when it goes in as it is:
+/// quotes, backslashes and control characters (C0, DEL, C1, the line and paragraph
+/// separators) are escaped, so that device-supplied text stays on one line and
+/// cannot steer a terminal.
+func jsonEscape(_ scalar: Unicode.Scalar) -> String? {
     switch scalar {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\r": out += "\\r"
-    case "\t": out += "\\t"
+    case "\"": return "\\\""
+    case "\\": return "\\\\"
+    case "\n": return "\\n"
+    case "\r": return "\\r"
+    case "\t": return "\\t"
     default:
         let v = scalar.value
         if v < 0x20 || v == 0x7F || (0x80..<0xA0).contains(v) || v == 0x2028 || v == 0x2029 {
-            out += "\\u" + hex(v, width: 4)
-        } else {
-            out.unicodeScalars.append(scalar)
+            return "\\u" + hex(v, width: 4)
         }
+        return nil
     }
 }

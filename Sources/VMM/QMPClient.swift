@@ -8,7 +8,8 @@ import Glibc
 
 /// One QMP message as received: a reply, an error reply, or an event.
 public enum QMPMessage: Sendable {
-    case greeting(JSONNode)
+    /// The greeting QEMU writes on every new connection (vhotplug reads nothing in it).
+    case greeting
     case reply(id: Int?, value: JSONNode)
     case error(id: Int?, errorClass: String, description: String)
     case event(name: String, data: JSONNode?)
@@ -31,9 +32,28 @@ public enum QMPMessage: Sendable {
         return .reply(id: id, value: JSONNode(value: .object(JSONObject())))
     }
 
+    /// QEMU's two most frequent lines, the empty return and the greeting, as they come off
+    /// the socket (QEMU ends its lines with CR LF; the LF is already cut), recognised without
+    /// the general parser; nil for any other line (the parser then reads it).
+    static func fastPath(_ line: [UInt8]) -> QMPMessage? {
+        let body = line.last == 0x0D ? Array(line.dropLast()) : line
+        return emptyReturn(body) ?? greeting(body)
+    }
+
+    /// QEMU's greeting, `{"QMP": {"version": ..., "capabilities": [...]}}`, known by its first
+    /// member without the general parser (it is the longest line of a short exchange and
+    /// nothing in it is used); nil for any other line.
+    static func greeting(_ line: [UInt8]) -> QMPMessage? {
+        let head = #"{"QMP": {"#.utf8
+        guard line.count > head.count + 1, line.starts(with: head), line.last == UInt8(ascii: "}") else { return nil }
+        return .greeting
+    }
+
     /// Classifies one parsed line; nil when it is none of QMP's messages.
     static func from(_ node: JSONNode) -> QMPMessage? {
         guard case .object(let o) = node.value else { return nil }
+        // Only the greeting has a "QMP" member (what `greeting` relies on).
+        if o.member("QMP") != nil { return .greeting }
         let id = o.member("id").flatMap { m -> Int? in
             if case .number(let n) = m.value.value { return n.integer }
             return nil
@@ -47,7 +67,6 @@ public enum QMPMessage: Sendable {
         if let ev = o.member("event"), let name = ev.value.stringValue {
             return .event(name: name, data: o.member("data")?.value)
         }
-        if o.member("QMP") != nil { return .greeting(node) }
         return nil
     }
 }
@@ -223,9 +242,10 @@ public final class QMPClient {
         var request: [(String, JSONText)] = [("execute", .string(command))]
         if !arguments.isEmpty { request.append(("arguments", .object(arguments))) }
         request.append(("id", .int(id)))
-        let line = JSONText.object(request).rendered()
-        logger.debug("qmp \(vm) -> \(line)")
-        return (id, Array((line + "\n").utf8))
+        var line = JSONText.object(request).renderedBytes()
+        logger.debug("qmp \(vm) -> \(String(decoding: line, as: UTF8.self))")
+        line.append(0x0A)
+        return (id, line)
     }
 
     /// Reads until the reply to request `id`; events met on the way are kept.
@@ -292,7 +312,7 @@ public final class QMPClient {
                 buffer.removeSubrange(...nl)
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
                 logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
-                if let message = QMPMessage.emptyReturn(line) { return message }
+                if let message = QMPMessage.fastPath(line) { return message }
                 var parser = JSONParser(bytes: line)
                 guard let node = try? parser.parseDocument(), let message = QMPMessage.from(node) else {
                     close()

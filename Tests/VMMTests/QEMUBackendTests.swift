@@ -190,4 +190,26 @@ struct QMPLineTests {
             #expect(QMPMessage.emptyReturn(Array(text.utf8)) == nil, "\(text)")
         }
     }
+
+    @Test("QEMU's own lines, CR included, take the fast path: the empty return and the greeting")
+    func fastPathOnQEMUsLines() {
+        // Byte for byte what QEMU 7.2 writes (FACTS.md), the LF cut as the client cuts it.
+        let greeting = #"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"# + "\r"
+        guard case .greeting? = QMPMessage.fastPath(Array(greeting.utf8)) else {
+            Issue.record("the greeting missed the fast path")
+            return
+        }
+        guard case .greeting? = parsed(greeting) else { Issue.record("the parser does not read the greeting"); return }
+        guard case .reply(let id, _)? = QMPMessage.fastPath(Array((#"{"return": {}, "id": 2}"# + "\r").utf8)) else {
+            Issue.record("the empty return missed the fast path")
+            return
+        }
+        #expect(id == 2)
+        // Anything else goes to the parser.
+        for text in [#"{"return": {"a": 1}, "id": 1}"#, #"{"event": "DEVICE_DELETED", "data": {"device": "x"}}"#, #"{"QMP": 1}"#, "\r", ""] {
+            #expect(QMPMessage.fastPath(Array(text.utf8)) == nil, "\(text)")
+        }
+        // A line that starts as the greeting is one for the parser too.
+        guard case .greeting? = parsed(#"{"QMP": {}, "return": {}, "id": 1}"#) else { Issue.record("QMP member not read first"); return }
+    }
 }
