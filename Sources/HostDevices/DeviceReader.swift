@@ -38,14 +38,19 @@ public final class DeviceReader {
     /// libusb, for interface classes; nil: interfaces come from sysfs interface folders only
     /// (tests reading a testbed without umockdev's preload).
     private let libusb: LibUSBContext?
+    /// Whether each USB interface's driver is read (its `driver` link): `inspect` shows them;
+    /// the daemon decides on classes and has no use for a driver that, right after a plug,
+    /// is still being bound.
+    private let interfaceDrivers: Bool
 
     /// - Parameters:
     ///   - sysfs: the sysfs tree (`/sys` on a host).
     ///   - usbIDs: the usb.ids database; nil leaves names empty.
     ///   - bootDevices: the devices behind `/` and `/boot`; read from mountinfo when nil.
     public init(sysfs: Sysfs = Sysfs(), usbIDs: USBIDs? = USBIDs(), pciNames: PCINames? = PCINames(),
-                bootDevices: BootDevices? = nil, useLibUSB: Bool = true) {
+                bootDevices: BootDevices? = nil, useLibUSB: Bool = true, interfaceDrivers: Bool = true) {
         self.sysfs = sysfs
+        self.interfaceDrivers = interfaceDrivers
         self.usbIDs = usbIDs
         self.pciNames = pciNames
         self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
@@ -163,7 +168,7 @@ public final class DeviceReader {
             interfaces = try sysfsInterfaces(dir: dir, prefix: interfacePrefix)
         }
         // Drivers per interface: from each interface folder's `driver` link.
-        if let config {
+        if let config, interfaceDrivers {
             for k in interfaces.indices {
                 let ifDir = "\(dir)/\(interfacePrefix):\(config).\(interfaces[k].interfaceNumber)"
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")

@@ -131,7 +131,7 @@ public actor Daemon {
         // The host's boot devices, read from mountinfo once for both users.
         let boot = BootDevices.read(sysfs: sysfs)
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
-        self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot)
+        self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, interfaceDrivers: false)
         self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)

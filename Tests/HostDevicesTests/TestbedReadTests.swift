@@ -85,6 +85,13 @@ struct TestbedReadTests {
         #expect(d.sysPath == "/devices/pci0000:00/0000:00:14.0/usb1/1-1")
         #expect(d.speed == "1.5" && d.removable == .removable && d.devnode == "/dev/bus/usb/001/003")
         #expect(!d.isHub && !d.holdsHostBootFilesystem)
+        // The daemon's reader leaves the drivers out, and only them.
+        let daemonReader = DeviceReader(sysfs: Sysfs(root: tb.sysRoot), usbIDs: USBIDs(), bootDevices: BootDevices(paths: []),
+                                        useLibUSB: false, interfaceDrivers: false)
+        guard case .usb(var without)? = daemonReader.enumerate(.usb).devices.first else { Issue.record("no USB device"); return }
+        #expect(without.interfaces.map(\.driver) == [nil])
+        without.interfaces[0].driver = "usbhid"
+        #expect(without == d)
     }
 
     @Test("the kernel's uevent attribute gives IDs, class and bus/device numbers in one read; a malformed field is read from its own file")
