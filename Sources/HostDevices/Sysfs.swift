@@ -67,14 +67,18 @@ public struct Sysfs: Sendable {
         }
     }
 
+    /// The largest temporary buffer Swift places on the stack (`withUnsafeTemporaryAllocation`
+    /// puts a larger one on the heap, one malloc and free for each use).
+    public static let stackBuffer = 1024
+
     /// Calls `body` with a small file's bytes: one `read` into a stack buffer (a sysfs
-    /// attribute gives all it has at once). `.success(nil)`: 4 KiB or more (read it with
+    /// attribute gives all it has at once). `.success(nil)`: 1 KiB or more (read it with
     /// `readBytes`); a failure: the errno of `open` or `read`.
     public static func withSmallFile<T>(_ path: String, _ body: (UnsafeBufferPointer<UInt8>) -> T) -> Result<T?, Errno> {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return .failure(Errno(errno)) }
         defer { close(fd) }
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> Result<T?, Errno> in
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: stackBuffer) { buf -> Result<T?, Errno> in
             var n: Int
             repeat { n = read(fd, buf.baseAddress, buf.count) } while n < 0 && errno == EINTR
             if n < 0 { return .failure(Errno(errno)) }
@@ -85,11 +89,17 @@ public struct Sysfs: Sendable {
 
     /// The target of a symbolic link, or nil.
     public static func readLink(_ path: String) -> String? {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> String? in
-            let n = buf.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, $0.count - 1) }
-            guard n > 0 else { return nil }
-            return String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self)
+        // A stack buffer for the usual target; one that fills it is read again at PATH_MAX.
+        for capacity in [stackBuffer, 4096] {
+            let target = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { buf -> String?? in
+                let n = buf.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, $0.count) }
+                guard n > 0 else { return .some(nil) }
+                guard n < capacity else { return nil }
+                return String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self)
+            }
+            if let target { return target }
         }
+        return nil
     }
 
     /// The last component of a link's target (a driver's or group's name).

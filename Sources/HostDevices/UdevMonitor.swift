@@ -159,7 +159,8 @@ public final class UdevMonitor: @unchecked Sendable {
     /// only the device's own `add` matters unless `usbInterfaceEvents` is on.
     /// False when nothing is left to read.
     private func dropUnwanted() -> Bool {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 2048) { buf in
+        // The fields looked at come first: a stack buffer's worth is enough (a field cut off is not trusted).
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: Sysfs.stackBuffer) { buf in
             while true {
                 let n = recv(fd, buf.baseAddress, buf.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
                 // Nothing waiting (libudev's own read would say the same); an error: libudev reads and reports.

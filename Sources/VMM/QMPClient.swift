@@ -326,7 +326,9 @@ public final class QMPClient {
             }
             guard fd >= 0 else { throw .protocolError(vm: vm, detail: "connection closed") }
             let fd = self.fd
-            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16384) { chunk -> Int in
+            // 1 KiB on the stack (a larger temporary buffer is a malloc for every read): QEMU's
+            // usual lines fit at once; a long reply (qom-list, query-pci) takes more reads.
+            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { chunk -> Int in
                 let n = read(fd, chunk.baseAddress, chunk.count)
                 if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n])) }
                 return n

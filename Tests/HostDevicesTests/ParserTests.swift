@@ -235,3 +235,34 @@ extension Substring {
         return String(t)
     }
 }
+
+@Suite("Sysfs files through a stack buffer")
+struct StackBufferTests {
+    /// A scratch folder with a file of `size` bytes and a link to a target of `size` bytes.
+    func scratch(_ size: Int) throws -> (dir: String, text: String) {
+        var template = Array("/tmp/vhotplug-sysfs-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let text = String((0..<size).map { _ in "abcdefghij".randomElement()! })
+        let fd = open(dir + "/attr", O_WRONLY | O_CREAT, 0o644)
+        #expect(fd >= 0)
+        _ = (text + "\n").withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        // A target of `size` bytes: path components of 200 at most (NAME_MAX is 255).
+        let target = stride(from: 0, to: size, by: 200).map { String(text.dropFirst($0).prefix(199)) }.joined(separator: "/")
+        #expect(symlink(target, dir + "/link") == 0)
+        return (dir, text)
+    }
+
+    @Test("attributes and link targets past the stack buffer are read whole", arguments: [10, Sysfs.stackBuffer - 2, Sysfs.stackBuffer, 3000])
+    func longer(size: Int) throws {
+        let (dir, text) = try scratch(size)
+        defer { _ = system("rm -rf '\(dir)'") }
+        let a = AttributeReader(dir: dir, device: dir)
+        #expect(try a.optionalString("attr") == text)
+        let fits = try Sysfs.withSmallFile(dir + "/attr") { $0.count }.get()
+        #expect(fits == (size + 1 < Sysfs.stackBuffer ? size + 1 : nil))
+        let target = stride(from: 0, to: size, by: 200).map { String(text.dropFirst($0).prefix(199)) }.joined(separator: "/")
+        #expect(Sysfs.readLink(dir + "/link") == target)
+        #expect(Sysfs.readLink(dir + "/attr") == nil)
+    }
+}

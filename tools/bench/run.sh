@@ -41,12 +41,14 @@ if [ "$(id -u)" = 0 ] && [ "$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 1000 ]
 fi
 # Then the latency phase again with the udev source, as on a host where udevd runs (libudev's
 # socket filter drops other subsystems in the kernel; umockdev's uevents are in udevd's format).
-# Then the floor of the attach figure: no daemon, the benchmark's own QMP connection made at the
-# first uevent (what any program that connects when a device comes can reach at best here), and
-# the bare QMP calibration of FACTS.md (an idle QEMU). Last, latency and floor again with the
-# plug's uevents sent at a kernel's cost (--sender direct: umockdev's datagrams, built before t0).
-for args in "" "--phases latency --memory-cycles 0 --event-source udev" "--phases floor" \
-            "--phases latency --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct" "--phases floor --sender direct"; do
+# The floor of the attach figure runs in the same invocations as the latency phase: no daemon,
+# the benchmark's own QMP connection made at the first uevent (what any program that connects
+# when a device comes can reach at best here), and the bare QMP calibration of FACTS.md (an idle
+# QEMU), from which each invocation's last line scales the attach to FACTS.md's machine. Last,
+# latency and floor again with the plug's uevents sent at a kernel's cost (--sender direct:
+# umockdev's datagrams, built before t0).
+for args in "--phases latency,idle,coldplug,floor" "--phases latency --memory-cycles 0 --event-source udev" \
+            "--phases latency,floor --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct"; do
     # shellcheck disable=SC2086
     if [ -n "${BENCH_NOTES:-}" ]; then
         TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args
