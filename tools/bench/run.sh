@@ -47,8 +47,11 @@ fi
 # QEMU), from which each invocation's last line scales the attach to FACTS.md's machine. Last,
 # latency and floor again with the plug's uevents sent at a kernel's cost (--sender direct:
 # umockdev's datagrams, built before t0).
+# Then the daemon's instructions per cycle under callgrind (30 cycles), a figure this machine's
+# varying speed does not move.
 for args in "--phases latency,idle,coldplug,floor" "--phases latency --memory-cycles 0 --event-source udev" \
-            "--phases latency,floor --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct"; do
+            "--phases latency,floor --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct" \
+            "--phases latency --memory-cycles 0 --startups 1 --cycles 30 --no-umockdev-mode --sender direct --callgrind $work/callgrind"; do
     # shellcheck disable=SC2086
     if [ -n "${BENCH_NOTES:-}" ]; then
         TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args

@@ -104,7 +104,8 @@ if let source = opts.eventSource { setenv("VHOTPLUG_EVENT_SOURCE", source, 1) }
 
 /// One figure: one line on stdout, printed at once (notes go to stderr).
 func figure(_ line: String) {
-    out((opts.eventSource.map { "[\($0) source] " } ?? "") + line + "\n")
+    // Under callgrind the times are valgrind's, not the daemon's: said on each line.
+    out((opts.eventSource.map { "[\($0) source] " } ?? "") + (opts.callgrind != nil ? "[under callgrind] " : "") + line + "\n")
 }
 func note(_ line: String) {
     eprint("  " + line + "\n")
@@ -566,6 +567,20 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     callgrindControl("-z")
     let staged = try measure(.staged)
     callgrindControl("-d")
+    if let dir = opts.callgrind {
+        // The dump's files, one per thread (--separate-threads): instructions over the cycles.
+        let prefix = "callgrind.out.\(daemon.pid).1-"
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix(prefix) }.sorted()
+        let counts = files.compactMap { name -> String? in
+            guard let text = try? String(contentsOfFile: dir + "/" + name, encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary: ") }),
+                  let total = Double(line.dropFirst("summary: ".count)) else { return nil }
+            let thread = name.dropFirst(prefix.count)
+            return "thread \(thread)\(thread == "01" ? " (the loop)" : "") \(Int((total / Double(opts.cycles) / 1000).rounded())) k"
+        }
+        figure("instructions per attach+detach cycle (callgrind, \(opts.cycles) cycles; machine-independent, unlike CPU time): "
+               + (counts.isEmpty ? "no dump found in \(dir)" : counts.joined(separator: ", ")))
+    }
     let res = staged.results
     measuredAttach.daemon = res.map(\.attach)
     figure("attach, the usb_device's add uevent (first of 17) to vhp-usb-1-2 in qom-list (\(opts.cycles) cycles): "
