@@ -48,7 +48,7 @@ struct ServerRig {
 
     init(limits: ServerLimits = ServerLimits(), settings: (String) -> APISettings = { APISettings(enable: true, unixSocket: $0) }) async throws {
         host = try LoopHost()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let dir = scratchPath("vhp-api")
         path = dir + "/api.sock"
         let server = ControlServer(settings: settings(path), limits: limits, loop: host.loop, logger: Logger(label: "test"))
         self.server = server
@@ -200,7 +200,7 @@ struct PeerCheckTests {
     @Test("Unix peers: root and the daemon's user pass, others need the group; vsock peers need an allowed CID")
     func refusals() async throws {
         let host = try LoopHost()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-peer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let dir = scratchPath("vhp-peer")
         let server = ControlServer(settings: APISettings(enable: true, transports: [.unix, .vsock], unixSocket: dir + "/api.sock",
                                                          unixSocketGroup: "0", port: Int.random(in: 20000...40000), allowedCids: [3]),
                                    loop: host.loop, logger: Logger(label: "test"))

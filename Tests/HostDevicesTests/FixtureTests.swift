@@ -101,7 +101,7 @@ struct FixtureTests {
         let tb = await Testbed.make()
         try tb.add(file: "\(Fixtures.dir)/usb-disk.umockdev")
         let sysfs = Sysfs(root: tb.sysRoot)
-        let mountInfo = FileManager.default.temporaryDirectory.appendingPathComponent("mountinfo-\(getpid())").path
+        let mountInfo = scratchPath("mountinfo")
         try "29 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n".write(toFile: mountInfo, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: mountInfo) }
         let reader = DeviceReader(sysfs: sysfs, usbIDs: nil, bootDevices: BootDevices.read(sysfs: sysfs, mountInfoPath: mountInfo),

@@ -2,9 +2,11 @@
 import Glibc
 #endif
 import DeviceModel
+import Foundation
 import JSONKit
 @testable import HostDevices
 import Testing
+import VHotplugTestSupport
 
 @Suite("usb.ids")
 struct USBIDsTests {
@@ -240,8 +242,8 @@ extension Substring {
 struct StackBufferTests {
     /// A scratch folder with a file of `size` bytes and a link to a target of `size` bytes.
     func scratch(_ size: Int) throws -> (dir: String, text: String) {
-        var template = Array("/tmp/vhotplug-sysfs-XXXXXX".utf8CString)
-        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let dir = scratchPath("sysfs")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let text = String((0..<size).map { _ in "abcdefghij".randomElement()! })
         let fd = open(dir + "/attr", O_WRONLY | O_CREAT, 0o644)
         #expect(fd >= 0)
@@ -256,7 +258,7 @@ struct StackBufferTests {
     @Test("attributes and link targets past the stack buffer are read whole", arguments: [10, Sysfs.stackBuffer - 2, Sysfs.stackBuffer, 3000])
     func longer(size: Int) throws {
         let (dir, text) = try scratch(size)
-        defer { _ = system("rm -rf '\(dir)'") }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let a = AttributeReader(dir: dir, device: dir)
         #expect(try a.optionalString("attr") == text)
         let fits = try Sysfs.withSmallFile(dir + "/attr") { $0.count }.get()

@@ -9,7 +9,7 @@ final class CrosvmVM: @unchecked Sendable {
     let process = Process()
 
     init() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-crosvm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        dir = scratchPath("vhp-crosvm")
         try FileManager.default.createDirectory(atPath: dir + "/bin", withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: dir + "/bin/crosvm", withDestinationPath: Repository.root + "/Tests/Doubles/crosvm")
         socket = dir + "/vm2.sock"

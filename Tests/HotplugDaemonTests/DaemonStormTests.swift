@@ -43,7 +43,7 @@ struct DaemonStormTests {
 
     @Test("1000 plug/unplug events of 50 mice within a second: vhotplug and QEMU agree, nothing twice, memory back")
     func storm() async throws {
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-storm-\(getpid())").path
+        let work = scratchPath("vhp-storm")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let gen = try run(["/usr/bin/env", "python3", Repository.root + "/tools/bench/gen-mice.py", "-n", "50",
                            "--split", work + "/mice"])

@@ -13,7 +13,7 @@ struct VMMArgsRig {
 
     init(pci: Bool = false) async throws {
         tb = await Testbed.make()
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-vmmargs-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        dir = scratchPath("vhp-vmmargs")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         socket = dir + "/api.sock"
         config = dir + "/vhotplug.conf"

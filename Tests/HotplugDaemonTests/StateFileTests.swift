@@ -1,11 +1,12 @@
 import Foundation
+import VHotplugTestSupport
 import HotplugDaemon
 import Logging
 import Testing
 
 /// A fresh folder for one test's state file.
 func stateFolder() throws -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-state-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+    let dir = scratchPath("vhp-state")
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return dir
 }

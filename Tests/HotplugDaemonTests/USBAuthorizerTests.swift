@@ -1,5 +1,6 @@
 import DeviceModel
 import Foundation
+import VHotplugTestSupport
 @testable import HotplugDaemon
 import HostDevices
 import Logging
@@ -37,7 +38,7 @@ struct USBAuthorizerTests {
     let root: String
 
     init() throws {
-        root = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-auth-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        root = scratchPath("vhp-auth")
         for (path, value) in [("bus/usb/devices/usb1/authorized_default", "1\n"), ("bus/usb/devices/usb2/authorized_default", "1\n"),
                               ("bus/usb/devices/usb10/authorized_default", "2\n"),
                               ("module/usbcore/parameters/authorized_default", "-1\n"), ("devices/x/1-2/authorized", "0\n")] {

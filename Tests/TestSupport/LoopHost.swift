@@ -47,7 +47,7 @@ public final class FakeQMPServer: @unchecked Sendable {
     private let thread: Thread?
 
     public init(_ behaviour: Behaviour) throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fakeqmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock").path
+        let path = scratchPath("fakeqmp") + ".sock"
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)

@@ -18,7 +18,7 @@ public final class QEMUInstance: @unchecked Sendable {
     ///   - testbed: run QEMU inside this umockdev testbed (it then sees the fake USB devices).
     ///   - extraArgs: more QEMU arguments (root ports, ...).
     public init(name: String = "vm1", testbed: Testbed? = nil, extraArgs: [String] = [], directory: String? = nil) throws {
-        dir = directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("vhp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        dir = directory ?? scratchPath("vhp-qemu")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         qmpPath = dir + "/\(name).qmp"
         observerPath = dir + "/\(name)-obs.qmp"

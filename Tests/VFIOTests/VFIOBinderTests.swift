@@ -369,7 +369,7 @@ struct VFIOBinderTests {
 
     @Test("the fault injector picks a call by path suffix and occurrence, or by index")
     func faultInjector() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vfio-io-\(getpid())").path
+        let dir = scratchPath("vfio-io")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for f in ["a", "b"] { _ = FileManager.default.createFile(atPath: dir + "/" + f, contents: nil) }

@@ -63,7 +63,7 @@ struct InspectCommandTests {
 
     @Test("with -c, each device carries the decision: rule set, entry, deny, or why not")
     func decisions() throws {
-        let config = FileManager.default.temporaryDirectory.appendingPathComponent("inspect-\(getpid()).conf").path
+        let config = scratchPath("inspect") + ".conf"
         try """
             {
               "usbPassthrough": [{
@@ -145,7 +145,7 @@ struct CheckCommandTests {
 
     @Test("a bad configuration: every error with file:line:column, exit 2")
     func bad() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(getpid()).conf").path
+        let path = scratchPath("bad") + ".conf"
         try """
             {
               "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorID": "046d"}]}],

@@ -6,7 +6,7 @@ import VHotplugTestSupport
 struct ServiceTests {
     /// A datagram socket standing for systemd's notification socket.
     func notifySocket() throws -> (fd: Int32, path: String) {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let path = scratchPath("notify")
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -26,7 +26,7 @@ struct ServiceTests {
     func notify() throws {
         let (fd, path) = try notifySocket()
         defer { close(fd); unlink(path) }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svc-\(getpid())").path
+        let dir = scratchPath("svc")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = dir + "/vhotplug.conf"

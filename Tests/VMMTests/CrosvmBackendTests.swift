@@ -34,7 +34,7 @@ final class CrosvmVM: @unchecked Sendable {
     /// Starts the double and returns once it listens: it prints "ready" on
     /// stdout after `listen()`, and this waits for that line (no sleeping).
     init(_ extra: [String] = []) throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-crosvm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        dir = scratchPath("vhp-crosvm")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         socketPath = dir + "/vm.sock"
         process.executableURL = URL(fileURLWithPath: crosvmDouble)
@@ -310,7 +310,7 @@ struct CrosvmBackendTests {
     @Test("VM socket missing: not running, and crosvm is never run")
     func socketMissing() async throws {
         let host = try LoopHost()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhp-crosvm-nosock-\(getpid())").path
+        let dir = scratchPath("vhp-crosvm-nosock")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let marker = dir + "/ran"

@@ -91,7 +91,7 @@ struct QMPPeerTests {
 
     @Test("a regular file in place of the socket: not running")
     func regularFile() async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notasocket-\(getpid())").path
+        let path = scratchPath("notasocket")
         FileManager.default.createFile(atPath: path, contents: Data())
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(try await open(path)?.isNotRunning == true)

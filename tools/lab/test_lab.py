@@ -44,9 +44,75 @@ def tearDownModule():
             print("  %-48s %6.2f s" % (what, s), file=sys.stderr)
 
 
+GUEST_HANGS = []  # tests run a second time after the guest stopped answering
+
+
+def guest_hung(exc):
+    """True when an error is the guest agent going silent: the guest kernel hung."""
+    while exc is not None:
+        if isinstance(exc, labkit.LabTimeout) and "guest agent did not answer" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class HeldResult:
+    """A test result's calls for one test, held until it is known whether they stand."""
+
+    def __init__(self, real):
+        self._real = real
+        self.calls = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._real, name)
+        if not callable(attr):
+            return attr
+
+        def held(*args, **kw):
+            self.calls.append((name, args, kw))
+        return held
+
+    def guest_hung(self):
+        return any(name in ("addError", "addFailure") and guest_hung(args[1][1]) for name, args, _ in self.calls)
+
+    def replay(self):
+        for name, args, kw in self.calls:
+            getattr(self._real, name)(*args, **kw)
+
+
 class LabCase(unittest.TestCase):
     vms = ("vm1",)
     lab = None
+
+    def run(self, result=None):
+        """Runs the test; if the guest stopped answering meanwhile, once more in a new lab.
+
+        The Debian 6.1 guest kernel can hang inside vfio during a physical NIC unplug
+        (FACTS.md: about 1 in 15 there; here first seen on 2026-12-06, once in the 40-odd
+        lab runs of four sessions). The agent then answers nothing, and every later test of
+        the class would fail on the same dead guest. Only that case is run again, after a
+        reboot, and said on stderr and in the closing line; the second run counts as it is,
+        so a test that hangs the guest every time still fails."""
+        if result is None:
+            return super().run(result)
+        held = HeldResult(result)
+        super().run(held)
+        if not held.guest_hung():
+            held.replay()
+            return result
+        GUEST_HANGS.append(self.id())
+        print("\nlab: the guest stopped answering during %s (its kernel hung); rebooting the lab and "
+              "running the test once more" % self.id(), file=sys.stderr, flush=True)
+        cls = type(self)
+        try:
+            cls.tearDownClass()
+            cls.setUpClass()
+        except Exception:
+            result.startTest(self)
+            result.addError(self, sys.exc_info())
+            result.stopTest(self)
+            return result
+        return super().run(result)
 
     @classmethod
     def setUpClass(cls):
@@ -1822,5 +1888,7 @@ if __name__ == "__main__":
     prog = unittest.main(verbosity=2, exit=False)
     r = prog.result
     failed = len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses)
+    if GUEST_HANGS:
+        print("lab: run again after a guest kernel hang: %s" % ", ".join(GUEST_HANGS), flush=True)
     print("lab: %d passed, %d failed" % (r.testsRun - failed - len(r.skipped), failed), flush=True)
     sys.exit(0 if r.wasSuccessful() and r.testsRun > 0 else 1)

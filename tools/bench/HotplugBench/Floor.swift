@@ -97,7 +97,7 @@ func floorPhase() async throws {
                 reply.append(r.reply)
             }
         }
-        if bare { measuredAttach.bare = seenAt } else { measuredAttach.floor = seenAt }
+        if bare { measured.bare = seenAt } else { measured.floor = seenAt }
         let what = bare ? "bare QMP into an idle QEMU (uevents 50 ms before; FACTS.md measured 2.81 ms on its machine): connect + "
                         : "attach floor, no daemon: QMP connect + "
         figure(what + "vhotplug's qmp_capabilities + device_add lines written at \(bare ? "t0" : "the first add uevent"), to the id in qom-list "
