@@ -125,7 +125,7 @@ func calibratedFigures() {
     let bare = percentile(m.bare, 50)
     let facts = 2.81
     func scaled(_ v: Double) -> String { "\(f2(v / bare)) x bare = \(f2(v / bare * facts)) ms at FACTS' 2.81" }
-    figure("attach and detach against this run's bare QMP round trip (p50 \(f2(bare)) ms): vhotplug p50 \(scaled(percentile(m.daemon, 50))), "
+    figure("attach and detach against this run's bare QMP round trip (p50 \(f2(bare)) ms): vhotplug's attach p50 \(scaled(percentile(m.daemon, 50))), "
            + "p90 \(scaled(percentile(m.daemon, 90)))"
            + (m.floor.isEmpty ? "" : "; the no-daemon floor p50 \(scaled(percentile(m.floor, 50)))")
            + " (targets at FACTS' machine: p50 < 3.5 ms = 1.25 x bare, p90 < 4.5 ms = 1.60 x bare); "
