@@ -37,22 +37,21 @@ public enum QMPMessage: Sendable {
     /// the general parser; nil for any other line (the parser then reads it).
     static func fastPath(_ line: [UInt8]) -> QMPMessage? {
         let body = line.last == 0x0D ? Array(line.dropLast()) : line
-        return emptyReturn(body) ?? greeting(body)
+        return emptyReturn(body) ?? (isGreeting(body) ? .greeting : nil)
     }
 
-    /// QEMU's greeting, `{"QMP": {"version": ..., "capabilities": [...]}}`, known by its first
-    /// member without the general parser (it is the longest line of a short exchange and
-    /// nothing in it is used); nil for any other line.
-    static func greeting(_ line: [UInt8]) -> QMPMessage? {
+    /// Whether a line is QEMU's greeting, `{"QMP": {"version": ..., "capabilities": [...]}}`,
+    /// known by its first member without the general parser (it is the longest line of a short
+    /// exchange and nothing in it is used).
+    static func isGreeting(_ line: [UInt8]) -> Bool {
         let head = #"{"QMP": {"#.utf8
-        guard line.count > head.count + 1, line.starts(with: head), line.last == UInt8(ascii: "}") else { return nil }
-        return .greeting
+        return line.count > head.count + 1 && line.starts(with: head) && line.last == UInt8(ascii: "}")
     }
 
     /// Classifies one parsed line; nil when it is none of QMP's messages.
     static func from(_ node: JSONNode) -> QMPMessage? {
         guard case .object(let o) = node.value else { return nil }
-        // Only the greeting has a "QMP" member (what `greeting` relies on).
+        // Only the greeting has a "QMP" member (what `isGreeting` relies on).
         if o.member("QMP") != nil { return .greeting }
         let id = o.member("id").flatMap { m -> Int? in
             if case .number(let n) = m.value.value { return n.integer }

@@ -72,7 +72,7 @@ class HeldResult:
             self.calls.append((name, args, kw))
         return held
 
-    def guest_hung(self):
+    def hung(self):
         return any(name in ("addError", "addFailure") and guest_hung(args[1][1]) for name, args, _ in self.calls)
 
     def replay(self):
@@ -97,7 +97,7 @@ class LabCase(unittest.TestCase):
             return super().run(result)
         held = HeldResult(result)
         super().run(held)
-        if not held.guest_hung():
+        if not held.hung():
             held.replay()
             return result
         GUEST_HANGS.append(self.id())
