@@ -183,7 +183,10 @@ public final class UdevMonitor: @unchecked Sendable {
     static func wants(_ f: PeekedFields, subsystems wanted: [[UInt8]], usbInterfaceEvents: Bool) -> Bool? {
         guard let subsystem = f.subsystem else { return nil }
         guard wanted.contains(where: { $0.elementsEqual(subsystem) }) else { return false }
-        if !usbInterfaceEvents, subsystem.elementsEqual("usb".utf8), let devtype = f.devtype {
+        if !usbInterfaceEvents, subsystem.elementsEqual("usb".utf8) {
+            // Every usb uevent has a DEVTYPE: none seen means the peek was cut before it (and
+            // UeventFilter may have judged the whole message by its devtype): libudev decides.
+            guard let devtype = f.devtype else { return nil }
             if devtype.elementsEqual("usb_interface".utf8) { return false }
             if devtype.elementsEqual("usb_device".utf8), let action = f.action, action.elementsEqual("bind".utf8) { return false }
         }
