@@ -80,6 +80,10 @@ let package = Package(
         // Benchmarks (tools/bench/run.sh builds them in release mode).
         .executableTarget(name: "vhotplug-bench", dependencies: ["HotplugConfig", "HotplugRules", "DeviceModel"],
                           path: "tools/bench/VHotplugBench"),
+        // The least CPU a program can spend on the benchmark's cycle with the required
+        // components (libudev, libusb, QMP), linked as vhotplug is.
+        .executableTarget(name: "vhotplug-cpu-floor", dependencies: ["CLinux", "CUdev", "CUSB", "JSONKit"], path: "tools/bench/CPUFloor",
+                          linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xclang-linker", "-fuse-ld=lld"], .when(configuration: .release))]),
         // Hot-plug latency, CPU, idle, memory and start-up of the daemon (umockdev + a real QEMU).
         .executableTarget(name: "vhotplug-hotplug-bench", dependencies: ["VHotplugTestSupport", "CLinux", "CUdev", "HostDevices"],
                           path: "tools/bench/HotplugBench"),
