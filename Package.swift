@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "HotplugRules", dependencies: ["HotplugConfig", "DeviceModel"]),
         // I/O: sysfs, libusb descriptors, usb.ids / libpci names, udev events.
         .target(name: "HostDevices", dependencies: [
-            "DeviceModel", "JSONKit", "CUdev", "CUSB", "CPCI",
+            "DeviceModel", "JSONKit", "CUdev", "CUSB", "CPCI", "CLinux",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The VMs: QMP client and QEMU backend, crosvm backend, behind one protocol.

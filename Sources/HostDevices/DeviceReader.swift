@@ -121,11 +121,11 @@ public final class DeviceReader {
     public func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
         let dir = sysfs.path(sysPath)
         let sysName = lastComponent(sysPath)
-        let a = AttributeReader(dir: dir, device: sysPath)
+        let a = AttributeReader.opened(dir: dir, device: sysPath)
         // The kernel's own `uevent` attribute (usb_dev_uevent) holds eight of the device's
         // attributes in one read; each one it lacks (or cannot be read from it) is read from
         // its own file, which also names it in an error.
-        let k = ((try? Sysfs.withSmallFile(dir + "/uevent") { KernelUSBFields(bytes: $0) }.get()) ?? nil) ?? KernelUSBFields(uevent: nil)
+        let k = ((try? a.withSmallFile("uevent") { KernelUSBFields(bytes: $0) }.get()) ?? nil) ?? KernelUSBFields(uevent: nil)
         let bus = try either(k.busnum) { () throws(DeviceReadError) in try a.int("busnum", max: 255) }
         let devnum = try either(k.devnum) { () throws(DeviceReadError) in try a.int("devnum", max: 255) }
         let vendorId = try either(k.vendorId) { () throws(DeviceReadError) in UInt16(try a.hex("idVendor")) }
@@ -191,7 +191,7 @@ public final class DeviceReader {
     /// interfaces has its folder: right after the `add` event it may not be yet.
     public func usbConfigured(sysPath: String) -> Bool {
         let dir = sysfs.path(sysPath)
-        let a = AttributeReader(dir: dir, device: sysPath)
+        let a = AttributeReader.opened(dir: dir, device: sysPath)
         guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
               let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
         else { return false }
@@ -200,7 +200,7 @@ public final class DeviceReader {
         // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;
         // a device numbering them otherwise is counted in the folder instead.
         let configValue = config.trimmingWhitespace()
-        if (0..<count).allSatisfy({ Sysfs.exists("\(dir)/\(prefix)\(configValue).\($0)") }) { return true }
+        if (0..<count).allSatisfy({ n in a.exists("\(prefix)\(configValue).\(n)") }) { return true }
         return Sysfs.list(dir).filter { $0.hasPrefix(prefix) }.count >= count
     }
 

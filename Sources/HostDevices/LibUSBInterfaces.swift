@@ -40,8 +40,7 @@ public final class LibUSBSnapshot {
 
     private let owner: LibUSBContext
     private var list: UnsafeMutablePointer<OpaquePointer?>?
-    /// (bus << 8 | address) -> device.
-    private var devices: [Int: OpaquePointer] = [:]
+    private var count = 0
 
     fileprivate init(_ owner: LibUSBContext) {
         self.owner = owner
@@ -49,10 +48,17 @@ public final class LibUSBSnapshot {
         let count = libusb_get_device_list(owner.context, &l)
         guard count >= 0, let l else { return }
         list = l
+        self.count = count
+    }
+
+    /// The device at bus:devnum. A scan: the daemon asks once per snapshot, and a host's
+    /// few dozen devices cost less to scan than to index.
+    private func device(bus: Int, devnum: Int) -> OpaquePointer? {
+        guard let list else { return nil }
         for k in 0..<count {
-            guard let dev = l[k] else { continue }
-            devices[Int(libusb_get_bus_number(dev)) << 8 | Int(libusb_get_device_address(dev))] = dev
+            if let dev = list[k], Int(libusb_get_bus_number(dev)) == bus, Int(libusb_get_device_address(dev)) == devnum { return dev }
         }
+        return nil
     }
 
     deinit {
@@ -65,7 +71,7 @@ public final class LibUSBSnapshot {
     /// when the device came (libusb_get_active_config_descriptor would read sysfs's
     /// bConfigurationValue twice more to learn what the caller already knows).
     public func interfaces(bus: Int, devnum: Int, configuration: Int?) -> Result<[Interface], DeviceReadError>? {
-        guard let dev = devices[bus << 8 | devnum] else { return nil }
+        guard let dev = device(bus: bus, devnum: devnum) else { return nil }
         guard let value = configuration.flatMap(UInt8.init(exactly:)) else { return .success([]) } // not configured (yet)
         var config: UnsafeMutablePointer<libusb_config_descriptor>?
         let rc = libusb_get_config_descriptor_by_value(dev, value, &config)

@@ -1,3 +1,4 @@
+import CLinux
 import JSONKit
 #if canImport(Glibc)
 import Glibc
@@ -75,7 +76,13 @@ public struct Sysfs: Sendable {
     /// attribute gives all it has at once). `.success(nil)`: 1 KiB or more (read it with
     /// `readBytes`); a failure: the errno of `open` or `read`.
     public static func withSmallFile<T>(_ path: String, _ body: (UnsafeBufferPointer<UInt8>) -> T) -> Result<T?, Errno> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        withSmallFile(in: AT_FDCWD, path, body)
+    }
+
+    /// `withSmallFile` of `path` relative to the folder open at `folder` (`AT_FDCWD`: the
+    /// working folder, or an absolute path).
+    public static func withSmallFile<T>(in folder: Int32, _ path: String, _ body: (UnsafeBufferPointer<UInt8>) -> T) -> Result<T?, Errno> {
+        let fd = openat(folder, path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return .failure(Errno(errno)) }
         defer { close(fd) }
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: stackBuffer) { buf -> Result<T?, Errno> in
@@ -141,16 +148,55 @@ public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String { errnoText(code) }
 }
 
+/// A folder held open (`O_PATH`) for the reads below it: each attribute is then one path
+/// component for the kernel to look up, not the whole path from the root, and no path
+/// string is built for it. Closed with the last reference.
+final class OpenFolder {
+    /// The descriptor, or -1 when the folder could not be opened (it vanished): reads then
+    /// go by full path and fail as they would have.
+    let fd: Int32
+
+    init(_ path: String) {
+        fd = vh_open_folder(path)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Whether something exists at `name` below the folder (a link is followed).
+    func exists(_ name: String, path: @autoclosure () -> String) -> Bool {
+        fd >= 0 ? faccessat(fd, name, F_OK, 0) == 0 : Sysfs.exists(path())
+    }
+}
+
 /// Reads the attributes of one device folder, turning every failure into a
 /// `DeviceReadError` that names the device and the attribute.
 struct AttributeReader {
     let dir: String
     let device: String
+    /// The folder open, when the reader holds it (`opened`): attributes are read relative to it.
+    let folder: OpenFolder?
+
+    init(dir: String, device: String) {
+        self.dir = dir
+        self.device = device
+        folder = nil
+    }
+
+    /// A reader that holds `dir` open while it lives (for a device of several attributes).
+    static func opened(dir: String, device: String) -> AttributeReader {
+        AttributeReader(dir: dir, device: device, folder: OpenFolder(dir))
+    }
+
+    private init(dir: String, device: String, folder: OpenFolder) {
+        self.dir = dir
+        self.device = device
+        self.folder = folder
+    }
 
     /// The attribute's text without the trailing newline, nil when absent.
     /// Garbage (non-UTF-8, NUL bytes) is an error.
     func optionalString(_ name: String) throws(DeviceReadError) -> String? {
-        let path = dir + "/" + name
+        let path = { dir + "/" + name }
         /// The text without its trailing newlines; nil when it holds NUL or is not UTF-8.
         func text(_ b: UnsafeBufferPointer<UInt8>) -> String? {
             var end = b.count
@@ -160,11 +206,12 @@ struct AttributeReader {
             return String(validating: body, as: UTF8.self)
         }
         var result: String??
-        switch Sysfs.withSmallFile(path, text) {
+        let small = if let fd = folder?.fd, fd >= 0 { Sysfs.withSmallFile(in: fd, name, text) } else { Sysfs.withSmallFile(path(), text) }
+        switch small {
         case .success(let small?): result = small
         case .success(nil):
-            // 4 KiB or more: read it whole (up to 64 KiB).
-            switch Sysfs.readBytes(path, limit: 64 * 1024, shortReadIsEnd: true) {
+            // 1 KiB or more: read it whole (up to 64 KiB).
+            switch Sysfs.readBytes(path(), limit: 64 * 1024, shortReadIsEnd: true) {
             case .success(let bytes): result = bytes.withUnsafeBufferPointer(text)
             case .failure(let e): return try missing(e, name)
             }
@@ -236,5 +283,19 @@ extension String {
         while let f = s.first, f == " " || f == "\n" || f == "\t" || f == "\r" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\n" || l == "\t" || l == "\r" { s = s.dropLast() }
         return String(s)
+    }
+}
+
+extension AttributeReader {
+    /// `Sysfs.withSmallFile` of an attribute (relative to the open folder when there is one).
+    func withSmallFile<T>(_ name: String, _ body: (UnsafeBufferPointer<UInt8>) -> T) -> Result<T?, Errno> {
+        if let fd = folder?.fd, fd >= 0 { return Sysfs.withSmallFile(in: fd, name, body) }
+        return Sysfs.withSmallFile(dir + "/" + name, body)
+    }
+
+    /// Whether something exists at `name` below the folder (a link is followed).
+    func exists(_ name: String) -> Bool {
+        if let folder { return folder.exists(name, path: dir + "/" + name) }
+        return Sysfs.exists(dir + "/" + name)
     }
 }

@@ -86,7 +86,13 @@ public indirect enum JSONText: Sendable, Hashable {
 /// Printable ASCII without quotes or backslashes (ids, paths, most names): nothing to escape,
 /// so it goes in whole.
 func isPlainText(_ s: String) -> Bool {
-    s.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+    // Over the contiguous bytes (a native string always has them): an iterator over the
+    // UTF-8 view costs tens of instructions a byte, and every QMP line and log name comes here.
+    func plain(_ b: UInt8) -> Bool { b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\") }
+    return s.utf8.withContiguousStorageIfAvailable { bytes in
+        for b in bytes where !plain(b) { return false }
+        return true
+    } ?? s.utf8.allSatisfy(plain)
 }
 
 /// Appends one scalar as a JSON string holds it (see `jsonEscape`).

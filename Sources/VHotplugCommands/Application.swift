@@ -5,6 +5,7 @@ import Reactor
 import Logging
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 
 /// The entry point: `vhotplug inspect ...` and `vhotplug check ...` go to their
@@ -195,13 +196,17 @@ func loadConfiguration(_ path: String) throws -> Configuration {
 
 func writeStderr(_ s: String) {
     var s = s
-    s.withUTF8 { buf in
-        var off = 0
-        while off < buf.count {
-            let n = write(2, buf.baseAddress! + off, buf.count - off)
-            if n <= 0 { if errno == EINTR { continue }; return }
-            off += n
-        }
+    s.withUTF8(writeStderr)
+}
+
+/// Bytes to stderr, whole (a short write is continued).
+func writeStderr(_ buf: UnsafeBufferPointer<UInt8>) {
+    guard let base = buf.baseAddress else { return }
+    var off = 0
+    while off < buf.count {
+        let n = write(2, base + off, buf.count - off)
+        if n <= 0 { if errno == EINTR { continue }; return }
+        off += n
     }
 }
 
@@ -265,33 +270,60 @@ struct StderrLogHandler: LogHandler {
             writeStderr(text + "\n")
             return
         }
-        var line = Self.timestamp()
-        line += " "
-        line += level.rawValue
-        line += " "
-        line += label
-        line += ":"
+        // One byte buffer sized once: the line is built in place and written as it is.
+        let text = message.description
+        var line: [UInt8] = []
+        line.reserveCapacity(text.utf8.count + label.utf8.count + source.utf8.count + 48)
+        Self.appendTimestamp(to: &line)
+        line.append(UInt8(ascii: " "))
+        line.append(contentsOf: level.rawValue.utf8)
+        line.append(UInt8(ascii: " "))
+        line.append(contentsOf: label.utf8)
+        line.append(UInt8(ascii: ":"))
         // Metadata is rare (none in the daemon's own lines): merged and sorted only when there is some.
         if !self.metadata.isEmpty || !(metadata ?? [:]).isEmpty {
             let all = self.metadata.merging(metadata ?? [:]) { $1 }
-            line += " " + all.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
+            line.append(contentsOf: (" " + all.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")).utf8)
         }
-        line += " ["
-        line += source
-        line += "] "
-        line += message.description
-        line += "\n"
-        writeStderr(line)
+        line.append(contentsOf: " [".utf8)
+        line.append(contentsOf: source.utf8)
+        line.append(contentsOf: "] ".utf8)
+        line.append(contentsOf: text.utf8)
+        line.append(UInt8(ascii: "\n"))
+        line.withUnsafeBufferPointer(writeStderr)
     }
 
     /// Local time, ISO 8601 with the UTC offset, written digit by digit (one log line each).
     static func timestamp() -> String {
-        var t = time(nil)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        appendTimestamp(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// `timestamp()` appended to a line being built.
+    static func appendTimestamp(to bytes: inout [UInt8]) {
+        let t = time(nil)
+        if let text = lastStamp.withLock({ $0.second == t ? $0.text : nil }) {
+            bytes.append(contentsOf: text)
+            return
+        }
+        var text: [UInt8] = []
+        text.reserveCapacity(24)
+        format(t, into: &text)
+        lastStamp.withLock { $0 = (t, text) }
+        bytes.append(contentsOf: text)
+    }
+
+    /// The last second written, for the lines logged within it (most lines of a burst):
+    /// localtime_r and the digits cost more than the rest of a line.
+    private static let lastStamp = Mutex<(second: time_t, text: [UInt8])>((-1, []))
+
+    private static func format(_ second: time_t, into bytes: inout [UInt8]) {
+        var t = second
         var tm = Glibc.tm()
         localtime_r(&t, &tm)
         let offset = tm.tm_gmtoff / 60
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(24)
         func digits(_ v: Int, _ width: Int) {
             var d = 1
             for _ in 1..<width { d *= 10 }
@@ -311,7 +343,6 @@ struct StderrLogHandler: LogHandler {
         bytes.append(UInt8(ascii: offset < 0 ? "-" : "+"))
         digits(abs(offset) / 60, 2)
         digits(abs(offset) % 60, 2)
-        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

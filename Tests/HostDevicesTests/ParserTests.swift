@@ -261,10 +261,42 @@ struct StackBufferTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let a = AttributeReader(dir: dir, device: dir)
         #expect(try a.optionalString("attr") == text)
+        // The same through a reader that holds the folder open (relative reads).
+        #expect(try AttributeReader.opened(dir: dir, device: dir).optionalString("attr") == text)
         let fits = try Sysfs.withSmallFile(dir + "/attr") { $0.count }.get()
         #expect(fits == (size + 1 < Sysfs.stackBuffer ? size + 1 : nil))
         let target = stride(from: 0, to: size, by: 200).map { String(text.dropFirst($0).prefix(199)) }.joined(separator: "/")
         #expect(Sysfs.readLink(dir + "/link") == target)
         #expect(Sysfs.readLink(dir + "/attr") == nil)
+    }
+}
+
+@Suite("A device folder held open")
+struct OpenFolderTests {
+    @Test("attributes are read relative to the open folder; a folder gone before or during the read gives what a path read gives")
+    func relative() throws {
+        let dir = scratchPath("folder")
+        try FileManager.default.createDirectory(atPath: dir + "/1-2:1.0", withIntermediateDirectories: true)
+        try "1\n".write(toFile: dir + "/bConfigurationValue", atomically: false, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = AttributeReader.opened(dir: dir, device: "/devices/x")
+        #expect(a.folder?.fd ?? -1 >= 0)
+        #expect(try a.optionalString("bConfigurationValue") == "1")
+        #expect(try a.optionalString("serial") == nil)
+        #expect(a.exists("1-2:1.0") && !a.exists("1-2:1.1"))
+        // Moved away while held: the open folder still reads its own files (the kernel
+        // removes a device's attributes with it, so that is what a vanished device looks like).
+        try FileManager.default.moveItem(atPath: dir, toPath: dir + ".moved")
+        defer { try? FileManager.default.removeItem(atPath: dir + ".moved") }
+        #expect(try a.optionalString("bConfigurationValue") == "1")
+        try FileManager.default.removeItem(atPath: dir + ".moved/bConfigurationValue")
+        #expect(throws: DeviceReadError(device: "/devices/x", attribute: "bConfigurationValue", reason: "missing (device removed?)")) {
+            try a.string("bConfigurationValue")
+        }
+        // Gone before it was opened: reads go by path and fail as they always did.
+        let gone = AttributeReader.opened(dir: dir, device: "/devices/x")
+        #expect(gone.folder?.fd == -1)
+        #expect(try gone.optionalString("bConfigurationValue") == nil)
+        #expect(!gone.exists("1-2:1.0"))
     }
 }

@@ -47,11 +47,18 @@ fi
 # QEMU), from which each invocation's last line scales the attach to FACTS.md's machine. Last,
 # latency and floor again with the plug's uevents sent at a kernel's cost (--sender direct:
 # umockdev's datagrams, built before t0).
-# Then the daemon's instructions per cycle under callgrind (30 cycles), a figure this machine's
-# varying speed does not move.
+# Right after it, the same cycles with vhotplug-cpu-floor in vhotplug's place: the least a
+# program spends on them with the components the design card requires (libudev's monitor,
+# libusb's context and its thread, one QMP connection per operation; tools/bench/CPUFloor),
+# to read the daemon's CPU figure against in the same hour.
+# Then the instructions per cycle under callgrind (30 cycles), of the daemon and of the
+# floor, figures this machine's varying speed does not move.
+swift build -c release --static-swift-stdlib --product vhotplug-cpu-floor >/dev/null
+direct="--memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct"
 for args in "--phases latency,idle,coldplug,floor" "--phases latency --memory-cycles 0 --event-source udev" \
-            "--phases latency,floor --memory-cycles 0 --startups 1 --no-umockdev-mode --sender direct" \
-            "--phases latency --memory-cycles 0 --startups 1 --cycles 30 --no-umockdev-mode --sender direct --callgrind $work/callgrind"; do
+            "--phases latency,floor $direct" "--phases latency $direct --vhotplug $bin/vhotplug-cpu-floor" \
+            "--phases latency $direct --cycles 30 --callgrind $work/callgrind" \
+            "--phases latency $direct --cycles 30 --callgrind $work/callgrind-floor --vhotplug $bin/vhotplug-cpu-floor"; do
     # shellcheck disable=SC2086
     if [ -n "${BENCH_NOTES:-}" ]; then
         TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args

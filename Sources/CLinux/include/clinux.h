@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 #include <malloc.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 /* sockaddr_un set-up: sun_path is a fixed C array, awkward from Swift. Returns -1 when too long. */
 static inline int vh_sockaddr_un(struct sockaddr_un *addr, const char *path) {
@@ -33,4 +34,12 @@ static inline int vh_malloc_trim(void) {
 
 static inline int vh_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* A folder opened for relative lookups only (O_PATH, which Glibc's Swift module lacks). */
+#ifndef O_PATH
+#define O_PATH 010000000
+#endif
+static inline int vh_open_folder(const char *path) {
+    return open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
