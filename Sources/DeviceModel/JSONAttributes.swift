@@ -1,15 +1,21 @@
 import JSONKit
 
 /// Four lower-case hex digits: `046d`.
-public func hex4(_ v: UInt16) -> String {
-    let s = String(v, radix: 16)
-    return String(repeating: "0", count: 4 - s.count) + s
-}
+public func hex4(_ v: UInt16) -> String { hexDigits(UInt64(v), count: 4) }
 
 /// Two lower-case hex digits: `0e`.
-public func hex2(_ v: UInt8) -> String {
-    let s = String(v, radix: 16)
-    return s.count == 1 ? "0" + s : s
+public func hex2(_ v: UInt8) -> String { hexDigits(UInt64(v), count: 2) }
+
+/// The low `count` nibbles of `v` as lower-case hex, written in place (a small string:
+/// no allocation; every log name and attribute list has some).
+func hexDigits(_ v: UInt64, count: Int) -> String {
+    String(unsafeUninitializedCapacity: count) { buf in
+        for k in 0..<count {
+            let nibble = UInt8((v >> (4 * UInt64(count - 1 - k))) & 0xF)
+            buf[k] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+        }
+        return count
+    }
 }
 
 extension USBDevice {

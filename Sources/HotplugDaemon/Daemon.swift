@@ -805,9 +805,20 @@ extension HostDevice {
     var logName: String {
         switch self {
         case .usb(let d):
+            var name = "usb "
+            name += d.sysName
+            name += " "
+            name += hex4(d.vendorId)
+            name += ":"
+            name += hex4(d.productId)
             // The device's own strings first (usb.ids names the model family, not this device).
-            let names = [d.manufacturer ?? d.vendorName, d.product ?? d.productName].compactMap { $0 }.map { quoted($0, limit: 40) }
-            return "usb \(d.sysName) \(hex4(d.vendorId)):\(hex4(d.productId))" + (names.isEmpty ? "" : " " + names.joined(separator: " "))
+            for text in [d.manufacturer ?? d.vendorName, d.product ?? d.productName] {
+                if let text {
+                    name += " "
+                    name += quoted(text, limit: 40)
+                }
+            }
+            return name
         case .pci(let d):
             return "pci \(d.address) \(hex4(d.vendorId)):\(hex4(d.deviceId))"
         case .input(let d):

@@ -300,3 +300,18 @@ struct OpenFolderTests {
         #expect(!gone.exists("1-2:1.0"))
     }
 }
+
+@Suite("Hex digits of IDs")
+struct HexDigitsTests {
+    @Test("hex4 and hex2 are the zero-padded lower-case hex of every value")
+    func all() {
+        for v in 0...Int(UInt16.max) {
+            let s = String(v, radix: 16)
+            #expect(hex4(UInt16(v)) == String(repeating: "0", count: 4 - s.count) + s)
+        }
+        for v in 0...Int(UInt8.max) {
+            let s = String(v, radix: 16)
+            #expect(hex2(UInt8(v)) == (s.count == 1 ? "0" + s : s))
+        }
+    }
+}
