@@ -116,8 +116,6 @@ public actor Daemon {
     var stopping = false
     /// The pending `malloc_trim` (see `trimSoon`).
     var trimTimer: TimerToken?
-    /// Half a second after the last VM operation (`trimSoon`).
-    var trimAt = Deadline(nanoseconds: 0)
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
     var api = APIState()
     /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
@@ -575,22 +573,12 @@ public actor Daemon {
     /// Half a second after the last VM operation, the allocator gives its free pages
     /// back to the system (`malloc_trim`): after a burst (a dock, an event storm) the
     /// daemon's memory returns to its level before. No timer runs while nothing happens.
-    /// The timer is not moved at each operation (two timerfd calls each): it fires at the
-    /// first deadline and, when operations came meanwhile, waits again for the last one's.
     func trimSoon() {
-        trimAt = .after(0.5)
-        if trimTimer == nil { scheduleTrim() }
-    }
-
-    private func scheduleTrim() {
-        trimTimer = loop.schedule(at: trimAt) { [self] in
+        if let t = trimTimer { loop.cancel(t) }
+        trimTimer = loop.schedule(at: .after(0.5)) { [self] in
             assumeIsolated { daemon in
                 daemon.trimTimer = nil
-                if Deadline.now() < daemon.trimAt {
-                    daemon.scheduleTrim()
-                } else {
-                    _ = vh_malloc_trim()
-                }
+                _ = vh_malloc_trim()
             }
         }
     }
