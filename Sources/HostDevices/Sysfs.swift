@@ -206,8 +206,7 @@ struct AttributeReader {
             return String(validating: body, as: UTF8.self)
         }
         var result: String??
-        let small = if let fd = folder?.fd, fd >= 0 { Sysfs.withSmallFile(in: fd, name, text) } else { Sysfs.withSmallFile(path(), text) }
-        switch small {
+        switch withSmallFile(name, text) {
         case .success(let small?): result = small
         case .success(nil):
             // 1 KiB or more: read it whole (up to 64 KiB).
