@@ -106,7 +106,7 @@ if let source = opts.eventSource { setenv("VHOTPLUG_EVENT_SOURCE", source, 1) }
 func figure(_ line: String) {
     // Under callgrind the times are valgrind's, not the daemon's: said on each line.
     // Another program in vhotplug's place (vhotplug-cpu-floor): said on each line.
-    let stand = opts.vhotplug.map { "[\($0.split(separator: "/").last ?? "") in vhotplug's place] " } ?? ""
+    let stand = opts.vhotplug.map { String($0.split(separator: "/").last ?? "") }.map { $0 == "vhotplug" ? "" : "[\($0) in vhotplug's place] " } ?? ""
     out(stand + (opts.eventSource.map { "[\($0) source] " } ?? "") + (opts.callgrind != nil ? "[under callgrind] " : "") + line + "\n")
 }
 func note(_ line: String) {
