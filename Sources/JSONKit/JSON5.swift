@@ -56,6 +56,13 @@ public struct JSONMember: Sendable {
     public var keyLine: Int
     public var keyColumn: Int
     public var value: JSONNode
+
+    public init(key: String, keyLine: Int = 1, keyColumn: Int = 1, value: JSONNode) {
+        self.key = key
+        self.keyLine = keyLine
+        self.keyColumn = keyColumn
+        self.value = value
+    }
 }
 
 /// An object's members in file order; keys are unique (a duplicate is reported

@@ -32,12 +32,62 @@ public enum QMPMessage: Sendable {
         return .reply(id: id, value: JSONNode(value: .object(JSONObject())))
     }
 
-    /// QEMU's two most frequent lines, the empty return and the greeting, as they come off
-    /// the socket (QEMU ends its lines with CR LF; the LF is already cut), recognised without
-    /// the general parser; nil for any other line (the parser then reads it).
+    /// QEMU's most frequent lines, the empty return, the greeting and an event whose data are
+    /// plain strings (DEVICE_DELETED), as they come off the socket (QEMU ends its lines with
+    /// CR LF; the LF is already cut), recognised without the general parser; nil for any other
+    /// line (the parser then reads it).
     static func fastPath(_ line: [UInt8]) -> QMPMessage? {
         let body = line.last == 0x0D ? Array(line.dropLast()) : line
-        return emptyReturn(body) ?? (isGreeting(body) ? .greeting : nil)
+        return emptyReturn(body) ?? (isGreeting(body) ? .greeting : plainEvent(body))
+    }
+
+    /// An event exactly as QEMU writes it, `{"timestamp": {"seconds": S, "microseconds": U},
+    /// "event": "NAME"}`, with or without `, "data": {"KEY": "VALUE", ...}` before the last
+    /// brace, every string printable ASCII without quote or backslash (DEVICE_DELETED's `device`
+    /// and `path`); nil for anything else, which the parser reads. What it gives is what the
+    /// parser gives (the `qmp` fuzz target checks): a repeated key keeps its first value.
+    static func plainEvent(_ line: [UInt8]) -> QMPMessage? {
+        line.withUnsafeBufferPointer { b -> QMPMessage? in
+            guard let base = b.baseAddress else { return nil }
+            var i = 0
+            func literal(_ s: StaticString) -> Bool {
+                let n = s.utf8CodeUnitCount
+                guard i + n <= b.count, memcmp(base + i, s.utf8Start, n) == 0 else { return false }
+                i += n
+                return true
+            }
+            // A JSON integer as QEMU writes one: 0, or digits without a leading zero.
+            func number() -> Bool {
+                let start = i
+                while i < b.count, b[i] >= 0x30, b[i] <= 0x39 { i += 1 }
+                return i > start && i - start <= 18 && (i - start == 1 || b[start] != 0x30)
+            }
+            // The rest of a string whose opening quote is read.
+            func plainString() -> String? {
+                let start = i
+                while i < b.count, b[i] >= 0x20, b[i] < 0x7F, b[i] != 0x22, b[i] != 0x5C { i += 1 }
+                guard i < b.count, b[i] == 0x22 else { return nil }
+                defer { i += 1 }
+                return String(decoding: UnsafeBufferPointer(rebasing: b[start ..< i]), as: UTF8.self)
+            }
+            guard literal(#"{"timestamp": {"seconds": "#), number(), literal(#", "microseconds": "#), number(),
+                  literal(#"}, "event": ""#), let name = plainString() else { return nil }
+            var data: JSONNode?
+            if literal(#", "data": {"#) {
+                var object = JSONObject()
+                if !literal("}") {
+                    while true {
+                        guard literal("\""), let key = plainString(), literal(#": ""#), let value = plainString() else { return nil }
+                        if object.member(key) == nil { object.members.append(JSONMember(key: key, value: JSONNode(value: .string(value)))) }
+                        if literal("}") { break }
+                        guard literal(", ") else { return nil }
+                    }
+                }
+                data = JSONNode(value: .object(object))
+            }
+            guard literal("}"), i == b.count else { return nil }
+            return .event(name: name, data: data)
+        }
     }
 
     /// Whether a line is QEMU's greeting, `{"QMP": {"version": ..., "capabilities": [...]}}`,

@@ -2,7 +2,8 @@
 // cut into lines at LF; each line that is not blank is parsed with JSONParser and
 // classified with QMPMessage.from (greeting, reply, error reply, event, or garbage),
 // and the fields the backends read are read; QMPMessage.fastPath, the client's fast
-// paths, must agree with the parser whenever it recognises a line.
+// paths (the empty return, the greeting, a plain event), must agree with the parser
+// whenever it recognises a line.
 @testable import VMM
 import JSONKit
 
@@ -25,10 +26,20 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             if let parsed, case .greeting = parsed {} else if parsed != nil {
                 fatalError("the greeting's fast path disagrees with the parser on \(Array(line))")
             }
+        case .event(let name, let data)?:
+            // Only lines the parser reads as the same event, with the same string members in order.
+            func members(_ d: JSONNode?) -> [String]? {
+                guard let d else { return nil }
+                guard case .object(let o) = d.value else { return ["not an object"] }
+                return o.members.map { "\($0.key)\u{0}\($0.value.stringValue ?? "\u{1}not a string")" }
+            }
+            guard case .event(let parsedName, let parsedData)? = parsed, parsedName == name, members(parsedData) == members(data) else {
+                fatalError("the event's fast path disagrees with the parser on \(Array(line))")
+            }
         case nil:
             break
         default:
-            fatalError("a fast path answered neither a reply nor the greeting on \(Array(line))")
+            fatalError("a fast path answered an error reply on \(Array(line))")
         }
         guard let message = parsed else {
             // What the client puts in its protocol error.
