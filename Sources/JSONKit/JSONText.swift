@@ -88,11 +88,17 @@ public indirect enum JSONText: Sendable, Hashable {
 func isPlainText(_ s: String) -> Bool {
     // Over the contiguous bytes (a native string always has them): an iterator over the
     // UTF-8 view costs tens of instructions a byte, and every QMP line and log name comes here.
-    func plain(_ b: UInt8) -> Bool { b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\") }
-    return s.utf8.withContiguousStorageIfAvailable { bytes in
-        for b in bytes where !plain(b) { return false }
+    s.utf8.withContiguousStorageIfAvailable { bytes in
+        for b in bytes where !isPlainTextByte(b) { return false }
         return true
-    } ?? s.utf8.allSatisfy(plain)
+    } ?? s.utf8.allSatisfy(isPlainTextByte)
+}
+
+/// A byte of plain text (`isPlainText`): printable ASCII, neither a quote nor a backslash;
+/// a JSON string of such bytes reads as it is written.
+@inlinable
+public func isPlainTextByte(_ b: UInt8) -> Bool {
+    b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\")
 }
 
 /// Appends one scalar as a JSON string holds it (see `jsonEscape`).

@@ -65,7 +65,7 @@ public enum QMPMessage: Sendable {
             // The rest of a string whose opening quote is read.
             func plainString() -> String? {
                 let start = i
-                while i < b.count, b[i] >= 0x20, b[i] < 0x7F, b[i] != 0x22, b[i] != 0x5C { i += 1 }
+                while i < b.count, isPlainTextByte(b[i]) { i += 1 }
                 guard i < b.count, b[i] == 0x22 else { return nil }
                 defer { i += 1 }
                 return String(decoding: UnsafeBufferPointer(rebasing: b[start ..< i]), as: UTF8.self)
