@@ -161,11 +161,6 @@ final class OpenFolder {
     }
 
     deinit { if fd >= 0 { close(fd) } }
-
-    /// Whether something exists at `name` below the folder (a link is followed).
-    func exists(_ name: String, path: @autoclosure () -> String) -> Bool {
-        fd >= 0 ? faccessat(fd, name, F_OK, 0) == 0 : Sysfs.exists(path())
-    }
 }
 
 /// Reads the attributes of one device folder, turning every failure into a
@@ -294,7 +289,7 @@ extension AttributeReader {
 
     /// Whether something exists at `name` below the folder (a link is followed).
     func exists(_ name: String) -> Bool {
-        if let folder { return folder.exists(name, path: dir + "/" + name) }
+        if let fd = folder?.fd, fd >= 0 { return faccessat(fd, name, F_OK, 0) == 0 }
         return Sysfs.exists(dir + "/" + name)
     }
 }

@@ -111,14 +111,10 @@ func qmp(_ lines: String, done: ([[UInt8]]) -> Bool) -> [[UInt8]]? {
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-        let bytes = Array(qmpPath.utf8.prefix(raw.count - 1))
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
+    let len = vh_sockaddr_un(&addr, qmpPath)
+    guard len > 0 else { return nil }
     let ok = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(len)) }
     }
     guard ok == 0 else { return nil }
     let sent = lines.utf8CString.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
