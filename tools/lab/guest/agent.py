@@ -79,7 +79,10 @@ def qmp_call(path, execute, arguments=None, timeout=30, wait_event=None):
             if left <= 0:
                 raise TimeoutError("QMP %s on %s: no answer within %.1f s" % (execute, path, timeout))
             s.settimeout(left)
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise TimeoutError("QMP %s on %s: no answer within %.1f s" % (execute, path, timeout)) from None
             if not chunk:
                 raise ConnectionError("QMP %s closed the connection" % path)
             buf[0] += chunk
