@@ -119,9 +119,16 @@ public final class DeviceReader {
     /// device's own attributes are read: libusb's hotplug thread reads a device that has just
     /// come while the daemon reads it, and a snapshot taken at once would wait for it.
     public func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?) throws(DeviceReadError) -> USBDevice {
+        try readUSB(sysPath: sysPath, libusb: libusb(), checked: nil)
+    }
+
+    /// `checked`: the device's folder as `configuration(of:)` left it open, with the
+    /// configuration value it read (not read again).
+    private func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?,
+                         checked: (reader: AttributeReader, configuration: String)?) throws(DeviceReadError) -> USBDevice {
         let dir = sysfs.path(sysPath)
         let sysName = lastComponent(sysPath)
-        let a = AttributeReader.opened(dir: dir, device: sysPath)
+        let a = checked?.reader ?? AttributeReader.opened(dir: dir, device: sysPath)
         // The kernel's own `uevent` attribute (usb_dev_uevent) holds eight of the device's
         // attributes in one read; each one it lacks (or cannot be read from it) is read from
         // its own file, which also names it in an error.
@@ -134,7 +141,8 @@ public final class DeviceReader {
         let deviceClass = try either(k.deviceClass) { () throws(DeviceReadError) in try a.byteHex("bDeviceClass") }
         // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
-        let config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) }
+        let config: Int?
+        if let checked { config = Int(checked.configuration) } else { config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) } }
         let removable: Removability = (try a.optionalString("removable")).flatMap(Removability.init(rawValue:)) ?? .unknown
         let manufacturer = try a.optionalString("manufacturer"), product = try a.optionalString("product")
         let serial = try a.optionalString("serial"), speed = try a.optionalString("speed")
@@ -190,18 +198,32 @@ public final class DeviceReader {
     /// True when a USB device's active configuration is set and every one of its
     /// interfaces has its folder: right after the `add` event it may not be yet.
     public func usbConfigured(sysPath: String) -> Bool {
-        let dir = sysfs.path(sysPath)
-        let a = AttributeReader.opened(dir: dir, device: sysPath)
+        configuration(of: sysPath, AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)) != nil
+    }
+
+    /// Reads a USB device once `usbConfigured` holds, through the folder that check opened
+    /// (one open and one `bConfigurationValue` read fewer than the check and `read` apart);
+    /// nil while the configuration or an interface is not there yet.
+    public func readUSBIfConfigured(sysPath: String) -> Result<HostDevice, DeviceReadError>? {
+        let a = AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)
+        guard let config = configuration(of: sysPath, a) else { return nil }
+        return Result { () throws(DeviceReadError) in
+            .usb(try readUSB(sysPath: sysPath, libusb: libusb?.snapshot(), checked: (a, config)))
+        }
+    }
+
+    /// The active configuration's value when it is set and every interface has its folder.
+    private func configuration(of sysPath: String, _ a: AttributeReader) -> String? {
         guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
               let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
-        else { return false }
+        else { return nil }
         let sysName = lastComponent(sysPath)
         let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
         // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;
         // a device numbering them otherwise is counted in the folder instead.
         let configValue = config.trimmingWhitespace()
-        if (0..<count).allSatisfy({ n in a.exists("\(prefix)\(configValue).\(n)") }) { return true }
-        return Sysfs.list(dir).filter { $0.hasPrefix(prefix) }.count >= count
+        if (0..<count).allSatisfy({ n in a.exists("\(prefix)\(configValue).\(n)") }) { return configValue }
+        return Sysfs.list(a.dir).filter { $0.hasPrefix(prefix) }.count >= count ? configValue : nil
     }
 
     /// `/dev/bus/usb/BBB/DDD`.

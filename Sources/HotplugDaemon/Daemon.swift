@@ -454,7 +454,11 @@ public actor Daemon {
         }
         // An unauthorized device (usbAuthorization) gets no interfaces until it is
         // authorized: it is decided on its descriptors at once.
-        if reader.usbConfigured(sysPath: sysPath) || (authorization != nil && reader.usbAuthorized(sysPath: sysPath) == false) {
+        if let read = reader.readUSBIfConfigured(sysPath: sysPath) {
+            admit(sysPath, subsystem: "usb", since: time, read: read)
+            return
+        }
+        if authorization != nil && reader.usbAuthorized(sysPath: sysPath) == false {
             admit(sysPath, subsystem: "usb", since: time)
             return
         }
@@ -470,10 +474,10 @@ public actor Daemon {
     }
 
     func checkPending(_ sysPath: String) {
-        guard let p = pendingUSB[sysPath], reader.usbConfigured(sysPath: sysPath) else { return }
+        guard let p = pendingUSB[sysPath], let read = reader.readUSBIfConfigured(sysPath: sysPath) else { return }
         loop.cancel(p.timer)
         pendingUSB[sysPath] = nil
-        admit(sysPath, subsystem: "usb", since: p.since)
+        admit(sysPath, subsystem: "usb", since: p.since, read: read)
     }
 
     func pendingTimedOut(_ sysPath: String) {
@@ -482,14 +486,14 @@ public actor Daemon {
         admit(sysPath, subsystem: "usb", since: p.since)
     }
 
-    /// Reads a new device, decides, and sends it where the rules say.
-    func admit(_ sysPath: String, subsystem: String, since: Deadline) {
+    /// Reads a new device (unless `read` is what was read of it already), decides, and
+    /// sends it where the rules say.
+    func admit(_ sysPath: String, subsystem: String, since: Deadline, read: Result<HostDevice, DeviceReadError>? = nil) {
         if let old = devices[sysPath], old.present, subsystem != "usb" { return } // a repeated add
         let device: HostDevice
-        let readStart = Deadline.now()
-        do {
-            device = try reader.read(sysPath: sysPath, subsystem: subsystem)
-            logger.debug("\(subsystem) \(sysPath.split(separator: "/").last ?? ""): read in \(ms(since: readStart)), \(ms(since: since)) after its event")
+        do throws(DeviceReadError) {
+            if let read { device = try read.get() } else { device = try reader.read(sysPath: sysPath, subsystem: subsystem) }
+            logger.debug("\(subsystem) \(sysPath.split(separator: "/").last ?? ""): read \(ms(since: since)) after its event")
         } catch {
             // A device that is already gone again (an input node of a USB device
             // QEMU has just taken) is no news; anything else is worth a warning.

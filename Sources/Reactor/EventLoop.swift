@@ -76,8 +76,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var writeWaiters: [Int32: Waiter] = [:]
     /// Persistent handlers (udev monitor, signals, inotify).
     private var handlers: [Int32: () -> Void] = [:]
-    /// The events each fd is registered for in epoll.
+    /// The events each fd is registered for in epoll; 0 for an fd that stays in the set
+    /// disarmed: a one-shot wait's registration after its event (see `updateRegistration`).
     private var registered: [Int32: UInt32] = [:]
+    /// `epoll_ctl` calls made, for tests of how many a wait costs.
+    public private(set) var controlCalls = 0
 
     private var timers: [UInt64: (deadline: Deadline, fire: () -> Void)] = [:]
     private var nextTimerId: UInt64 = 1
@@ -186,6 +189,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             handler()
             return
         }
+        // A one-shot registration is disarmed by the event that reported it.
+        if let have = registered[fd], have & EPOLLONESHOT.rawValue != 0 { registered[fd] = 0 }
         if flags & EPOLLIN.rawValue != 0 || error, let w = readWaiters.removeValue(forKey: fd) {
             if let t = w.timer { cancel(t) }
             w.continuation.resume()
@@ -197,24 +202,43 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         updateRegistration(fd)
     }
 
+    /// Makes epoll's registration of `fd` match its waiters and handler.
+    ///
+    /// A handler's registration is level-triggered and lasts until `unwatch`. Waits are
+    /// one-shot (`EPOLLONESHOT`): the event that ends a wait disarms the fd in the kernel,
+    /// and the fd stays in the set, so that the next wait re-arms it with one `MOD` instead
+    /// of an `ADD` and a `DEL` around every wait (a QMP exchange waits three times). A
+    /// disarmed fd reports nothing; `forget` (before `close`) drops it, and closing an fd
+    /// takes it out of the set. A wait that ends without its event (timeout, cancel) leaves
+    /// an armed registration: that one is deleted.
     private func updateRegistration(_ fd: Int32) {
+        let persistent = handlers[fd] != nil
         var want: UInt32 = 0
-        if readWaiters[fd] != nil || handlers[fd] != nil { want |= EPOLLIN.rawValue }
+        if readWaiters[fd] != nil || persistent { want |= EPOLLIN.rawValue }
         if writeWaiters[fd] != nil { want |= EPOLLOUT.rawValue }
+        if want != 0 && !persistent { want |= EPOLLONESHOT.rawValue }
         let have = registered[fd]
         if want == 0 {
-            if have != nil {
-                var ev = epoll_event()
-                epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
-                registered[fd] = nil
-            }
+            if let have, have != 0 { control(EPOLL_CTL_DEL, fd, 0) }
+            if have == 0 { return } // disarmed: stays in the set, silent
+            registered[fd] = nil
             return
         }
         guard want != have else { return }
-        var ev = epoll_event(events: want, data: epoll_data_t(fd: fd))
-        if epoll_ctl(epfd, have == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0 {
+        if control(have == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, want) {
             registered[fd] = want
+        } else if errno == ENOENT || errno == EEXIST {
+            // What the map said is stale: the fd was closed without `forget` (and its number
+            // reused), or `forget` dropped a disarmed fd that was not closed after all.
+            if control(errno == ENOENT ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, want) { registered[fd] = want }
         }
+    }
+
+    @discardableResult
+    private func control(_ op: Int32, _ fd: Int32, _ events: UInt32) -> Bool {
+        controlCalls += 1
+        var ev = epoll_event(events: events, data: epoll_data_t(fd: fd))
+        return epoll_ctl(epfd, op, fd, &ev) == 0
     }
 
     // MARK: Waiting for file descriptors
@@ -259,6 +283,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             w.continuation.resume(throwing: LoopError.cancelled)
         }
         handlers[fd] = nil
+        // A disarmed fd is left to the `close` that follows (it takes it out of the set).
+        if registered[fd] == 0 { registered[fd] = nil }
         updateRegistration(fd)
     }
 

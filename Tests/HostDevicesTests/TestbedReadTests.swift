@@ -94,6 +94,51 @@ struct TestbedReadTests {
         #expect(without == d)
     }
 
+    @Test("a USB device is read through its readiness check's folder once its configuration and every interface are there, not before")
+    func readWhenConfigured() async throws {
+        let tb = await Testbed.make()
+        let attributes = usbAttributes(extra: [("bNumInterfaces", " 2")]).map { "A: \($0.0)=\($0.1)" }.joined(separator: "\n")
+        func interface(_ n: Int) -> String {
+            """
+            P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.\(n)
+            E: SUBSYSTEM=usb
+            E: DEVTYPE=usb_interface
+            A: bInterfaceNumber=0\(n)
+            A: bInterfaceClass=03
+            A: bInterfaceSubClass=01
+            A: bInterfaceProtocol=0\(n + 1)
+
+            """
+        }
+        try tb.add(record: """
+            P: /devices/pci0000:00/0000:00:14.0/usb1/1-1
+            E: SUBSYSTEM=usb
+            E: DEVTYPE=usb_device
+            \(attributes)
+
+            \(interface(0))
+            """)
+        let sysPath = "/devices/pci0000:00/0000:00:14.0/usb1/1-1"
+        let r = reader(tb)
+        // one of its two interfaces: not yet
+        #expect(!r.usbConfigured(sysPath: sysPath))
+        #expect(r.readUSBIfConfigured(sysPath: sysPath) == nil)
+        try tb.add(record: interface(1))
+        #expect(r.usbConfigured(sysPath: sysPath))
+        guard case .success(.usb(let d))? = r.readUSBIfConfigured(sysPath: sysPath) else {
+            Issue.record("not read once configured"); return
+        }
+        // what the separate read gives, the configuration value included
+        #expect(HostDevice.usb(d) == (try r.read(sysPath: sysPath, subsystem: "usb")))
+        #expect(d.interfaces.map(\.interfaceProtocol) == [1, 2])
+        // no active configuration (set to 0 by the host): not configured
+        tb.setAttribute("/sys" + sysPath, "bConfigurationValue", bytes: Array("\n".utf8))
+        #expect(r.readUSBIfConfigured(sysPath: sysPath) == nil)
+        // gone: not configured either (the remove event decides, not this read)
+        tb.remove("/sys" + sysPath)
+        #expect(r.readUSBIfConfigured(sysPath: sysPath) == nil)
+    }
+
     @Test("the kernel's uevent attribute gives IDs, class and bus/device numbers in one read; a malformed field is read from its own file")
     func ueventFields() async throws {
         let tb = await Testbed.make()

@@ -52,6 +52,44 @@ actor LoopProbe {
 
     func pendingTimers() -> Int { loop.pendingTimers }
     func onLoopThread() -> Bool { loop.inLoop }
+    func controlCalls() -> Int { loop.controlCalls }
+
+    /// Waits for `fd` to be readable while a timer writes a byte to `writer` a moment
+    /// later (the wait is registered first), then reads the byte.
+    func waitForLateByte(_ fd: Int32, writer: Int32) async throws {
+        loop.schedule(at: .after(0.005)) { _ = write(writer, "x", 1) }
+        try await loop.readable(fd, deadline: .after(5))
+        var byte: UInt8 = 0
+        _ = read(fd, &byte, 1)
+    }
+
+    /// A read wait and a write wait on one socket at once (both registered in the same turn
+    /// of the loop): the write one ends at once (the socket is writable), which disarms the
+    /// one-shot registration of both; the read one must be re-armed to end when a byte comes.
+    func readAndWriteAtOnce(_ fd: Int32, peer: Int32) async throws -> (writeFirst: Bool, readEnded: Bool) {
+        final class Order: @unchecked Sendable { var names: [String] = [] }
+        let order = Order()
+        let loop = self.loop
+        // Isolated to this actor (it uses `self`), so it runs on the loop's thread.
+        let reader = Task { () async throws -> Void in
+            try await self.loop.readable(fd, deadline: .after(5))
+            order.names.append("read")
+        }
+        try await loop.writable(fd, deadline: .after(5))
+        order.names.append("write")
+        loop.schedule(at: .after(0.02)) { _ = write(peer, "x", 1) }
+        try await reader.value
+        return (order.names.first == "write", order.names == ["write", "read"])
+    }
+
+    func forget(_ fd: Int32) { loop.forget(fd) }
+}
+
+/// A new pipe: (read end, write end).
+func makePipe() -> (Int32, Int32) {
+    var fds: [Int32] = [0, 0]
+    #expect(pipe(&fds) == 0)
+    return (fds[0], fds[1])
 }
 
 @Suite("The event loop")
@@ -74,9 +112,7 @@ struct EventLoopTests {
     func readable() async throws {
         let host = try LoopHost()
         let a = LoopProbe(host.loop)
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        let (r, w) = (fds[0], fds[1])
+        let (r, w) = makePipe()
         defer { close(r); close(w) }
         async let waited: Void = a.readable(r, within: 5)
         #expect(write(w, "x", 1) == 1)
@@ -84,15 +120,61 @@ struct EventLoopTests {
         #expect(await a.pendingTimers() == 0)
     }
 
+    @Test("waits on one fd, one after the other, re-arm its one-shot registration: one epoll_ctl a wait, none to forget it")
+    func repeatedWaits() async throws {
+        let host = try LoopHost()
+        let a = LoopProbe(host.loop)
+        let (r, w) = makePipe()
+        defer { close(r); close(w) }
+        let before = await a.controlCalls()
+        for _ in 0..<3 { try await a.waitForLateByte(r, writer: w) }
+        // data already there when the wait comes: the re-armed registration reports it at once
+        #expect(write(w, "y", 1) == 1)
+        try await a.readable(r, within: 5)
+        await a.forget(r)
+        #expect(await a.controlCalls() - before == 4) // ADD, MOD, MOD, MOD (it was ADD and DEL for each)
+        #expect(await a.pendingTimers() == 0)
+    }
+
+    @Test("an fd closed without forget, its number reused, and an fd forgotten but kept: both can be waited on again")
+    func staleRegistrations() async throws {
+        let host = try LoopHost()
+        let a = LoopProbe(host.loop)
+        let (r, w) = makePipe()
+        try await a.waitForLateByte(r, writer: w)
+        // closed behind the loop's back; a new pipe's read end takes the same number
+        let (r2, w2) = makePipe()
+        #expect(dup2(r2, r) == r)
+        close(r2)
+        try await a.waitForLateByte(r, writer: w2)
+        // forgotten (as before a close) but not closed
+        await a.forget(r)
+        try await a.waitForLateByte(r, writer: w2)
+        await a.forget(r)
+        close(r); close(w); close(w2)
+    }
+
+    @Test("a read wait and a write wait on one socket at once each end on their own event")
+    func readAndWrite() async throws {
+        let host = try LoopHost()
+        let a = LoopProbe(host.loop)
+        var sv: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        defer { close(sv[0]); close(sv[1]) }
+        let r = try await a.readAndWriteAtOnce(sv[0], peer: sv[1])
+        #expect(r.writeFirst)
+        #expect(r.readEnded)
+        await a.forget(sv[0])
+    }
+
     @Test("a wait times out at its deadline, and leaves no timer behind")
     func timeout() async throws {
         let host = try LoopHost()
         let a = LoopProbe(host.loop)
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
+        let (r, w) = makePipe()
+        defer { close(r); close(w) }
         let start = Date()
-        await #expect(throws: LoopError.timeout) { try await a.readable(fds[0], within: 0.05) }
+        await #expect(throws: LoopError.timeout) { try await a.readable(r, within: 0.05) }
         #expect(Date().timeIntervalSince(start) >= 0.05)
         #expect(await a.pendingTimers() == 0)
     }
