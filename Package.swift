@@ -88,7 +88,8 @@ let package = Package(
         .executableTarget(name: "vhotplug-hotplug-bench", dependencies: ["VHotplugTestSupport", "CLinux", "CUdev", "HostDevices"],
                           path: "tools/bench/HotplugBench"),
 
-        .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor"], path: "Tests/TestSupport"),
+        .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor", .product(name: "Logging", package: "swift-log")],
+                path: "Tests/TestSupport"),
         .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport", "HotplugDaemon", "HostDevices", "DeviceModel", "VFIO",

@@ -279,33 +279,142 @@ public actor QEMUBackend: VMBackend {
 
     // MARK: Detach and list
 
-    public func detach(_ attachment: Attachment) async throws(VMError) {
-        try await session { (qmp) throws(VMError) in try await deleteDevice(qmp, id: attachment.id) }
+    /// A detach that joined a running batch: its id, and how its caller learns the outcome.
+    private struct Joiner {
+        let id: String
+        let done: CheckedContinuation<JoinOutcome, Never>
     }
 
-    /// `device_del`, then waits for `DEVICE_DELETED` of that id. A device QEMU
-    /// does not have is already gone.
+    private enum JoinOutcome {
+        case done(VMError?)
+        /// The batch's connection failed before this one's device_del went out: ask again.
+        case again
+    }
+
+    /// Detaches asked for while a batch runs, for it to take on its connection.
+    private var joiners: [Joiner] = []
+    /// True from the moment a detach batch is asked for until it takes no more detaches.
+    private var batchOpen = false
+
+    /// `device_del`, then `DEVICE_DELETED` of that id; a device QEMU does not have is
+    /// already gone.
+    ///
+    /// Devices detached together (a hub or a dock unplugged) share one connection: each
+    /// device_del goes out as soon as it is asked for and the events are awaited together.
+    /// QEMU 7.2 sends a USB device's DEVICE_DELETED about 50 ms after device_del's reply
+    /// (the device leaves the guest at once; the event waits for QEMU's RCU thread, which
+    /// batches in 10 ms sleeps), so one at a time, four devices would hold the socket for
+    /// 200 ms.
+    public func detach(_ attachment: Attachment) async throws(VMError) {
+        while batchOpen {
+            let outcome = await withCheckedContinuation { joiners.append(Joiner(id: attachment.id, done: $0)) }
+            switch outcome {
+            case .done(let error?): throw error
+            case .done(nil): return
+            case .again: continue
+            }
+        }
+        batchOpen = true
+        var mine: VMError?
+        do throws(VMError) {
+            try await session { (qmp) throws(VMError) in
+                mine = await deleteDevices(qmp, [attachment.id], more: true)
+            }
+        } catch {
+            // No connection (the VM is not running, say), so `deleteDevices` did not run (it
+            // closes the batch itself): whoever joined meanwhile learns the same.
+            mine = error
+            for j in joiners { j.done.resume(returning: .done(error)) }
+            joiners.removeAll()
+            batchOpen = false
+        }
+        if let mine { throw mine }
+    }
+
+    /// `device_del`, then waits for `DEVICE_DELETED` of that id, in an operation's session.
     func deleteDevice(_ qmp: QMPClient, id: String) async throws(VMError) {
-        do throws(VMError) {
-            try await qmp.execute("device_del", [("id", .string(id))])
-        } catch .commandFailed(_, _, let cls, let message) where cls == "DeviceNotFound" || message.contains("not found") {
-            return
+        if let error = await deleteDevices(qmp, [id], more: false) { throw error }
+    }
+
+    /// Deletes `ids` on `qmp` and, with `more`, every joiner of the detach batch as it comes,
+    /// until each has its DEVICE_DELETED or its error; returns the outcome of the first of
+    /// `ids` (the others' outcomes matter to no one here but the log). A joiner whose
+    /// device_del could not go out (the connection failed) is told to ask again.
+    private func deleteDevices(_ qmp: QMPClient, _ ids: [String], more: Bool) async -> VMError? {
+        struct Waiting { let id: String; let deadline: Deadline; let joiner: Joiner? }
+        var toSend: [(id: String, joiner: Joiner?)] = ids.map { ($0, nil) }
+        var waiting: [Waiting] = []
+        var first: VMError?
+        func finish(_ id: String, _ joiner: Joiner?, _ error: VMError?) {
+            if let joiner { joiner.done.resume(returning: .done(error)) } else if id == ids.first { first = error }
         }
-        let deadline = Deadline.after(unplugTimeout)
-        do throws(VMError) {
-            _ = try await qmp.waitForEvent("DEVICE_DELETED", deadline: deadline) { data in
-                data?["device"]?.stringValue == id
+        /// Everything still open fails with `error` (a joiner not yet sent asks again).
+        func failAll(_ error: VMError) {
+            for w in waiting { finish(w.id, w.joiner, error) }
+            for t in toSend { if let j = t.joiner { j.done.resume(returning: .again) } else { finish(t.id, nil, error) } }
+            if more {
+                for j in joiners { j.done.resume(returning: .again) }
+                joiners.removeAll()
+                batchOpen = false
             }
-            if qmp.events.contains(where: { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }) {
-                logger.warning("VM \(name): the guest reported an error unplugging \(id)")
-            }
-        } catch .timeout {
-            if qmp.events.contains(where: { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }) {
-                throw .commandFailed(vm: name, command: "device_del", errorClass: "DEVICE_UNPLUG_GUEST_ERROR",
-                                     message: "the guest refused to release \(id)")
-            }
-            throw .timeout(vm: name, step: "DEVICE_DELETED for \(id) (the guest did not release it)")
         }
+        while true {
+            if more {
+                toSend += joiners.map { ($0.id, $0) }
+                joiners.removeAll()
+            }
+            if toSend.isEmpty && waiting.isEmpty {
+                // No suspension between this look at `joiners` and the close.
+                if more { batchOpen = false }
+                return first
+            }
+            // One device_del at a time, looking for joiners after each: a hub's devices come
+            // one event after the other while the first device_del is answered.
+            if let (id, joiner) = toSend.first {
+                do throws(VMError) {
+                    try await qmp.execute("device_del", [("id", .string(id))])
+                    toSend.removeFirst()
+                    waiting.append(Waiting(id: id, deadline: .after(unplugTimeout), joiner: joiner))
+                } catch .commandFailed(_, _, let cls, let message) {
+                    toSend.removeFirst()
+                    // Not there: already gone.
+                    finish(id, joiner, cls == "DeviceNotFound" || message.contains("not found") ? nil
+                           : .commandFailed(vm: name, command: "device_del", errorClass: cls, message: message))
+                } catch {
+                    failAll(error)
+                    return first
+                }
+                continue
+            }
+            guard let deadline = waiting.map(\.deadline).min() else { continue }
+            let ids = Set(waiting.map(\.id))
+            do throws(VMError) {
+                let data = try await qmp.waitForEvent("DEVICE_DELETED", deadline: deadline) { data in
+                    data?["device"]?.stringValue.map(ids.contains) ?? false
+                }
+                guard let id = data?["device"]?.stringValue, let k = waiting.firstIndex(where: { $0.id == id }) else { continue }
+                let w = waiting.remove(at: k)
+                if guestRefused(qmp, w.id) { logger.warning("VM \(name): the guest reported an error unplugging \(w.id)") }
+                finish(w.id, w.joiner, nil)
+            } catch .timeout {
+                let now = Deadline.now()
+                for w in waiting where w.deadline <= now {
+                    finish(w.id, w.joiner, guestRefused(qmp, w.id)
+                        ? .commandFailed(vm: name, command: "device_del", errorClass: "DEVICE_UNPLUG_GUEST_ERROR",
+                                         message: "the guest refused to release \(w.id)")
+                        : .timeout(vm: name, step: "DEVICE_DELETED for \(w.id) (the guest did not release it)"))
+                }
+                waiting.removeAll { $0.deadline <= now }
+            } catch {
+                failAll(error)
+                return first
+            }
+        }
+    }
+
+    /// Whether the guest reported an error unplugging `id` (DEVICE_UNPLUG_GUEST_ERROR).
+    private func guestRefused(_ qmp: QMPClient, _ id: String) -> Bool {
+        qmp.events.contains { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }
     }
 
     /// vhotplug's devices in the VM, from `qom-list /machine/peripheral`; USB

@@ -325,7 +325,9 @@ public final class QMPClient {
         }
         guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
         while true {
-            guard let message = try await receive(deadline: deadline, step: "waiting for \(name)") else { continue }
+            // A timeout here leaves the connection as it was (no command is outstanding): the
+            // caller may go on waiting for other events on it.
+            guard let message = try await receive(deadline: deadline, step: "waiting for \(name)", closeOnTimeout: false) else { continue }
             if case .event(let n, let data) = message {
                 if n == name && match(data) { return data }
                 events.append((n, data))
@@ -353,8 +355,9 @@ public final class QMPClient {
         }
     }
 
-    /// The next message, or nil for a line to ignore. Garbage closes the connection.
-    private func receive(deadline: Deadline, step: String) async throws(VMError) -> QMPMessage? {
+    /// The next message, or nil for a line to ignore. Garbage closes the connection, and so
+    /// does a timeout unless `closeOnTimeout` is false.
+    private func receive(deadline: Deadline, step: String, closeOnTimeout: Bool = true) async throws(VMError) -> QMPMessage? {
         while true {
             if let nl = buffer.firstIndex(of: 0x0A) {
                 let line = Array(buffer[..<nl])
@@ -388,7 +391,13 @@ public final class QMPClient {
                 throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")
             }
             if errno == EAGAIN || errno == EINTR {
-                do { try await loop.readable(fd, deadline: deadline) } catch { throw fail(error, step) }
+                do {
+                    try await loop.readable(fd, deadline: deadline)
+                } catch LoopError.timeout where !closeOnTimeout {
+                    throw .timeout(vm: vm, step: step)
+                } catch {
+                    throw fail(error, step)
+                }
                 continue
             }
             let e = errno

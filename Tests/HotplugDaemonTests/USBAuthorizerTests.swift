@@ -8,29 +8,6 @@ import Synchronization
 import Testing
 import VFIO
 
-/// Log lines kept for a test to read.
-final class CapturedLog: Sendable {
-    let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-    func logger() -> Logger {
-        Logger(label: "test") { _ in CaptureHandler(sink: self) }
-    }
-}
-
-struct CaptureHandler: LogHandler {
-    let sink: CapturedLog
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        sink.lines.withLock { $0.append("\(level) \(message)") }
-    }
-}
-
 /// The authorizer alone, through the SysfsIO seam with injected failures, on a
 /// folder standing for /sys (plain files: what is written is read back).
 @Suite("USB authorization: the sysfs writes and their failures (the SysfsIO seam)")

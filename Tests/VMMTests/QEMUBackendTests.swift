@@ -117,6 +117,27 @@ struct QEMUBackendTests {
         #expect(error == .commandFailed(vm: "vm1", command: "device_del", errorClass: "DeviceNotFound", message: "Device 'nope' not found"))
     }
 
+    @Test("waiting for an event past its deadline times out and leaves the connection usable")
+    func eventTimeoutKeepsConnection() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let (timedOut, status) = try await OnLoop(host.loop).run { loop in
+            let c = QMPClient(vm: "vm1", path: qemu.qmpPath, loop: loop, logger: logger)
+            try await c.open()
+            var timedOut = false
+            do throws(VMError) {
+                _ = try await c.waitForEvent("DEVICE_DELETED", deadline: .after(0.05)) { _ in true }
+            } catch .timeout {
+                timedOut = true
+            }
+            let status = try await c.execute("query-status")["status"]?.stringValue
+            c.close()
+            return (timedOut, status)
+        }
+        #expect(timedOut)
+        #expect(status == "prelaunch")
+    }
+
     @Test("attach a USB device of the testbed, list it, attach again (no double), detach")
     func usbRoundTrip() async throws {
         let tb = await Testbed.make()
@@ -147,6 +168,75 @@ struct QEMUBackendTests {
         let e = await #expect(throws: VMError.self) { try await backend.attachUSB(missing) }
         #expect(e?.description.contains("failed to find host usb device 1:99") == true)
         #expect(try qemu.attachedIds() == [])
+    }
+
+    /// Runs `detach` of each id as its own task, all started in one turn of the loop (as a
+    /// hub's unplug starts them), and returns each one's error (nil: detached).
+    func detachTogether(_ backend: QEMUBackend, _ loop: EventLoop, _ ids: [String]) async throws -> [VMError?] {
+        try await OnLoop(loop).run { loop in
+            let tasks = ids.map { id in
+                Task(executorPreference: loop) { () async -> VMError? in
+                    do throws(VMError) {
+                        try await backend.detach(Attachment(vm: "vm1", kind: .usb, id: id, hostKey: ""))
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+            }
+            var errors: [VMError?] = []
+            for t in tasks { errors.append(await t.value) }
+            return errors
+        }
+    }
+
+    @Test("devices detached together share one connection: every device_del goes out, their DEVICE_DELETED events are awaited together")
+    func detachBatch() async throws {
+        let qemu = try QEMUInstance()
+        for n in 1...3 {
+            _ = try qemu.observe("device_add", #"{"driver": "usb-mouse", "id": "vhp-usb-1-\#(n)", "bus": "xhci.0"}"#)
+        }
+        #expect(try qemu.attachedIds() == ["vhp-usb-1-1", "vhp-usb-1-2", "vhp-usb-1-3"])
+        let host = try LoopHost()
+        let log = CapturedLog()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: log.logger())
+        // one of them QEMU does not have: already gone, not an error
+        let errors = try await detachTogether(backend, host.loop, ["vhp-usb-1-1", "vhp-usb-1-2", "vhp-usb-9-9", "vhp-usb-1-3"])
+        #expect(errors.allSatisfy { $0 == nil }, "\(errors)")
+        #expect(try qemu.attachedIds() == [])
+        let sent = log.all.filter { $0.contains("qmp vm1 -> ") }
+        #expect(sent.filter { $0.contains("qmp_capabilities") }.count == 1, "one connection: \(sent)")
+        #expect(sent.filter { $0.contains("device_del") }.count == 4)
+        #expect(log.all.filter { $0.contains("DEVICE_DELETED") }.count == 3)
+        // and the next detaches, later, make a batch of their own
+        _ = try qemu.observe("device_add", #"{"driver": "usb-mouse", "id": "vhp-usb-1-4", "bus": "xhci.0"}"#)
+        #expect(try await detachTogether(backend, host.loop, ["vhp-usb-1-4"]) == [nil])
+        #expect(log.all.filter { $0.contains("qmp vm1 -> ") && $0.contains("qmp_capabilities") }.count == 2)
+        #expect(try qemu.attachedIds() == [])
+    }
+
+    @Test("in a batch, a device the guest does not release times out alone; the others are detached")
+    func detachBatchTimeout() async throws {
+        // A PCI device with no guest OS to acknowledge its unplug: no DEVICE_DELETED (FACTS.md).
+        let qemu = try QEMUInstance(extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1",
+                                                "-device", "e1000e,bus=rp1,id=vhp-pci-0000-01-00.0"])
+        _ = try qemu.observe("device_add", #"{"driver": "usb-mouse", "id": "vhp-usb-1-1", "bus": "xhci.0"}"#)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger, unplugTimeout: 0.3)
+        let errors = try await detachTogether(backend, host.loop, ["vhp-pci-0000-01-00.0", "vhp-usb-1-1"])
+        #expect(errors[0] == .timeout(vm: "vm1", step: "DEVICE_DELETED for vhp-pci-0000-01-00.0 (the guest did not release it)"))
+        #expect(errors[1] == nil)
+        #expect(try qemu.attachedIds() == ["vhp-pci-0000-01-00.0"])
+    }
+
+    @Test("a VM that is not running: every detach of the batch says so")
+    func detachBatchNotRunning() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        qemu.stop()
+        let errors = try await detachTogether(backend, host.loop, ["vhp-usb-1-1", "vhp-usb-1-2", "vhp-usb-1-3"])
+        #expect(errors.allSatisfy { $0?.isNotRunning == true }, "\(errors)")
     }
 
     @Test("a VM killed: not running; started again: usable")
