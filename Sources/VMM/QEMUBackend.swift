@@ -299,13 +299,19 @@ public actor QEMUBackend: VMBackend {
     /// `device_del`, then `DEVICE_DELETED` of that id; a device QEMU does not have is
     /// already gone.
     ///
-    /// Devices detached together (a hub or a dock unplugged) share one connection: each
+    /// USB devices detached together (a hub or a dock unplugged) share one connection: each
     /// device_del goes out as soon as it is asked for and the events are awaited together.
     /// QEMU 7.2 sends a USB device's DEVICE_DELETED about 50 ms after device_del's reply
     /// (the device leaves the guest at once; the event waits for QEMU's RCU thread, which
     /// batches in 10 ms sleeps), so one at a time, four devices would hold the socket for
-    /// 200 ms.
+    /// 200 ms. PCI and evdev devices leave one at a time, in the order asked: the members
+    /// of an IOMMU group go back to their drivers when the last of them has left, and the
+    /// daemon relies on that order (their unplug waits for the guest anyway).
     public func detach(_ attachment: Attachment) async throws(VMError) {
+        guard attachment.kind == .usb else {
+            try await session { (qmp) throws(VMError) in try await deleteDevice(qmp, id: attachment.id) }
+            return
+        }
         while batchOpen {
             let outcome = await withCheckedContinuation { joiners.append(Joiner(id: attachment.id, done: $0)) }
             switch outcome {
