@@ -217,16 +217,23 @@ struct QEMUBackendTests {
         #expect(try qemu.attachedIds() == [])
     }
 
-    @Test("in a batch, a device whose DEVICE_DELETED never comes times out alone; the others are detached")
-    func detachBatchTimeout() async throws {
-        // A PCI device with no guest OS to acknowledge its unplug: no DEVICE_DELETED (FACTS.md).
-        // Detached here as a USB one would be, to put it in the batch.
+    /// A QEMU with an e1000e (vhp-pci-0000-01-00.0, which no guest OS will release) and a
+    /// USB mouse (vhp-usb-1-1), and a backend that waits 0.3 s for DEVICE_DELETED.
+    func nicAndMouse() throws -> (QEMUInstance, LoopHost, CapturedLog, QEMUBackend) {
         let qemu = try QEMUInstance(extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1",
                                                 "-device", "e1000e,bus=rp1,id=vhp-pci-0000-01-00.0"])
         _ = try qemu.observe("device_add", #"{"driver": "usb-mouse", "id": "vhp-usb-1-1", "bus": "xhci.0"}"#)
         let host = try LoopHost()
         let log = CapturedLog()
         let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: log.logger(), unplugTimeout: 0.3)
+        return (qemu, host, log, backend)
+    }
+
+    @Test("in a batch, a device whose DEVICE_DELETED never comes times out alone; the others are detached")
+    func detachBatchTimeout() async throws {
+        // A PCI device with no guest OS to acknowledge its unplug: no DEVICE_DELETED (FACTS.md).
+        // Detached here as a USB one would be, to put it in the batch.
+        let (qemu, host, log, backend) = try nicAndMouse()
         let errors = try await detachTogether(backend, host.loop, ["vhp-pci-0000-01-00.0", "vhp-usb-1-1"], kind: .usb)
         #expect(errors[0] == .timeout(vm: "vm1", step: "DEVICE_DELETED for vhp-pci-0000-01-00.0 (the guest did not release it)"))
         #expect(errors[1] == nil)
@@ -236,12 +243,7 @@ struct QEMUBackendTests {
 
     @Test("PCI devices are not batched: each detach has its own connection, in the order asked")
     func pciNotBatched() async throws {
-        let qemu = try QEMUInstance(extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1",
-                                                "-device", "e1000e,bus=rp1,id=vhp-pci-0000-01-00.0"])
-        _ = try qemu.observe("device_add", #"{"driver": "usb-mouse", "id": "vhp-usb-1-1", "bus": "xhci.0"}"#)
-        let host = try LoopHost()
-        let log = CapturedLog()
-        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: log.logger(), unplugTimeout: 0.3)
+        let (qemu, host, log, backend) = try nicAndMouse()
         let errors = try await detachTogether(backend, host.loop, ["vhp-pci-0000-01-00.0", "vhp-usb-1-1"])
         #expect(errors[0] == .timeout(vm: "vm1", step: "DEVICE_DELETED for vhp-pci-0000-01-00.0 (the guest did not release it)"))
         #expect(errors[1] == nil)
