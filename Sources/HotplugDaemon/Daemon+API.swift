@@ -140,7 +140,9 @@ extension Daemon: ControlService {
         for key in keys + followers(of: keys) {
             while let t = devices[key], t.busy {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    api.idleWaiters[key, default: []].append(c)
+                    // The closure may run as a job of its own (see AsyncLock.acquire), after the
+                    // task has ended: then there is nothing to wait for.
+                    if t.busy { api.idleWaiters[key, default: []].append(c) } else { c.resume() }
                 }
             }
         }

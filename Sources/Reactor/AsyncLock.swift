@@ -7,12 +7,29 @@ public final class AsyncLock {
     public init() {}
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    public func acquire() async {
+    /// Takes the lock, after those who asked before.
+    ///
+    /// The continuation's closure looks at `held` again: it can run as a job of its own, after
+    /// the holder has released the lock with nobody queued, and a waiter queued then would
+    /// wait forever (seen in the lab: the VFIO binder's restores of one IOMMU group, asked for
+    /// by two devices at once; the second never ran). Everything runs on the loop's thread,
+    /// so the look and the queueing are one step.
+    public func acquire(isolation: isolated (any Actor)? = #isolation) async {
         if !held {
             held = true
             return
         }
-        await withCheckedContinuation { waiters.append($0) }
+        await withCheckedContinuation(isolation: isolation) { queue($0) }
+    }
+
+    /// Queues a waiter, or gives it the lock at once when it was released meanwhile.
+    func queue(_ waiter: CheckedContinuation<Void, Never>) {
+        if held {
+            waiters.append(waiter)
+        } else {
+            held = true
+            waiter.resume()
+        }
     }
 
     public func release() {

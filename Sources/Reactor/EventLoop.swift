@@ -211,7 +211,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// disarmed fd reports nothing; `forget` (before `close`) drops it, and closing an fd
     /// takes it out of the set. A wait that ends without its event (timeout, cancel) leaves
     /// an armed registration: that one is deleted.
-    private func updateRegistration(_ fd: Int32) {
+    /// 0, or the errno of an `epoll_ctl` that failed (a closed fd: EBADF).
+    @discardableResult
+    private func updateRegistration(_ fd: Int32) -> Int32 {
         let persistent = handlers[fd] != nil
         var want: UInt32 = 0
         if readWaiters[fd] != nil || persistent { want |= EPOLLIN.rawValue }
@@ -220,18 +222,21 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         let have = registered[fd]
         if want == 0 {
             if let have, have != 0 { control(EPOLL_CTL_DEL, fd, 0) }
-            if have == 0 { return } // disarmed: stays in the set, silent
+            if have == 0 { return 0 } // disarmed: stays in the set, silent
             registered[fd] = nil
-            return
+            return 0
         }
-        guard want != have else { return }
+        guard want != have else { return 0 }
         if control(have == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, want) {
             registered[fd] = want
-        } else if errno == ENOENT || errno == EEXIST {
-            // What the map said is stale: the fd was closed without `forget` (and its number
-            // reused), or `forget` dropped a disarmed fd that was not closed after all.
-            if control(errno == ENOENT ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, want) { registered[fd] = want }
+            return 0
         }
+        guard errno == ENOENT || errno == EEXIST else { return errno }
+        // What the map said is stale: the fd was closed without `forget` (and its number
+        // reused), or `forget` dropped a disarmed fd that was not closed after all.
+        guard control(errno == ENOENT ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, want) else { return errno }
+        registered[fd] = want
+        return 0
     }
 
     @discardableResult
@@ -258,6 +263,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         precondition(inLoop, "EventLoop waits must be registered on the loop's thread")
         if stopped.load(ordering: .acquiring) { throw LoopError.cancelled }
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            // This closure may run as a job of its own (see AsyncLock.acquire): the loop may
+            // have stopped, or the fd been closed, meanwhile.
+            if stopped.load(ordering: .acquiring) {
+                c.resume(throwing: LoopError.cancelled)
+                return
+            }
             var timer: TimerToken?
             if let deadline {
                 timer = schedule(at: deadline) { [unowned self] in
@@ -272,7 +283,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 if let t = previous.timer { cancel(t) }
                 previous.continuation.resume(throwing: LoopError.cancelled)
             }
-            updateRegistration(fd)
+            let error = updateRegistration(fd)
+            if error != 0 {
+                // Not a descriptor epoll can watch (closed): the wait fails now instead of never ending.
+                _ = write ? writeWaiters.removeValue(forKey: fd) : readWaiters.removeValue(forKey: fd)
+                if let timer { cancel(timer) }
+                c.resume(throwing: LoopError.system("epoll_ctl", error))
+            }
         }
     }
 

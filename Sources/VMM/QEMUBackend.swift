@@ -313,7 +313,11 @@ public actor QEMUBackend: VMBackend {
             return
         }
         while batchOpen {
-            let outcome = await withCheckedContinuation { joiners.append(Joiner(id: attachment.id, done: $0)) }
+            let outcome = await withCheckedContinuation { (c: CheckedContinuation<JoinOutcome, Never>) in
+                // The closure may run as a job of its own (see AsyncLock.acquire), after the
+                // batch has closed: then this detach asks again.
+                if batchOpen { joiners.append(Joiner(id: attachment.id, done: c)) } else { c.resume(returning: .again) }
+            }
             switch outcome {
             case .done(let error?): throw error
             case .done(nil): return

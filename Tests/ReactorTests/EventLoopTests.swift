@@ -167,6 +167,14 @@ struct EventLoopTests {
         await a.forget(sv[0])
     }
 
+    @Test("a wait on a descriptor that is not open fails at once, naming epoll_ctl, and leaves no timer behind")
+    func badDescriptor() async throws {
+        let host = try LoopHost()
+        let a = LoopProbe(host.loop)
+        await #expect(throws: LoopError.system("epoll_ctl", EBADF)) { try await a.readable(100_000, within: 5) }
+        #expect(await a.pendingTimers() == 0)
+    }
+
     @Test("a wait times out at its deadline, and leaves no timer behind")
     func timeout() async throws {
         let host = try LoopHost()

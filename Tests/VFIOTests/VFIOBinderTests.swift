@@ -80,6 +80,22 @@ struct VFIOBinderTests {
         try await expectRolledBack(lab, ["0000:00:14.0": "xhci_hcd", "0000:00:14.2": nil, "0000:00:14.3": "iwlwifi"], group: 8)
     }
 
+    @Test("two restores of one group at once (two members' records, as two devices of it leaving together): both end, and the group is back on its drivers")
+    func twoRestoresAtOnce() async throws {
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev")
+        defer { lab.stop() }
+        let first = try await lab.binder.bind(try lab.device(audio))
+        // The GPU's own bind, its group already on vfio-pci: a record that moves nothing.
+        let second = try await lab.binder.bind(try lab.device(gpu))
+        #expect(second.members.allSatisfy { $0.wasOnVFIO })
+        let binder = lab.binder
+        async let a: Void = binder.restore(second)
+        async let b: Void = binder.restore(first)
+        try await a
+        try await b
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == "snd_hda_intel")
+    }
+
     @Test("a device already on vfio-pci is left as it is, and restore leaves it there")
     func alreadyOnVFIO() async throws {
         let lab = try await Lab(records: [endpointRecord(address: nic, group: 12, driver: "vfio-pci")], natural: [nic: "e1000e"])
