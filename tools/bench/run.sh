@@ -11,7 +11,7 @@ bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
 "$bin/vhotplug-bench"
 
 work=$(mktemp -d /dev/shm/vhotplug-bench.XXXXXX 2>/dev/null || mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'pkill -KILL -f -- "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 python3 tools/bench/gen-testbed.py -n 200 -o "$work/all.umockdev" --split "$work/parts" >/dev/null
 args=()
 for f in "$work"/parts/*.umockdev; do args+=(-d "$f"); done
@@ -59,11 +59,24 @@ for args in "--phases latency,idle,coldplug,floor" "--phases latency --memory-cy
             "--phases latency,floor $direct" "--phases latency $direct --vhotplug $bin/vhotplug-cpu-floor" \
             "--phases latency $direct --cycles 30 --callgrind $work/callgrind" \
             "--phases latency $direct --cycles 30 --callgrind $work/callgrind-floor --vhotplug $bin/vhotplug-cpu-floor"; do
-    # shellcheck disable=SC2086
-    if [ -n "${BENCH_NOTES:-}" ]; then
-        TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args
-    else
-        TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args 2>"$work/hotplug-bench.notes" \
-            || { cat "$work/hotplug-bench.notes" >&2; exit 1; }
-    fi
+    # umockdev's preload in the benchmark's own process can abort it ("fd_map_remove(): did not
+    # find fd N": its descriptor maps are not guarded across threads, and the benchmark's
+    # threads and umockdev's ioctl threads close descriptors at once). Seen 2 times in 3 runs
+    # in session 7, never in session 6. Such a part is run once more, and said; any other
+    # failure, or the same abort twice, stops the run.
+    for try in 1 2; do
+        rc=0
+        # shellcheck disable=SC2086
+        TMPDIR="$work" umockdev-wrapper "$bin/vhotplug-hotplug-bench" $args 2>"$work/hotplug-bench.notes" || rc=$?
+        [ -n "${BENCH_NOTES:-}" ] && cat "$work/hotplug-bench.notes" >&2
+        [ "$rc" = 0 ] && break
+        if [ "$try" = 1 ] && [ "$rc" = 134 ] && grep -q 'fd_map_remove(): did not find fd' "$work/hotplug-bench.notes"; then
+            echo "run.sh: umockdev's preload aborted the benchmark process (fd_map_remove); running '$args' once more" >&2
+            # What the aborted process started and could not stop (daemonized QEMUs, daemons).
+            pkill -KILL -f -- "$work/" || true
+            continue
+        fi
+        [ -z "${BENCH_NOTES:-}" ] && cat "$work/hotplug-bench.notes" >&2
+        exit 1
+    done
 done
