@@ -122,7 +122,7 @@ public final class DeviceReader {
         try readUSB(sysPath: sysPath, libusb: libusb(), checked: nil)
     }
 
-    /// `checked`: the device's folder as `configuration(of:)` left it open, with the
+    /// `checked`: the device's folder as `configuration(_:)` left it open, with the
     /// configuration value it read (not read again).
     private func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?,
                          checked: (reader: AttributeReader, configuration: String)?) throws(DeviceReadError) -> USBDevice {
@@ -198,7 +198,7 @@ public final class DeviceReader {
     /// True when a USB device's active configuration is set and every one of its
     /// interfaces has its folder: right after the `add` event it may not be yet.
     public func usbConfigured(sysPath: String) -> Bool {
-        configuration(of: sysPath, AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)) != nil
+        configuration(AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)) != nil
     }
 
     /// Reads a USB device once `usbConfigured` holds, through the folder that check opened
@@ -206,18 +206,19 @@ public final class DeviceReader {
     /// nil while the configuration or an interface is not there yet.
     public func readUSBIfConfigured(sysPath: String) -> Result<HostDevice, DeviceReadError>? {
         let a = AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)
-        guard let config = configuration(of: sysPath, a) else { return nil }
+        guard let config = configuration(a) else { return nil }
         return Result { () throws(DeviceReadError) in
             .usb(try readUSB(sysPath: sysPath, libusb: libusb?.snapshot(), checked: (a, config)))
         }
     }
 
-    /// The active configuration's value when it is set and every interface has its folder.
-    private func configuration(of sysPath: String, _ a: AttributeReader) -> String? {
+    /// The active configuration's value of the device `a` reads, when it is set and every
+    /// interface has its folder.
+    private func configuration(_ a: AttributeReader) -> String? {
         guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
               let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
         else { return nil }
-        let sysName = lastComponent(sysPath)
+        let sysName = lastComponent(a.device)
         let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
         // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;
         // a device numbering them otherwise is counted in the folder instead.

@@ -211,7 +211,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// disarmed fd reports nothing; `forget` (before `close`) drops it, and closing an fd
     /// takes it out of the set. A wait that ends without its event (timeout, cancel) leaves
     /// an armed registration: that one is deleted.
-    /// 0, or the errno of an `epoll_ctl` that failed (a closed fd: EBADF).
+    ///
+    /// Returns 0, or the errno of an `epoll_ctl` that failed (a closed fd: EBADF).
     @discardableResult
     private func updateRegistration(_ fd: Int32) -> Int32 {
         let persistent = handlers[fd] != nil
@@ -221,8 +222,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         if want != 0 && !persistent { want |= EPOLLONESHOT.rawValue }
         let have = registered[fd]
         if want == 0 {
-            if let have, have != 0 { control(EPOLL_CTL_DEL, fd, 0) }
-            if have == 0 { return 0 } // disarmed: stays in the set, silent
+            // Not in the set, or disarmed (it stays there, silent): nothing to do.
+            guard let have, have != 0 else { return 0 }
+            control(EPOLL_CTL_DEL, fd, 0)
             registered[fd] = nil
             return 0
         }

@@ -44,10 +44,10 @@ def tearDownModule():
             print("  %-48s %6.2f s" % (what, s), file=sys.stderr)
 
 
-GUEST_HANGS = []  # tests run a second time after the guest (or an inner VM's QEMU) stopped answering
+LAB_HANGS = []  # tests run a second time after the guest (or an inner VM's QEMU) stopped answering
 
 
-def guest_hung(exc):
+def lab_hung(exc):
     """Why a test's error is the lab's machinery hanging, not vhotplug, or None.
 
     Two hangs of TCG-in-TCG vfio (FACTS.md) are recognised: the guest agent going
@@ -84,7 +84,7 @@ class HeldResult:
     def hung(self):
         for name, args, _ in self.calls:
             if name in ("addError", "addFailure"):
-                why = guest_hung(args[1][1])
+                why = lab_hung(args[1][1])
                 if why:
                     return why
         return None
@@ -106,7 +106,7 @@ class LabCase(unittest.TestCase):
         lab runs of four sessions). The agent then answers nothing, and every later test of
         the class would fail on the same dead guest. Once (session 6, during a vfio-pci
         detach) the inner VM's QEMU stopped answering QMP instead, the guest alive: its
-        observer monitor, which vhotplug never uses, went silent too (`guest_hung`).
+        observer monitor, which vhotplug never uses, went silent too (`lab_hung`).
         Only those cases are run again, after a reboot, and said on stderr and in the
         closing line; the second run counts as it is, so a test that hangs the lab every
         time still fails."""
@@ -118,7 +118,7 @@ class LabCase(unittest.TestCase):
         if not why:
             held.replay()
             return result
-        GUEST_HANGS.append("%s (%s)" % (self.id(), why))
+        LAB_HANGS.append("%s (%s)" % (self.id(), why))
         print("\nlab: during %s %s; rebooting the lab and running the test once more" % (self.id(), why),
               file=sys.stderr, flush=True)
         cls = type(self)
@@ -1906,7 +1906,7 @@ if __name__ == "__main__":
     prog = unittest.main(verbosity=2, exit=False)
     r = prog.result
     failed = len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses)
-    if GUEST_HANGS:
-        print("lab: run again after a hang of the lab: %s" % ", ".join(GUEST_HANGS), flush=True)
+    if LAB_HANGS:
+        print("lab: run again after a hang of the lab: %s" % ", ".join(LAB_HANGS), flush=True)
     print("lab: %d passed, %d failed" % (r.testsRun - failed - len(r.skipped), failed), flush=True)
     sys.exit(0 if r.wasSuccessful() and r.testsRun > 0 else 1)
