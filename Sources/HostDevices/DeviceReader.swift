@@ -62,37 +62,51 @@ public final class DeviceReader {
     public func enumerate(_ kinds: DeviceKinds = .all) -> (devices: [HostDevice], failures: [DeviceReadError]) {
         var devices: [HostDevice] = []
         var failures: [DeviceReadError] = []
-        func collect(_ r: Result<HostDevice, DeviceReadError>) {
+        let snapshot = kinds.contains(.usb) ? libusb?.snapshot() : nil
+        for (subsystem, link) in links(kinds) {
+            let r = Result { () throws(DeviceReadError) -> HostDevice in
+                let path = try devicePath(link)
+                switch subsystem {
+                case "usb": return .usb(try readUSB(sysPath: path, libusb: snapshot))
+                case "pci": return .pci(try readPCI(sysPath: path))
+                default: return .input(try readInput(sysPath: path))
+                }
+            }
             switch r {
             case .success(let d): devices.append(d)
             case .failure(let e): failures.append(e)
             }
         }
+        return (devices, failures)
+    }
+
+    /// The sysfs paths (below the sysfs root) of the connected devices of the given kinds,
+    /// in `enumerate`'s order, without reading them; one that vanishes meanwhile is left out.
+    public func connected(_ kinds: DeviceKinds = .all) -> [(subsystem: String, sysPath: String)] {
+        links(kinds).compactMap { (subsystem, link) in (try? devicePath(link)).map { (subsystem, $0) } }
+    }
+
+    /// The bus and class links of the devices of the given kinds, sorted by kind then name.
+    private func links(_ kinds: DeviceKinds) -> [(subsystem: String, link: String)] {
+        var out: [(String, String)] = []
         if kinds.contains(.usb) {
-            let snapshot = libusb?.snapshot()
             let names = Sysfs.list(sysfs.path("/bus/usb/devices")).filter { !$0.contains(":") }
-            for name in names.sorted(by: Self.naturalOrder) {
-                collect(Result { () throws(DeviceReadError) in
-                    .usb(try readUSB(sysPath: try devicePath("/bus/usb/devices/" + name), libusb: snapshot))
-                })
-            }
+            out += names.sorted(by: Self.naturalOrder).map { ("usb", "/bus/usb/devices/" + $0) }
         }
         if kinds.contains(.pci) {
-            for name in Sysfs.list(sysfs.path("/bus/pci/devices")).sorted() {
-                collect(Result { () throws(DeviceReadError) in
-                    .pci(try readPCI(sysPath: try devicePath("/bus/pci/devices/" + name)))
-                })
-            }
+            out += Sysfs.list(sysfs.path("/bus/pci/devices")).sorted().map { ("pci", "/bus/pci/devices/" + $0) }
         }
         if kinds.contains(.input) {
             let events = Sysfs.list(sysfs.path("/class/input")).filter { $0.hasPrefix("event") }
-            for name in events.sorted(by: Self.naturalOrder) {
-                collect(Result { () throws(DeviceReadError) in
-                    .input(try readInput(sysPath: try devicePath("/class/input/" + name)))
-                })
-            }
+            out += events.sorted(by: Self.naturalOrder).map { ("input", "/class/input/" + $0) }
         }
-        return (devices, failures)
+        return out
+    }
+
+    /// The address (`devnum`) a USB device has now: one replugged at the same port has a
+    /// new one. nil when it cannot be read (the device is gone).
+    public func usbAddress(sysPath: String) -> Int? {
+        try? AttributeReader(dir: sysfs.path(sysPath), device: sysPath).int("devnum", max: 255)
     }
 
     /// Reads one device by its sysfs path (below the sysfs root, e.g. from a uevent's DEVPATH).

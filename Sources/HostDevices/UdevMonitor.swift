@@ -57,6 +57,16 @@ public final class UdevMonitor: @unchecked Sendable {
     /// The errno of the last failed attempt to attach the socket filter (0: attached).
     /// Without it the same messages are dropped after the peek instead.
     public private(set) var filterError: Int32 = 0
+    /// The socket's receive buffer as asked for, in bytes (the kernel doubles it).
+    public let receiveBuffer: Int
+    /// How many times the kernel said that messages were lost (`ENOBUFS`: the receive
+    /// buffer was full when a uevent came; the kernel drops it and says so once).
+    public private(set) var overflows = 0
+    /// Messages were lost since the last `takeOverflow`.
+    private var lost = false
+
+    /// 8 MiB: room for event storms (a dock with many devices, 1000 plug events).
+    public static let defaultReceiveBuffer = 8 << 20
 
     /// True when udevd runs on this host: its control socket accepts a connection.
     public static func udevdRunning(runDir: String = "/run/udev") -> Bool {
@@ -80,7 +90,7 @@ public final class UdevMonitor: @unchecked Sendable {
     /// Opens the monitor for the given subsystems. `source` nil chooses by whether udevd runs.
     /// `inKernelFilter` false keeps libudev's own filter (tests of the userspace peek alone).
     public init(subsystems: [String] = ["usb", "pci", "input", "vfio"], source requested: String? = nil,
-                inKernelFilter: Bool = true) throws(DeviceReadError) {
+                inKernelFilter: Bool = true, receiveBuffer: Int = UdevMonitor.defaultReceiveBuffer) throws(DeviceReadError) {
         guard let u = udev_new() else {
             throw DeviceReadError(device: "udev", attribute: "udev_new", reason: "libudev could not start")
         }
@@ -90,8 +100,7 @@ public final class UdevMonitor: @unchecked Sendable {
             throw DeviceReadError(device: "udev", attribute: "monitor", reason: "cannot open the \(chosen) netlink monitor")
         }
         for s in subsystems { udev_monitor_filter_add_match_subsystem_devtype(m, s, nil) }
-        // Room for event storms (a dock with many devices, 1000 plug events).
-        _ = udev_monitor_set_receive_buffer_size(m, 8 << 20)
+        _ = udev_monitor_set_receive_buffer_size(m, Int32(clamping: receiveBuffer))
         guard udev_monitor_enable_receiving(m) >= 0 else {
             udev_monitor_unref(m)
             udev_unref(u)
@@ -100,6 +109,7 @@ public final class UdevMonitor: @unchecked Sendable {
         udev = u
         monitor = m
         source = chosen
+        self.receiveBuffer = receiveBuffer
         wanted = subsystems.map { Array($0.utf8) }
         fd = udev_monitor_get_fd(m)
         let flags = fcntl(fd, F_GETFL)
@@ -136,7 +146,11 @@ public final class UdevMonitor: @unchecked Sendable {
 
     /// The next event already received, or nil when none is waiting.
     public func receive() -> DeviceEvent? {
-        guard dropUnwanted(), let dev = udev_monitor_receive_device(monitor) else { return nil }
+        guard dropUnwanted() else { return nil }
+        guard let dev = udev_monitor_receive_device(monitor) else {
+            if errno == ENOBUFS { noteOverflow() }
+            return nil
+        }
         defer { udev_device_unref(dev) }
         func text(_ p: UnsafePointer<CChar>?) -> String? { p.map { String(cString: $0) } }
         return DeviceEvent(
@@ -165,12 +179,42 @@ public final class UdevMonitor: @unchecked Sendable {
                 let n = recv(fd, buf.baseAddress, buf.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
                 // Nothing waiting (libudev's own read would say the same); an error: libudev reads and reports.
                 if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return false }
+                // The kernel reports a full buffer once, on the next read, before the messages
+                // still queued (which came before the lost ones).
+                if n < 0 && errno == ENOBUFS {
+                    noteOverflow()
+                    continue
+                }
                 guard n > 0 else { return true }
                 let fields = Self.fields(in: UnsafeBufferPointer(rebasing: buf[..<n]))
                 guard wants(fields) == false else { return true }
                 _ = recv(fd, nil, 0, Int32(MSG_DONTWAIT))
                 dropped += 1
             }
+        }
+    }
+
+    private func noteOverflow() {
+        overflows += 1
+        lost = true
+    }
+
+    /// True once after messages were lost, when the messages queued before the loss
+    /// have all been received (nothing is waiting): what sysfs says from then on is newer
+    /// than any event read so far, and a rescan of it finds what the lost ones said.
+    public func takeOverflow() -> Bool {
+        guard lost else { return false }
+        var byte: UInt8 = 0
+        while true {
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+            if n < 0 && errno == ENOBUFS {
+                overflows += 1 // lost again meanwhile: look at what is queued behind the report
+                continue
+            }
+            // A message waits (or another error, which the next receive reports): after it.
+            guard n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) else { return false }
+            lost = false
+            return true
         }
     }
 

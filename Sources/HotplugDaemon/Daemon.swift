@@ -151,7 +151,16 @@ public actor Daemon {
             logger.warning("VHOTPLUG_EVENT_SOURCE=\(quoted(f)) ignored: expected udev or kernel")
             forced = nil
         }
-        let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced)
+        // VHOTPLUG_UEVENT_BUFFER=BYTES: the event socket's receive buffer (8 MiB by default).
+        var buffer = UdevMonitor.defaultReceiveBuffer
+        if let text = getenv("VHOTPLUG_UEVENT_BUFFER").map({ String(cString: $0) }) {
+            if let n = Int(text), n >= 4096, n <= 1 << 30 {
+                buffer = n
+            } else {
+                logger.warning("VHOTPLUG_UEVENT_BUFFER=\(quoted(text)) ignored: expected a number of bytes from 4096 to 1073741824")
+            }
+        }
+        let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if let forced {
             logger.info("listening to \(forced) events (VHOTPLUG_EVENT_SOURCE)")
@@ -166,9 +175,12 @@ public actor Daemon {
             // One event per wake-up, handled at once on the loop's thread (this actor's
             // executor): the work it starts (a VM's reply) runs before the next event
             // is read, and epoll (level-triggered) comes back for the rest.
-            guard let e = monitor.receive() else { return }
-            let time = Deadline.now()
-            self.assumeIsolated { $0.handle(e, at: time) }
+            if let e = monitor.receive() {
+                let time = Deadline.now()
+                self.assumeIsolated { $0.handle(e, at: time) }
+            }
+            // Events were lost, and the ones queued before the loss are all handled.
+            if monitor.takeOverflow() { self.assumeIsolated { $0.eventsLost() } }
         }
         watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
@@ -542,6 +554,46 @@ public actor Daemon {
         reconcile(sysPath)
     }
 
+    /// The event socket overflowed (a storm of events while the daemon was busy or
+    /// stopped): the kernel dropped some. What they said is found in sysfs.
+    func eventsLost() {
+        let size = (monitor?.receiveBuffer ?? 0) >> 10
+        logger.warning("device events were lost (the event socket's \(size) KiB receive buffer was full; VHOTPLUG_UEVENT_BUFFER sets it): reading the connected devices again")
+        rescan()
+    }
+
+    /// Follows what events did not say: a connected device not followed is taken as just
+    /// plugged, a followed one no longer in sysfs as unplugged, and a USB device with
+    /// another address at a followed port as unplugged and plugged again. Devices followed
+    /// and still there are not read again. (After lost events, and on SIGHUP.)
+    func rescan() {
+        let now = Deadline.now()
+        var seen = Set<String>()
+        // Every kind is listed: input devices followed while evdev passthrough was on are still there.
+        for (subsystem, sysPath) in reader.connected(.all) {
+            seen.insert(sysPath)
+            if pendingUSB[sysPath] != nil {
+                checkPending(sysPath)
+                continue
+            }
+            if let t = devices[sysPath], t.present {
+                guard case .usb(let d) = t.device, let address = reader.usbAddress(sysPath: sysPath), address != d.devnum else { continue }
+                logger.info("\(t.logName): now at address \(address) (was \(d.devnum)): replugged")
+                deviceRemoved(sysPath)
+            }
+            switch subsystem {
+            case "usb": deviceAdded(sysPath, at: now)
+            case "pci": admit(sysPath, subsystem: "pci", since: now)
+            default:
+                if matcher.decidesInputDevices, !reader.inputHasUSBAncestor(sysPath: sysPath) {
+                    admit(sysPath, subsystem: "input", since: now)
+                }
+            }
+        }
+        let gone = Set(pendingUSB.keys).union(devices.filter { $0.value.present }.keys).subtracting(seen)
+        for sysPath in gone.sorted() { deviceRemoved(sysPath) }
+    }
+
     func decide(_ device: HostDevice) -> Decision {
         switch device {
         case .usb(let d): matcher.decide(d)
@@ -589,7 +641,9 @@ public actor Daemon {
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
         while !stopping {
-            if let a = t.attachment, a.vm != t.target || !t.present {
+            // An attachment of the device that was at this port before it (its remove and add
+            // handled before this task ran, or found by a rescan) leaves first.
+            if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) {
                 guard let backend = backends[a.vm] else { t.attachment = nil; continue }
                 do {
                     try await backend.detach(a)
@@ -768,6 +822,8 @@ public actor Daemon {
                 devices[key] = t
             }
         }
+        // A reload also follows what events did not say (the daemon was stopped, events were lost).
+        rescan()
         for (key, t) in devices where t.present {
             let decision = decide(t.device)
             if decision != t.decision {
@@ -781,6 +837,15 @@ public actor Daemon {
         }
         reloadAuthorization(wasActive: authorizationWasActive)
         for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
+    }
+}
+
+extension Attachment {
+    /// False when it is of an earlier device at the same place: a USB device that has
+    /// another address now (replugged). True when it cannot be told (crosvm's list).
+    func stands(for device: HostDevice) -> Bool {
+        guard case .usb(let d) = device, let bus = usbBus, let address = usbAddress else { return true }
+        return bus == d.bus && address == d.devnum
     }
 }
 

@@ -55,7 +55,8 @@ public final class PathWatcher {
     private let handler: (String, Bool) -> Void
 
     /// `handler(path, created)` runs on the loop's thread for each target path
-    /// that is created (true) or deleted (false).
+    /// that is created (true) or deleted (false); after the kernel dropped events
+    /// (its queue overflowed), for every target, with whether it exists now.
     public init(loop: EventLoop, handler: @escaping (String, Bool) -> Void) throws(LoopError) {
         fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw .system("inotify_init1", errno) }
@@ -104,6 +105,7 @@ public final class PathWatcher {
             if n <= 0 { return }
             var offset = 0
             var rearm = false
+            var overflowed = false
             var appeared: [String] = []
             while offset + MemoryLayout<inotify_event>.size <= n {
                 let (wd, mask, len) = buf.withUnsafeBytes { raw -> (Int32, UInt32, Int) in
@@ -114,6 +116,11 @@ public final class PathWatcher {
                 let nameBytes = buf[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 }
                 let name = String(decoding: nameBytes, as: UTF8.self)
                 offset = nameStart + len
+                if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                    // The kernel's queue was full and events were dropped: each target as it is now.
+                    overflowed = true
+                    continue
+                }
                 if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
                     // A watched folder went away by itself (a watch this object removed
                     // is already forgotten: its IN_IGNORED is not a reason to re-arm).
@@ -139,6 +146,9 @@ public final class PathWatcher {
                 for t in targets where appeared.contains(where: { t.hasPrefix($0) }) && access(t, F_OK) == 0 {
                     handler(t, true)
                 }
+            }
+            if overflowed {
+                for t in targets.sorted() { handler(t, access(t, F_OK) == 0) }
             }
         }
     }

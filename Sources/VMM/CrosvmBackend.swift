@@ -100,7 +100,8 @@ public actor CrosvmBackend: VMBackend {
             knownPorts.insert(port)
             logger.debug("VM \(name): crosvm attached \(what) at port \(port)")
             return Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
-                              usbVendor: device.vendorId, usbProduct: device.productId)
+                              usbVendor: device.vendorId, usbProduct: device.productId,
+                              usbBus: device.bus, usbAddress: device.devnum)
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
             // Short enough for VMError's description (which cuts messages at 200 characters).

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -99,5 +100,43 @@ struct UdevMonitorTests {
         #expect(poll(&p, 1, 5000) == 1)
         #expect(monitor.receive()?.subsystem == "input")
         #expect(monitor.dropped == (inKernel ? 1 : 5))
+    }
+
+    /// The host's own kernel, not umockdev (which has no socket buffer to overflow): `change`
+    /// uevents of one of this machine's PCI devices, written to its `uevent` file (root).
+    @Test("a full socket: the kernel's report of lost uevents is noted, and said once the messages queued before it are read")
+    func overflow() throws {
+        let devices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices")) ?? []
+        let device = try #require(devices.sorted().first, "this test writes `change` to a PCI device's uevent file of the host: it needs a PCI device in /sys/bus/pci/devices")
+        try #require(getuid() == 0, "this test writes to /sys/bus/pci/devices/\(device)/uevent: run it as root")
+        let monitor = try UdevMonitor(subsystems: ["pci"], source: "kernel", receiveBuffer: 4096)
+        #expect(!monitor.takeOverflow())
+        let sent = 50
+        for _ in 0..<sent {
+            let fd = open("/sys/bus/pci/devices/\(device)/uevent", O_WRONLY)
+            try #require(fd >= 0, "cannot open the uevent file: \(String(cString: strerror(errno)))")
+            #expect(write(fd, "change", 6) == 6)
+            close(fd)
+        }
+        var received = 0
+        var saidAfter: Int?
+        while true {
+            let e = monitor.receive()
+            if let e {
+                #expect(e.action == "change" && e.subsystem == "pci" && e.sysName == device)
+                received += 1
+            }
+            if monitor.takeOverflow() {
+                saidAfter = received
+                break
+            }
+            if e == nil { break }
+        }
+        // 8 KiB (the kernel doubles the size asked for) hold a few of the 50.
+        #expect(received > 0 && received < sent)
+        #expect(monitor.overflows == 1)
+        #expect(saidAfter == received)
+        #expect(monitor.receive() == nil)
+        #expect(!monitor.takeOverflow())
     }
 }

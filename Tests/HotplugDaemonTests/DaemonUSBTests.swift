@@ -236,6 +236,42 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("SIGHUP follows what the daemon's events missed: a replug at a port, a new device, an unplug")
+    func reloadFindsMissedEvents() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+
+        // The daemon's uevent sockets (its monitor's and its libusb's) hear nothing; QEMU's do.
+        var held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        #expect(held.count == 2)
+        rig.unplugReceiver()
+        try rig.replugReceiver(1)             // port 2 again, a new address (5)
+        try rig.replugReceiver(2, port: 3)    // a second receiver
+        rig.tb.releaseListeners(held)
+        var mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": now at address 5 (was 4): replugged", from: mark)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm1 as vhp-usb-1-3", from: mark)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2", "vhp-usb-1-3"])
+        let addr = try rig.qemu.observe("qom-get", #"{"path": "/machine/peripheral/vhp-usb-1-2", "property": "hostaddr"}"#)
+        #expect(addr["return"] as? Int == 5)
+
+        held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        rig.tb.unplug("/sys/devices/pci0000:00/0000:00:14.0/usb1/1-3")
+        rig.tb.releaseListeners(held)
+        mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": unplugged", from: mark)
+        try d.waitFor("detached from vm1 (vhp-usb-1-3)", from: mark)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        // Nothing else moved: the device that stayed was neither read again nor re-attached.
+        #expect(!d.log[mark...].contains { $0.contains("usb 1-2 ") })
+    }
+
     @Test("a device unplugged while its attach is in flight ends detached, nothing left behind")
     func unplugDuringAttach() async throws {
         let rig = try await Rig()

@@ -104,6 +104,33 @@ public final class Testbed: @unchecked Sendable {
         }
     }
 
+    /// Moves umockdev's listener sockets (`event<fd>` in the testbed root, one per uevent
+    /// socket of a process under its preload) aside, so that uevents sent meanwhile reach
+    /// none of them: of every process, or only those `pid` holds. `releaseListeners` puts
+    /// them back.
+    public func holdListeners(of pid: pid_t? = nil) -> [String] {
+        var names = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("event") }
+        if let pid {
+            // /proc/net/unix: the inode of the socket bound to each path; the process's fds name theirs.
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            let held = Set(fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/" + $0) })
+            // Read to its end: String(contentsOfFile:) stops after the first 4 KiB of a /proc file.
+            let table = FileHandle(forReadingAtPath: "/proc/net/unix").map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
+            var inodes: [String: String] = [:]
+            for line in table.split(separator: "\n").dropFirst() {
+                let f = line.split(separator: " ", omittingEmptySubsequences: true)
+                if f.count >= 8, f[7].hasPrefix(root + "/event") { inodes[String(f[7].dropFirst(root.count + 1))] = String(f[6]) }
+            }
+            names = names.filter { inodes[$0].map { held.contains("socket:[\($0)]") } ?? false }
+        }
+        for n in names { rename(root + "/" + n, root + "/held-" + n) }
+        return names
+    }
+
+    public func releaseListeners(_ names: [String]) {
+        for n in names { rename(root + "/held-" + n, root + "/" + n) }
+    }
+
     /// Sends a uevent (`add`, `change`, `remove`, `bind`, ...).
     public func uevent(_ devpath: String, _ action: String) {
         umockdev_testbed_uevent(tb, devpath, action)

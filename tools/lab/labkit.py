@@ -1338,12 +1338,13 @@ class Lab:
 
     # -- vhotplug ----------------------------------------------------------------
 
-    def start_vhotplug(self, args=("-a",), config=None, binary=None, ready=None, timeout=30):
+    def start_vhotplug(self, args=("-a",), config=None, binary=None, ready=None, timeout=30, env=None):
         """Start vhotplug in the guest (log in /run/vhotplug-lab/vhotplug.log).
 
         config: a path visible in the guest, or a dict/str written to the guest's
         /run/vhotplug-lab/vhotplug.conf. `-c CONFIG` is added unless args has -c.
-        ready: optional predicate(lab) to wait for (e.g. a log line)."""
+        ready: optional predicate(lab) to wait for (e.g. a log line).
+        env: extra environment variables for the daemon."""
         binary = binary or find_vhotplug()
         if self.vhotplug:
             raise LabError("vhotplug already running in the guest (pid %s)" % self.vhotplug)
@@ -1359,7 +1360,7 @@ class Lab:
                 path = GUEST_RUN + "/vhotplug.conf"
                 self.write_file(path, config)
             args = ["-c", path] + args
-        env = {"LD_LIBRARY_PATH": SWIFT_RUNTIME}
+        env = dict(env or {}, LD_LIBRARY_PATH=SWIFT_RUNTIME)
         cmd = " ".join(_shquote(a) for a in [binary] + args)
         with self.step("start vhotplug"):
             self._vhotplug_started = True

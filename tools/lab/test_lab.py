@@ -624,7 +624,7 @@ class DaemonCase(LabCase):
 
     # -- helpers ---------------------------------------------------------------
 
-    def start(self, *args, config=None, what=None):
+    def start(self, *args, config=None, what=None, env=None):
         """Starts vhotplug in the guest (with -d: the log shows the QMP traffic and
         QEMU's "failed to find host usb device" retries) and waits for "listening"."""
         lab = self.lab
@@ -633,7 +633,7 @@ class DaemonCase(LabCase):
         self.mark = lab.vhotplug_log_mark()
         mark = self.mark
         t = time.monotonic()
-        lab.start_vhotplug(list(args), config=config, binary=self.vhotplug, timeout=30,
+        lab.start_vhotplug(list(args), config=config, binary=self.vhotplug, timeout=30, env=env,
                            ready=lambda l: "; listening (" in l.vhotplug_log(since=mark))
         note(what or "daemon: start -> \"listening\" (spawn + first pass)", time.monotonic() - t)
         return mark
@@ -922,6 +922,42 @@ class Test5Daemon(DaemonCase):
         finally:
             lab.check("/lib/systemd/systemd-udevd --daemon >/dev/null 2>&1 && udevadm settle --timeout=30 "
                       "&& test -S /run/udev/control")
+
+    def test_9_lost_events_are_found_in_sysfs(self):
+        """The kernel drops uevents when the daemon's event socket is full (a storm while
+        it is busy or stopped; here a small socket, VHOTPLUG_UEVENT_BUFFER, and a stopped
+        daemon): the mouse's unplug and the keyboard's plug are lost. The daemon learns of
+        the loss (ENOBUFS), handles what was queued before it, then reads sysfs again: the
+        mouse leaves vm1 and the keyboard goes in."""
+        lab = self.lab
+        self.start(env={"VHOTPLUG_UEVENT_BUFFER": "16384"})
+        self.assertNotLog(r"events were lost")
+        p, _, _ = self.plug_attached("usb-mouse", "m1")
+        mouse = p.guest["name"]
+        lab.signal_vhotplug(signal.SIGSTOP)
+        try:
+            # 100 `change` uevents of a root hub (udevd forwards each): far more than the
+            # socket's 32 KiB hold, so whatever comes next is dropped by the kernel.
+            lab.check("hub=$(ls -d /sys/bus/usb/devices/usb* | head -n 1) && "
+                      "for i in $(seq 100); do echo change > $hub/uevent; done && udevadm settle --timeout=120",
+                      timeout=180)
+            mark = lab.vhotplug_log_mark()
+            lab.unplug("m1")
+            k = lab.plug("usb-kbd", "k1")
+            lab.settle()
+        finally:
+            lab.signal_vhotplug(signal.SIGCONT)
+        kbd = k.guest["name"]
+        lab.wait_log(r"warning vhotplug: [^\n]*device events were lost \(the event socket's 16 KiB receive buffer "
+                     r"was full; VHOTPLUG_UEVENT_BUFFER sets it\): reading the connected devices again", since=mark, timeout=60)
+        lab.wait_log(r"usb %s [^\n]*: unplugged" % re.escape(mouse), since=mark, timeout=20)
+        lab.wait_log(r"usb %s [^\n]*: detached from vm1 \(vhp-usb-%s\)" % (re.escape(mouse), re.escape(mouse)),
+                     since=mark, timeout=20)
+        lab.wait_log(r"usb %s 0627:0001 [^\n]*: attached to vm1 as vhp-usb-%s" % (re.escape(kbd), re.escape(kbd)),
+                     since=mark, timeout=20)
+        lab.wait_inner("vm1", lambda per: vhp_ids(per) == {"vhp-usb-" + kbd}, 20,
+                       "after the rescan: the keyboard in vm1, the mouse gone")
+        self.unplug_detached("k1", [kbd])
 
 # ----------------------------------------------------------------------------
 # The daemon with PCI (vfio-pci) and evdev passthrough (issue 5)

@@ -112,9 +112,9 @@ private func floorRound(_ tb: Testbed, _ qemu: QEMUInstance, _ poller: Poller, r
     let plug = try receiverPlug(round: round)
     let bus = controller(round / addressesPerBus).bus
     let devnum = 5 + round % addressesPerBus
-    let held = holdListeners(tb)
+    let held = tb.holdListeners()
     try tb.add(record: plug.text)
-    releaseListeners(tb, held)
+    tb.releaseListeners(held)
     sleepSeconds(opts.gap)
     let path = qemu.qmpPath
     // vhotplug's own lines (QMPClient.request), byte for byte.

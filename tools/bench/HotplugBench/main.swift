@@ -271,18 +271,6 @@ enum PlugMode {
     case umockdev
 }
 
-/// Moves umockdev's listener sockets (`event<fd>` in the testbed root) aside, so
-/// that records can be written without their uevents reaching anyone.
-func holdListeners(_ tb: Testbed) -> [String] {
-    let names = ((try? FileManager.default.contentsOfDirectory(atPath: tb.root)) ?? []).filter { $0.hasPrefix("event") }
-    for n in names { rename(tb.root + "/" + n, tb.root + "/held-" + n) }
-    return names
-}
-
-func releaseListeners(_ tb: Testbed, _ names: [String]) {
-    for n in names { rename(tb.root + "/held-" + n, tb.root + "/" + n) }
-}
-
 /// Uevents of a plug or unplug, ready to be sent by the chosen sender (`--sender`).
 struct Uevents {
     private let tb: Testbed
@@ -326,9 +314,9 @@ func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugM
     let t0: UInt64
     switch mode {
     case .staged:
-        let held = holdListeners(tb)
+        let held = tb.holdListeners()
         try tb.add(record: plug.text)
-        releaseListeners(tb, held)
+        tb.releaseListeners(held)
         sleepSeconds(opts.gap)
         mark = d.mark
         let adds = try Uevents(tb, plug.paths, "add")

@@ -1,0 +1,62 @@
+import Foundation
+import Reactor
+import Testing
+import VHotplugTestSupport
+
+/// What a watcher reported, from the loop's thread to the test's.
+private final class Reports: @unchecked Sendable {
+    private let lock = NSLock()
+    private var reports: [(path: String, created: Bool)] = []
+    private let arrived = DispatchSemaphore(value: 0)
+    /// The watcher, kept (and dropped) on the loop's thread.
+    var watcher: PathWatcher?
+
+    func add(_ path: String, _ created: Bool) {
+        lock.withLock { reports.append((path, created)) }
+        arrived.signal()
+    }
+
+    /// Waits (for reports, not for time) until `path` is reported with `created`, or `seconds` pass.
+    func wait(for path: String, created: Bool, seconds: Double) -> Bool {
+        let end = DispatchTime.now() + seconds
+        while true {
+            if lock.withLock({ reports.contains { $0.path == path && $0.created == created } }) { return true }
+            if arrived.wait(timeout: end) == .timedOut { return false }
+        }
+    }
+}
+
+@Suite("Watching for the VMs' sockets")
+struct PathWatcherTests {
+    @Test("after the kernel dropped inotify events (its queue overflowed), each watched path is reported as it is now")
+    func overflow() async throws {
+        let host = try LoopHost()
+        let dir = scratchPath("watch")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let target = dir + "/vm1.sock"
+        let reports = Reports()
+        let gate = DispatchSemaphore(value: 0)
+        try await OnLoop(host.loop).run { loop in
+            let w = try PathWatcher(loop: loop) { path, created in reports.add(path, created) }
+            w.watch(target)
+            reports.watcher = w
+            // The loop's thread is held here while the kernel's queue fills.
+            loop.schedule(at: .now()) { gate.wait() }
+        }
+        // More events than the queue holds, then the target: its event is dropped.
+        let text = (try? String(contentsOfFile: "/proc/sys/fs/inotify/max_queued_events", encoding: .utf8)) ?? ""
+        let limit = try #require(Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), "cannot read /proc/sys/fs/inotify/max_queued_events")
+        for i in 0...limit {
+            let fd = open(dir + "/f\(i)", O_CREAT | O_WRONLY, 0o600)
+            try #require(fd >= 0)
+            close(fd)
+        }
+        let fd = open(target, O_CREAT | O_WRONLY, 0o600)
+        try #require(fd >= 0)
+        close(fd)
+        gate.signal()
+        #expect(reports.wait(for: target, created: true, seconds: 20))
+        try await OnLoop(host.loop).run { _ in reports.watcher = nil }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
