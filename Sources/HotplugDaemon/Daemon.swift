@@ -668,6 +668,7 @@ public actor Daemon {
                     logger.error("\(t.logName): VM \(vm) is not configured")
                     return
                 }
+                let attempted = t.device
                 do {
                     await authorizeForVM(t, vm: vm)
                     guard let a = try await attach(t, to: backend) else { continue }
@@ -678,6 +679,11 @@ public actor Daemon {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
+                    } else if !t.present || t.device != attempted {
+                        // Unplugged (or replugged) while its attach ran: no failure; the loop looks again.
+                        logger.info("\(t.logName): left the host during its attach to \(vm) (\(error))")
+                        await deauthorizeAfterVM(t, vm: vm)
+                        continue
                     } else {
                         t.failed = true
                         t.lastError = "\(error)"
@@ -708,9 +714,10 @@ public actor Daemon {
     /// PCI device is no longer for this VM once bound (a group mate that arrived
     /// meanwhile put its group in conflict, say): the caller looks again.
     func attach(_ t: Tracked, to backend: any VMBackend) async throws -> Attachment? {
-        switch t.device {
+        let device = t.device
+        switch device {
         case .usb(let d):
-            return try await backend.attachUSB(d)
+            return try await backend.attachUSB(d, present: { [t] in t.present && t.device == device })
         case .pci(let d):
             if t.vfio == nil {
                 // A device just added (or a group mate) is bound only after the kernel's

@@ -78,8 +78,9 @@ public protocol VMBackend: Actor {
     /// The socket path: its folder is watched for the VM coming up.
     nonisolated var socketPath: String { get }
 
-    /// Attaches a USB device.
-    func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment
+    /// Attaches a USB device. `present` says whether the device is still on the host (the
+    /// same one: not unplugged, not replaced): a backend that retries asks it first.
+    func attachUSB(_ device: USBDevice, present: @escaping @Sendable () -> Bool) async throws(VMError) -> Attachment
     /// Attaches a PCI function already bound to vfio-pci, on a free PCIe root port.
     func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment
     /// Attaches an input event device (virtio-input-host-pci) on a free root port
@@ -132,4 +133,11 @@ extension String {
     func replacingColons() -> String { String(map { $0 == ":" ? "-" : $0 }) }
     /// `0000-01-00.0` -> `0000:01:00.0`.
     func restoringColons() -> String { String(map { $0 == "-" ? ":" : $0 }) }
+}
+
+extension VMBackend {
+    /// Attaches a USB device, taken to stay on the host meanwhile.
+    public func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment {
+        try await attachUSB(device, present: { true })
+    }
 }

@@ -88,7 +88,7 @@ public actor CrosvmBackend: VMBackend {
     /// with this device's vendor and product is one crosvm kept although it
     /// refused the attach (the guest was not up), and it is detached, so the
     /// device is not half-attached and the port not lost.
-    public func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment {
+    public func attachUSB(_ device: USBDevice, present: @escaping @Sendable () -> Bool) async throws(VMError) -> Attachment {
         await lock.acquire()
         defer { lock.release() }
         let node = device.devnode

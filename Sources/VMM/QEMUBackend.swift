@@ -117,10 +117,11 @@ public actor QEMUBackend: VMBackend {
     ///
     /// QEMU's libusb learns of a new device from the same uevent as vhotplug:
     /// "failed to find host usb device" right after a plug means QEMU is behind,
-    /// so that error is retried with a short back-off, bounded (about 1.3 s).
+    /// so that error is retried with a short back-off, bounded (about 1.3 s), while
+    /// `present` says the device is still there (QEMU cannot find one that has left).
     /// An id that already exists is checked: the same device is success,
     /// another one (a stale attachment) is removed first.
-    public func attachUSB(_ device: USBDevice) async throws(VMError) -> Attachment {
+    public func attachUSB(_ device: USBDevice, present: @escaping @Sendable () -> Bool) async throws(VMError) -> Attachment {
         let id = DeviceIds.usb(device)
         let attachment = Attachment(vm: name, kind: .usb, id: id, hostKey: DeviceIds.usbKey(device),
                                     usbVendor: device.vendorId, usbProduct: device.productId,
@@ -135,11 +136,19 @@ public actor QEMUBackend: VMBackend {
                 do throws(VMError) {
                     try await qmp.execute("device_add", args)
                     return attachment
-                } catch .commandFailed(_, _, _, let message) where message.contains("failed to find host usb device") && delay < 1 {
-                    logger.debug("VM \(name): QEMU does not know \(device.sysName) yet; retrying in \(Int(delay * 1000)) ms")
-                    await loop.sleep(delay)
-                    delay *= 2
                 } catch .commandFailed(let vm, let command, let cls, let message) where message.contains("failed to find host usb device") {
+                    // A device unplugged meanwhile is not waited for: each failed device_add holds
+                    // this VM's socket (QEMU answers it after its RCU drain), and so every device behind it.
+                    let left = VMError.commandFailed(vm: vm, command: command, errorClass: cls,
+                                                     message: message + "; the device has left the host")
+                    guard present() else { throw left }
+                    if delay < 1 {
+                        logger.debug("VM \(name): QEMU does not know \(device.sysName) yet; retrying in \(Int(delay * 1000)) ms")
+                        await loop.sleep(delay)
+                        delay *= 2
+                        guard present() else { throw left }
+                        continue
+                    }
                     // QEMU's libusb never learnt of the device (it happens when no udevd
                     // runs): let QEMU open the node itself.
                     logger.info("VM \(name): QEMU's USB list lacks \(device.sysName); attaching by its node \(device.devnode)")

@@ -170,6 +170,27 @@ struct QEMUBackendTests {
         #expect(try qemu.attachedIds() == [])
     }
 
+    @Test("a device that leaves the host during its attach is not retried: one device_add, no attach by node")
+    func deviceLeftDuringAttach() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        var missing = receiver
+        missing.devnum = 99
+        final class Asked: @unchecked Sendable { var count = 0 }
+        let asked = Asked()
+        // Present when the attach starts; gone by the time QEMU's first answer comes.
+        let e = await #expect(throws: VMError.self) {
+            try await backend.attachUSB(missing, present: { asked.count += 1; return false })
+        }
+        #expect(e?.description.contains("failed to find host usb device 1:99; the device has left the host") == true)
+        #expect(e?.description.contains("by node") == false)
+        #expect(asked.count == 1)
+        // Still present: retried, then attached by its node as a last resort (which fails here too).
+        let e2 = await #expect(throws: VMError.self) { try await backend.attachUSB(missing, present: { true }) }
+        #expect(e2?.description.contains("by node") == true)
+    }
+
     /// Runs `detach` of each id as its own task, all started in one turn of the loop (as a
     /// hub's unplug starts them), and returns each one's error (nil: detached).
     /// An id `vhp-pci-...` is detached as a PCI device, any other as a USB one.
