@@ -559,6 +559,8 @@ public actor Daemon {
     func eventsLost() {
         let size = (monitor?.receiveBuffer ?? 0) >> 10
         logger.warning("device events were lost (the event socket's \(size) KiB receive buffer was full; VHOTPLUG_UEVENT_BUFFER sets it): reading the connected devices again")
+        let binder = self.binder
+        Task(executorPreference: loop) { await binder.eventsLost() }
         rescan()
     }
 

@@ -67,6 +67,12 @@ final class EventWaits {
         }
     }
 
+    /// Events were lost (the daemon's event socket overflowed): every condition is looked at
+    /// again, since its event may have been among them.
+    func notifyAll() {
+        for id in waiters.keys.sorted() { evaluate(id) }
+    }
+
     private func evaluate(_ id: UInt64) {
         guard let w = waiters[id] else { return }
         switch w.check() {

@@ -118,6 +118,12 @@ public actor VFIOBinder {
         }
     }
 
+    /// Device events were lost: each wait looks at its condition again (its event may have
+    /// been one of them) instead of sitting until its deadline.
+    public func eventsLost() {
+        waits.notifyAll()
+    }
+
     /// Waits in progress (tests check that none is left behind).
     public var pendingWaits: Int { waits.count }
 

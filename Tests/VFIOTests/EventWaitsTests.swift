@@ -38,6 +38,7 @@ actor WaitHarness {
     }
 
     func notify(_ key: EventWaits.Key) { waits.notify(key) }
+    func notifyAll() { waits.notifyAll() }
     var count: Int { waits.count }
     var timers: Int { loop.pendingTimers }
 }
@@ -72,6 +73,26 @@ struct EventWaitsTests {
         #expect(await result == "satisfied")
         #expect(await h.count == 0)
         #expect(await h.timers == 0, "the deadline's timer is cancelled")
+    }
+
+    @Test("after events were lost, every wait looks at its condition again")
+    func eventsLost() async throws {
+        let host = try LoopHost()
+        let h = WaitHarness(loop: host.loop)
+        let (pciFlag, groupFlag) = (Flag(), Flag())
+        let (checks, checked) = AsyncStream.makeStream(of: Void.self)
+        async let pci = h.wait(.pci("0000:01:00.0"), seconds: 10, flag: pciFlag) { checked.yield() }
+        async let group = h.wait(.vfioGroup("12"), seconds: 10, flag: groupFlag) { checked.yield() }
+        var seen = checks.makeAsyncIterator()
+        await seen.next()
+        await seen.next() // both waits are in place
+        pciFlag.set()
+        groupFlag.set()  // and their events are lost
+        await h.notifyAll()
+        #expect(await pci == "satisfied")
+        #expect(await group == "satisfied")
+        #expect(await h.count == 0)
+        #expect(await h.timers == 0)
     }
 
     @Test("a wait ends at its deadline with what it saw last")
