@@ -271,6 +271,11 @@ enum PlugMode {
     case umockdev
 }
 
+/// How many descriptors a process has open (`/proc/PID/fd`).
+func openDescriptors(_ pid: pid_t) -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
+}
+
 /// Uevents of a plug or unplug, ready to be sent by the chosen sender (`--sender`).
 struct Uevents {
     private let tb: Testbed
@@ -515,6 +520,7 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     defer { if !saved { saveLog(daemon, "latency.log") } }
     sleepSeconds(0.2)
     let afterStart = ProcSample.read(daemon.pid)
+    let descriptorsAfterStart = openDescriptors(daemon.pid)
     note("resident after start by mapping: " + rssByMapping(daemon.pid).prefix(12).map { "\($0.0) \($0.1) KiB" }.joined(separator: ", "))
 
     // Every USB id of vhotplug in the VM (one device at a time here; the first 123 plugs are vhp-usb-1-2).
@@ -638,7 +644,8 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     note("RssAnon \(mib(afterStart.anonKiB)) -> \(mib(staged.after.anonKiB)) -> \(mib(last.anonKiB)); "
          + "RssFile \(mib(afterStart.fileKiB)) -> \(mib(staged.after.fileKiB)) -> \(mib(last.fileKiB)) (after start, \(opts.warmup + opts.cycles), \(round) cycles)")
     note("resident after \(round) cycles by mapping: " + rssByMapping(daemon.pid).prefix(12).map { "\($0.0) \($0.1) KiB" }.joined(separator: ", "))
-    note("the benchmark's own open descriptors: \(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count)")
+    note("the daemon's open descriptors: \(descriptorsAfterStart) after start, \(openDescriptors(daemon.pid)) after \(round) cycles; "
+         + "the benchmark's own: \(openDescriptors(getpid()))")
     saveLog(daemon, "latency.log")
     saved = true
     daemon.stop()
