@@ -52,11 +52,14 @@ public final class PathWatcher {
     private var folders: [Int32: String] = [:]
     /// The paths whose appearance/disappearance is reported.
     private var targets: Set<String> = []
+    /// Whether each target existed when last reported (or when watched): after an overflow,
+    /// only a target that changed is reported.
+    private var exists: [String: Bool] = [:]
     private let handler: (String, Bool) -> Void
 
     /// `handler(path, created)` runs on the loop's thread for each target path
     /// that is created (true) or deleted (false); after the kernel dropped events
-    /// (its queue overflowed), for every target, with whether it exists now.
+    /// (its queue overflowed), for each target whose existence changed meanwhile.
     public init(loop: EventLoop, handler: @escaping (String, Bool) -> Void) throws(LoopError) {
         fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw .system("inotify_init1", errno) }
@@ -73,7 +76,13 @@ public final class PathWatcher {
     /// Reports creation and deletion of `path` from now on.
     public func watch(_ path: String) {
         targets.insert(path)
+        exists[path] = access(path, F_OK) == 0
         armParent(of: path)
+    }
+
+    private func report(_ path: String, _ created: Bool) {
+        exists[path] = created
+        handler(path, created)
     }
 
     /// Forgets every path (a configuration reload sets them again).
@@ -81,6 +90,7 @@ public final class PathWatcher {
         for wd in folders.keys { inotify_rm_watch(fd, wd) }
         folders.removeAll()
         targets.removeAll()
+        exists.removeAll()
     }
 
     private func armParent(of path: String) {
@@ -131,7 +141,7 @@ public final class PathWatcher {
                 let path = dir == "/" ? "/" + name : dir + "/" + name
                 let created = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
                 if targets.contains(path) {
-                    handler(path, created)
+                    report(path, created)
                 } else if created, targets.contains(where: { $0.hasPrefix(path + "/") }) {
                     rearm = true // a folder on the way to a target appeared
                     appeared.append(path + "/")
@@ -144,11 +154,15 @@ public final class PathWatcher {
                 for t in targets { armParent(of: t) }
                 // Targets inside a folder that just appeared may already exist.
                 for t in targets where appeared.contains(where: { t.hasPrefix($0) }) && access(t, F_OK) == 0 {
-                    handler(t, true)
+                    report(t, true)
                 }
             }
             if overflowed {
-                for t in targets.sorted() { handler(t, access(t, F_OK) == 0) }
+                // What changed while events were dropped (a socket that is still there is not a restart).
+                for t in targets.sorted() {
+                    let now = access(t, F_OK) == 0
+                    if exists[t] != now { report(t, now) }
+                }
             }
         }
     }
