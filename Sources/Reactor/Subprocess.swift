@@ -104,7 +104,11 @@ private final class RunningProcess {
         loop.watch(pidfd) { [self] in
             loop.unwatch(pidfd)
             exited = true
-            finishIfDone(loop)
+            if continuation == nil {
+                _ = reap() // killed at its deadline (`fail`), gone only now
+            } else {
+                finishIfDone(loop)
+            }
         }
         timer = loop.schedule(at: deadline) { [self] in fail(loop, LoopError.timeout) }
     }
@@ -147,9 +151,17 @@ private final class RunningProcess {
         if let timer { loop.cancel(timer) }
         for fd in open { loop.unwatch(fd); close(fd) }
         open.removeAll()
-        if !exited { loop.unwatch(pidfd) }
         kill(pid, SIGKILL)
-        _ = reap()
+        // A killed process is gone within a millisecond or so, and is reaped here; one inside an
+        // uninterruptible kernel wait (opening a USB node whose device lock a stuck reset holds)
+        // ignores SIGKILL until it leaves it: the loop waits 100 ms at most, then reaps it when
+        // its pidfd says it is gone (a blocking waitpid would stop the loop for as long).
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        if exited || poll(&p, 1, 100) == 1 {
+            if !exited { loop.unwatch(pidfd) }
+            exited = true
+            _ = reap()
+        }
         c.resume(throwing: error)
     }
 }
