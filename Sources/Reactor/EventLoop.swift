@@ -144,6 +144,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     public func run() {
         thread = pthread_self()
         var events = [epoll_event](repeating: epoll_event(), count: 32)
+        // Rounds of jobs in a row with more jobs queued after them: every 64th looks at epoll
+        // without waiting, so that a task that keeps yielding (a peer that keeps writing)
+        // cannot keep the fds and timers of everything else from being served.
+        var busyRounds = 0
         while !stopped.load(ordering: .acquiring) {
             let jobs = queue.withLock { q -> [UnownedJob] in
                 let batch = q
@@ -152,8 +156,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
             if stopped.load(ordering: .acquiring) { break }
-            if queue.withLock({ !$0.isEmpty }) { continue }
-            let n = epoll_wait(epfd, &events, Int32(events.count), -1)
+            var wait: Int32 = -1
+            if queue.withLock({ !$0.isEmpty }) {
+                busyRounds += 1
+                if busyRounds % 64 != 0 { continue }
+                wait = 0
+            } else {
+                busyRounds = 0
+            }
+            let n = epoll_wait(epfd, &events, Int32(events.count), wait)
             if n < 0 { continue } // EINTR
             for k in 0..<Int(n) {
                 let fd = events[k].data.fd

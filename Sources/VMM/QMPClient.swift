@@ -160,6 +160,10 @@ public final class QMPClient {
     public let timeout: Double
     private var fd: Int32 = -1
     private var buffer: [UInt8] = []
+    /// How much of `buffer` is known to hold no line end (not searched again).
+    private var scanned = 0
+    /// Lines and reads so far (`receive` looks at its deadline every 64th).
+    private var pace = 0
     private var nextId = 1
     /// Events received while waiting for replies, oldest first.
     public private(set) var events: [(name: String, data: JSONNode?)] = []
@@ -216,6 +220,7 @@ public final class QMPClient {
         }
         fd = s
         buffer.removeAll(keepingCapacity: true)
+        scanned = 0
         let (id, line) = request("qmp_capabilities", [])
         let sent = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         // A fresh socket takes a 60-byte line whole; if not, finishOpen sends it after the greeting.
@@ -264,6 +269,7 @@ public final class QMPClient {
         Glibc.close(fd)
         fd = -1
         buffer.removeAll()
+        scanned = 0
         negotiated = false
         capabilitiesId = nil
     }
@@ -307,7 +313,7 @@ public final class QMPClient {
             case .error(let rid, let cls, let desc) where rid == id || rid == nil:
                 throw .commandFailed(vm: vm, command: command, errorClass: cls, message: desc)
             case .event(let name, let data):
-                events.append((name, data))
+                keep(name, data)
             case .reply, .error:
                 // An answer to another request (a connection reused after a timeout): skip it.
                 logger.debug("qmp \(vm): skipping a reply to an earlier request")
@@ -330,10 +336,19 @@ public final class QMPClient {
             guard let message = try await receive(deadline: deadline, step: "waiting for \(name)", closeOnTimeout: false) else { continue }
             if case .event(let n, let data) = message {
                 if n == name && match(data) { return data }
-                events.append((n, data))
+                keep(n, data)
             }
         }
     }
+
+    /// Keeps an event for a later `waitForEvent`; past 256 the oldest go (a QEMU that sends
+    /// events without end cannot grow the daemon).
+    private func keep(_ name: String, _ data: JSONNode?) {
+        if events.count >= Self.maxEvents { events.removeFirst(events.count - Self.maxEvents + 1) }
+        events.append((name, data))
+    }
+
+    static let maxEvents = 256
 
     /// Drops the events received so far.
     public func clearEvents() { events.removeAll() }
@@ -359,9 +374,21 @@ public final class QMPClient {
     /// does a timeout unless `closeOnTimeout` is false.
     private func receive(deadline: Deadline, step: String, closeOnTimeout: Bool = true) async throws(VMError) -> QMPMessage? {
         while true {
-            if let nl = buffer.firstIndex(of: 0x0A) {
+            // A peer that keeps writing never makes a read wait, where the deadline's timer
+            // would end the exchange: every 64th line or read looks at the deadline here, and
+            // lets other work have its turn.
+            pace &+= 1
+            if pace % 64 == 0 {
+                guard Deadline.now() < deadline else {
+                    if closeOnTimeout { close() }
+                    throw .timeout(vm: vm, step: step + " (QEMU kept writing)")
+                }
+                await Task.yield()
+            }
+            if let nl = buffer[scanned...].firstIndex(of: 0x0A) {
                 let line = Array(buffer[..<nl])
                 buffer.removeSubrange(...nl)
+                scanned = 0
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
                 logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
                 if let message = QMPMessage.fastPath(line) { return message }
@@ -372,6 +399,7 @@ public final class QMPClient {
                 }
                 return message
             }
+            scanned = buffer.count
             if buffer.count > Self.maxLine {
                 close()
                 throw .protocolError(vm: vm, detail: "a line longer than \(Self.maxLine) bytes")

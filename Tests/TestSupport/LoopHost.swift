@@ -40,6 +40,9 @@ public final class FakeQMPServer: @unchecked Sendable {
         /// Sends the greeting, then for each line received the next of these texts (each
         /// may hold several lines, or none: a stall), then keeps the connection open.
         case replies([String])
+        /// Sends the greeting, then, once a line is received, events without end (until the
+        /// client closes): a QEMU that never stops writing.
+        case flood
     }
 
     public let path: String
@@ -88,6 +91,12 @@ public final class FakeQMPServer: @unchecked Sendable {
                 }
                 var byte: UInt8 = 0
                 while read(c, &byte, 1) > 0 {}
+            case .flood:
+                send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
+                guard readLine() else { break }
+                let event = Array((#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RTC_CHANGE", "data": {"offset": "0"}}"# + "\n").utf8)
+                let block = Array([[UInt8]](repeating: event, count: 64).joined())
+                while block.withUnsafeBytes({ Glibc.send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
             case .neverAccept:
                 break
             }

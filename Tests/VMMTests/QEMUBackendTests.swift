@@ -57,6 +57,29 @@ struct QMPPeerTests {
         #expect(e?.description.contains("not a QMP message") == true)
     }
 
+    @Test("a peer that never stops writing: the exchange ends at its deadline, the loop serves its timers meanwhile, the events kept are bounded")
+    func flood() async throws {
+        let server = try FakeQMPServer(.flood)
+        let host = try LoopHost()
+        final class Fired: @unchecked Sendable { var at: Deadline? }
+        let fired = Fired()
+        let (e, kept) = try await OnLoop(host.loop).run { loop -> (VMError?, Int) in
+            let c = QMPClient(vm: "vm1", path: server.path, loop: loop, logger: logger, timeout: 0.5)
+            // A timer due while the flood goes on: served only if the loop still looks at its fds.
+            loop.schedule(at: .after(0.05)) { fired.at = .now() }
+            do throws(VMError) {
+                try await c.open()
+                try await c.execute("query-status")
+                return (nil, c.events.count)
+            } catch {
+                return (error, c.events.count)
+            }
+        }
+        #expect(e == .timeout(vm: "vm1", step: "qmp_capabilities (QEMU kept writing)"))
+        #expect(fired.at != nil)
+        #expect(kept <= QMPClient.maxEvents)
+    }
+
     @Test("a peer that closes mid-reply: a protocol error")
     func closedMidReply() async throws {
         let server = try FakeQMPServer(.greetThenReply(#"{"return": {"#))
