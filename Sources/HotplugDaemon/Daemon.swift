@@ -52,11 +52,16 @@ final class Tracked: @unchecked Sendable {
     /// The VM the device should be in (nil: in none).
     var want: String?
     /// Where it is, as far as the daemon knows.
-    var attachment: Attachment?
+    var attachment: Attachment? {
+        didSet { leaveVia = nil } // the backend to leave through goes with the attachment it made
+    }
     /// Still on the host.
     var present = true
     /// A reconcile task is running for it.
     var busy = false
+    /// `reconcile` was asked while the task ran: it looks at the device once more before it ends
+    /// (the task may be past the point where it would have seen the change).
+    var again = false
     /// The attach failed for a reason other than the VM being down: not retried
     /// until something changes (replug, VM restart, reload).
     var failed = false
@@ -66,6 +71,9 @@ final class Tracked: @unchecked Sendable {
     var vfio: BindRecord?
     /// The last attach or detach failure, for API replies.
     var lastError: String?
+    /// The backend the device's attachment was made through, when a reload retired it (the VM
+    /// left the configuration, or its socket changed): the device leaves through it first.
+    var leaveVia: (any VMBackend)?
     /// `pciIommuAddAll`: the address of the group mate whose VM this device follows (Daemon+PCI.swift).
     var follows: String?
     /// `pciIommuAddAll`: why no device of its IOMMU group may be attached (two VMs asked for it).
@@ -224,6 +232,11 @@ public actor Daemon {
             }
             watcher?.watch(vm.socket)
         }
+        // A VM that a reload removed, or whose socket or type changed, still holds what was
+        // attached to it: each such device leaves through the backend that attached it.
+        for (name, old) in backends where next[name] !== old {
+            for t in devices.values where t.attachment?.vm == name { t.leaveVia = old }
+        }
         backends = next
     }
 
@@ -237,7 +250,8 @@ public actor Daemon {
         if !created {
             logger.info("VM \(vm): socket removed; its devices wait for it to come back")
             vmDown.insert(vm)
-            for (key, t) in devices where t.attachment?.vm == vm {
+            // (Not one attached through a backend a reload retired: that VM's socket is another.)
+            for (key, t) in devices where t.attachment?.vm == vm && t.leaveVia == nil {
                 t.attachment = nil
                 // One that should have left it (its guest never let go) is free now: back to its driver.
                 if t.want != vm { reconcile(key) }
@@ -247,7 +261,7 @@ public actor Daemon {
         logger.info("VM \(vm): socket appeared; giving it back its devices")
         vmDown.remove(vm)
         // A new QEMU or crosvm process has none of the devices the old one had.
-        for t in devices.values where t.attachment?.vm == vm { t.attachment = nil }
+        for t in devices.values where t.attachment?.vm == vm && t.leaveVia == nil { t.attachment = nil }
         for t in devices.values where t.want == vm {
             t.failed = false
             t.since = .now()
@@ -615,13 +629,19 @@ public actor Daemon {
     func reconcile(_ key: String) {
         guard let t = devices[key] else { return }
         followIOMMUGroup(of: t)
-        guard !t.busy else { return }
+        guard !t.busy else {
+            t.again = true
+            return
+        }
         t.busy = true
         Task(executorPreference: loop) { await self.reconcileTask(key, t) }
     }
 
     func reconcileTask(_ key: String, _ t: Tracked) async {
-        await reconcileLoop(key, t)
+        repeat {
+            t.again = false
+            await reconcileLoop(key, t)
+        } while t.again && !stopping
         t.busy = false
         if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
         reconciled(key)
@@ -645,8 +665,8 @@ public actor Daemon {
         while !stopping {
             // An attachment of the device that was at this port before it (its remove and add
             // handled before this task ran, or found by a rescan) leaves first.
-            if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) {
-                guard let backend = backends[a.vm] else { t.attachment = nil; continue }
+            if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil {
+                guard let backend = t.leaveVia ?? backends[a.vm] else { t.attachment = nil; continue }
                 do {
                     try await backend.detach(a)
                     logger.info("\(t.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
@@ -817,7 +837,9 @@ public actor Daemon {
         let authorizationWasActive = authorization != nil
         configuration = next
         matcher = Matcher(next)
+        let before = backends
         makeBackends()
+        let fresh = backends.filter { before[$0.key] !== $0.value }.keys.sorted()
         logger.info("configuration reloaded: \(next.summary)")
         if matcher.decidesInputDevices && !followedInput {
             // evdev passthrough turned on: input events from now on, and the input devices already there.
@@ -845,7 +867,15 @@ public actor Daemon {
             reconcile(key)
         }
         reloadAuthorization(wasActive: authorizationWasActive)
-        for vm in next.vms where !backends.keys.contains(vm.name) { vmDown.remove(vm.name) }
+        // A VM that is new, or has another socket or type, is looked at afresh: what was known
+        // of its old socket says nothing (its new one may be there already, with no inotify event
+        // to come).
+        vmDown.formIntersection(next.vms.map(\.name))
+        for name in fresh {
+            vmDown.remove(name)
+            guard let path = backends[name]?.socketPath, access(path, F_OK) == 0 else { continue }
+            Task(executorPreference: loop) { await self.socketChanged(path, created: true) }
+        }
     }
 }
 

@@ -272,6 +272,55 @@ struct DaemonUSBTests {
         #expect(!d.log[mark...].contains { $0.contains("usb 1-2 ") })
     }
 
+    @Test("SIGHUP that takes the VM out of the configuration, or gives its name another socket: the device leaves the QEMU that has it first")
+    func reloadRetiresVM() async throws {
+        let rig = try await Rig()
+        let other = try QEMUInstance(name: "vm2", testbed: rig.tb)
+        defer { other.stop() }
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+
+        // vm1 is gone from the configuration; the rule sends mice to vm2 (another QEMU).
+        try """
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}],
+             "vms": [{"name": "vm2", "type": "qemu", "socket": "\(other.qmpPath)"}]}
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        var mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
+        try d.waitFor("attached to vm2 as vhp-usb-1-2", from: mark)
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try other.attachedIds() == ["vhp-usb-1-2"])
+
+        // The same name, another socket: "vm2" is now the first QEMU.
+        _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.qmpPath)
+        try """
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}],
+             "vms": [{"name": "vm2", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"}]}
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("detached from vm2 (vhp-usb-1-2)", from: mark)
+        try d.waitFor("attached to vm2 as vhp-usb-1-2", from: mark)
+        #expect(try other.attachedIds() == [])
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
+    @Test("SIGHUP that points a VM that was down at a socket already listening: its devices go there at once")
+    func reloadToListeningSocket() async throws {
+        let rig = try await Rig()
+        _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.dir + "/nobody-here.qmp")
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("VM vm1 is not running; waiting for it")
+        _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.qmpPath)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
     @Test("a device unplugged while its attach is in flight ends detached, nothing left behind")
     func unplugDuringAttach() async throws {
         let rig = try await Rig()
