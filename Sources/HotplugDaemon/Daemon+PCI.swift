@@ -15,7 +15,10 @@ extension Daemon {
     func followIOMMUGroup(of t: Tracked) {
         guard case .pci(let d) = t.device, let group = d.iommuGroup else { return }
         let members = groupMembers(of: t)
-        guard members.count > 1 || t.follows != nil || t.groupConflict != nil else { return }
+        // A group of one still needs a look when that one followed (or was held back with)
+        // a device that has left: the leader unplugged alone leaves its followers here.
+        guard members.count > 1 || members.values.contains(where: { $0.follows != nil || $0.groupConflict != nil })
+                || t.follows != nil || t.groupConflict != nil else { return }
         let (plan, byAddress) = groupPlan(members)
         var changed: [String] = []
 
@@ -44,6 +47,9 @@ extension Daemon {
                 continue
             }
             guard o.follows != leader || o.want != want else { continue }
+            if let old = o.follows, leader == nil {
+                logger.info("\(o.logName): no longer goes with pci \(old) (pciIommuAddAll): \(byAddress[old] == nil ? "it left the host" : "its rule changed")")
+            }
             o.follows = leader
             o.want = want
             o.failed = false

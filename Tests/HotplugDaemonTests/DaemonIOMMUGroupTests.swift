@@ -36,6 +36,16 @@ struct DaemonIOMMUGroupTests {
         #expect(try qemu.attachedIds() == [])
     }
 
+    @Test("the GPU unplugged alone: its audio function no longer follows it, and says so")
+    func leaderLeavesAlone() async throws {
+        let (tb, _, d) = try await start(#"{"description": "GPU", "targetVm": "vm1", "pciIommuAddAll": true, "allow": [{"address": "0000:01:00.0"}]}"#)
+        try d.waitFor("\(Self.audio): attach to vm1 failed: ")
+        let mark = d.mark
+        tb.unplug("/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0")
+        try d.waitFor("\(Self.gpu): unplugged", from: mark)
+        try d.waitFor("\(Self.audio): no longer goes with pci 0000:01:00.0 (pciIommuAddAll): it left the host", from: mark)
+    }
+
     @Test("without pciIommuAddAll the audio function stays out of the VM (only the GPU tries)")
     func noAddAll() async throws {
         let (_, qemu, d) = try await start(#"{"targetVm": "vm1", "allow": [{"address": "0000:01:00.0"}]}"#)
