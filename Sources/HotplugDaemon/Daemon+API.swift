@@ -341,6 +341,8 @@ extension Daemon: ControlService {
             if resume {
                 guard let target = api.suspended[key], vm == nil || target == vm else { continue }
                 api.suspended[key] = nil
+                // Only where its rules may send it now (a reload may have changed them).
+                guard t.decision.candidateVms.contains(target) else { continue }
                 t.want = target
                 t.failed = false
             } else {

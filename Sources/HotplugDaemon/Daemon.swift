@@ -559,6 +559,8 @@ public actor Daemon {
 
     func deviceRemoved(_ sysPath: String) {
         if let p = pendingUSB.removeValue(forKey: sysPath) { loop.cancel(p.timer) }
+        // What a suspend remembered was of this device: one plugged at the same port later is decided afresh.
+        api.suspended[sysPath] = nil
         guard let t = devices[sysPath] else { return }
         t.present = false
         t.want = nil

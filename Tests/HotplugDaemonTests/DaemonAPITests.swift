@@ -266,6 +266,17 @@ struct DaemonAPITests {
         #expect(resume.status == 0, "\(resume.stderr)")
         #expect(try rig.qemu.attachedIds().sorted() == ["vhp-usb-1-2", "vhp-usb-1-3"])
         #expect(try rig.cli(["usb", "suspend", "--vm", "nope"]).stderr.contains(#"no VM named "nope""#))
+
+        // Suspended, then unplugged: a device plugged at that port later is decided by its rules
+        // on arrival, and a resume has nothing of the one that left.
+        #expect(try rig.cli(["usb", "suspend"]).status == 0)
+        let mark = d.mark
+        rig.base.unplugReceiver()
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": unplugged", from: mark)
+        try rig.base.replugReceiver(2)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(try rig.cli(["usb", "resume"]).status == 0)
+        try d.waitFor("API: resume USB: attaching 0 devices", from: mark)
     }
 
     @Test("malformed, unknown, oversized requests and a client that never reads do not affect the daemon; strangers are refused")
