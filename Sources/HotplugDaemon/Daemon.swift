@@ -254,7 +254,12 @@ public actor Daemon {
             for (key, t) in devices where t.attachment?.vm == vm && t.leaveVia == nil {
                 t.attachment = nil
                 // One that should have left it (its guest never let go) is free now: back to its driver.
-                if t.want != vm { reconcile(key) }
+                if t.want != vm {
+                    reconcile(key)
+                } else if !t.busy {
+                    // It waits for the VM off the host (usbAuthorization), not in the host's drivers.
+                    Task(executorPreference: loop) { await self.deauthorizeAfterVM(t, vm: vm) }
+                }
             }
             return
         }
@@ -686,6 +691,7 @@ public actor Daemon {
                 }
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed, vmDown.contains(vm) {
                 logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
+                await deauthorizeAfterVM(t, vm: vm)
                 return
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed {
                 guard let backend = backends[vm] else {

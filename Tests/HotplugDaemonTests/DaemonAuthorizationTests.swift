@@ -149,6 +149,24 @@ struct DaemonAuthorizationTests {
         #expect(!d.log[mark2...].contains { $0.contains("de-authorized") })
     }
 
+    @Test("a VM that stops: the device it had waits for it off the host, and is authorized again when it is back")
+    func vmStops() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let mark = d.mark
+        rig.qemu.stop()
+        try d.waitFor("VM vm1: socket removed", from: mark)
+        try d.waitFor("de-authorized on the host (it left vm1)", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        try rig.qemu.start()
+        try d.waitFor("authorized on the host (going to vm1)", from: mark)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+    }
+
     @Test("deauthorizeUnmatched: a connected device no rule and no hostAllow entry matches is de-authorized at start; hubs are not")
     func deauthorizeUnmatchedAtStart() async throws {
         let rig = try await AuthRig(receiver: true)
