@@ -103,9 +103,11 @@ public enum QMPMessage: Sendable {
         guard case .object(let o) = node.value else { return nil }
         // Only the greeting has a "QMP" member (what `isGreeting` relies on).
         if o.member("QMP") != nil { return .greeting }
-        let id = o.member("id").flatMap { m -> Int? in
-            if case .number(let n) = m.value.value { return n.integer }
-            return nil
+        // No id: the answer to the one command outstanding. An id that is no integer answers
+        // none of ours (they are 1, 2, ...): Int.min matches nothing.
+        let id = o.member("id").map { m -> Int in
+            if case .number(let n) = m.value.value, let i = n.integer { return i }
+            return Int.min
         }
         if let r = o.member("return") { return .reply(id: id, value: r.value) }
         if let e = o.member("error") {

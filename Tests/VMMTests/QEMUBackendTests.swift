@@ -87,11 +87,12 @@ struct QMPPeerTests {
         #expect(e?.description.contains("closed the connection") == true)
     }
 
-    @Test("replies out of order: a reply to another request and an event first, then ours")
+    @Test("replies out of order: a reply to another request, an event, replies whose id is no integer, then ours")
     func outOfOrder() async throws {
         let server = try FakeQMPServer(.replies([
             #"{"return": {}, "id": 1}"# + "\n",
             #"{"return": {"stale": true}, "id": 77}"# + "\n" + #"{"event": "RESUME", "data": {}}"# + "\n"
+                + #"{"return": {"odd": true}, "id": "2"}"# + "\n" + #"{"return": {"odd": true}, "id": 2.5}"# + "\n"
                 + #"{"return": {"status": "paused", "running": false}, "id": 2}"# + "\n",
         ]))
         let host = try LoopHost()
