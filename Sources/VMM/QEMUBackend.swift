@@ -396,6 +396,12 @@ public actor QEMUBackend: VMBackend {
                     waiting.append(Waiting(id: id, deadline: .after(unplugTimeout), joiner: joiner))
                 } catch .commandFailed(_, _, let cls, let message) {
                     toSend.removeFirst()
+                    if message.contains("already in the process of unplug") {
+                        // An earlier device_del (one whose wait timed out) is still on its way:
+                        // its DEVICE_DELETED is what to wait for.
+                        waiting.append(Waiting(id: id, deadline: .after(unplugTimeout), joiner: joiner))
+                        continue
+                    }
                     // Not there: already gone.
                     finish(id, joiner, cls == "DeviceNotFound" || message.contains("not found") ? nil
                            : .commandFailed(vm: name, command: "device_del", errorClass: cls, message: message))

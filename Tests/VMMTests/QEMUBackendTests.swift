@@ -285,6 +285,18 @@ struct QEMUBackendTests {
         #expect(log.all.filter { $0.contains("-> {\"execute\":\"qmp_capabilities\"") }.count == 1)
     }
 
+    @Test("a detach asked again while QEMU still waits for the guest (\"already in the process of unplug\") waits for the same DEVICE_DELETED")
+    func detachAgainWhilePending() async throws {
+        let (qemu, host, log, backend) = try nicAndMouse()
+        let timedOut = VMError.timeout(vm: "vm1", step: "DEVICE_DELETED for vhp-pci-0000-01-00.0 (the guest did not release it)")
+        let first = try await detachTogether(backend, host.loop, ["vhp-pci-0000-01-00.0"])
+        #expect(first == [timedOut])
+        let again = try await detachTogether(backend, host.loop, ["vhp-pci-0000-01-00.0"])
+        #expect(again == [timedOut])
+        #expect(log.all.contains { $0.contains("already in the process of unplug") })
+        #expect(try qemu.attachedIds().contains("vhp-pci-0000-01-00.0"))
+    }
+
     @Test("PCI devices are not batched: each detach has its own connection, in the order asked")
     func pciNotBatched() async throws {
         let (qemu, host, log, backend) = try nicAndMouse()
