@@ -40,6 +40,9 @@ public final class FakeQMPServer: @unchecked Sendable {
         /// Sends the greeting, then for each line received the next of these texts (each
         /// may hold several lines, or none: a stall), then keeps the connection open.
         case replies([String])
+        /// Answers the first line (qmp_capabilities, id 1) before sending the greeting, then
+        /// answers the next line with this text.
+        case replyBeforeGreeting(String)
         /// Sends the greeting, then, once a line is received, events without end (until the
         /// client closes): a QEMU that never stops writing.
         case flood
@@ -89,6 +92,14 @@ public final class FakeQMPServer: @unchecked Sendable {
                     guard readLine() else { break }
                     if !text.isEmpty { send(text) }
                 }
+                var byte: UInt8 = 0
+                while read(c, &byte, 1) > 0 {}
+            case .replyBeforeGreeting(let text):
+                guard readLine() else { break }
+                send(#"{"return": {}, "id": 1}"# + "\n")
+                send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
+                guard readLine() else { break }
+                send(text)
                 var byte: UInt8 = 0
                 while read(c, &byte, 1) > 0 {}
             case .flood:

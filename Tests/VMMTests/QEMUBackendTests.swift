@@ -80,6 +80,18 @@ struct QMPPeerTests {
         #expect(kept <= QMPClient.maxEvents)
     }
 
+    @Test("the reply to qmp_capabilities before the greeting: taken, and the command after it answered")
+    func replyBeforeGreeting() async throws {
+        let server = try FakeQMPServer(.replyBeforeGreeting(#"{"return": {"status": "running", "running": true}, "id": 2}"# + "\n"))
+        let host = try LoopHost()
+        let status = try await OnLoop(host.loop).run { loop -> String? in
+            let c = QMPClient(vm: "vm1", path: server.path, loop: loop, logger: logger, timeout: 2)
+            try c.start()
+            return try await c.execute("query-status")["status"]?.stringValue
+        }
+        #expect(status == "running")
+    }
+
     @Test("a peer that closes mid-reply: a protocol error")
     func closedMidReply() async throws {
         let server = try FakeQMPServer(.greetThenReply(#"{"return": {"#))
