@@ -94,14 +94,28 @@ public actor CrosvmBackend: VMBackend {
         let node = device.devnode
         let what = "\(device.sysName) (\(hex4(device.vendorId)):\(hex4(device.productId)), \(node))"
         let command = "usb attach \(node)"
-        let (answer, result) = try await crosvm(["attach", "00:00:00:00", node, socketPath], step: command)
+        let answer: CrosvmAnswer, result: ProcessResult
+        do throws(VMError) {
+            (answer, result) = try await crosvm(["attach", "00:00:00:00", node, socketPath], step: command)
+        } catch .timeout(let vm, let step) {
+            // Killed at the deadline, perhaps after crosvm attached it: a port that now holds this
+            // device (its vendor and product) and that vhotplug did not fill is taken as its own,
+            // so that the device is neither half-attached nor attached twice.
+            if let listed = try? await list(), let a = listed.first(where: { a in
+                a.usbVendor == device.vendorId && a.usbProduct == device.productId
+                    && Int(a.id).map { !knownPorts.contains($0) } == true
+            }), let port = Int(a.id) {
+                knownPorts.insert(port)
+                logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
+                return attachment(device, port: port)
+            }
+            throw .timeout(vm: vm, step: step)
+        }
         switch answer {
         case .ok(let port):
             knownPorts.insert(port)
             logger.debug("VM \(name): crosvm attached \(what) at port \(port)")
-            return Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
-                              usbVendor: device.vendorId, usbProduct: device.productId,
-                              usbBus: device.bus, usbAddress: device.devnum)
+            return attachment(device, port: port)
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
             // Short enough for VMError's description (which cuts messages at 200 characters).
@@ -136,6 +150,12 @@ public actor CrosvmBackend: VMBackend {
         case .noSuchPort, .devices, .cliError, .unknown:
             throw unexpected(command, answer, result)
         }
+    }
+
+    /// What an attach of `device` at `port` is.
+    private func attachment(_ device: USBDevice, port: Int) -> Attachment {
+        Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
+                   usbVendor: device.vendorId, usbProduct: device.productId, usbBus: device.bus, usbAddress: device.devnum)
     }
 
     /// After `no_available_port`: frees a port crosvm kept for this device

@@ -370,6 +370,21 @@ struct CrosvmBackendTests {
         #expect(Glibc.kill(pid, 0) == -1 && errno == ESRCH)      // killed and reaped
     }
 
+    @Test("a crosvm killed at the deadline after it attached the device: the port is found and taken, not lost")
+    func slowCrosvmAttached() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        // Attaches through the double, then hangs until it is killed.
+        let slow = try script(vm.dir, "slow", "if [ \"$2\" = attach ]; then \"\(crosvmDouble)\" \"$@\"; exec sleep 30; fi; exec \"\(crosvmDouble)\" \"$@\"")
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
+        let b = backend(vm, host, crosvm: slow, timeout: 0.5)
+        let a = try await b.attachUSB(dev)
+        #expect(a.id == "1")
+        #expect(try vm.cli("list") == "devices 1 046d c52b")
+        try await b.detach(a)
+        #expect(try vm.cli("list") == "devices")
+    }
+
     @Test("unknown output, or a non-zero exit without an answer: clear errors")
     func oddCrosvm() async throws {
         let vm = try CrosvmVM()
