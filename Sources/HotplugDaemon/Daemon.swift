@@ -214,7 +214,10 @@ public actor Daemon {
         matcher.decidesInputDevices ? .all : [.usb, .pci]
     }
 
-    func makeBackends() {
+    /// Makes a backend for each configured VM (keeping one whose type and socket are the same);
+    /// returns the names of the VMs whose backend is new, in order.
+    @discardableResult
+    func makeBackends() -> [String] {
         watcher?.removeAll()
         var next: [String: any VMBackend] = [:]
         for vm in configuration.vms {
@@ -237,7 +240,9 @@ public actor Daemon {
         for (name, old) in backends where next[name] !== old {
             for t in devices.values where t.attachment?.vm == name { t.leaveVia = old }
         }
+        let fresh = next.filter { backends[$0.key] !== $0.value }.keys.sorted()
         backends = next
+        return fresh
     }
 
     func vmName(forSocket path: String) -> String? {
@@ -845,9 +850,7 @@ public actor Daemon {
         let authorizationWasActive = authorization != nil
         configuration = next
         matcher = Matcher(next)
-        let before = backends
-        makeBackends()
-        let fresh = backends.filter { before[$0.key] !== $0.value }.keys.sorted()
+        let fresh = makeBackends()
         logger.info("configuration reloaded: \(next.summary)")
         if matcher.decidesInputDevices && !followedInput {
             // evdev passthrough turned on: input events from now on, and the input devices already there.

@@ -101,10 +101,7 @@ public actor CrosvmBackend: VMBackend {
             // Killed at the deadline, perhaps after crosvm attached it: a port that now holds this
             // device (its vendor and product) and that vhotplug did not fill is taken as its own,
             // so that the device is neither half-attached nor attached twice.
-            if let listed = try? await list(), let a = listed.first(where: { a in
-                a.usbVendor == device.vendorId && a.usbProduct == device.productId
-                    && Int(a.id).map { !knownPorts.contains($0) } == true
-            }), let port = Int(a.id) {
+            if let listed = try? await list(), let port = unclaimedPorts(of: device, in: listed).first {
                 knownPorts.insert(port)
                 logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
                 return attachment(device, port: port)
@@ -158,6 +155,16 @@ public actor CrosvmBackend: VMBackend {
                    usbVendor: device.vendorId, usbProduct: device.productId, usbBus: device.bus, usbAddress: device.devnum)
     }
 
+    /// The listed ports that hold a device with `device`'s vendor and product and that no
+    /// attach of vhotplug filled: ones crosvm kept for an attach it refused or was killed in.
+    private func unclaimedPorts(of device: USBDevice, in listed: [Attachment]) -> [Int] {
+        listed.compactMap { a in
+            guard a.usbVendor == device.vendorId, a.usbProduct == device.productId,
+                  let port = Int(a.id), !knownPorts.contains(port) else { return nil }
+            return port
+        }
+    }
+
     /// After `no_available_port`: frees a port crosvm kept for this device
     /// anyway. Returns how many ports are in use, or nil when listing failed.
     private func reclaimRefusedPort(_ device: USBDevice) async -> Int? {
@@ -171,8 +178,7 @@ public actor CrosvmBackend: VMBackend {
         // crosvm's `usb list` never shows port 16: count it when vhotplug put something there.
         var inUse = listed.count + (knownPorts.contains(16) ? 1 : 0)
         var freed: Set<Int> = []
-        for a in listed where a.usbVendor == device.vendorId && a.usbProduct == device.productId {
-            guard let port = Int(a.id), !knownPorts.contains(port) else { continue }
+        for port in unclaimedPorts(of: device, in: listed) {
             logger.warning("VM \(name): crosvm kept \(device.sysName) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
             do throws(VMError) {
                 _ = try await crosvm(["detach", String(port), socketPath], step: "usb detach \(port)")

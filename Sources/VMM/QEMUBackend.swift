@@ -391,17 +391,16 @@ public actor QEMUBackend: VMBackend {
             // one event after the other while the first device_del is answered.
             if let (id, joiner) = toSend.first {
                 do throws(VMError) {
-                    try await qmp.execute("device_del", [("id", .string(id))])
+                    do throws(VMError) {
+                        try await qmp.execute("device_del", [("id", .string(id))])
+                    } catch .commandFailed(_, _, _, let message) where message.contains("already in the process of unplug") {
+                        // An earlier device_del (one whose wait timed out) is still on its way:
+                        // its DEVICE_DELETED is what to wait for, as for this one.
+                    }
                     toSend.removeFirst()
                     waiting.append(Waiting(id: id, deadline: .after(unplugTimeout), joiner: joiner))
                 } catch .commandFailed(_, _, let cls, let message) {
                     toSend.removeFirst()
-                    if message.contains("already in the process of unplug") {
-                        // An earlier device_del (one whose wait timed out) is still on its way:
-                        // its DEVICE_DELETED is what to wait for.
-                        waiting.append(Waiting(id: id, deadline: .after(unplugTimeout), joiner: joiner))
-                        continue
-                    }
                     // Not there: already gone.
                     finish(id, joiner, cls == "DeviceNotFound" || message.contains("not found") ? nil
                            : .commandFailed(vm: name, command: "device_del", errorClass: cls, message: message))
