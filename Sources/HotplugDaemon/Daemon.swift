@@ -53,8 +53,19 @@ final class Tracked: @unchecked Sendable {
     var want: String?
     /// Where it is, as far as the daemon knows.
     var attachment: Attachment? {
-        didSet { leaveVia = nil } // the backend to leave through goes with the attachment it made
+        didSet {
+            leaveVia = nil // the backend to leave through goes with the attachment it made
+            releaseDelay = 0
+        }
     }
+    /// A detach whose guest had not let go by the deadline (QEMU keeps the unplug pending):
+    /// the seconds until the daemon next asks the VM whether the device is gone; 0 when none
+    /// is pending. Cleared with the attachment.
+    var releaseDelay: Double = 0
+    /// Set by that check's timer: the next reconcile only asks the VM (`Daemon.lookForRelease`).
+    var lookForRelease = false
+    /// That check's timer.
+    var releaseTimer: TimerToken?
     /// Still on the host.
     var present = true
     /// A reconcile task is running for it.
@@ -128,6 +139,10 @@ public actor Daemon {
     var api = APIState()
     /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
     var authorizer: USBAuthorizer
+    /// Seconds a QEMU detach waits for the guest to let go (`VHOTPLUG_UNPLUG_TIMEOUT`, 10).
+    var unplugTimeout = 10.0
+    /// The longest wait between two looks at a detach the guest has not completed.
+    static let releaseCheckCap = 300.0
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -166,6 +181,14 @@ public actor Daemon {
                 buffer = n
             } else {
                 logger.warning("VHOTPLUG_UEVENT_BUFFER=\(quoted(text)) ignored: expected a number of bytes from 4096 to 1073741824")
+            }
+        }
+        // VHOTPLUG_UNPLUG_TIMEOUT=SECONDS: how long a QEMU detach waits for the guest (10).
+        if let text = getenv("VHOTPLUG_UNPLUG_TIMEOUT").map({ String(cString: $0) }) {
+            if let v = Double(text), v >= 0.1, v <= 3600 {
+                unplugTimeout = v
+            } else {
+                logger.warning("VHOTPLUG_UNPLUG_TIMEOUT=\(quoted(text)) ignored: expected seconds from 0.1 to 3600")
             }
         }
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
@@ -226,7 +249,8 @@ public actor Daemon {
             } else {
                 switch vm.type {
                 case .qemu:
-                    next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger)
+                    next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger,
+                                                unplugTimeout: unplugTimeout)
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
@@ -674,6 +698,12 @@ public actor Daemon {
     }
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
+        if t.lookForRelease {
+            t.lookForRelease = false
+            // Only the look: a device_del again could cancel an unplug the guest is in the
+            // middle of (a second attention-button press within Linux's 5 s does).
+            guard await lookForRelease(key, t) else { return }
+        }
         while !stopping {
             // An attachment of the device that was at this port before it (its remove and add
             // handled before this task ran, or found by a rescan) leaves first.
@@ -690,8 +720,15 @@ public actor Daemon {
                         t.attachment = nil // the VM is gone, and the device with it
                         continue
                     }
-                    logger.error("\(t.logName): detach from \(a.vm) failed: \(error)")
                     t.lastError = "\(error)"
+                    if error.isUnplugPending {
+                        // QEMU may still complete it: the daemon looks again, then less and less often.
+                        t.releaseDelay = t.releaseDelay > 0 ? t.releaseDelay : unplugTimeout
+                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.releaseDelay))")
+                        scheduleReleaseCheck(key, t)
+                    } else {
+                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error)")
+                    }
                     return
                 }
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed, vmDown.contains(vm) {
@@ -742,6 +779,53 @@ public actor Daemon {
                 return
             }
         }
+    }
+
+    /// In `t.releaseDelay` seconds, a reconcile that asks the VM whether the device whose
+    /// detach timed out is gone (`lookForRelease`). One pending look per device: a timer
+    /// that finds the attachment changed does nothing.
+    func scheduleReleaseCheck(_ key: String, _ t: Tracked) {
+        guard let a = t.attachment, t.releaseDelay > 0 else { return }
+        if let old = t.releaseTimer { loop.cancel(old) }
+        t.releaseTimer = loop.schedule(at: .after(t.releaseDelay)) { [self] in
+            assumeIsolated { daemon in
+                t.releaseTimer = nil
+                guard daemon.devices[key] === t, t.attachment == a, t.releaseDelay > 0 else { return }
+                t.lookForRelease = true
+                daemon.reconcile(key)
+            }
+        }
+    }
+
+    /// Asks the VM whether it still has the device of a detach the guest had not completed
+    /// by its deadline. Gone: the attachment ends (true: the caller goes on, a PCI device back
+    /// to its driver unless it is wanted elsewhere). Still there, or no answer: the next look
+    /// is scheduled, twice as late (up to 5 minutes), and false.
+    func lookForRelease(_ key: String, _ t: Tracked) async -> Bool {
+        guard let a = t.attachment, t.releaseDelay > 0, let backend = t.leaveVia ?? backends[a.vm] else { return true }
+        do {
+            if try await !backend.holds(a) {
+                logger.info("\(t.logName): \(a.vm) let go of \(a.id) after the detach's deadline")
+                t.attachment = nil
+                t.lastError = nil
+                announceDetached(t, vm: a.vm)
+                if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
+                return true
+            }
+        } catch {
+            // A VM that stopped: its socket's removal ends the attachment.
+            if error.isNotRunning { return true }
+            logger.warning("\(t.logName): cannot ask \(a.vm) whether it let go of \(a.id): \(error)")
+        }
+        guard t.attachment == a else { return true }
+        t.releaseDelay = min(t.releaseDelay * 2, Self.releaseCheckCap)
+        logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(t.releaseDelay))")
+        scheduleReleaseCheck(key, t)
+        return false
+    }
+
+    static func seconds(_ v: Double) -> String {
+        v == v.rounded() ? "\(Int(v)) s" : "\(Double(Int(v * 10)) / 10) s"
     }
 
     /// One attach, by kind. PCI devices are bound to vfio-pci first (their whole

@@ -31,6 +31,17 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
         if case .notRunning = self { return true }
         return false
     }
+
+    /// True when a detach was asked and the guest had not let go of the device by the
+    /// deadline: QEMU keeps the unplug pending and may still complete it (the guest acts
+    /// late, the VM is reset), with no client to tell.
+    public var isUnplugPending: Bool {
+        if case .timeout(_, let step) = self { return step.hasPrefix(VMError.unplugStep) }
+        return false
+    }
+
+    /// The step of a detach's wait for the guest (`DEVICE_DELETED for ID ...`).
+    public static let unplugStep = "DEVICE_DELETED for "
 }
 
 /// What kind of device an attachment is.
@@ -90,6 +101,9 @@ public protocol VMBackend: Actor {
     func detach(_ attachment: Attachment) async throws(VMError)
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
     func listAttached() async throws(VMError) -> [Attachment]
+    /// Whether the VM still has the device of `attachment` (after a detach whose wait for
+    /// the guest ended without an answer).
+    func holds(_ attachment: Attachment) async throws(VMError) -> Bool
     /// A device that may go to this VM has just appeared and is being read: the backend
     /// may get its connection ready meanwhile. Unused, it is closed by `unprepare` or shortly after.
     /// Called on the loop's thread, synchronously.
@@ -102,6 +116,10 @@ public protocol VMBackend: Actor {
 extension VMBackend {
     public nonisolated func prepare() {}
     public nonisolated func unprepare() {}
+
+    public func holds(_ attachment: Attachment) async throws(VMError) -> Bool {
+        try await listAttached().contains { $0.id == attachment.id }
+    }
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),

@@ -426,7 +426,7 @@ public actor QEMUBackend: VMBackend {
                     finish(w.id, w.joiner, guestRefused(qmp, w.id)
                         ? .commandFailed(vm: name, command: "device_del", errorClass: "DEVICE_UNPLUG_GUEST_ERROR",
                                          message: "the guest refused to release \(w.id)")
-                        : .timeout(vm: name, step: "DEVICE_DELETED for \(w.id) (the guest did not release it)"))
+                        : .timeout(vm: name, step: VMError.unplugStep + "\(w.id) (the guest did not release it)"))
                 }
                 waiting.removeAll { $0.deadline <= now }
             } catch {
@@ -439,6 +439,14 @@ public actor QEMUBackend: VMBackend {
     /// Whether the guest reported an error unplugging `id` (DEVICE_UNPLUG_GUEST_ERROR).
     private func guestRefused(_ qmp: QMPClient, _ id: String) -> Bool {
         qmp.events.contains { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }
+    }
+
+    /// Whether `/machine/peripheral` still has the attachment's id (one `qom-list`).
+    public func holds(_ attachment: Attachment) async throws(VMError) -> Bool {
+        try await session { (qmp) throws(VMError) in
+            let list = try await qmp.execute("qom-list", [("path", .string("/machine/peripheral"))])
+            return (list.arrayValue ?? []).contains { $0["name"]?.stringValue == attachment.id }
+        }
     }
 
     /// vhotplug's devices in the VM, from `qom-list /machine/peripheral`; USB
