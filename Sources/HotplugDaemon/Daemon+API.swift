@@ -292,7 +292,8 @@ extension Daemon: ControlService {
         }
         saveState()
         await settle(wanted.map(\.0))
-        for (_, t, target) in wanted where t.attachment?.vm != target {
+        // (An attach QEMU has not answered yet counts as not done: the daemon asks it later.)
+        for (_, t, target) in wanted where t.attachment?.vm != target || t.unanswered != nil {
             if vmDown.contains(target) {
                 return APIReply.failed("VM \(target) is not running; \(t.logName) will be attached when it starts")
             }

@@ -55,17 +55,25 @@ final class Tracked: @unchecked Sendable {
     var attachment: Attachment? {
         didSet {
             leaveVia = nil // the backend to leave through goes with the attachment it made
-            releaseDelay = 0
+            unanswered = nil
         }
     }
-    /// A detach whose guest had not let go by the deadline (QEMU keeps the unplug pending):
-    /// the seconds until the daemon next asks the VM whether the device is gone; 0 when none
-    /// is pending. Cleared with the attachment.
-    var releaseDelay: Double = 0
-    /// Set by that check's timer: the next reconcile only asks the VM (`Daemon.lookForRelease`).
-    var lookForRelease = false
-    /// That check's timer.
-    var releaseTimer: TimerToken?
+    /// An operation on the attachment whose outcome the VM had not given by its deadline
+    /// (Daemon.lookAgain): the daemon asks the VM, later and later, whether it has the device.
+    /// Cleared with the attachment.
+    var unanswered: Unanswered?
+    /// Set by that look's timer: the next reconcile only asks the VM.
+    var lookNow = false
+    /// That look's timer.
+    var lookTimer: TimerToken?
+
+    struct Unanswered {
+        /// An attach (QEMU still realizing a vfio-pci device) or a detach (a guest that had not let go).
+        enum Operation { case attach, detach }
+        var operation: Operation
+        /// Seconds until the next look.
+        var delay: Double
+    }
     /// Still on the host.
     var present = true
     /// A reconcile task is running for it.
@@ -141,8 +149,10 @@ public actor Daemon {
     var authorizer: USBAuthorizer
     /// Seconds a QEMU detach waits for the guest to let go (`VHOTPLUG_UNPLUG_TIMEOUT`, 10).
     var unplugTimeout = 10.0
-    /// The longest wait between two looks at a detach the guest has not completed.
-    static let releaseCheckCap = 300.0
+    /// Seconds a `device_add vfio-pci` may take (`VHOTPLUG_PCI_ATTACH_TIMEOUT`, 60).
+    var pciAttachTimeout = 60.0
+    /// The longest wait between two looks at an operation the VM did not answer in time.
+    static let lookCap = 300.0
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -183,14 +193,9 @@ public actor Daemon {
                 logger.warning("VHOTPLUG_UEVENT_BUFFER=\(quoted(text)) ignored: expected a number of bytes from 4096 to 1073741824")
             }
         }
-        // VHOTPLUG_UNPLUG_TIMEOUT=SECONDS: how long a QEMU detach waits for the guest (10).
-        if let text = getenv("VHOTPLUG_UNPLUG_TIMEOUT").map({ String(cString: $0) }) {
-            if let v = Double(text), v >= 0.1, v <= 3600 {
-                unplugTimeout = v
-            } else {
-                logger.warning("VHOTPLUG_UNPLUG_TIMEOUT=\(quoted(text)) ignored: expected seconds from 0.1 to 3600")
-            }
-        }
+        // How long a QEMU detach waits for the guest (10 s), and a vfio-pci device_add for QEMU (60 s).
+        unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
+        pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if let forced {
@@ -250,7 +255,7 @@ public actor Daemon {
                 switch vm.type {
                 case .qemu:
                     next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger,
-                                                unplugTimeout: unplugTimeout)
+                                                unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout)
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
@@ -698,11 +703,11 @@ public actor Daemon {
     }
 
     func reconcileLoop(_ key: String, _ t: Tracked) async {
-        if t.lookForRelease {
-            t.lookForRelease = false
+        if t.lookNow {
+            t.lookNow = false
             // Only the look: a device_del again could cancel an unplug the guest is in the
             // middle of (a second attention-button press within Linux's 5 s does).
-            guard await lookForRelease(key, t) else { return }
+            guard await lookAgain(key, t) else { return }
         }
         while !stopping {
             // An attachment of the device that was at this port before it (its remove and add
@@ -723,9 +728,9 @@ public actor Daemon {
                     t.lastError = "\(error)"
                     if error.isUnplugPending {
                         // QEMU may still complete it: the daemon looks again, then less and less often.
-                        t.releaseDelay = t.releaseDelay > 0 ? t.releaseDelay : unplugTimeout
-                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.releaseDelay))")
-                        scheduleReleaseCheck(key, t)
+                        if t.unanswered?.operation != .detach { t.unanswered = .init(operation: .detach, delay: unplugTimeout) }
+                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.unanswered?.delay ?? 0))")
+                        scheduleLook(key, t)
                     } else {
                         logger.error("\(t.logName): detach from \(a.vm) failed: \(error)")
                     }
@@ -751,6 +756,16 @@ public actor Daemon {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
+                    } else if error.isAttachUnanswered, t.present, t.device == attempted, case .pci(let d) = t.device {
+                        // QEMU may still be realizing it, with the device open: giving it back to
+                        // its driver now would wait in the kernel (vfio-pci's release) for QEMU, on
+                        // the daemon's thread. It is taken as attached until the VM says.
+                        t.attachment = QEMUBackend.pciAttachment(vm: vm, address: d.address)
+                        t.unanswered = .init(operation: .attach, delay: pciAttachTimeout)
+                        t.lastError = "\(error); taken as attached while QEMU may still be adding it"
+                        logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(pciAttachTimeout))")
+                        scheduleLook(key, t)
+                        return
                     } else if !t.present || t.device != attempted {
                         // Unplugged (or replugged) while its attach ran: no failure; the loop looks again.
                         logger.info("\(t.logName): left the host during its attach to \(vm) (\(error))")
@@ -781,47 +796,83 @@ public actor Daemon {
         }
     }
 
-    /// In `t.releaseDelay` seconds, a reconcile that asks the VM whether the device whose
-    /// detach timed out is gone (`lookForRelease`). One pending look per device: a timer
-    /// that finds the attachment changed does nothing.
-    func scheduleReleaseCheck(_ key: String, _ t: Tracked) {
-        guard let a = t.attachment, t.releaseDelay > 0 else { return }
-        if let old = t.releaseTimer { loop.cancel(old) }
-        t.releaseTimer = loop.schedule(at: .after(t.releaseDelay)) { [self] in
+    /// In `t.unanswered`'s delay, a reconcile that asks the VM whether it has the device
+    /// (`lookAgain`). One pending look per device: a timer that finds the attachment
+    /// changed does nothing.
+    func scheduleLook(_ key: String, _ t: Tracked) {
+        guard let a = t.attachment, let delay = t.unanswered?.delay else { return }
+        if let old = t.lookTimer { loop.cancel(old) }
+        t.lookTimer = loop.schedule(at: .after(delay)) { [self] in
             assumeIsolated { daemon in
-                t.releaseTimer = nil
-                guard daemon.devices[key] === t, t.attachment == a, t.releaseDelay > 0 else { return }
-                t.lookForRelease = true
+                t.lookTimer = nil
+                guard daemon.devices[key] === t, t.attachment == a, t.unanswered != nil else { return }
+                t.lookNow = true
                 daemon.reconcile(key)
             }
         }
     }
 
-    /// Asks the VM whether it still has the device of a detach the guest had not completed
-    /// by its deadline. Gone: the attachment ends (true: the caller goes on, a PCI device back
-    /// to its driver unless it is wanted elsewhere). Still there, or no answer: the next look
-    /// is scheduled, twice as late (up to 5 minutes), and false.
-    func lookForRelease(_ key: String, _ t: Tracked) async -> Bool {
-        guard let a = t.attachment, t.releaseDelay > 0, let backend = t.leaveVia ?? backends[a.vm] else { return true }
+    /// Asks the VM whether it has the device of an operation it did not answer in time.
+    /// A detach: gone, the attachment ends (true: the caller goes on, a PCI device back to its
+    /// driver unless it is wanted elsewhere). An attach: there, it is confirmed; gone, the
+    /// attach failed and the device goes back to its driver. Otherwise (still there after a
+    /// detach, no answer) the next look is scheduled, twice as late (up to 5 minutes), and false.
+    func lookAgain(_ key: String, _ t: Tracked) async -> Bool {
+        guard let a = t.attachment, let pending = t.unanswered, let backend = t.leaveVia ?? backends[a.vm] else { return true }
         do {
-            if try await !backend.holds(a) {
+            let held = try await backend.holds(a)
+            guard t.attachment == a else { return true }
+            switch (pending.operation, held) {
+            case (.detach, false):
                 logger.info("\(t.logName): \(a.vm) let go of \(a.id) after the detach's deadline")
                 t.attachment = nil
                 t.lastError = nil
                 announceDetached(t, vm: a.vm)
                 if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
                 return true
+            case (.attach, true):
+                t.unanswered = nil
+                t.lastError = nil
+                logger.info("\(t.logName): attached to \(a.vm) as \(a.id) (QEMU finished after the deadline) in \(ms(since: t.since))")
+                announceAttached(t, vm: a.vm)
+                return true
+            case (.attach, false):
+                t.attachment = nil
+                t.failed = true
+                t.lastError = "VM \(a.vm) does not have \(a.id): QEMU did not add it"
+                logger.error("\(t.logName): attach to \(a.vm) failed: QEMU does not have \(a.id) after the deadline")
+                await deauthorizeAfterVM(t, vm: a.vm)
+                await giveBackDriver(t)
+                return false
+            case (.detach, true):
+                logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(lookLater(key, t)))")
             }
         } catch {
             // A VM that stopped: its socket's removal ends the attachment.
             if error.isNotRunning { return true }
-            logger.warning("\(t.logName): cannot ask \(a.vm) whether it let go of \(a.id): \(error)")
+            guard t.attachment == a else { return true }
+            logger.warning("\(t.logName): cannot ask \(a.vm) whether it has \(a.id): \(error); asking again in \(Self.seconds(lookLater(key, t)))")
         }
-        guard t.attachment == a else { return true }
-        t.releaseDelay = min(t.releaseDelay * 2, Self.releaseCheckCap)
-        logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(t.releaseDelay))")
-        scheduleReleaseCheck(key, t)
         return false
+    }
+
+    /// Schedules the next look, twice as late as the last one (up to 5 minutes); returns its delay.
+    func lookLater(_ key: String, _ t: Tracked) -> Double {
+        guard var next = t.unanswered else { return 0 }
+        next.delay = min(next.delay * 2, Self.lookCap)
+        t.unanswered = next
+        scheduleLook(key, t)
+        return next.delay
+    }
+
+    /// A number of seconds (0.1 to 3600) from the environment; a bad one is logged and ignored.
+    func environmentSeconds(_ name: String) -> Double? {
+        guard let text = getenv(name).map({ String(cString: $0) }) else { return nil }
+        guard let v = Double(text), v >= 0.1, v <= 3600 else {
+            logger.warning("\(name)=\(quoted(text)) ignored: expected seconds from 0.1 to 3600")
+            return nil
+        }
+        return v
     }
 
     static func seconds(_ v: Double) -> String {

@@ -42,6 +42,16 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// The step of a detach's wait for the guest (`DEVICE_DELETED for ID ...`).
     public static let unplugStep = "DEVICE_DELETED for "
+
+    /// True when a `device_add vfio-pci` went out and got no answer by its deadline: QEMU may
+    /// still be adding the device (realizing it maps the device's memory), with it open.
+    public var isAttachUnanswered: Bool {
+        if case .timeout(_, let step) = self { return step.hasPrefix(VMError.pciAttachStep) }
+        return false
+    }
+
+    /// The step of a `device_add vfio-pci` (`device_add vfio-pci ADDRESS`).
+    public static let pciAttachStep = "device_add vfio-pci "
 }
 
 /// What kind of device an attachment is.

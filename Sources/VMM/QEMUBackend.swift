@@ -188,25 +188,30 @@ public actor QEMUBackend: VMBackend {
     // MARK: PCI and evdev
 
     /// `device_add vfio-pci host=ADDRESS bus=<free root port>` (root buses cannot hot-plug).
+    /// A timeout of the `device_add` itself is `VMError.isAttachUnanswered`: QEMU may still
+    /// finish it, and the caller asks later (`holds`) rather than take the device back.
     public func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment {
-        let id = DeviceIds.pci(address: device.address)
-        var attachment = Attachment(vm: name, kind: .pci, id: id, hostKey: device.address)
-        attachment.pciHost = device.address
-        let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(id))]
-        do throws(VMError) {
-            return try await session { (qmp) throws(VMError) in
-                try await unlessPresent(qmp, attachment, property: "host", value: device.address) { () throws(VMError) in
-                    let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
-                    // Realizing vfio-pci maps the device's memory: seconds on a real host,
-                    // about 5 s under TCG. It gets its own, longer deadline.
+        let attachment = Self.pciAttachment(vm: name, address: device.address)
+        let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(attachment.id))]
+        return try await session { (qmp) throws(VMError) in
+            try await unlessPresent(qmp, attachment, property: "host", value: device.address) { () throws(VMError) in
+                let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
+                // Realizing vfio-pci maps the device's memory: seconds on a real host,
+                // about 5 s under TCG. It gets its own, longer deadline.
+                do throws(VMError) {
                     try await qmp.execute("device_add", args + [("bus", .string(port))], timeout: pciTimeout)
+                } catch .timeout {
+                    throw .timeout(vm: name, step: VMError.pciAttachStep + device.address)
                 }
             }
-        } catch .timeout {
-            // QEMU may finish the device_add after the deadline: ask before reporting a failure.
-            if (try? await listAttached())?.contains(where: { $0.id == id }) == true { return attachment }
-            throw .timeout(vm: name, step: "device_add vfio-pci \(device.address)")
         }
+    }
+
+    /// What `attachPCI` of the device at `address` makes (`vhp-pci-...`, its host address).
+    public static func pciAttachment(vm: String, address: String) -> Attachment {
+        var a = Attachment(vm: vm, kind: .pci, id: DeviceIds.pci(address: address), hostKey: address)
+        a.pciHost = address
+        return a
     }
 
     /// `device_add virtio-input-host-pci evdev=/dev/input/eventN bus=<free root port>`.

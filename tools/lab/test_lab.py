@@ -1405,6 +1405,38 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertLog(r"pci %s [^\n]*: detached from vm1" % re.escape(f1), since=m)
         self.assertNotLog(r"(error|critical) ", since=start_mark)
 
+    def test_11_device_add_unanswered_by_its_deadline_stays_on_vfio_and_is_confirmed(self):
+        """A `device_add vfio-pci` QEMU has not answered by the daemon's deadline (0.5 s here;
+        realizing the NIC takes seconds under TCG), then QEMU stopped (SIGSTOP) while it realizes:
+        the NIC is taken as attached and stays on vfio-pci; the daemon asks vm1 again, and once
+        QEMU runs again, confirms it. Before, it gave the NIC back to e1000e while QEMU had it
+        open (vfio-pci's unbind waits in the kernel for QEMU, on the daemon's thread)."""
+        lab = self.lab
+        self.start(config=PCI_RULES, env={"VHOTPLUG_PCI_ATTACH_TIMEOUT": "0.5"})
+        mark = lab.vhotplug_log_mark()
+        p = lab.plug("e1000e", "n1", wait=False)
+        late = lab.wait_log(r"pci (\S+) 8086:10d3[^\n]*: attach to vm1: VM vm1: no answer to device_add vfio-pci \S+ in time; "
+                            r"taken as attached, asking vm1 again in 0.5 s", since=mark, timeout=PCI_ATTACH_DEADLINE)
+        addr, vid = late.group(1), pci_id(late.group(1))
+        qemu = lab.check("cat %s/vm1.pid" % labkit.GUEST_RUN).strip()
+        lab.check("kill -STOP %s" % qemu)
+        try:
+            asked = lab.wait_log(r"pci %s [^\n]*: (cannot ask vm1 whether it has %s: [^\n]*; asking again in 1 s"
+                                 r"|attached to vm1 as %s \(QEMU finished after the deadline\))"
+                                 % (re.escape(addr), re.escape(vid), re.escape(vid)), since=mark, timeout=20)
+            if "finished" in asked.group(0):
+                print("\n  vm1 answered before it was stopped: the look confirmed the NIC at once", file=sys.stderr)
+            self.assertEqual(self.driver(addr), "vfio-pci", self.diag())
+        finally:
+            lab.check("kill -CONT %s" % qemu)
+        lab.wait_log(r"pci %s [^\n]*: attached to vm1 as %s \(QEMU finished after the deadline\)"
+                     % (re.escape(addr), re.escape(vid)), since=mark, timeout=30)
+        lab.wait_plugged(p)
+        self.assertInVM1(vid, 0x8086, 0x10d3, wait=30)
+        self.assertEqual(self.driver(addr), "vfio-pci")
+        self.assertNotLog(r"pci %s [^\n]*: back on its host driver" % re.escape(addr), since=mark)
+        self.assertEqual(len(re.findall(r'"execute":"device_add"', lab.vhotplug_log(since=mark))), 1)
+
     def test_10_iommu_add_all_suspend_resume_and_a_sigkilled_daemon(self):
         """pciIommuAddAll with the API's suspend/resume and a SIGKILLed daemon: a two-function
         e1000e (one IOMMU group) already in the guest, a rule for function 0 only, the daemon
