@@ -9,8 +9,12 @@ public final class DaemonProcess: @unchecked Sendable {
     private var lines: [String] = []
     private var ended = false
     private let reader: Thread
+    /// Held while the daemon may run in it: the testbed's folder is removed only after the
+    /// daemon is gone (umockdev aborts the test process when a removal finds files appearing).
+    private let testbed: Testbed?
 
     public init(arguments: [String], testbed: Testbed? = nil, environment extra: [String: String] = [:]) throws {
+        self.testbed = testbed
         var env = cleanEnvironment()
         if testbed != nil, !(ProcessInfo.processInfo.environment["LD_PRELOAD"] ?? "").contains("umockdev") {
             // umockdev delivers a testbed's uevents only when the sending process runs under its preload.

@@ -13,11 +13,15 @@ public final class QEMUInstance: @unchecked Sendable {
     public private(set) var pid: Int32 = 0
     private let extraArgs: [String]
     private let environment: [String: String]
+    /// Held while QEMU may run in it: the testbed's folder is removed only after QEMU is gone
+    /// (its deinit stops QEMU first; umockdev aborts the test process when a removal fails).
+    private let testbed: Testbed?
 
     /// - Parameters:
     ///   - testbed: run QEMU inside this umockdev testbed (it then sees the fake USB devices).
     ///   - extraArgs: more QEMU arguments (root ports, ...).
     public init(name: String = "vm1", testbed: Testbed? = nil, extraArgs: [String] = [], directory: String? = nil) throws {
+        self.testbed = testbed
         dir = directory ?? scratchPath("vhp-qemu")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         qmpPath = dir + "/\(name).qmp"
