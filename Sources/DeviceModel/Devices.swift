@@ -196,3 +196,18 @@ public struct InputDevice: Sendable, Hashable, Codable {
         self.pathTag = pathTag
     }
 }
+
+/// A device of any kind, as read from sysfs.
+public enum HostDevice: Sendable, Hashable {
+    case usb(USBDevice)
+    case pci(PCIDevice)
+    case input(InputDevice)
+
+    public var sysName: String {
+        switch self {
+        case .usb(let d): d.sysName
+        case .pci(let d): d.address
+        case .input(let d): d.sysName
+        }
+    }
+}

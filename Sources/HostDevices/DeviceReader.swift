@@ -1,21 +1,6 @@
 import JSONKit
 import DeviceModel
 
-/// A device of any kind, as read from sysfs.
-public enum HostDevice: Sendable, Hashable {
-    case usb(USBDevice)
-    case pci(PCIDevice)
-    case input(InputDevice)
-
-    public var sysName: String {
-        switch self {
-        case .usb(let d): d.sysName
-        case .pci(let d): d.address
-        case .input(let d): d.sysName
-        }
-    }
-}
-
 /// Which kinds of device to read.
 public struct DeviceKinds: OptionSet, Sendable, Hashable {
     public let rawValue: Int

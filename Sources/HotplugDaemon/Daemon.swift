@@ -66,6 +66,8 @@ final class Tracked: @unchecked Sendable {
     var lookNow = false
     /// That look's timer.
     var lookTimer: TimerToken?
+    /// An unanswered attach that the VM then did not have was tried once more (a second one fails).
+    var attachRetried = false
 
     struct Unanswered {
         /// An attach (QEMU still realizing a vfio-pci device) or a detach (a guest that had not let go).
@@ -151,6 +153,8 @@ public actor Daemon {
     var unplugTimeout = 10.0
     /// Seconds a `device_add vfio-pci` may take (`VHOTPLUG_PCI_ATTACH_TIMEOUT`, 60).
     var pciAttachTimeout = 60.0
+    /// Seconds for each other QMP exchange (`VHOTPLUG_QMP_TIMEOUT`, 5).
+    var qmpTimeout = 5.0
     /// The longest wait between two looks at an operation the VM did not answer in time.
     static let lookCap = 300.0
 
@@ -196,6 +200,7 @@ public actor Daemon {
         // How long a QEMU detach waits for the guest (10 s), and a vfio-pci device_add for QEMU (60 s).
         unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
+        qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if let forced {
@@ -255,7 +260,7 @@ public actor Daemon {
                 switch vm.type {
                 case .qemu:
                     next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger,
-                                                unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout)
+                                                timeout: qmpTimeout, unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout)
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
@@ -750,20 +755,22 @@ public actor Daemon {
                     await authorizeForVM(t, vm: vm)
                     guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
+                    t.attachRetried = false
                     logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
-                    } else if error.isAttachUnanswered, t.present, t.device == attempted, case .pci(let d) = t.device {
-                        // QEMU may still be realizing it, with the device open: giving it back to
-                        // its driver now would wait in the kernel (vfio-pci's release) for QEMU, on
-                        // the daemon's thread. It is taken as attached until the VM says.
-                        t.attachment = QEMUBackend.pciAttachment(vm: vm, address: d.address)
-                        t.unanswered = .init(operation: .attach, delay: pciAttachTimeout)
+                    } else if error.isAttachUnanswered, t.present, t.device == attempted, let a = backend.attachment(for: attempted) {
+                        // QEMU may still add it (a vfio-pci device is open in QEMU meanwhile: giving
+                        // it back to its driver now would make the kernel's unbind wait for QEMU, on
+                        // the daemon's thread). It is taken as attached until the VM says.
+                        let delay = a.kind == .pci ? pciAttachTimeout : qmpTimeout
+                        t.attachment = a
+                        t.unanswered = .init(operation: .attach, delay: delay)
                         t.lastError = "\(error); taken as attached while QEMU may still be adding it"
-                        logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(pciAttachTimeout))")
+                        logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(delay))")
                         scheduleLook(key, t)
                         return
                     } else if !t.present || t.device != attempted {
@@ -833,11 +840,19 @@ public actor Daemon {
             case (.attach, true):
                 t.unanswered = nil
                 t.lastError = nil
+                t.attachRetried = false
                 logger.info("\(t.logName): attached to \(a.vm) as \(a.id) (QEMU finished after the deadline) in \(ms(since: t.since))")
                 announceAttached(t, vm: a.vm)
                 return true
             case (.attach, false):
                 t.attachment = nil
+                if !t.attachRetried {
+                    // QEMU answers now, and dropped or refused the device_add (it discards what
+                    // a client that left had queued): once more, with QEMU's own answer this time.
+                    t.attachRetried = true
+                    logger.info("\(t.logName): \(a.vm) does not have \(a.id) after the deadline; attaching again")
+                    return true
+                }
                 t.failed = true
                 t.lastError = "VM \(a.vm) does not have \(a.id): QEMU did not add it"
                 logger.error("\(t.logName): attach to \(a.vm) failed: QEMU does not have \(a.id) after the deadline")

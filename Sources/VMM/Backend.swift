@@ -43,15 +43,16 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The step of a detach's wait for the guest (`DEVICE_DELETED for ID ...`).
     public static let unplugStep = "DEVICE_DELETED for "
 
-    /// True when a `device_add vfio-pci` went out and got no answer by its deadline: QEMU may
-    /// still be adding the device (realizing it maps the device's memory), with it open.
+    /// True when a `device_add` went out and got no answer by its deadline (QEMU busy, or
+    /// stopped, or realizing a vfio-pci device, which maps its memory): QEMU may still add
+    /// the device, and a vfio-pci one is open in QEMU meanwhile.
     public var isAttachUnanswered: Bool {
-        if case .timeout(_, let step) = self { return step.hasPrefix(VMError.pciAttachStep) }
+        if case .timeout(_, let step) = self { return step.hasPrefix(VMError.attachStep) }
         return false
     }
 
-    /// The step of a `device_add vfio-pci` (`device_add vfio-pci ADDRESS`).
-    public static let pciAttachStep = "device_add vfio-pci "
+    /// The step of an attach's `device_add` (`device_add vfio-pci ADDRESS`, `device_add usb-host 1-2`).
+    public static let attachStep = "device_add "
 }
 
 /// What kind of device an attachment is.
@@ -112,8 +113,11 @@ public protocol VMBackend: Actor {
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
     func listAttached() async throws(VMError) -> [Attachment]
     /// Whether the VM still has the device of `attachment` (after a detach whose wait for
-    /// the guest ended without an answer).
+    /// the guest ended without an answer, or an attach that was not answered).
     func holds(_ attachment: Attachment) async throws(VMError) -> Bool
+    /// The attachment an attach of `device` makes, when it is known without the VM's answer
+    /// (QEMU: vhotplug's id); nil when only the VM can tell (crosvm's port).
+    nonisolated func attachment(for device: HostDevice) -> Attachment?
     /// A device that may go to this VM has just appeared and is being read: the backend
     /// may get its connection ready meanwhile. Unused, it is closed by `unprepare` or shortly after.
     /// Called on the loop's thread, synchronously.
@@ -130,6 +134,8 @@ extension VMBackend {
     public func holds(_ attachment: Attachment) async throws(VMError) -> Bool {
         try await listAttached().contains { $0.id == attachment.id }
     }
+
+    public nonisolated func attachment(for device: HostDevice) -> Attachment? { nil }
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),

@@ -122,10 +122,8 @@ public actor QEMUBackend: VMBackend {
     /// An id that already exists is checked: the same device is success,
     /// another one (a stale attachment) is removed first.
     public func attachUSB(_ device: USBDevice, present: @escaping @Sendable () -> Bool) async throws(VMError) -> Attachment {
-        let id = DeviceIds.usb(device)
-        let attachment = Attachment(vm: name, kind: .usb, id: id, hostKey: DeviceIds.usbKey(device),
-                                    usbVendor: device.vendorId, usbProduct: device.productId,
-                                    usbBus: device.bus, usbAddress: device.devnum)
+        let attachment = attachment(for: .usb(device))!
+        let id = attachment.id
         let args: [(String, JSONText)] = [
             ("driver", .string("usb-host")), ("id", .string(id)),
             ("hostbus", .int(device.bus)), ("hostaddr", .int(device.devnum)),
@@ -134,7 +132,7 @@ public actor QEMUBackend: VMBackend {
             var delay = 0.005
             while true {
                 do throws(VMError) {
-                    try await qmp.execute("device_add", args)
+                    try await unanswered("usb-host \(device.sysName)") { () throws(VMError) in try await qmp.execute("device_add", args) }
                     return attachment
                 } catch .commandFailed(let vm, let command, let cls, let message) where message.contains("failed to find host usb device") {
                     // A device unplugged meanwhile is not waited for: each failed device_add holds
@@ -153,9 +151,11 @@ public actor QEMUBackend: VMBackend {
                     // runs): let QEMU open the node itself.
                     logger.info("VM \(name): QEMU's USB list lacks \(device.sysName); attaching by its node \(device.devnode)")
                     do throws(VMError) {
-                        try await qmp.execute("device_add", [
-                            ("driver", .string("usb-host")), ("id", .string(id)), ("hostdevice", .string(device.devnode)),
-                        ])
+                        try await unanswered("usb-host \(device.sysName)") { () throws(VMError) in
+                            try await qmp.execute("device_add", [
+                                ("driver", .string("usb-host")), ("id", .string(id)), ("hostdevice", .string(device.devnode)),
+                            ])
+                        }
                         return attachment
                     } catch {
                         throw .commandFailed(vm: vm, command: command, errorClass: cls,
@@ -191,42 +191,60 @@ public actor QEMUBackend: VMBackend {
     /// A timeout of the `device_add` itself is `VMError.isAttachUnanswered`: QEMU may still
     /// finish it, and the caller asks later (`holds`) rather than take the device back.
     public func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment {
-        let attachment = Self.pciAttachment(vm: name, address: device.address)
+        let attachment = attachment(for: .pci(device))!
         let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(attachment.id))]
         return try await session { (qmp) throws(VMError) in
             try await unlessPresent(qmp, attachment, property: "host", value: device.address) { () throws(VMError) in
                 let port = try await freeRootPort(qmp, prefix: nil, for: device.address)
                 // Realizing vfio-pci maps the device's memory: seconds on a real host,
                 // about 5 s under TCG. It gets its own, longer deadline.
-                do throws(VMError) {
+                try await unanswered("vfio-pci \(device.address)") { () throws(VMError) in
                     try await qmp.execute("device_add", args + [("bus", .string(port))], timeout: pciTimeout)
-                } catch .timeout {
-                    throw .timeout(vm: name, step: VMError.pciAttachStep + device.address)
                 }
             }
         }
     }
 
-    /// What `attachPCI` of the device at `address` makes (`vhp-pci-...`, its host address).
-    public static func pciAttachment(vm: String, address: String) -> Attachment {
-        var a = Attachment(vm: vm, kind: .pci, id: DeviceIds.pci(address: address), hostKey: address)
-        a.pciHost = address
-        return a
+    /// Runs a `device_add`; a timeout once it may have gone out (its reply, or the greeting
+    /// read before it) is `VMError.isAttachUnanswered`, step `device_add WHAT`: QEMU may still
+    /// add the device, and the caller asks later (`holds`) rather than take it as failed.
+    private func unanswered(_ what: String, _ add: () async throws(VMError) -> Void) async throws(VMError) {
+        do throws(VMError) {
+            try await add()
+        } catch .timeout {
+            throw .timeout(vm: name, step: VMError.attachStep + what)
+        }
+    }
+
+    /// What an attach of `device` makes: vhotplug's id, and what identifies the device on the host.
+    public nonisolated func attachment(for device: HostDevice) -> Attachment? {
+        switch device {
+        case .usb(let d):
+            return Attachment(vm: name, kind: .usb, id: DeviceIds.usb(d), hostKey: DeviceIds.usbKey(d),
+                              usbVendor: d.vendorId, usbProduct: d.productId, usbBus: d.bus, usbAddress: d.devnum)
+        case .pci(let d):
+            var a = Attachment(vm: name, kind: .pci, id: DeviceIds.pci(address: d.address), hostKey: d.address)
+            a.pciHost = d.address
+            return a
+        case .input(let d):
+            return Attachment(vm: name, kind: .evdev, id: DeviceIds.evdev(eventNode: d.sysName), hostKey: d.sysName)
+        }
     }
 
     /// `device_add virtio-input-host-pci evdev=/dev/input/eventN bus=<free root port>`.
     /// An event device another program holds exclusively (EVIOCGRAB) is refused by
     /// QEMU; that reply is returned as it is, and not retried.
     public func attachEvdev(_ device: InputDevice, busPrefix: String?) async throws(VMError) -> Attachment {
-        let id = DeviceIds.evdev(eventNode: device.sysName)
-        let attachment = Attachment(vm: name, kind: .evdev, id: id, hostKey: device.sysName)
+        let attachment = attachment(for: .input(device))!
         return try await session { (qmp) throws(VMError) in
             try await unlessPresent(qmp, attachment, property: "evdev", value: device.devnode) { () throws(VMError) in
                 let port = try await freeRootPort(qmp, prefix: busPrefix, for: device.devnode)
-                try await qmp.execute("device_add", [
-                    ("driver", .string("virtio-input-host-pci")), ("evdev", .string(device.devnode)),
-                    ("id", .string(id)), ("bus", .string(port)),
-                ])
+                try await unanswered("virtio-input-host-pci \(device.devnode)") { () throws(VMError) in
+                    try await qmp.execute("device_add", [
+                        ("driver", .string("virtio-input-host-pci")), ("evdev", .string(device.devnode)),
+                        ("id", .string(attachment.id)), ("bus", .string(port)),
+                    ])
+                }
             }
         }
     }

@@ -381,6 +381,40 @@ struct DaemonUSBTests {
         try d.waitFor("attached to vm1 as vhp-usb-1-3")
         // vm1's attach did not wait for the slow VM's deadline (5 s): its failure is still to come.
         #expect(!d.log.contains { $0.contains("attach to slow failed") })
-        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attach to slow failed: VM slow: no answer to greeting in time")
+        // Its device_add went out unanswered: taken as attached while the VM may still add it, and asked again.
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attach to slow: VM slow: no answer to device_add usb-host 1-2 in time; taken as attached, asking slow again in 5 s")
+    }
+
+    @Test("a device_add QEMU has not answered by the deadline (QEMU stopped): taken as attached and asked again; once QEMU runs, confirmed, or attached once more when QEMU dropped it with the closed connection")
+    func attachUnanswered() async throws {
+        let rig = try await Rig()
+        // Connected before QEMU's libusb starts (at its first usb-host): QEMU finds it when it runs.
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        let d = try rig.daemon(["-a"], environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
+        let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
+        try d.waitFor("\(name): attach to vm1: VM vm1: no answer to device_add usb-host 1-2 in time; taken as attached, asking vm1 again in 0.5 s")
+        // The first look gets no answer either (QEMU's listen backlog is full, or no greeting comes).
+        let look = try d.waitFor("\(name): cannot ask vm1 whether it has vhp-usb-1-2: VM vm1: no answer to ")
+        #expect(d.log[look].hasSuffix("; asking again in 1 s"))
+        #expect(!d.log.contains { $0.contains("attach to vm1 failed") })
+        let mark = d.mark
+        kill(rig.qemu.pid, SIGCONT)
+        // QEMU runs the device_add it finds in the closed connection, or drops it with the
+        // connection (its monitor discards the requests queued when the client is gone; what
+        // happens here): the next look settles it, and a dropped one is sent once more.
+        let confirmed = "\(name): attached to vm1 as vhp-usb-1-2 (QEMU finished after the deadline)"
+        let dropped = "\(name): vm1 does not have vhp-usb-1-2 after the deadline; attaching again"
+        let outcome = try d.waitFor(anyOf: [confirmed, dropped], from: mark, timeout: 30)
+        if outcome.text == dropped { try d.waitFor("\(name): attached to vm1 as vhp-usb-1-2 in ", from: outcome.line) }
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(!d.log.contains { $0.contains("attach to vm1 failed") })
+        print("attachUnanswered: QEMU \(outcome.text == confirmed ? "ran" : "dropped") the device_add of the closed connection")
+        // Attached as any other: unplugged, it is detached.
+        let gone = d.mark
+        rig.unplugReceiver()
+        try d.waitFor("\(name): detached from vm1 (vhp-usb-1-2)", from: gone)
+        #expect(try rig.qemu.attachedIds() == [])
     }
 }

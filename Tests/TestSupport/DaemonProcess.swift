@@ -75,19 +75,27 @@ public final class DaemonProcess: @unchecked Sendable {
     /// Fails (throws) at the deadline or when the daemon exits, with the log.
     @discardableResult
     public func waitFor(_ text: String, from: Int = 0, timeout: Double = 20) throws -> Int {
+        try waitFor(anyOf: [text], from: from, timeout: timeout).line
+    }
+
+    /// Waits for the first line (from line `from` on) that contains one of `texts`; returns
+    /// the line's number and which text it holds.
+    @discardableResult
+    public func waitFor(anyOf texts: [String], from: Int = 0, timeout: Double = 20) throws -> (line: Int, text: String) {
         let deadline = Date().addingTimeInterval(timeout)
         lock.lock()
         defer { lock.unlock() }
         var checked = from
         while true {
             while checked < lines.count {
-                if lines[checked].contains(text) { return checked }
+                if let t = texts.first(where: { lines[checked].contains($0) }) { return (checked, t) }
                 checked += 1
             }
             if ended { break }
             if !lock.wait(until: deadline) { break }
         }
-        throw TestbedError(message: "vhotplug never logged \"\(text)\"; its log:\n" + lines.joined(separator: "\n"))
+        let wanted = texts.map { "\"\($0)\"" }.joined(separator: " or ")
+        throw TestbedError(message: "vhotplug never logged \(wanted); its log:\n" + lines.joined(separator: "\n"))
     }
 
     /// The number of log lines so far (a mark for `waitFor(from:)`).
