@@ -412,7 +412,13 @@ public actor Daemon {
                 }
             } else {
                 logger.info("VM \(vm): removing stale \(a.id) (its device is gone)")
-                do { try await backend.detach(a) } catch { logger.warning("VM \(vm): cannot remove \(a.id): \(error)") }
+                do {
+                    if try await !backend.removeStale(a) {
+                        logger.info("VM \(vm): \(a.id) holds another device since it was listed; left in place")
+                    }
+                } catch {
+                    logger.warning("VM \(vm): cannot remove \(a.id): \(error)")
+                }
             }
         }
     }

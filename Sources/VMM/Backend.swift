@@ -112,6 +112,9 @@ public protocol VMBackend: Actor {
     func detach(_ attachment: Attachment) async throws(VMError)
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
     func listAttached() async throws(VMError) -> [Attachment]
+    /// Removes an attachment `listAttached` returned that stands for no device: only while it
+    /// is still the one listed (not one an attach put under the same id since). True when removed.
+    func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool
     /// Whether the VM still has the device of `attachment` (after a detach whose wait for
     /// the guest ended without an answer, or an attach that was not answered).
     func holds(_ attachment: Attachment) async throws(VMError) -> Bool
@@ -136,6 +139,11 @@ extension VMBackend {
     }
 
     public nonisolated func attachment(for device: HostDevice) -> Attachment? { nil }
+
+    public func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool {
+        try await detach(attachment)
+        return true
+    }
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),

@@ -464,6 +464,30 @@ public actor QEMUBackend: VMBackend {
         qmp.events.contains { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }
     }
 
+    /// Checks, in the same session as its `device_del`, that the id still holds the device
+    /// listed (a USB device's host bus and address, a PCI device's host address): between the
+    /// listing and this removal, an attach of a new device at the same port may have used the id.
+    public func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool {
+        try await session { (qmp) throws(VMError) in
+            switch attachment.kind {
+            case .usb:
+                if let bus = attachment.usbBus, let address = attachment.usbAddress {
+                    guard let now = try await usbHost(qmp, id: attachment.id), now == (bus, address) else { return false }
+                }
+            case .pci:
+                if let host = attachment.pciHost {
+                    let path = "/machine/peripheral/\(attachment.id)"
+                    guard let now = try? await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("host"))]).stringValue,
+                          now == host else { return false }
+                }
+            case .evdev:
+                break
+            }
+            try await deleteDevice(qmp, id: attachment.id)
+            return true
+        }
+    }
+
     /// Whether `/machine/peripheral` still has the attachment's id (one `qom-list`).
     public func holds(_ attachment: Attachment) async throws(VMError) -> Bool {
         try await session { (qmp) throws(VMError) in

@@ -176,11 +176,8 @@ struct QEMUBackendTests {
 
     @Test("attach a USB device of the testbed, list it, attach again (no double), detach")
     func usbRoundTrip() async throws {
-        let tb = await Testbed.make()
-        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        let qemu = try QEMUInstance(testbed: tb)
-        let host = try LoopHost()
-        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        let (qemu, host, backend) = try await receiverRig()
+        defer { withExtendedLifetime(host) {} }
         let a = try await backend.attachUSB(receiver)
         #expect(a.id == "vhp-usb-1-2")
         #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
@@ -192,6 +189,32 @@ struct QEMUBackendTests {
         try await backend.detach(a)
         #expect(try qemu.attachedIds() == [])
         try await backend.detach(a)                         // already gone: not an error
+    }
+
+    @Test("a stale id is removed only while it holds the device listed: one an attach reused since stays")
+    func removeStaleChecksTheDevice() async throws {
+        let (qemu, host, backend) = try await receiverRig()
+        defer { withExtendedLifetime(host) {} }
+        _ = try await backend.attachUSB(receiver)
+        let listed = try #require(try await backend.listAttached().first)
+        // As listed before the receiver was replugged (another address) and attached again under its id.
+        var earlier = listed
+        earlier.usbAddress = 3
+        #expect(try await backend.removeStale(earlier) == false)
+        #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try await backend.removeStale(listed) == true)
+        #expect(try qemu.attachedIds() == [])
+        // Gone meanwhile: nothing to remove.
+        #expect(try await backend.removeStale(listed) == false)
+    }
+
+    /// A testbed with the receiver, a QEMU in it (which holds the testbed), and a backend for that QEMU.
+    func receiverRig() async throws -> (qemu: QEMUInstance, host: LoopHost, backend: QEMUBackend) {
+        let tb = await Testbed.make()
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let qemu = try QEMUInstance(testbed: tb)
+        let host = try LoopHost()
+        return (qemu, host, QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger))
     }
 
     /// A QEMU (no testbed), a backend for it, and the receiver at an address no device has.
@@ -334,11 +357,8 @@ struct QEMUBackendTests {
 
     @Test("a VM killed: not running; started again: usable")
     func restart() async throws {
-        let tb = await Testbed.make()
-        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        let qemu = try QEMUInstance(testbed: tb)
-        let host = try LoopHost()
-        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        let (qemu, host, backend) = try await receiverRig()
+        defer { withExtendedLifetime(host) {} }
         qemu.stop()
         let e = await #expect(throws: VMError.self) { try await backend.attachUSB(receiver) }
         #expect(e?.isNotRunning == true)
