@@ -322,6 +322,7 @@ extension Daemon: ControlService {
             api.suspended[key] = nil
             t.want = nil
             t.since = .now()
+            t.detachAgain = true
             logger.info("\(t.logName): detach requested through the API; marked disconnected")
             reconcile(key)
         }
@@ -359,7 +360,8 @@ extension Daemon: ControlService {
         logger.info("API: \(verb) \(usb ? "USB" : "PCI")\(vm.map { " of \($0)" } ?? ""): \(resume ? "attaching" : "detaching") \(keys.count) devices")
         await settle(keys)
         for key in keys {
-            guard let t = devices[key], t.attachment?.vm != t.want else { continue }
+            // (An attach QEMU has not answered yet counts as not done, as for the attach request.)
+            guard let t = devices[key], t.attachment?.vm != t.want || t.unanswered != nil else { continue }
             let problem = t.want.map { "is not back in \($0)" } ?? "is still in \(t.attachment?.vm ?? "?")"
             return APIReply.failed("\(verb): \(t.logName) \(problem): \(t.lastError ?? "see the daemon's log")")
         }

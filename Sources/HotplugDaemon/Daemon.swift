@@ -68,6 +68,8 @@ final class Tracked: @unchecked Sendable {
     var lookTimer: TimerToken?
     /// An unanswered attach that the VM then did not have was tried once more (a second one fails).
     var attachRetried = false
+    /// An explicit detach (the API's): sent even while an earlier one waits for the guest.
+    var detachAgain = false
 
     struct Unanswered {
         /// An attach (QEMU still realizing a vfio-pci device) or a detach (a guest that had not let go).
@@ -85,7 +87,9 @@ final class Tracked: @unchecked Sendable {
     var again = false
     /// The attach failed for a reason other than the VM being down: not retried
     /// until something changes (replug, VM restart, reload).
-    var failed = false
+    var failed = false {
+        didSet { if !failed { attachRetried = false } } // something changed: a fresh try, with its one retry
+    }
     /// When the event that started the current work arrived (latency in logs).
     var since: Deadline
     /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
@@ -695,6 +699,7 @@ public actor Daemon {
             await reconcileLoop(key, t)
         } while t.again && !stopping
         t.busy = false
+        t.detachAgain = false
         if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
         reconciled(key)
         trimSoon()
@@ -725,6 +730,11 @@ public actor Daemon {
             // handled before this task ran, or found by a rescan) leaves first.
             if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil {
                 guard let backend = t.leaveVia ?? backends[a.vm] else { t.attachment = nil; continue }
+                // A detach the guest has not finished stays with its looks (scheduled): another
+                // device_del could cancel it in the guest, and would hold the VM's socket for the
+                // whole wait again. Only an explicit detach (the API's) sends one.
+                if t.unanswered?.operation == .detach && !t.detachAgain { return }
+                t.detachAgain = false
                 do {
                     try await backend.detach(a)
                     logger.info("\(t.logName): detached from \(a.vm) (\(a.id)) in \(ms(since: t.since))")
@@ -847,11 +857,16 @@ public actor Daemon {
                 t.unanswered = nil
                 t.lastError = nil
                 t.attachRetried = false
+                // (A device replugged meanwhile is another one: the loop takes this one out.)
+                guard t.present, a.stands(for: t.device) else { return true }
                 logger.info("\(t.logName): attached to \(a.vm) as \(a.id) (QEMU finished after the deadline) in \(ms(since: t.since))")
                 announceAttached(t, vm: a.vm)
                 return true
             case (.attach, false):
                 t.attachment = nil
+                // Wanted elsewhere now (an API request, a reload), replugged or unplugged
+                // meanwhile: not this attach's failure; the loop does what is wanted now.
+                guard t.target == a.vm, t.present, a.stands(for: t.device) else { return true }
                 if !t.attachRetried {
                     // QEMU answers now, and dropped or refused the device_add (it discards what
                     // a client that left had queued): once more, with QEMU's own answer this time.
@@ -866,13 +881,16 @@ public actor Daemon {
                 await giveBackDriver(t)
                 return false
             case (.detach, true):
-                logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(lookLater(key, t)))")
+                // (Not inside the log line: swift-log evaluates a debug message only at debug level.)
+                let next = lookLater(key, t)
+                logger.info("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
             }
         } catch {
             // A VM that stopped: its socket's removal ends the attachment.
             if error.isNotRunning { return true }
             guard t.attachment == a else { return true }
-            logger.warning("\(t.logName): cannot ask \(a.vm) whether it has \(a.id): \(error); asking again in \(Self.seconds(lookLater(key, t)))")
+            let next = lookLater(key, t)
+            logger.warning("\(t.logName): cannot ask \(a.vm) whether it has \(a.id): \(error); asking again in \(Self.seconds(next))")
         }
         return false
     }

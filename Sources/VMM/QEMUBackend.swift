@@ -158,6 +158,8 @@ public actor QEMUBackend: VMBackend {
                         }
                         return attachment
                     } catch {
+                        // Unanswered: QEMU may still add it (the caller asks later).
+                        if error.isAttachUnanswered { throw error }
                         throw .commandFailed(vm: vm, command: command, errorClass: cls,
                                              message: message + "; by node: \(error)")
                     }
@@ -467,21 +469,28 @@ public actor QEMUBackend: VMBackend {
     /// Checks, in the same session as its `device_del`, that the id still holds the device
     /// listed (a USB device's host bus and address, a PCI device's host address): between the
     /// listing and this removal, an attach of a new device at the same port may have used the id.
+    /// An id gone meanwhile counts as removed.
     public func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool {
         try await session { (qmp) throws(VMError) in
+            let listed: String?
             switch attachment.kind {
-            case .usb:
-                if let bus = attachment.usbBus, let address = attachment.usbAddress {
-                    guard let now = try await usbHost(qmp, id: attachment.id), now == (bus, address) else { return false }
+            case .usb: listed = attachment.usbBus.flatMap { b in attachment.usbAddress.map { "\(b)/\($0)" } }
+            case .pci: listed = attachment.pciHost
+            case .evdev: listed = nil
+            }
+            if let listed {
+                let path = "/machine/peripheral/\(attachment.id)"
+                func property(_ name: String) async throws(VMError) -> String {
+                    let v = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string(name))])
+                    return v.stringValue ?? v.intValue.map(String.init) ?? ""
                 }
-            case .pci:
-                if let host = attachment.pciHost {
-                    let path = "/machine/peripheral/\(attachment.id)"
-                    guard let now = try? await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("host"))]).stringValue,
-                          now == host else { return false }
+                do throws(VMError) {
+                    let now = attachment.kind == .usb ? "\(try await property("hostbus"))/\(try await property("hostaddr"))"
+                                                      : try await property("host")
+                    guard now == listed else { return false }
+                } catch .commandFailed(_, _, let cls, _) where cls == "DeviceNotFound" {
+                    return true // gone meanwhile
                 }
-            case .evdev:
-                break
             }
             try await deleteDevice(qmp, id: attachment.id)
             return true

@@ -55,7 +55,7 @@ struct DaemonEvdevPCITests {
         #expect(try qemu.attachedIds() == [])
     }
 
-    @Test("a detach the guest does not complete in time is looked at again: when QEMU lets go of the device later (a reset here), the daemon ends the attachment without a second device_del")
+    @Test("a detach the guest does not complete in time is looked at again, later and later, without a second device_del (a reload meanwhile sends none); when QEMU lets go of the device (a reset here), the daemon ends the attachment")
     func detachReleasedAfterItsDeadline() async throws {
         let tb = await Testbed.make()
         try tb.addProbed(file: fixtures + "/pci-wifi.umockdev")
@@ -68,24 +68,29 @@ struct DaemonEvdevPCITests {
         try """
             {"pciPassthrough": [{"targetVm": "vm1", "allow": [{"address": "0000:00:14.3", "description": "Wi-Fi"}]}], \(vms)}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
-        try d.waitFor("pci 0000:00:14.3 8086:a0f0: found in VM vm1 as vhp-pci-0000-00-14.3")
+        // At the daemon's usual log level (no -d): what it does must not depend on what it logs.
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        let wifi = "pci 0000:00:14.3 8086:a0f0"
+        try d.waitFor("\(wifi): found in VM vm1 as vhp-pci-0000-00-14.3")
         try d.waitFor("; listening (")
         // No rule for it any more: it leaves vm1, and the guest does not let go.
         try "{\(vms)}".write(toFile: config, atomically: true, encoding: .utf8)
         var mark = d.mark
         d.signal(SIGHUP)
-        try d.waitFor("pci 0000:00:14.3 8086:a0f0: detach from vm1 failed: VM vm1: no answer to DEVICE_DELETED for vhp-pci-0000-00-14.3 (the guest did not release it) in time; looking again in 0.5 s", from: mark)
+        try d.waitFor("\(wifi): detach from vm1 failed: VM vm1: no answer to DEVICE_DELETED for vhp-pci-0000-00-14.3 (the guest did not release it) in time; looking again in 0.5 s", from: mark)
         // The first look finds it still there, and says when the next one is.
-        try d.waitFor("pci 0000:00:14.3 8086:a0f0: vm1 still has vhp-pci-0000-00-14.3; looking again in 1 s", from: mark)
+        try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3; looking again in 1 s", from: mark)
+        // A reload meanwhile reconciles the device: it leaves the detach to its looks (a second
+        // device_del would time out again, and say so).
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3; looking again in 2 s", from: mark)
+        #expect(d.log[mark...].filter { $0.contains("detach from vm1 failed") }.count == 1)
         #expect(try qemu.attachedIds() == ["vhp-pci-0000-00-14.3"])
         // The VM is reset: QEMU completes the pending unplug, with no client of the daemon's to tell.
         mark = d.mark
         _ = try qemu.observe("system_reset")
-        try d.waitFor("pci 0000:00:14.3 8086:a0f0: vm1 let go of vhp-pci-0000-00-14.3 after the detach's deadline", from: mark)
+        try d.waitFor("\(wifi): vm1 let go of vhp-pci-0000-00-14.3 after the detach's deadline", from: mark)
         #expect(try qemu.attachedIds() == [])
-        // Only looks after the first device_del: a second press could cancel a guest's unplug.
-        #expect(d.log.filter { $0.contains(#""execute":"device_del""#) }.count == 1)
-        #expect(d.log.filter { $0.contains("qmp vm1 -> ") && $0.contains("qom-list") }.count >= 3)
     }
 }

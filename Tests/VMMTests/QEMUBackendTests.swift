@@ -204,8 +204,8 @@ struct QEMUBackendTests {
         #expect(try qemu.attachedIds() == ["vhp-usb-1-2"])
         #expect(try await backend.removeStale(listed) == true)
         #expect(try qemu.attachedIds() == [])
-        // Gone meanwhile: nothing to remove.
-        #expect(try await backend.removeStale(listed) == false)
+        // Gone meanwhile: nothing left to remove, and no device_del for it.
+        #expect(try await backend.removeStale(listed) == true)
     }
 
     /// A testbed with the receiver, a QEMU in it (which holds the testbed), and a backend for that QEMU.
