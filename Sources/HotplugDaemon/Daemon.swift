@@ -734,6 +734,7 @@ public actor Daemon {
                 // device_del could cancel it in the guest, and would hold the VM's socket for the
                 // whole wait again. Only an explicit detach (the API's) sends one.
                 if t.unanswered?.operation == .detach && !t.detachAgain { return }
+                let explicit = t.detachAgain
                 t.detachAgain = false
                 do {
                     try await backend.detach(a)
@@ -749,7 +750,10 @@ public actor Daemon {
                     t.lastError = "\(error)"
                     if error.isUnplugPending {
                         // QEMU may still complete it: the daemon looks again, then less and less often.
-                        if t.unanswered?.operation != .detach { t.unanswered = .init(operation: .detach, delay: unplugTimeout) }
+                        // (An explicit detach pressed again: the looks start over. One asked while this
+                        // one waited was served by it.)
+                        if t.unanswered?.operation != .detach || explicit { t.unanswered = .init(operation: .detach, delay: unplugTimeout) }
+                        t.detachAgain = false
                         logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.unanswered?.delay ?? 0))")
                         scheduleLook(key, t)
                     } else {
@@ -858,7 +862,7 @@ public actor Daemon {
                 t.lastError = nil
                 t.attachRetried = false
                 // (A device replugged meanwhile is another one: the loop takes this one out.)
-                guard t.present, a.stands(for: t.device) else { return true }
+                guard t.present, a.stands(for: t.device), t.target == a.vm else { return true }
                 logger.info("\(t.logName): attached to \(a.vm) as \(a.id) (QEMU finished after the deadline) in \(ms(since: t.since))")
                 announceAttached(t, vm: a.vm)
                 return true
@@ -886,8 +890,16 @@ public actor Daemon {
                 logger.info("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
             }
         } catch {
-            // A VM that stopped: its socket's removal ends the attachment.
-            if error.isNotRunning { return true }
+            // The VM is not running (stopped, killed with its socket file left behind, or retired
+            // by a reload that moved it): the device is in no VM, and the loop goes on from there.
+            if error.isNotRunning {
+                guard t.attachment == a else { return true }
+                logger.info("\(t.logName): \(a.vm) is not running; \(a.id) went with it")
+                t.attachment = nil
+                t.lastError = nil
+                if pending.operation == .detach { announceDetached(t, vm: a.vm) } // (an unconfirmed attach was never announced)
+                return true
+            }
             guard t.attachment == a else { return true }
             let next = lookLater(key, t)
             logger.warning("\(t.logName): cannot ask \(a.vm) whether it has \(a.id): \(error); asking again in \(Self.seconds(next))")

@@ -55,42 +55,73 @@ struct DaemonEvdevPCITests {
         #expect(try qemu.attachedIds() == [])
     }
 
+    /// The Wi-Fi of pci-wifi.umockdev in vm1 under vhotplug's id, as an earlier run would have
+    /// left it (a device present at the VM's start sits in a powered slot, and a paused VM has no
+    /// guest to release it); the daemon (no -d: what it does must not depend on what it logs)
+    /// has found it there. Then the rule goes (a reload): its detach waits for the guest in vain.
+    struct WifiLeavingVM1 {
+        static let wifi = "pci 0000:00:14.3 8086:a0f0"
+        static let rule = #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"address": "0000:00:14.3", "description": "Wi-Fi"}]}]"#
+        let tb: Testbed
+        let qemu: QEMUInstance
+        let config: String
+        let d: DaemonProcess
+
+        static func vms(_ q: QEMUInstance) -> String { #""vms": [{"name": "vm1", "type": "qemu", "socket": "\#(q.qmpPath)"}]"# }
+
+        init() async throws {
+            tb = await Testbed.make()
+            try tb.addProbed(file: fixtures + "/pci-wifi.umockdev")
+            qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1",
+                                                             "-device", "virtio-net-pci,id=vhp-pci-0000-00-14.3,bus=rp1"])
+            config = qemu.dir + "/vhotplug.conf"
+            try "{\(Self.rule), \(Self.vms(qemu))}".write(toFile: config, atomically: true, encoding: .utf8)
+            d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+            try d.waitFor("\(Self.wifi): found in VM vm1 as vhp-pci-0000-00-14.3")
+            try d.waitFor("; listening (")
+            try "{\(Self.vms(qemu))}".write(toFile: config, atomically: true, encoding: .utf8)
+            let mark = d.mark
+            d.signal(SIGHUP)
+            try d.waitFor("\(Self.wifi): detach from vm1 failed: VM vm1: no answer to DEVICE_DELETED for vhp-pci-0000-00-14.3 (the guest did not release it) in time; looking again in 0.5 s", from: mark)
+        }
+    }
+
     @Test("a detach the guest does not complete in time is looked at again, later and later, without a second device_del (a reload meanwhile sends none); when QEMU lets go of the device (a reset here), the daemon ends the attachment")
     func detachReleasedAfterItsDeadline() async throws {
-        let tb = await Testbed.make()
-        try tb.addProbed(file: fixtures + "/pci-wifi.umockdev")
-        // Found in vm1 under vhotplug's id, as an earlier run would have left it: a device present
-        // at the VM's start sits in a powered slot, and a paused VM has no guest to release it.
-        let qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1",
-                                                             "-device", "virtio-net-pci,id=vhp-pci-0000-00-14.3,bus=rp1"])
-        let config = qemu.dir + "/vhotplug.conf"
-        let vms = #""vms": [{"name": "vm1", "type": "qemu", "socket": "\#(qemu.qmpPath)"}]"#
-        try """
-            {"pciPassthrough": [{"targetVm": "vm1", "allow": [{"address": "0000:00:14.3", "description": "Wi-Fi"}]}], \(vms)}
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        // At the daemon's usual log level (no -d): what it does must not depend on what it logs.
-        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
-        let wifi = "pci 0000:00:14.3 8086:a0f0"
-        try d.waitFor("\(wifi): found in VM vm1 as vhp-pci-0000-00-14.3")
-        try d.waitFor("; listening (")
-        // No rule for it any more: it leaves vm1, and the guest does not let go.
-        try "{\(vms)}".write(toFile: config, atomically: true, encoding: .utf8)
+        let rig = try await WifiLeavingVM1()
+        let (d, qemu, wifi) = (rig.d, rig.qemu, WifiLeavingVM1.wifi)
         var mark = d.mark
-        d.signal(SIGHUP)
-        try d.waitFor("\(wifi): detach from vm1 failed: VM vm1: no answer to DEVICE_DELETED for vhp-pci-0000-00-14.3 (the guest did not release it) in time; looking again in 0.5 s", from: mark)
         // The first look finds it still there, and says when the next one is.
-        try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3; looking again in 1 s", from: mark)
+        try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3; looking again in 1 s")
         // A reload meanwhile reconciles the device: it leaves the detach to its looks (a second
         // device_del would time out again, and say so).
         d.signal(SIGHUP)
         try d.waitFor("configuration reloaded", from: mark)
         try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3; looking again in 2 s", from: mark)
-        #expect(d.log[mark...].filter { $0.contains("detach from vm1 failed") }.count == 1)
+        #expect(d.log.filter { $0.contains("detach from vm1 failed") }.count == 1)
         #expect(try qemu.attachedIds() == ["vhp-pci-0000-00-14.3"])
         // The VM is reset: QEMU completes the pending unplug, with no client of the daemon's to tell.
         mark = d.mark
         _ = try qemu.observe("system_reset")
         try d.waitFor("\(wifi): vm1 let go of vhp-pci-0000-00-14.3 after the detach's deadline", from: mark)
         #expect(try qemu.attachedIds() == [])
+    }
+
+    @Test("a detach waiting for the guest of a VM that a reload moved to another QEMU: when the old QEMU dies, a look finds it gone and the device goes on to the new one")
+    func lookFindsTheVMGone() async throws {
+        let rig = try await WifiLeavingVM1()
+        let (d, wifi) = (rig.d, WifiLeavingVM1.wifi)
+        let next = try QEMUInstance(name: "next", testbed: rig.tb, extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1"])
+        // vm1 moves to another QEMU and wants the device again: the looks go on through the old one.
+        try "{\(WifiLeavingVM1.rule), \(WifiLeavingVM1.vms(next))}".write(toFile: rig.config, atomically: true, encoding: .utf8)
+        var mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("\(wifi): vm1 still has vhp-pci-0000-00-14.3", from: mark)
+        // The old QEMU dies (its socket is not vm1's any more: no socket event ends the attachment).
+        mark = d.mark
+        rig.qemu.stop()
+        try d.waitFor("\(wifi): vm1 is not running; vhp-pci-0000-00-14.3 went with it", from: mark)
+        // On to the new vm1 (this testbed has no vfio-pci driver: the attach stops there, and says so).
+        try d.waitFor("\(wifi): attach to vm1 failed: 0000:00:14.3: check: the vfio-pci driver is not loaded", from: mark)
     }
 }
