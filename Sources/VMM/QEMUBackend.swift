@@ -176,15 +176,18 @@ public actor QEMUBackend: VMBackend {
 
     /// The host bus and address of a usb-host device, or nil.
     private func usbHost(_ qmp: QMPClient, id: String) async throws(VMError) -> (Int, Int)? {
-        let path = "/machine/peripheral/\(id)"
         do throws(VMError) {
-            let bus = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("hostbus"))])
-            let addr = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string("hostaddr"))])
-            guard let b = bus.intValue, let a = addr.intValue else { return nil }
+            guard let b = try await property(qmp, id, "hostbus").intValue,
+                  let a = try await property(qmp, id, "hostaddr").intValue else { return nil }
             return (b, a)
         } catch .commandFailed {
             return nil
         }
+    }
+
+    /// A property of vhotplug's device `id` (`qom-get` below /machine/peripheral).
+    private func property(_ qmp: QMPClient, _ id: String, _ name: String) async throws(VMError) -> JSONNode {
+        try await qmp.execute("qom-get", [("path", .string("/machine/peripheral/\(id)")), ("property", .string(name))])
     }
 
     // MARK: PCI and evdev
@@ -264,9 +267,7 @@ public actor QEMUBackend: VMBackend {
             case .commandFailed, .unsupported: break
             default: throw error
             }
-            let path = "/machine/peripheral/\(attachment.id)"
-            guard let there = try? await qmp.execute("qom-get", [("path", .string(path)), ("property", .string(property))]).stringValue,
-                  there == value else { throw error }
+            guard let there = try? await self.property(qmp, attachment.id, property).stringValue, there == value else { throw error }
             logger.info("VM \(name): \(attachment.id) is in the VM already (\(property) \(value))")
             return attachment
         }
@@ -479,14 +480,12 @@ public actor QEMUBackend: VMBackend {
             case .evdev: listed = nil
             }
             if let listed {
-                let path = "/machine/peripheral/\(attachment.id)"
-                func property(_ name: String) async throws(VMError) -> String {
-                    let v = try await qmp.execute("qom-get", [("path", .string(path)), ("property", .string(name))])
+                func text(_ name: String) async throws(VMError) -> String {
+                    let v = try await property(qmp, attachment.id, name)
                     return v.stringValue ?? v.intValue.map(String.init) ?? ""
                 }
                 do throws(VMError) {
-                    let now = attachment.kind == .usb ? "\(try await property("hostbus"))/\(try await property("hostaddr"))"
-                                                      : try await property("host")
+                    let now = attachment.kind == .usb ? "\(try await text("hostbus"))/\(try await text("hostaddr"))" : try await text("host")
                     guard now == listed else { return false }
                 } catch .commandFailed(_, _, let cls, _) where cls == "DeviceNotFound" {
                     return true // gone meanwhile
@@ -521,8 +520,7 @@ public actor QEMUBackend: VMBackend {
                 }
                 if kind == .pci {
                     // By host address (two identical cards stay distinct).
-                    a.pciHost = try? await qmp.execute("qom-get", [("path", .string("/machine/peripheral/\(id)")),
-                                                                   ("property", .string("host"))]).stringValue
+                    a.pciHost = try? await property(qmp, id, "host").stringValue
                     if let host = a.pciHost { a.hostKey = host }
                 }
                 out.append(a)
