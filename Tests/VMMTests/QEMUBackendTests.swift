@@ -343,6 +343,7 @@ struct QEMUBackendTests {
         // the USB device's device_del waited for the PCI one's session to end
         let order = sent.filter { $0.contains("device_del") }.map { $0.contains("vhp-pci-") ? "pci" : "usb" }
         #expect(order == ["pci", "usb"])
+        withExtendedLifetime(qemu) {} // QEMU runs until here
     }
 
     @Test("a VM that is not running: every detach of the batch says so")
