@@ -187,20 +187,11 @@ public actor Daemon {
         }
         // VHOTPLUG_EVENT_SOURCE=udev|kernel overrides the detection (a container whose
         // /run/udev is not the host's, a udevd that does not answer on its control socket).
-        var forced = getenv("VHOTPLUG_EVENT_SOURCE").map { String(cString: $0) }
-        if let f = forced, f != "udev", f != "kernel" {
-            logger.warning("VHOTPLUG_EVENT_SOURCE=\(quoted(f)) ignored: expected udev or kernel")
-            forced = nil
-        }
+        let forced = environment("VHOTPLUG_EVENT_SOURCE", expected: "udev or kernel") { ["udev", "kernel"].contains($0) ? $0 : nil }
         // VHOTPLUG_UEVENT_BUFFER=BYTES: the event socket's receive buffer (8 MiB by default).
-        var buffer = UdevMonitor.defaultReceiveBuffer
-        if let text = getenv("VHOTPLUG_UEVENT_BUFFER").map({ String(cString: $0) }) {
-            if let n = Int(text), n >= 4096, n <= 1 << 30 {
-                buffer = n
-            } else {
-                logger.warning("VHOTPLUG_UEVENT_BUFFER=\(quoted(text)) ignored: expected a number of bytes from 4096 to 1073741824")
-            }
-        }
+        let buffer = environment("VHOTPLUG_UEVENT_BUFFER", expected: "a number of bytes from 4096 to 1073741824") {
+            Int($0).flatMap { (4096...(1 << 30)).contains($0) ? $0 : nil }
+        } ?? UdevMonitor.defaultReceiveBuffer
         // How long a QEMU detach waits for the guest (10 s), and a vfio-pci device_add for QEMU (60 s).
         unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
@@ -918,9 +909,15 @@ public actor Daemon {
 
     /// A number of seconds (0.1 to 3600) from the environment; a bad one is logged and ignored.
     func environmentSeconds(_ name: String) -> Double? {
+        environment(name, expected: "seconds from 0.1 to 3600") { Double($0).flatMap { (0.1...3600).contains($0) ? $0 : nil } }
+    }
+
+    /// The value of an environment variable as `parse` reads it; one it cannot read is logged
+    /// (with what was `expected`) and ignored.
+    func environment<T>(_ name: String, expected: String, _ parse: (String) -> T?) -> T? {
         guard let text = getenv(name).map({ String(cString: $0) }) else { return nil }
-        guard let v = Double(text), v >= 0.1, v <= 3600 else {
-            logger.warning("\(name)=\(quoted(text)) ignored: expected seconds from 0.1 to 3600")
+        guard let v = parse(text) else {
+            logger.warning("\(name)=\(quoted(text)) ignored: expected \(expected)")
             return nil
         }
         return v

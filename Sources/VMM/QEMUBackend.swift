@@ -122,7 +122,7 @@ public actor QEMUBackend: VMBackend {
     /// An id that already exists is checked: the same device is success,
     /// another one (a stale attachment) is removed first.
     public func attachUSB(_ device: USBDevice, present: @escaping @Sendable () -> Bool) async throws(VMError) -> Attachment {
-        let attachment = attachment(for: .usb(device))!
+        let attachment = made(by: .usb(device))
         let id = attachment.id
         let args: [(String, JSONText)] = [
             ("driver", .string("usb-host")), ("id", .string(id)),
@@ -196,7 +196,7 @@ public actor QEMUBackend: VMBackend {
     /// A timeout of the `device_add` itself is `VMError.isAttachUnanswered`: QEMU may still
     /// finish it, and the caller asks later (`holds`) rather than take the device back.
     public func attachPCI(_ device: PCIDevice) async throws(VMError) -> Attachment {
-        let attachment = attachment(for: .pci(device))!
+        let attachment = made(by: .pci(device))
         let args: [(String, JSONText)] = [("driver", .string("vfio-pci")), ("host", .string(device.address)), ("id", .string(attachment.id))]
         return try await session { (qmp) throws(VMError) in
             try await unlessPresent(qmp, attachment, property: "host", value: device.address) { () throws(VMError) in
@@ -221,8 +221,10 @@ public actor QEMUBackend: VMBackend {
         }
     }
 
+    public nonisolated func attachment(for device: HostDevice) -> Attachment? { made(by: device) }
+
     /// What an attach of `device` makes: vhotplug's id, and what identifies the device on the host.
-    public nonisolated func attachment(for device: HostDevice) -> Attachment? {
+    nonisolated func made(by device: HostDevice) -> Attachment {
         switch device {
         case .usb(let d):
             return Attachment(vm: name, kind: .usb, id: DeviceIds.usb(d), hostKey: DeviceIds.usbKey(d),
@@ -240,7 +242,7 @@ public actor QEMUBackend: VMBackend {
     /// An event device another program holds exclusively (EVIOCGRAB) is refused by
     /// QEMU; that reply is returned as it is, and not retried.
     public func attachEvdev(_ device: InputDevice, busPrefix: String?) async throws(VMError) -> Attachment {
-        let attachment = attachment(for: .input(device))!
+        let attachment = made(by: .input(device))
         return try await session { (qmp) throws(VMError) in
             try await unlessPresent(qmp, attachment, property: "evdev", value: device.devnode) { () throws(VMError) in
                 let port = try await freeRootPort(qmp, prefix: busPrefix, for: device.devnode)
