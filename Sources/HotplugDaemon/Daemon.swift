@@ -978,9 +978,10 @@ public actor Daemon {
             logger.error("\(t.logName): cannot give the device back to its driver: \(error)")
             return
         }
-        // A group mate kept on vfio-pci for this device can go back now.
-        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil && !o.busy {
-            await giveBackDriver(o)
+        // A group mate kept on vfio-pci for this device can go back now, in its own task (a
+        // reconcile; one that is running looks again), so that nothing else moves it meanwhile.
+        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil {
+            if let key = Self.key(o.device), devices[key] === o { reconcile(key) }
         }
     }
 
