@@ -148,13 +148,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // without waiting, so that a task that keeps yielding (a peer that keeps writing)
         // cannot keep the fds and timers of everything else from being served.
         var busyRounds = 0
+        var batch: [UnownedJob] = []
+        batch.reserveCapacity(64)
         while !stopped.load(ordering: .acquiring) {
-            let jobs = queue.withLock { q -> [UnownedJob] in
-                let batch = q
-                q.removeAll(keepingCapacity: true)
-                return batch
-            }
-            for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
+            // The queue and this round's batch swap buffers: neither is copied or allocated.
+            queue.withLock { swap(&$0, &batch) }
+            for job in batch { job.runSynchronously(on: asUnownedSerialExecutor()) }
+            batch.removeAll(keepingCapacity: true)
             if stopped.load(ordering: .acquiring) { break }
             var wait: Int32 = -1
             if queue.withLock({ !$0.isEmpty }) {

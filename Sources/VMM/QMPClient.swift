@@ -303,7 +303,9 @@ public final class QMPClient {
     private func request(_ command: String, _ arguments: [(String, JSONText)]) -> (Int, [UInt8]) {
         let id = nextId
         nextId += 1
-        var request: [(String, JSONText)] = [("execute", .string(command))]
+        var request: [(String, JSONText)] = []
+        request.reserveCapacity(3)
+        request.append(("execute", .string(command)))
         if !arguments.isEmpty { request.append(("arguments", .object(arguments))) }
         request.append(("id", .int(id)))
         var line = JSONText.object(request).renderedBytes()
