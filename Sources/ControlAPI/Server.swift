@@ -92,7 +92,14 @@ public actor ControlServer {
 
     /// Creates the listeners of `settings.transports` and starts accepting.
     public func start(service: any ControlService) throws {
-        self.service = service
+        try open()
+        serve(service)
+    }
+
+    /// Creates the listeners of `settings.transports`; clients that connect wait in the
+    /// listen backlog until `serve`. Nothing is left open when it throws.
+    public func open() throws {
+        guard listeners.isEmpty else { return }
         var uid: UInt32?
         if let user = settings.unixSocketUser {
             guard let id = Sockets.userID(user) else { throw SocketError("unixSocketUser: no user named \(quoted(user))") }
@@ -121,9 +128,16 @@ public actor ControlServer {
             }
         } catch {
             for l in listeners { close(l.fd) }
+            if listeners.contains(where: { $0.transport == .unix }) { unlink(settings.unixSocket) }
             listeners = []
             throw error
         }
+    }
+
+    /// Starts accepting on the listeners `open` created.
+    public func serve(_ service: any ControlService) {
+        guard !running else { return }
+        self.service = service
         running = true
         for l in listeners {
             Task(executorPreference: loop) { await self.acceptLoop(l.fd, l.transport) }

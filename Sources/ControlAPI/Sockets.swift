@@ -12,6 +12,16 @@ public struct SocketError: Error, Sendable, CustomStringConvertible {
         message = "\(step) \(what): \(String(cString: strerror(code))) (errno \(code))"
     }
     public var description: String { message }
+
+    /// A `socket()` of `family` that failed; a family the process may not use (a systemd
+    /// unit's `RestrictAddressFamilies=`, as vhotplug's own unit has) says how to allow it.
+    static func socketCall(_ family: String, _ what: String, errno code: Int32) -> SocketError {
+        var e = SocketError("socket", what, errno: code)
+        if code == EAFNOSUPPORT || code == EPERM || code == EACCES {
+            e.message += "; under systemd, the unit's RestrictAddressFamilies= must list \(family)"
+        }
+        return e
+    }
 }
 
 /// The peer of an accepted connection, for checks and logs.
@@ -121,7 +131,7 @@ enum Sockets {
             throw SocketError("the API's TCP host must be an IP address, found \(host)")
         }
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError("socket", "TCP", errno: errno) }
+        guard fd >= 0 else { throw SocketError.socketCall(family == AF_INET ? "AF_INET" : "AF_INET6", "TCP", errno: errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         let bound: Int32 = family == AF_INET
@@ -138,7 +148,7 @@ enum Sockets {
     /// A listening vsock socket on `port` (any CID of this host).
     static func vsockListener(port: Int) throws -> Int32 {
         let fd = socket(afVSock, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError("socket", "AF_VSOCK (is the vsock module loaded?)", errno: errno) }
+        guard fd >= 0 else { throw SocketError.socketCall("AF_VSOCK", "AF_VSOCK (is the vsock module loaded?)", errno: errno) }
         var addr = VSockAddress(port: UInt32(port), cid: vmaddrCidAny)
         let bound = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<VSockAddress>.size)) }

@@ -18,6 +18,9 @@ extension Configuration {
         }
         let evdev: String
         switch evdevPassthrough {
+        case nil where !evdevRuleSets.isEmpty:
+            // The array form: rule sets of their own.
+            evdev = ruleSets(evdevRuleSets, "evdev")
         case nil: evdev = "no evdev passthrough"
         case let e? where e.disable: evdev = "evdev passthrough disabled"
         case let e?: evdev = "evdev passthrough to \(name(e.targetVm))"

@@ -1,4 +1,7 @@
 import JSONKit
+#if canImport(Glibc)
+import Glibc
+#endif
 // Validation of the control API issue's keys: rule-set options, `removable`,
 // evdev rule sets (the array form of `evdevPassthrough`) and `general`.
 
@@ -194,6 +197,10 @@ extension ConfigValidator {
         api.unixSocketGroup = nonEmptyPath(view, "unixSocketGroup")
         if let mode = socketMode(view) { api.unixSocketMode = mode }
         api.host = nonEmptyPath(view, "host") ?? api.host
+        if let m = view.member("host"), case .string = m.value.value, !api.host.isEmpty, !Self.isIPAddress(api.host) {
+            error(m.value, path: appendingKey(view.path, "host"),
+                  "expected an IPv4 or IPv6 address (or \"localhost\") to listen on, found \(quoted(api.host))")
+        }
         api.port = integer(view, "port", range: 1...65535) ?? api.port
         for (node, path) in array(view, "allowedCids") {
             guard case .number(let n) = node.value, n.isIntegerLiteral, let v = n.integer, (0...0xFFFF_FFFF).contains(v) else {
@@ -209,7 +216,7 @@ extension ConfigValidator {
         return api
     }
 
-    /// `unixSocketMode`: an octal string ("0660") or an integer up to 0o777 (511).
+    /// `unixSocketMode`: an octal string ("0660"); a JSON number is refused (decimal or octal?).
     mutating func socketMode(_ view: ObjectView) -> UInt32? {
         guard let m = view.member("unixSocketMode") else { return nil }
         let path = appendingKey(view.path, "unixSocketMode")
@@ -222,14 +229,20 @@ extension ConfigValidator {
             }
             return v
         case .number(let n):
-            guard n.isIntegerLiteral, let v = n.integer, (0...0o777).contains(v) else {
-                error(m.value, path: path, "\(expected), found \(truncated(n.text)) (JSON numbers are decimal: write \"0\(truncated(n.text))\")")
-                return nil
-            }
-            return UInt32(v)
+            // Refused whatever its value: 440 may mean 0440 or 0670 (decimal 440), and a wrong
+            // guess opens the API to the wrong users.
+            error(m.value, path: path, "\(expected), found \(truncated(n.text)) (JSON numbers are decimal: write \"0\(truncated(n.text))\" for octal \(truncated(n.text)))")
+            return nil
         default:
             error(m.value, path: path, "\(expected), found \(m.value.foundDescription)")
             return nil
         }
+    }
+
+    /// An address the API's TCP listener can bind: an IPv4 or IPv6 literal, or `localhost`.
+    static func isIPAddress(_ host: String) -> Bool {
+        if host == "localhost" { return true }
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 }

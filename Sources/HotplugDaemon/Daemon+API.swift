@@ -43,12 +43,19 @@ extension Daemon: ControlService {
     }
 
     /// Starts the API server when `general.api.enable`.
-    func startAPI() async throws {
+    /// Opens the API's listeners: before the first pass, so that a listener that cannot be
+    /// made (an address in use, an unknown user) stops the start before any device is touched.
+    func openAPI() async throws {
         let settings = configuration.general.api
         guard settings.enable, api.server == nil else { return }
         let server = ControlServer(settings: settings, loop: loop, logger: logger)
-        try await server.start(service: self)
+        try await server.open()
         api.server = server
+    }
+
+    /// Starts answering on the listeners `openAPI` made (clients waited in the backlog).
+    func serveAPI() async {
+        await api.server?.serve(self)
     }
 
     func stopAPI() async {

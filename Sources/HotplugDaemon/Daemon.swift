@@ -223,8 +223,9 @@ public actor Daemon {
         }
         makeBackends()
         loadState()
+        try await openAPI()
         await firstPass()
-        try await startAPI()
+        await serveAPI()
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         onReady?()
     }

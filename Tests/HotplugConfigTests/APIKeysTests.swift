@@ -126,6 +126,25 @@ struct APIKeysTests {
         #expect(g.crosvm == "/usr/bin/crosvm")
     }
 
+    @Test("api: a socket mode given as a number is refused even when it fits (440: 0440 or 0670?); the TCP host must be an address")
+    func modeNumberAndHost() throws {
+        for (mode, host) in [("440", "not an ip"), ("432", "example.org")] {
+            let text = """
+                {"general": {"api": {"transports": ["tcp", "unix"], "unixSocketMode": \(mode), "host": "\(host)"}}}
+                """
+            let byPath = Dictionary(errors(text).map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
+            #expect(byPath["$.general.api.unixSocketMode"]?.message
+                == #"expected permission bits as an octal string like "0660", found \#(mode) (JSON numbers are decimal: write "0\#(mode)" for octal \#(mode))"#)
+            #expect(byPath["$.general.api.host"]?.message
+                == #"expected an IPv4 or IPv6 address (or "localhost") to listen on, found "\#(host)""#)
+            #expect(byPath["$.general.api.host"]?.position == position(of: "\"\(host)\"", in: text))
+        }
+        for host in ["127.0.0.1", "::1", "0.0.0.0", "localhost", "fe80::1"] {
+            let c = try ConfigurationLoader.parse(#"{"general": {"api": {"transports": ["tcp"], "host": "\#(host)"}}}"#, file: "<config>")
+            #expect(c.general.api.host == host)
+        }
+    }
+
     @Test("general: each error with its position and path")
     func generalErrors() throws {
         let text = """
@@ -141,7 +160,7 @@ struct APIKeysTests {
         #expect(byPath["$.general.api.transports[1]"]?.message == #"expected "unix", "vsock" or "tcp", found string "tpc""#)
         #expect(byPath["$.general.api.transports[1]"]?.position == position(of: #""tpc""#, in: text))
         #expect(byPath["$.general.api.unixSocketMode"]?.message
-            == #"expected permission bits as an octal string like "0660", found 660 (JSON numbers are decimal: write "0660")"#)
+            == #"expected permission bits as an octal string like "0660", found 660 (JSON numbers are decimal: write "0660" for octal 660)"#)
         #expect(byPath["$.general.api.port"]?.message == "70000 is out of range: expected an integer from 1 to 65535")
         #expect(byPath["$.general.api.allowedCids[0]"]?.message == "expected a vsock CID (an integer from 0 to 4294967295), found number -1")
         #expect(byPath["$.general.api.unixSocket"]?.message == #"expected an absolute path, found "rel.sock""#)

@@ -162,6 +162,20 @@ struct SampleConfigurationTests {
             == "ok: 0 USB rule sets (0 allow, 0 deny entries), 0 PCI rule sets (0 allow, 0 deny entries), no evdev passthrough, 0 VMs")
     }
 
+    @Test("the summary counts evdevPassthrough's array form (rule sets), as the README's example")
+    func summaryOfEvdevRuleSets() throws {
+        let config = try ConfigurationLoader.parse("""
+            {"vms": [{"name": "gui-vm", "type": "qemu", "socket": "/s"}],
+             "evdevPassthrough": [
+                {"targetVm": "gui-vm", "pcieBusPrefix": "rp",
+                 "allow": [{"kind": "touchpad"}, {"pathTag": "^platform-thinkpad_acpi$"}, {"kind": "keyboard"}],
+                 "deny": [{"name": "^Power Button$"}]}
+             ]}
+            """)
+        #expect(config.summary
+            == "ok: 0 USB rule sets (0 allow, 0 deny entries), 0 PCI rule sets (0 allow, 0 deny entries), 1 evdev rule set (3 allow, 1 deny entries), 1 VM (gui-vm: qemu)")
+    }
+
     @Test("the summary stays on one line even for odd VM names")
     func summaryStaysOnOneLine() throws {
         let config = try ConfigurationLoader.parse(#"{"vms": [{"name": "a\nb", "type": "crosvm", "socket": "/s"}]}"#)

@@ -77,6 +77,31 @@ struct DaemonAuthorizationTests {
         #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
     }
 
+    @Test("an API listener that cannot be made stops the start before any device is touched: exit 1, authorized_default as it was, nothing attached")
+    func apiFailureTouchesNothing() async throws {
+        let rig = try await AuthRig(receiver: true)
+        // A regular file where the API's socket goes: the daemon refuses to replace it.
+        let socket = rig.qemu.dir + "/api.sock"
+        #expect(FileManager.default.createFile(atPath: socket, contents: Data("not a socket".utf8)))
+        try """
+            {
+              "usbPassthrough": [{"targetVm": "vm1", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}],
+              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"}],
+              "usbAuthorization": {"enable": true},
+              "general": {"api": {"unixSocket": "\(socket)"}},
+            }
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-a"], testbed: rig.tb)
+        try d.waitFor("vhotplug: cannot start: \(socket) exists and is not a socket")
+        d.process.waitUntilExit()
+        #expect(d.process.terminationStatus == 1)
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
+        #expect(!d.log.contains { $0.contains("USB authorization") || $0.contains("attach") }, "\(d.log)")
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try String(contentsOfFile: socket, encoding: .utf8) == "not a socket")
+    }
+
     @Test("off (enable false): authorized_default is not touched")
     func disabledTouchesNothing() async throws {
         let rig = try await AuthRig()
