@@ -1,26 +1,37 @@
 # vhotplug: `make demo` and `make test` are the two commands the README shows first.
 SHELL := /bin/bash
 SWIFT ?= swift
-DEB_PACKAGES := libudev-dev libusb-1.0-0-dev libpci-dev pciutils usbutils usb.ids pci.ids hwdata \
+# What building vhotplug needs (and, of it, usb.ids and pci.ids at run time) ...
+BUILD_PACKAGES := libudev-dev libusb-1.0-0-dev libpci-dev usb.ids pci.ids
+# ... and what its tests, the lab and the demo need besides.
+DEB_PACKAGES := $(BUILD_PACKAGES) pciutils usbutils hwdata \
 	umockdev libumockdev-dev gir1.2-umockdev-1.0 socat qemu-system-x86 udev busybox-static cpio python3
 
-.PHONY: all build release deps test test-unit test-lab demo bench clean
+.PHONY: all build release deps deps-build test test-unit test-lab demo bench clean
 
 all: build
 
 ## deps: install the Debian packages vhotplug and its tests need (only the missing ones).
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
+
+## deps-build: only what building vhotplug needs (`make build`, `make release` on a host).
+deps-build:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(BUILD_PACKAGES)"
+
+.PHONY: install-packages
+install-packages:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-build: deps
+build: deps-build
 	$(SWIFT) build
 
-release: deps
+release: deps-build
 	$(SWIFT) build -c release --static-swift-stdlib
 
 ## test: every test: unit and umockdev tests (swift test), then the real-kernel lab.
