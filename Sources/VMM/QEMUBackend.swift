@@ -43,21 +43,45 @@ public actor QEMUBackend: VMBackend {
     /// Runs `body` on a fresh connection, after the operations queued before it.
     /// The connection is made and `qmp_capabilities` sent at once; the first command
     /// follows it without waiting for the greeting (QEMU answers them in order).
-    /// A connection `prepare` made is taken when there is one.
+    /// A connection `prepare` made is taken when there is one, and so is the one the
+    /// operation before this one ended on when this one was already waiting: operations
+    /// asked together (the devices of a dock, `-a` at start) share one connection, held
+    /// for as long as they keep coming and no longer.
     public func session<T>(_ body: (QMPClient) async throws(VMError) -> T) async throws(VMError) -> T {
         await lock.acquire()
         defer { lock.release() }
-        let client: QMPClient
+        var client: QMPClient
         if let p = prepared {
             prepared = nil
             loop.cancel(p.timer)
             client = p.client
+            if !client.isUsable {
+                client.close()
+                client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
+            }
         } else {
             client = QMPClient(vm: name, path: socketPath, loop: loop, logger: logger, timeout: timeout)
         }
-        defer { client.close() }
+        // (Runs before the lock's release: the next operation finds the connection kept.)
+        var keep = false
+        defer { keep ? handOver(client) : client.close() }
         if !client.isOpen { try await connect(client) }
-        return try await body(client)
+        let result = try await body(client)
+        // Only a connection whose exchanges all ended well: after a timeout or an error
+        // an answer may still be on its way.
+        keep = lock.queued > 0 && client.isOpen
+        return result
+    }
+
+    /// Keeps a connection for the operation waiting on the lock (closed by the timer of a
+    /// prepared connection if that operation does not take it).
+    private func handOver(_ client: QMPClient) {
+        dropPrepared()
+        client.clearEvents()
+        let timer = loop.schedule(at: .after(Self.preparedLinger)) {
+            self.unprepare()
+        }
+        prepared = (client, timer)
     }
 
     /// Connects; a full listen backlog (QEMU busy with another client: its manager,

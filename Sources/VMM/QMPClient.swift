@@ -364,6 +364,16 @@ public final class QMPClient {
     /// Drops the events received so far.
     public func clearEvents() { events.removeAll() }
 
+    /// Whether the connection is open and QEMU has not closed its end (a QEMU that exited):
+    /// one look at the socket, without waiting. A connection kept for a next operation is
+    /// looked at before it is used, so that a VM gone meanwhile reads as not running.
+    public var isUsable: Bool {
+        guard fd >= 0 else { return false }
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))
+    }
+
     // MARK: Wire
 
     private func send(_ bytes: [UInt8], deadline: Deadline, step: String) async throws(VMError) {

@@ -139,6 +139,25 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
+    @Test("-a with three receivers: their attaches share one QMP connection, closed after the last")
+    func attachesShareAConnection() async throws {
+        let rig = try await Rig()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try rig.replugReceiver(1, port: 3)
+        try rig.replugReceiver(2, port: 4)
+        let d = try rig.daemon(["-a"])
+        for port in 2...4 { try d.waitFor("attached to vm1 as vhp-usb-1-\(port)") }
+        #expect(try rig.qemu.attachedIds().sorted() == ["vhp-usb-1-2", "vhp-usb-1-3", "vhp-usb-1-4"])
+        // One connection for the start's listing, one for the three attaches.
+        let connections = d.log.filter { $0.contains(#"qmp vm1 -> {"execute":"qmp_capabilities""#) }
+        #expect(connections.count == 2, "\(d.log.joined(separator: "\n"))")
+        // Closed once the attaches are done: an operation after them connects afresh.
+        let mark = d.mark
+        rig.unplugReceiver()
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
+        #expect(d.log[mark...].filter { $0.contains(#"qmp vm1 -> {"execute":"qmp_capabilities""#) }.count == 1)
+    }
+
     @Test("without -a, a connected device stays on the host")
     func noAttachConnected() async throws {
         let rig = try await Rig()

@@ -153,6 +153,22 @@ struct QEMUBackendTests {
         #expect(error == .commandFailed(vm: "vm1", command: "device_del", errorClass: "DeviceNotFound", message: "Device 'nope' not found"))
     }
 
+    @Test("a connection kept for a next operation is looked at first: usable while QEMU runs, not once it has exited")
+    func usableConnection() async throws {
+        let qemu = try QEMUInstance()
+        let host = try LoopHost()
+        let client = try await OnLoop(host.loop).run { loop in
+            let c = QMPClient(vm: "vm1", path: qemu.qmpPath, loop: loop, logger: logger)
+            try await c.open()
+            return UncheckedBox(c)
+        }
+        let before = try await OnLoop(host.loop).run { _ in client.value.isUsable }
+        qemu.stop()
+        let after = try await OnLoop(host.loop).run { _ in client.value.isUsable }
+        #expect(before && !after)
+        try await OnLoop(host.loop).run { _ in client.value.close() }
+    }
+
     @Test("waiting for an event past its deadline times out and leaves the connection usable")
     func eventTimeoutKeepsConnection() async throws {
         let qemu = try QEMUInstance()
@@ -442,4 +458,10 @@ struct QMPLineTests {
         // A line that starts as the greeting is one for the parser too.
         guard case .greeting? = parsed(#"{"QMP": {}, "return": {}, "id": 1}"#) else { Issue.record("QMP member not read first"); return }
     }
+}
+
+/// Hands a loop-bound object between a test and its loop's thread.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
