@@ -36,9 +36,14 @@ public actor QEMUBackend: VMBackend {
 
     /// A connection opened ahead of an operation (`prepare`): connected, its
     /// `qmp_capabilities` sent, closed by its timer when no operation takes it.
-    private var prepared: (client: QMPClient, timer: TimerToken)?
+    /// `handedOver`: kept by the operation before for the one waiting (not `prepare`'s).
+    private var prepared: (client: QMPClient, timer: TimerToken, handedOver: Bool)?
     /// How long a prepared connection waits for its operation.
     static let preparedLinger = 0.05
+    /// How long after its connect a connection may still be passed on to a waiting
+    /// operation: a batch holds the socket this long at most before the VM's other
+    /// clients (its manager), waiting in the listen backlog, get their turn.
+    static let batchHold = 0.25
 
     /// Runs `body` on a fresh connection, after the operations queued before it.
     /// The connection is made and `qmp_capabilities` sent at once; the first command
@@ -67,9 +72,9 @@ public actor QEMUBackend: VMBackend {
         defer { keep ? handOver(client) : client.close() }
         if !client.isOpen { try await connect(client) }
         let result = try await body(client)
-        // Only a connection whose exchanges all ended well: after a timeout or an error
-        // an answer may still be on its way.
-        keep = lock.queued > 0 && client.isOpen
+        // Only a connection whose exchanges all ended well (after a timeout or an error
+        // an answer may still be on its way, and the client has closed it), and not for ever.
+        keep = lock.queued > 0 && client.isOpen && Deadline.now().seconds(since: client.connectedAt) < Self.batchHold
         return result
     }
 
@@ -79,9 +84,9 @@ public actor QEMUBackend: VMBackend {
         dropPrepared()
         client.clearEvents()
         let timer = loop.schedule(at: .after(Self.preparedLinger)) {
-            self.unprepare()
+            self.assumeIsolated { $0.dropPrepared() }
         }
-        prepared = (client, timer)
+        prepared = (client, timer, true)
     }
 
     /// Connects; a full listen backlog (QEMU busy with another client: its manager,
@@ -119,13 +124,17 @@ public actor QEMUBackend: VMBackend {
             return // the operation, if one comes, connects itself and reports the error
         }
         let timer = loop.schedule(at: .after(Self.preparedLinger)) {
-            self.unprepare()
+            self.assumeIsolated { $0.dropPrepared() }
         }
-        prepared = (client, timer)
+        prepared = (client, timer, false)
     }
 
+    /// Closes a connection `prepare` made for an operation that will not come (one kept
+    /// for an operation waiting on the lock stays for it).
     public nonisolated func unprepare() {
-        assumeIsolated { $0.dropPrepared() }
+        assumeIsolated { backend in
+            if backend.prepared?.handedOver == false { backend.dropPrepared() }
+        }
     }
 
     private func dropPrepared() {

@@ -160,7 +160,7 @@ public final class QMPClient {
     private let logger: Logger
     /// Seconds allowed for each exchange.
     public let timeout: Double
-    private var fd: Int32 = -1
+    private(set) var fd: Int32 = -1
     private var buffer: [UInt8] = []
     /// How much of `buffer` is known to hold no line end (not searched again).
     private var scanned = 0
@@ -221,6 +221,7 @@ public final class QMPClient {
             throw .notRunning(vm: vm, reason: "\(path): \(String(cString: strerror(e)))")
         }
         fd = s
+        connectedAt = .now()
         buffer.removeAll(keepingCapacity: true)
         scanned = 0
         let (id, line) = request("qmp_capabilities", [])
@@ -329,6 +330,7 @@ public final class QMPClient {
                 // An answer to another request (a connection reused after a timeout): skip it.
                 logger.debug("qmp \(vm): skipping a reply to an earlier request")
             case .greeting:
+                close() // (the stream is not what it should be: nothing more is read from it)
                 throw .protocolError(vm: vm, detail: "unexpected greeting")
             }
         }
@@ -365,14 +367,21 @@ public final class QMPClient {
     public func clearEvents() { events.removeAll() }
 
     /// Whether the connection is open and QEMU has not closed its end (a QEMU that exited):
-    /// one look at the socket, without waiting. A connection kept for a next operation is
-    /// looked at before it is used, so that a VM gone meanwhile reads as not running.
+    /// one `poll` of the socket, without waiting. A Unix socket reports its peer's close
+    /// (`POLLRDHUP`/`POLLHUP`) whatever is still queued to read (a `SHUTDOWN` event, an
+    /// unread greeting), which a peek at the data would not. A connection kept for a next
+    /// operation is looked at before it is used, so that a VM gone meanwhile reads as not
+    /// running.
     public var isUsable: Bool {
         guard fd >= 0 else { return false }
-        var byte: UInt8 = 0
-        let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-        return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))
+        let rdhup: Int16 = 0x2000 // POLLRDHUP (<poll.h> defines it under _GNU_SOURCE only)
+        var p = pollfd(fd: fd, events: Int16(POLLIN) | rdhup, revents: 0)
+        guard poll(&p, 1, 0) >= 0 else { return false }
+        return p.revents & (Int16(POLLHUP) | rdhup | Int16(POLLERR) | Int16(POLLNVAL)) == 0
     }
+
+    /// When the connection was made (a kept connection is passed on for a short while only).
+    public private(set) var connectedAt = Deadline.now()
 
     // MARK: Wire
 
