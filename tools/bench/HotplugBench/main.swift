@@ -46,6 +46,9 @@ struct Options {
     /// Who sends a plug's uevents: `umockdev` (umockdev_testbed_uevent, about 0.3 ms each) or
     /// `direct` (the same datagrams, built before t0: DirectSender).
     var sender = "umockdev"
+    /// The first N plugs reach QEMU's libusb 0.1 s after the daemon (`--sender direct`), so that
+    /// the daemon's "failed to find host usb device" retry runs (hot-functions.sh profiles it).
+    var lateQEMU = 0
 }
 
 var options = Options()
@@ -73,6 +76,7 @@ do {
         case "--vhotplug": options.vhotplug = value()
         case "--startup-profile": options.startupProfile = value()
         case "--event-source": options.eventSource = value()
+        case "--late-qemu": options.lateQEMU = Int(value())!
         case "--sender":
             options.sender = value()
             guard ["umockdev", "direct"].contains(options.sender) else { eprint("--sender: umockdev or direct\n"); exit(2) }
@@ -80,7 +84,7 @@ do {
             print("""
                 usage: umockdev-wrapper vhotplug-hotplug-bench [--cycles 100] [--memory-cycles 1000] [--warmup 5]
                        [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug,floor]
-                       [--debug] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
+                       [--debug] [--late-qemu N] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
                        [--event-source udev|kernel] [--sender umockdev|direct]
                 """)
             exit(0)
@@ -298,6 +302,9 @@ struct Uevents {
     }
 }
 
+/// The latency phase's QEMU (`--late-qemu`).
+nonisolated(unsafe) var lateQEMUPid: pid_t?
+
 nonisolated(unsafe) private var directSenders: [ObjectIdentifier: DirectSender] = [:]
 
 /// The direct sender of this testbed (nil with `--sender umockdev`); made once, after checking
@@ -324,9 +331,26 @@ func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugM
         tb.releaseListeners(held)
         sleepSeconds(opts.gap)
         mark = d.mark
-        let adds = try Uevents(tb, plug.paths, "add")
+        let adds: Uevents
+        var late: Uevents?
+        if round < opts.lateQEMU, let qemuPid = lateQEMUPid, opts.sender == "direct" {
+            // The direct sender connects to the listeners when it prepares: the daemon's batch
+            // without QEMU's listeners, QEMU's without the daemon's.
+            let q = tb.holdListeners(of: qemuPid)
+            adds = try Uevents(tb, plug.paths, "add")
+            tb.releaseListeners(q)
+            let own = tb.holdListeners(of: d.pid)
+            late = try Uevents(tb, plug.paths, "add")
+            tb.releaseListeners(own)
+        } else {
+            adds = try Uevents(tb, plug.paths, "add")
+        }
         t0 = now()
         adds.send()
+        if let late {
+            sleepSeconds(0.1)
+            late.send()
+        }
     case .umockdev:
         t0 = now()
         try tb.add(record: plug.text)
@@ -427,6 +451,7 @@ func latencyPhase() async throws {
     _ = try directSender(tb)
     let qemu = try QEMUInstance(name: "vm1", testbed: tb)
     defer { qemu.stop(); try? FileManager.default.removeItem(atPath: qemu.dir) }
+    lateQEMUPid = qemu.pid
     let config = qemu.dir + "/vhotplug.conf"
     try writeConfig(config, vms: [("vm1", qemu.qmpPath)])
     note("testbed \(tb.root), QEMU pid \(qemu.pid), config \(config)")
