@@ -42,8 +42,7 @@ extension Daemon: ControlService {
         do { try file.save(api.state) } catch { logger.error("cannot save the state: \(error)") }
     }
 
-    /// Starts the API server when `general.api.enable`.
-    /// Opens the API's listeners: before the first pass, so that a listener that cannot be
+    /// Opens the API's listeners when `general.api.enable`: before the first pass, so that a listener that cannot be
     /// made (an address in use, an unknown user) stops the start before any device is touched.
     func openAPI() async throws {
         let settings = configuration.general.api

@@ -78,15 +78,19 @@ public actor QEMUBackend: VMBackend {
         return result
     }
 
-    /// Keeps a connection for the operation waiting on the lock (closed by the timer of a
-    /// prepared connection if that operation does not take it).
+    /// Keeps a connection for the operation waiting on the lock.
     private func handOver(_ client: QMPClient) {
         dropPrepared()
         client.clearEvents()
+        keepForNext(client, handedOver: true)
+    }
+
+    /// Keeps a connection for the next operation; closed by its timer if none takes it.
+    private func keepForNext(_ client: QMPClient, handedOver: Bool) {
         let timer = loop.schedule(at: .after(Self.preparedLinger)) {
             self.assumeIsolated { $0.dropPrepared() }
         }
-        prepared = (client, timer, true)
+        prepared = (client, timer, handedOver)
     }
 
     /// Connects; a full listen backlog (QEMU busy with another client: its manager,
@@ -123,10 +127,7 @@ public actor QEMUBackend: VMBackend {
         } catch {
             return // the operation, if one comes, connects itself and reports the error
         }
-        let timer = loop.schedule(at: .after(Self.preparedLinger)) {
-            self.assumeIsolated { $0.dropPrepared() }
-        }
-        prepared = (client, timer, false)
+        keepForNext(client, handedOver: false)
     }
 
     /// Closes a connection `prepare` made for an operation that will not come (one kept
