@@ -92,6 +92,8 @@ do {
         }
     }
 }
+// (The direct sender connects to the listeners when it prepares a batch, which --late-qemu needs.)
+if options.lateQEMU > 0 && options.sender != "direct" { eprint("--late-qemu needs --sender direct\n"); exit(2) }
 let opts = options
 
 guard (ProcessInfo.processInfo.environment["LD_PRELOAD"] ?? "").contains("umockdev") else {
@@ -333,7 +335,7 @@ func cycle(_ tb: Testbed, _ d: Daemon, _ poller: Poller, round: Int, mode: PlugM
         mark = d.mark
         let adds: Uevents
         var late: Uevents?
-        if round < opts.lateQEMU, let qemuPid = lateQEMUPid, opts.sender == "direct" {
+        if round < opts.lateQEMU, let qemuPid = lateQEMUPid {
             // The direct sender connects to the listeners when it prepares: the daemon's batch
             // without QEMU's listeners, QEMU's without the daemon's.
             let q = tb.holdListeners(of: qemuPid)
