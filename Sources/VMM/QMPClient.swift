@@ -166,6 +166,10 @@ public final class QMPClient {
     private var scanned = 0
     /// Lines and reads so far (`receive` looks at its deadline every 64th).
     private var pace = 0
+    /// The last read took everything queued: the next one waits for the socket first.
+    private var drained = false
+    /// Reads that found nothing (EAGAIN), for the tests.
+    private(set) var emptyReads = 0
     private var nextId = 1
     /// Events received while waiting for replies, oldest first.
     public private(set) var events: [(name: String, data: JSONNode?)] = []
@@ -224,6 +228,7 @@ public final class QMPClient {
         connectedAt = .now()
         buffer.removeAll(keepingCapacity: true)
         scanned = 0
+        drained = false
         let (id, line) = request("qmp_capabilities", [])
         let sent = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         // A fresh socket takes a 60-byte line whole; if not, finishOpen sends it after the greeting.
@@ -280,6 +285,7 @@ public final class QMPClient {
         fd = -1
         buffer.removeAll()
         scanned = 0
+        drained = false
         negotiated = false
         capabilitiesId = nil
     }
@@ -436,19 +442,7 @@ public final class QMPClient {
             }
             guard fd >= 0 else { throw .protocolError(vm: vm, detail: "connection closed") }
             let fd = self.fd
-            // 1 KiB on the stack (a larger temporary buffer is a malloc for every read): QEMU's
-            // usual lines fit at once; a long reply (qom-list, query-pci) takes more reads.
-            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { chunk -> Int in
-                let n = read(fd, chunk.baseAddress, chunk.count)
-                if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n])) }
-                return n
-            }
-            if n > 0 { continue }
-            if n == 0 {
-                close()
-                throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")
-            }
-            if errno == EAGAIN || errno == EINTR {
+            func waitReadable() async throws(VMError) {
                 do {
                     try await loop.readable(fd, deadline: deadline)
                 } catch LoopError.timeout where !closeOnTimeout {
@@ -456,6 +450,32 @@ public final class QMPClient {
                 } catch {
                     throw fail(error, step)
                 }
+            }
+            // The last read emptied the socket: wait for more before reading (epoll reports
+            // at once what came meanwhile) instead of a read that fails with EAGAIN.
+            if drained {
+                drained = false
+                try await waitReadable()
+            }
+            // 1 KiB on the stack (a larger temporary buffer is a malloc for every read): QEMU's
+            // usual lines fit at once; a long reply (qom-list, query-pci) takes more reads.
+            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { chunk -> Int in
+                let n = read(fd, chunk.baseAddress, chunk.count)
+                if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n])) }
+                return n
+            }
+            if n > 0 {
+                // A stream socket's read returns less than asked only when nothing more is queued.
+                drained = n < 1024
+                continue
+            }
+            if n == 0 {
+                close()
+                throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")
+            }
+            if errno == EAGAIN || errno == EINTR {
+                emptyReads += 1
+                try await waitReadable()
                 continue
             }
             let e = errno

@@ -46,6 +46,10 @@ public final class FakeQMPServer: @unchecked Sendable {
         /// Sends the greeting, then, once a line is received, events without end (until the
         /// client closes): a QEMU that never stops writing.
         case flood
+        /// As `replies`, each text (the greeting too) written `chunk` bytes at a time, each
+        /// piece only once the client has read the one before (the socket's send queue
+        /// empty): every read of the client finds one piece and nothing after it.
+        case dribble(chunk: Int, [String])
     }
 
     public let path: String
@@ -108,6 +112,26 @@ public final class FakeQMPServer: @unchecked Sendable {
                 let event = Array((#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RTC_CHANGE", "data": {"offset": "0"}}"# + "\n").utf8)
                 let block = Array([[UInt8]](repeating: event, count: 64).joined())
                 while block.withUnsafeBytes({ Glibc.send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
+            case .dribble(let chunk, let texts):
+                func dribble(_ text: String) {
+                    let bytes = Array(text.utf8)
+                    var offset = 0
+                    while offset < bytes.count {
+                        let piece = Array(bytes[offset..<min(offset + chunk, bytes.count)])
+                        _ = piece.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                        offset += piece.count
+                        // Unread bytes of this socket (SIOCOUTQ): 0 once the client has read the piece.
+                        var queued: Int32 = 1
+                        while ioctl(c, 0x5411, &queued) == 0 && queued > 0 { sched_yield() }
+                    }
+                }
+                dribble(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"# + "\n")
+                for text in texts {
+                    guard readLine() else { break }
+                    dribble(text)
+                }
+                var byte: UInt8 = 0
+                while read(c, &byte, 1) > 0 {}
             case .neverAccept:
                 break
             }
