@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import JSONKit
 import DeviceModel
 
@@ -23,19 +26,19 @@ public final class DeviceReader {
     /// libusb, for interface classes; nil: interfaces come from sysfs interface folders only
     /// (tests reading a testbed without umockdev's preload).
     private let libusb: LibUSBContext?
-    /// Whether each USB interface's driver is read (its `driver` link): `inspect` shows them;
-    /// the daemon decides on classes and has no use for a driver that, right after a plug,
-    /// is still being bound.
-    private let interfaceDrivers: Bool
+    /// Whether what only `inspect` shows is read: each USB interface's driver (its `driver`
+    /// link) and a USB device's `speed`. The daemon decides on classes and has no use for a
+    /// driver that, right after a plug, is still being bound, nor for the speed.
+    private let inspectFacts: Bool
 
     /// - Parameters:
     ///   - sysfs: the sysfs tree (`/sys` on a host).
     ///   - usbIDs: the usb.ids database; nil leaves names empty.
     ///   - bootDevices: the devices behind `/` and `/boot`; read from mountinfo when nil.
     public init(sysfs: Sysfs = Sysfs(), usbIDs: USBIDs? = USBIDs(), pciNames: PCINames? = PCINames(),
-                bootDevices: BootDevices? = nil, useLibUSB: Bool = true, interfaceDrivers: Bool = true) {
+                bootDevices: BootDevices? = nil, useLibUSB: Bool = true, inspectFacts: Bool = true) {
         self.sysfs = sysfs
-        self.interfaceDrivers = interfaceDrivers
+        self.inspectFacts = inspectFacts
         self.usbIDs = usbIDs
         self.pciNames = pciNames
         self.bootDevices = bootDevices ?? BootDevices.read(sysfs: sysfs)
@@ -123,15 +126,22 @@ public final class DeviceReader {
 
     /// `checked`: the device's folder as `configuration(_:)` left it open, with the
     /// configuration value it read (not read again).
+    /// `event`: the fields the device's `add` event carried (the `uevent` attribute is then not read).
     private func readUSB(sysPath: String, libusb: @autoclosure () -> LibUSBSnapshot?,
-                         checked: (reader: AttributeReader, configuration: String)?) throws(DeviceReadError) -> USBDevice {
+                         checked: (reader: AttributeReader, configuration: String)?,
+                         event: KernelUSBFields? = nil) throws(DeviceReadError) -> USBDevice {
         let dir = sysfs.path(sysPath)
         let sysName = lastComponent(sysPath)
         let a = checked?.reader ?? AttributeReader.opened(dir: dir, device: sysPath)
         // The kernel's own `uevent` attribute (usb_dev_uevent) holds eight of the device's
         // attributes in one read; each one it lacks (or cannot be read from it) is read from
         // its own file, which also names it in an error.
-        let k = ((try? a.withSmallFile("uevent") { KernelUSBFields(bytes: $0) }.get()) ?? nil) ?? KernelUSBFields(uevent: nil)
+        let k: KernelUSBFields
+        if let event, event.isComplete {
+            k = event
+        } else {
+            k = ((try? a.withSmallFile("uevent") { KernelUSBFields(bytes: $0) }.get()) ?? nil) ?? KernelUSBFields(uevent: nil)
+        }
         let bus = try either(k.busnum) { () throws(DeviceReadError) in try a.int("busnum", max: 255) }
         let devnum = try either(k.devnum) { () throws(DeviceReadError) in try a.int("devnum", max: 255) }
         let vendorId = try either(k.vendorId) { () throws(DeviceReadError) in UInt16(try a.hex("idVendor")) }
@@ -144,7 +154,7 @@ public final class DeviceReader {
         if let checked { config = Int(checked.configuration) } else { config = (try a.optionalString("bConfigurationValue")).flatMap { Int($0) } }
         let removable: Removability = (try a.optionalString("removable")).flatMap(Removability.init(rawValue:)) ?? .unknown
         let manufacturer = try a.optionalString("manufacturer"), product = try a.optionalString("product")
-        let serial = try a.optionalString("serial"), speed = try a.optionalString("speed")
+        let serial = try a.optionalString("serial"), speed = inspectFacts ? try a.optionalString("speed") : nil
         var interfaces: [USBInterface]
         if config == nil, (try a.optionalString("authorized"))?.trimmingWhitespace() == "0" {
             // Not configured because not authorized (USB authorization): no interface folders
@@ -175,7 +185,7 @@ public final class DeviceReader {
             interfaces = try sysfsInterfaces(dir: dir, prefix: interfacePrefix)
         }
         // Drivers per interface: from each interface folder's `driver` link.
-        if let config, interfaceDrivers {
+        if let config, inspectFacts {
             for k in interfaces.indices {
                 let ifDir = "\(dir)/\(interfacePrefix):\(config).\(interfaces[k].interfaceNumber)"
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
@@ -202,12 +212,13 @@ public final class DeviceReader {
 
     /// Reads a USB device once `usbConfigured` holds, through the folder that check opened
     /// (one open and one `bConfigurationValue` read fewer than the check and `read` apart);
-    /// nil while the configuration or an interface is not there yet.
-    public func readUSBIfConfigured(sysPath: String) -> Result<HostDevice, DeviceReadError>? {
+    /// nil while the configuration or an interface is not there yet. `event`: what the
+    /// device's `add` event said of it (`DeviceEvent.usb`).
+    public func readUSBIfConfigured(sysPath: String, event: KernelUSBFields? = nil) -> Result<HostDevice, DeviceReadError>? {
         let a = AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)
         guard let config = configuration(a) else { return nil }
         return Result { () throws(DeviceReadError) in
-            .usb(try readUSB(sysPath: sysPath, libusb: libusb?.snapshot(), checked: (a, config)))
+            .usb(try readUSB(sysPath: sysPath, libusb: libusb?.snapshot(), checked: (a, config), event: event))
         }
     }
 
@@ -373,55 +384,47 @@ public final class DeviceReader {
 
 /// The fields of a USB device's `uevent` attribute that the kernel writes for every USB
 /// device (usb_dev_uevent): `PRODUCT=vid/pid/bcdDevice` (hex), `TYPE=class/subclass/protocol`
-/// (decimal), `BUSNUM=` and `DEVNUM=` (decimal). A field absent or malformed is nil.
-struct KernelUSBFields {
-    var busnum: Int?, devnum: Int?
-    var vendorId: UInt16?, productId: UInt16?, bcdDevice: UInt16?
-    var deviceClass: UInt8?, deviceSubclass: UInt8?, deviceProtocol: UInt8?
+/// (decimal), `BUSNUM=` and `DEVNUM=` (decimal). A field absent or malformed is nil. The
+/// device's `add` event carries the same properties: the monitor takes them from it, and
+/// the reader then does not read the attribute.
+public struct KernelUSBFields: Sendable, Hashable {
+    public var busnum: Int?, devnum: Int?
+    public var vendorId: UInt16?, productId: UInt16?, bcdDevice: UInt16?
+    public var deviceClass: UInt8?, deviceSubclass: UInt8?, deviceProtocol: UInt8?
+
+    /// True when every field is known (nothing left to read from sysfs).
+    public var isComplete: Bool {
+        busnum != nil && devnum != nil && vendorId != nil && productId != nil && bcdDevice != nil
+            && deviceClass != nil && deviceSubclass != nil && deviceProtocol != nil
+    }
 
     init(uevent: String?) {
         guard var text = uevent else { return }
         self = text.withUTF8 { KernelUSBFields(bytes: $0) }
     }
 
+    /// From an event's property values (C strings; nil when the event lacks one).
+    public init(product: UnsafePointer<CChar>?, type: UnsafePointer<CChar>?,
+                busnum: UnsafePointer<CChar>?, devnum: UnsafePointer<CChar>?) {
+        func value<T>(_ p: UnsafePointer<CChar>?, _ parse: (UnsafeBufferPointer<UInt8>) -> T?) -> T? {
+            guard let p else { return nil }
+            return p.withMemoryRebound(to: UInt8.self, capacity: 1) { u in
+                parse(UnsafeBufferPointer(start: u, count: strlen(p)))
+            }
+        }
+        self.busnum = value(busnum) { Self.number($0, 0, $0.count) }
+        self.devnum = value(devnum) { Self.number($0, 0, $0.count) }
+        if let (v, p, b) = value(product, { Self.triple($0, 0, $0.count, hex: true, max: 0xffff) }) {
+            (vendorId, productId, bcdDevice) = (UInt16(v), UInt16(p), UInt16(b))
+        }
+        if let (c, s, p) = value(type, { Self.triple($0, 0, $0.count, hex: false, max: 0xff) }) {
+            (deviceClass, deviceSubclass, deviceProtocol) = (UInt8(c), UInt8(s), UInt8(p))
+        }
+    }
+
     init(bytes: UnsafeBufferPointer<UInt8>) {
         var i = 0
         let n = bytes.count
-        /// The numbers of a `a/b/c` value ending at `end`, each at most `max`.
-        func triple(_ from: Int, _ end: Int, hex: Bool, max: Int) -> (Int, Int, Int)? {
-            var out = [0, 0, 0], k = 0, digits = 0, j = from
-            while j < end {
-                let c = bytes[j]
-                if c == UInt8(ascii: "/") {
-                    guard digits > 0, k < 2 else { return nil }
-                    k += 1
-                    digits = 0
-                } else {
-                    let d: Int
-                    switch c {
-                    case 0x30...0x39: d = Int(c - 0x30)
-                    case 0x61...0x66 where hex: d = Int(c - 0x61 + 10)
-                    case 0x41...0x46 where hex: d = Int(c - 0x41 + 10)
-                    default: return nil
-                    }
-                    out[k] = out[k] * (hex ? 16 : 10) + d
-                    digits += 1
-                    guard digits <= 5, out[k] <= max else { return nil }
-                }
-                j += 1
-            }
-            guard k == 2, digits > 0 else { return nil }
-            return (out[0], out[1], out[2])
-        }
-        func number(_ from: Int, _ end: Int) -> Int? {
-            guard end > from, end - from <= 3 else { return nil }
-            var v = 0
-            for j in from..<end {
-                guard bytes[j] >= 0x30 && bytes[j] <= 0x39 else { return nil }
-                v = v * 10 + Int(bytes[j] - 0x30)
-            }
-            return v <= 255 ? v : nil
-        }
         func starts(_ key: StaticString, at j: Int, _ end: Int) -> Bool {
             let k = key.utf8Start, len = key.utf8CodeUnitCount
             guard end - j > len else { return false }
@@ -432,20 +435,63 @@ struct KernelUSBFields {
             var end = i
             while end < n && bytes[end] != 0x0A { end += 1 }
             switch bytes[i] {
-            case UInt8(ascii: "B") where starts("BUSNUM=", at: i, end): busnum = number(i + 7, end)
-            case UInt8(ascii: "D") where starts("DEVNUM=", at: i, end): devnum = number(i + 7, end)
+            case UInt8(ascii: "B") where starts("BUSNUM=", at: i, end): busnum = Self.number(bytes, i + 7, end)
+            case UInt8(ascii: "D") where starts("DEVNUM=", at: i, end): devnum = Self.number(bytes, i + 7, end)
             case UInt8(ascii: "P") where starts("PRODUCT=", at: i, end):
-                if let (v, p, b) = triple(i + 8, end, hex: true, max: 0xffff) {
+                if let (v, p, b) = Self.triple(bytes, i + 8, end, hex: true, max: 0xffff) {
                     (vendorId, productId, bcdDevice) = (UInt16(v), UInt16(p), UInt16(b))
                 }
             case UInt8(ascii: "T") where starts("TYPE=", at: i, end):
-                if let (c, s, p) = triple(i + 5, end, hex: false, max: 0xff) {
+                if let (c, s, p) = Self.triple(bytes, i + 5, end, hex: false, max: 0xff) {
                     (deviceClass, deviceSubclass, deviceProtocol) = (UInt8(c), UInt8(s), UInt8(p))
                 }
             default: break
             }
             i = end + 1
         }
+    }
+
+    /// The numbers of an `a/b/c` value in `bytes[from..<end]`, each at most `max`.
+    static func triple(_ bytes: UnsafeBufferPointer<UInt8>, _ from: Int, _ end: Int, hex: Bool, max: Int) -> (Int, Int, Int)? {
+        var out = (0, 0, 0), k = 0, digits = 0, j = from
+        while j < end {
+            let c = bytes[j]
+            if c == UInt8(ascii: "/") {
+                guard digits > 0, k < 2 else { return nil }
+                k += 1
+                digits = 0
+            } else {
+                let d: Int
+                switch c {
+                case 0x30...0x39: d = Int(c - 0x30)
+                case 0x61...0x66 where hex: d = Int(c - 0x61 + 10)
+                case 0x41...0x46 where hex: d = Int(c - 0x41 + 10)
+                default: return nil
+                }
+                let v: Int
+                switch k {
+                case 0: out.0 = out.0 * (hex ? 16 : 10) + d; v = out.0
+                case 1: out.1 = out.1 * (hex ? 16 : 10) + d; v = out.1
+                default: out.2 = out.2 * (hex ? 16 : 10) + d; v = out.2
+                }
+                digits += 1
+                guard digits <= 5, v <= max else { return nil }
+            }
+            j += 1
+        }
+        guard k == 2, digits > 0 else { return nil }
+        return out
+    }
+
+    /// A decimal of 1-3 digits up to 255 in `bytes[from..<end]`.
+    static func number(_ bytes: UnsafeBufferPointer<UInt8>, _ from: Int, _ end: Int) -> Int? {
+        guard end > from, end - from <= 3 else { return nil }
+        var v = 0
+        for j in from..<end {
+            guard bytes[j] >= 0x30 && bytes[j] <= 0x39 else { return nil }
+            v = v * 10 + Int(bytes[j] - 0x30)
+        }
+        return v <= 255 ? v : nil
     }
 }
 

@@ -18,9 +18,11 @@ public struct DeviceEvent: Sendable, Hashable {
     /// The bound driver, from the event itself (bind events).
     public var driver: String?
     public var seqnum: UInt64
+    /// A USB device's `add`: its bus, address, IDs and class from the event's properties.
+    public var usb: KernelUSBFields?
 
     public init(action: String, subsystem: String, devtype: String = "", sysPath: String, sysName: String,
-                devnode: String? = nil, driver: String? = nil, seqnum: UInt64 = 0) {
+                devnode: String? = nil, driver: String? = nil, seqnum: UInt64 = 0, usb: KernelUSBFields? = nil) {
         self.action = action
         self.subsystem = subsystem
         self.devtype = devtype
@@ -29,6 +31,7 @@ public struct DeviceEvent: Sendable, Hashable {
         self.devnode = devnode
         self.driver = driver
         self.seqnum = seqnum
+        self.usb = usb
     }
 }
 
@@ -153,16 +156,24 @@ public final class UdevMonitor: @unchecked Sendable {
         }
         defer { udev_device_unref(dev) }
         func text(_ p: UnsafePointer<CChar>?) -> String? { p.map { String(cString: $0) } }
+        let action = text(udev_device_get_action(dev)) ?? ""
+        let devtype = text(udev_device_get_devtype(dev)) ?? ""
+        var usb: KernelUSBFields?
+        if action == "add" && devtype == "usb_device" {
+            func property(_ key: String) -> UnsafePointer<CChar>? { udev_device_get_property_value(dev, key) }
+            usb = KernelUSBFields(product: property("PRODUCT"), type: property("TYPE"),
+                                  busnum: property("BUSNUM"), devnum: property("DEVNUM"))
+        }
         return DeviceEvent(
-            action: text(udev_device_get_action(dev)) ?? "",
+            action: action,
             subsystem: text(udev_device_get_subsystem(dev)) ?? "",
-            devtype: text(udev_device_get_devtype(dev)) ?? "",
+            devtype: devtype,
             sysPath: text(udev_device_get_devpath(dev)) ?? "",
             sysName: text(udev_device_get_sysname(dev)) ?? "",
             // From the event's own properties: the getters would read sysfs for what it lacks.
             devnode: text(udev_device_get_property_value(dev, "DEVNAME")).map { $0.hasPrefix("/") ? $0 : "/dev/" + $0 },
             driver: text(udev_device_get_property_value(dev, "DRIVER")),
-            seqnum: UInt64(udev_device_get_seqnum(dev)))
+            seqnum: UInt64(udev_device_get_seqnum(dev)), usb: usb)
     }
 
     /// Discards waiting messages that would be thrown away after libudev parsed them (tens of

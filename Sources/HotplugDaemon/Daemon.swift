@@ -140,7 +140,7 @@ public actor Daemon {
     /// Followed devices by sysfs path.
     var devices: [String: Tracked] = [:]
     /// USB devices whose interfaces are not all there yet: sysfs path -> (event time, deadline timer).
-    var pendingUSB: [String: (since: Deadline, timer: TimerToken)] = [:] {
+    var pendingUSB: [String: (since: Deadline, timer: TimerToken, event: KernelUSBFields?)] = [:] {
         // Interfaces' events are parsed only while a device waits for its interfaces.
         didSet { monitor?.usbInterfaceEvents = !pendingUSB.isEmpty }
     }
@@ -149,6 +149,7 @@ public actor Daemon {
     var stopping = false
     /// The pending `malloc_trim` (see `trimSoon`).
     var trimTimer: TimerToken?
+    var trimDue = Deadline.now()
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
     var api = APIState()
     /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
@@ -172,7 +173,7 @@ public actor Daemon {
         // The host's boot devices, read from mountinfo once for both users.
         let boot = BootDevices.read(sysfs: sysfs)
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
-        self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, interfaceDrivers: false)
+        self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, inspectFacts: false)
         self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
@@ -467,7 +468,7 @@ public actor Daemon {
             case ("usb_device", "add"):
                 if e.sysName.hasPrefix("usb") { authorizer.rootHubAdded(e.sysPath, logger) }
                 prepareUSBTargets()
-                deviceAdded(e.sysPath, at: time)
+                deviceAdded(e.sysPath, at: time, event: e.usb)
             case ("usb_device", "bind"), ("usb_interface", "add"), ("usb_interface", "bind"):
                 let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
                 if pendingUSB[devicePath] != nil { checkPending(devicePath) }
@@ -520,13 +521,14 @@ public actor Daemon {
         String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
     }
 
-    func deviceAdded(_ sysPath: String, at time: Deadline) {
+    /// `event`: what the `add` event said of the device (not read again from sysfs).
+    func deviceAdded(_ sysPath: String, at time: Deadline, event: KernelUSBFields? = nil) {
         if let old = devices[sysPath], old.present {
             return // already followed (a repeated add)
         }
         // An unauthorized device (usbAuthorization) gets no interfaces until it is
         // authorized: it is decided on its descriptors at once.
-        if let read = reader.readUSBIfConfigured(sysPath: sysPath) {
+        if let read = reader.readUSBIfConfigured(sysPath: sysPath, event: event) {
             admit(sysPath, subsystem: "usb", since: time, read: read)
             return
         }
@@ -539,14 +541,14 @@ public actor Daemon {
         let timer = loop.schedule(at: .after(options.interfaceWait)) { [self] in
             Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath) }
         }
-        pendingUSB[sysPath] = (time, timer)
+        pendingUSB[sysPath] = (time, timer, event)
         // The socket filter now keeps interfaces' events; one that was queued before it
         // changed was dropped, but its interface is in sysfs already.
         checkPending(sysPath)
     }
 
     func checkPending(_ sysPath: String) {
-        guard let p = pendingUSB[sysPath], let read = reader.readUSBIfConfigured(sysPath: sysPath) else { return }
+        guard let p = pendingUSB[sysPath], let read = reader.readUSBIfConfigured(sysPath: sysPath, event: p.event) else { return }
         loop.cancel(p.timer)
         pendingUSB[sysPath] = nil
         admit(sysPath, subsystem: "usb", since: p.since, read: read)
@@ -700,12 +702,23 @@ public actor Daemon {
     /// Half a second after the last VM operation, the allocator gives its free pages
     /// back to the system (`malloc_trim`): after a burst (a dock, an event storm) the
     /// daemon's memory returns to its level before. No timer runs while nothing happens.
+    /// An operation only moves the due time: the timer, when it fires early, waits again
+    /// for the rest (one wake-up per half second of activity instead of two `timerfd`
+    /// calls per operation).
     func trimSoon() {
-        if let t = trimTimer { loop.cancel(t) }
-        trimTimer = loop.schedule(at: .after(0.5)) { [self] in
+        trimDue = .after(0.5)
+        if trimTimer == nil { scheduleTrim() }
+    }
+
+    private func scheduleTrim() {
+        trimTimer = loop.schedule(at: trimDue) { [self] in
             assumeIsolated { daemon in
                 daemon.trimTimer = nil
-                _ = vh_malloc_trim()
+                if Deadline.now() < daemon.trimDue {
+                    daemon.scheduleTrim()
+                } else {
+                    _ = vh_malloc_trim()
+                }
             }
         }
     }

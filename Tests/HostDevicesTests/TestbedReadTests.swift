@@ -85,12 +85,13 @@ struct TestbedReadTests {
         #expect(d.sysPath == "/devices/pci0000:00/0000:00:14.0/usb1/1-1")
         #expect(d.speed == "1.5" && d.removable == .removable && d.devnode == "/dev/bus/usb/001/003")
         #expect(!d.isHub && !d.holdsHostBootFilesystem)
-        // The daemon's reader leaves the drivers out, and only them.
+        // The daemon's reader leaves the drivers and the speed out, and only them.
         let daemonReader = DeviceReader(sysfs: Sysfs(root: tb.sysRoot), usbIDs: USBIDs(), bootDevices: BootDevices(paths: []),
-                                        useLibUSB: false, interfaceDrivers: false)
+                                        useLibUSB: false, inspectFacts: false)
         guard case .usb(var without)? = daemonReader.enumerate(.usb).devices.first else { Issue.record("no USB device"); return }
-        #expect(without.interfaces.map(\.driver) == [nil])
+        #expect(without.interfaces.map(\.driver) == [nil] && without.speed == nil)
         without.interfaces[0].driver = "usbhid"
+        without.speed = "1.5"
         #expect(without == d)
     }
 
@@ -158,6 +159,25 @@ struct TestbedReadTests {
         guard case .usb(let e) = try r.read(sysPath: String(bad.dropFirst(4)), subsystem: "usb") else { Issue.record("not USB"); return }
         #expect(e.vendorId == 0x1111 && e.productId == 0x2222 && e.bcdDevice == 0x7200, "PRODUCT malformed: the files")
         #expect(e.deviceClass == 0 && e.bus == 1 && e.devnum == 4, "TYPE and BUSNUM malformed: the files; DEVNUM from the uevent")
+
+        // The add event's fields, when it has them all, stand for the uevent attribute (not read).
+        let configured = usbAttributes(vendor: "1111", product: "2222", devnum: "9", extra: [("bNumInterfaces", " 0")])
+        let third = String(tb.addDevice(subsystem: "usb", name: "3-3", attributes: configured, properties: uevent).dropFirst(4))
+        let event = KernelUSBFields(product: "abcd/1234/100", type: "255/1/2", busnum: "005", devnum: "006")
+        #expect(event.isComplete)
+        guard case .usb(let f)? = try r.readUSBIfConfigured(sysPath: third, event: event)?.get() else { Issue.record("not read"); return }
+        #expect(f.vendorId == 0xabcd && f.productId == 0x1234 && f.bcdDevice == 0x100, "the event's, not the attribute's")
+        #expect(f.deviceClass == 255 && f.deviceSubclass == 1 && f.deviceProtocol == 2 && f.bus == 5 && f.devnum == 6)
+        #expect(f.devnode == "/dev/bus/usb/005/006" && f.manufacturer == "Logitech")
+        // One field missing or malformed: the attribute, all of it.
+        for partial in [KernelUSBFields(product: "abcd/1234/100", type: nil, busnum: "005", devnum: "006"),
+                        KernelUSBFields(product: "abcd/1234", type: "255/1/2", busnum: "005", devnum: "006"),
+                        KernelUSBFields(product: "abcd/1234/100", type: "255/1/2", busnum: "256", devnum: "006")] {
+            #expect(!partial.isComplete)
+            guard case .usb(let g)? = try r.readUSBIfConfigured(sysPath: third, event: partial)?.get() else { Issue.record("not read"); return }
+            #expect(g.vendorId == 0x046d && g.productId == 0xc52b && g.bus == 3 && g.devnum == 4 && g.deviceClass == 9)
+        }
+        #expect(KernelUSBFields(product: nil, type: nil, busnum: nil, devnum: nil) == KernelUSBFields(uevent: nil))
 
         let k = KernelUSBFields(uevent: "MAJOR=189\nPRODUCT=1d6b/2/601\nTYPE=9/0/1\nBUSNUM=001\nDEVNUM=001\n")
         #expect(k.vendorId == 0x1d6b && k.productId == 2 && k.bcdDevice == 0x601 && k.deviceClass == 9 && k.busnum == 1)

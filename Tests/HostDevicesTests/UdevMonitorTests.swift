@@ -102,6 +102,36 @@ struct UdevMonitorTests {
         #expect(monitor.dropped == (inKernel ? 1 : 5))
     }
 
+    @Test("a USB device's add event carries its bus, address, IDs and class from its properties; other events do not")
+    func usbFieldsOfAdd() async throws {
+        let tb = await Testbed.make()
+        let usb = tb.addDevice(subsystem: "usb", name: "2-4", attributes: usbAttributes(),
+                               properties: [("DEVTYPE", "usb_device"), ("PRODUCT", "46d/c52b/1211"), ("TYPE", "0/0/0"),
+                                            ("BUSNUM", "002"), ("DEVNUM", "017")])
+        let bare = tb.addDevice(subsystem: "usb", name: "2-5", attributes: usbAttributes(),
+                                properties: [("DEVTYPE", "usb_device"), ("PRODUCT", "46d/c52b/1211")])
+        let monitor = try UdevMonitor(subsystems: ["usb"], source: "kernel")
+        var p = pollfd(fd: monitor.fd, events: Int16(POLLIN), revents: 0)
+        tb.uevent(usb, "add")
+        #expect(poll(&p, 1, 5000) == 1)
+        let added = try #require(monitor.receive())
+        let fields = try #require(added.usb)
+        #expect(fields.isComplete)
+        #expect(fields.vendorId == 0x046d && fields.productId == 0xc52b && fields.bcdDevice == 0x1211)
+        #expect(fields.deviceClass == 0 && fields.deviceSubclass == 0 && fields.deviceProtocol == 0)
+        #expect(fields.busnum == 2 && fields.devnum == 17)
+        // Missing properties: what the event lacks is nil (the reader then reads the attribute).
+        tb.uevent(bare, "add")
+        #expect(poll(&p, 1, 5000) == 1)
+        let addedBare = try #require(monitor.receive())
+        let partial = try #require(addedBare.usb)
+        #expect(!partial.isComplete && partial.vendorId == 0x046d && partial.busnum == nil)
+        tb.uevent(usb, "remove")
+        #expect(poll(&p, 1, 5000) == 1)
+        let removed = try #require(monitor.receive())
+        #expect(removed.action == "remove" && removed.usb == nil)
+    }
+
     /// The host's own kernel, not umockdev (which has no socket buffer to overflow): `change`
     /// uevents of one of this machine's PCI devices, written to its `uevent` file (root).
     @Test("a full socket: the kernel's report of lost uevents is noted, and said once the messages queued before it are read")

@@ -50,6 +50,16 @@ actor LoopProbe {
         return (offLoop, loop.inLoop)
     }
 
+    /// timerfd_settime calls of: a timer scheduled and cancelled in one turn of the loop,
+    /// then a 10 ms sleep (its own timer, set once; expired, nothing to disarm).
+    func timerCallsOfCancelledThenSleep() async -> Int {
+        let before = loop.timerCalls
+        let t = loop.schedule(at: .after(5)) {}
+        loop.cancel(t)
+        await loop.sleep(0.01)
+        return loop.timerCalls - before
+    }
+
     func pendingTimers() -> Int { loop.pendingTimers }
     func onLoopThread() -> Bool { loop.inLoop }
     func controlCalls() -> Int { loop.controlCalls }
@@ -191,6 +201,14 @@ struct EventLoopTests {
     func timers() async throws {
         let host = try LoopHost()
         #expect(await LoopProbe(host.loop).timerOrder() == [1, 2, 3])
+    }
+
+    @Test("the timerfd is set once before the loop waits: a timer scheduled and cancelled in one turn costs no system call")
+    func timerCalls() async throws {
+        let host = try LoopHost()
+        let probe = LoopProbe(host.loop)
+        #expect(await probe.timerCallsOfCancelledThenSleep() == 1)
+        #expect(await probe.pendingTimers() == 0)
     }
 
     @Test("a program's output and exit status, without a shell in between")

@@ -673,6 +673,17 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
     note("resident after \(round) cycles by mapping: " + rssByMapping(daemon.pid).prefix(12).map { "\($0.0) \($0.1) KiB" }.joined(separator: ", "))
     note("the daemon's open descriptors: \(descriptorsAfterStart) after start, \(openDescriptors(daemon.pid)) after \(round) cycles; "
          + "the benchmark's own: \(openDescriptors(getpid()))")
+    // Quiet again after the work: the timers of the last operations (the connection kept
+    // for a next one 0.25 s, malloc_trim 0.5 s after the last one) have run out within a second.
+    sleepSeconds(1)
+    let quietBefore = threadSwitches(daemon.pid)
+    sleepSeconds(3)
+    let quietAfter = threadSwitches(daemon.pid)
+    let quietSwitches = quietAfter.reduce(0) { sum, t in
+        let f = quietBefore[t.key] ?? (t.value.name, 0, 0, 0)
+        return sum + (t.value.vol - f.vol) + (t.value.invol - f.invol)
+    }
+    note("after the cycles, from 1 s after the last one, 3 s: \(quietSwitches) context switches (expected 0)")
     saveLog(daemon, "latency.log")
     saved = true
     daemon.stop()
