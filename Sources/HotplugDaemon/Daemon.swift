@@ -160,6 +160,8 @@ public actor Daemon {
     var pciAttachTimeout = 60.0
     /// Seconds for each other QMP exchange (`VHOTPLUG_QMP_TIMEOUT`, 5).
     var qmpTimeout = 5.0
+    /// Seconds each run of crosvm's command line may take before it is killed (`VHOTPLUG_CROSVM_TIMEOUT`, 5).
+    var crosvmTimeout = 5.0
     /// The longest wait between two looks at an operation the VM did not answer in time.
     static let lookCap = 300.0
 
@@ -197,6 +199,7 @@ public actor Daemon {
         unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
+        crosvmTimeout = environmentSeconds("VHOTPLUG_CROSVM_TIMEOUT") ?? crosvmTimeout
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if let forced {
@@ -261,7 +264,7 @@ public actor Daemon {
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
-                                                  loop: loop, logger: logger)
+                                                  loop: loop, logger: logger, timeout: crosvmTimeout)
                 }
             }
             watcher?.watch(vm.socket)

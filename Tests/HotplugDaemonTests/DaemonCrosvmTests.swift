@@ -60,4 +60,30 @@ struct DaemonCrosvmTests {
         try d.waitFor("detached from vm2 (1)", from: mark)
         #expect(try vm.list() == "devices")
     }
+
+    @Test("VHOTPLUG_CROSVM_TIMEOUT: a crosvm run that does not finish in that many seconds is killed, and the attach fails saying so")
+    func crosvmTimeout() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let hang = vm.dir + "/hang"
+        // The daemon stops only after its last run was killed: a run still going at its exit is
+        // left running, and would hold the testbed's socket (umockdev's preload leaves it open
+        // across exec) that the testbed's teardown waits for.
+        try "#!/bin/sh\nexec sleep 30\n".write(toFile: hang, atomically: true, encoding: .utf8)
+        #expect(chmod(hang, 0o755) == 0)
+        let config = vm.dir + "/vhotplug.conf"
+        try """
+            {"general": {"crosvm": "\(hang)"},
+             "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "\(vm.socket)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.3"])
+        try d.waitFor("; listening (")
+        let mark = d.mark
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 did not finish within 0.3 s; killed it", from: mark, timeout: 4)
+        try d.waitFor("attach to vm2 failed: VM vm2: no answer to crosvm usb attach /dev/bus/usb/001/004 (killed after 0.3 s) in time",
+                      from: mark, timeout: 4)
+        #expect(try vm.list() == "devices")
+    }
 }
