@@ -55,6 +55,13 @@ public final class FakeQMPServer: @unchecked Sendable {
     public let path: String
     private let fd: Int32
     private let thread: Thread?
+    private final class Lines: @unchecked Sendable {
+        let lock = NSLock()
+        var lines: [String] = []
+    }
+    private let log = Lines()
+    /// The lines the client sent so far, as they were read (`replies`, `dribble`, ...).
+    public var received: [String] { log.lock.withLock { log.lines } }
 
     public init(_ behaviour: Behaviour) throws {
         let path = scratchPath("fakeqmp") + ".sock"
@@ -74,13 +81,21 @@ public final class FakeQMPServer: @unchecked Sendable {
             thread = nil
             return
         }
+        let log = self.log
         thread = Thread {
             let c = accept(s, nil, nil)
             guard c >= 0 else { return }
             func send(_ text: String) { _ = text.withCString { write(c, $0, strlen($0)) } }
             func readLine() -> Bool {
                 var byte: UInt8 = 0
-                while read(c, &byte, 1) == 1 { if byte == 0x0A { return true } }
+                var line: [UInt8] = []
+                while read(c, &byte, 1) == 1 {
+                    if byte == 0x0A {
+                        log.lock.withLock { log.lines.append(String(decoding: line, as: UTF8.self)) }
+                        return true
+                    }
+                    line.append(byte)
+                }
                 return false
             }
             switch behaviour {

@@ -275,6 +275,24 @@ struct QEMUBackendTests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("a device QEMU's USB list lacks is attached by its node; that device_add unanswered by its deadline is an unanswered attach (QEMU may still add it), not a failure")
+    func byNodeUnanswered() async throws {
+        // qmp_capabilities answered; each device_add by bus and address "failed to find host usb
+        // device" (1 + 8 retries, 5 ms doubling below 1 s); the one by node never answered.
+        let notFound = (2...10).map { #"{"error": {"class": "GenericError", "desc": "failed to find host usb device 1:4"}, "id": \#($0)}"# + "\n" }
+        let server = try FakeQMPServer(.replies([#"{"return": {}, "id": 1}"# + "\n"] + notFound + [""]))
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: server.path, loop: host.loop, logger: logger, timeout: 0.3)
+        let e = await #expect(throws: VMError.self) { try await backend.attachUSB(receiver) }
+        #expect(e?.isAttachUnanswered == true)
+        #expect(e == .timeout(vm: "vm1", step: "device_add usb-host 1-2"))
+        let adds = server.received.filter { $0.contains("device_add") }
+        #expect(adds.count == 10)
+        #expect(adds.dropLast().allSatisfy { $0.contains(#""hostbus":1"#) && $0.contains(#""hostaddr":4"#) })
+        #expect(adds.last?.contains(#""hostdevice":"/dev/bus/usb/001/004""#) == true)
+        #expect(adds.allSatisfy { $0.contains(#""id":"vhp-usb-1-2""#) })
+    }
+
     @Test("a device that leaves the host during its attach is not retried: one device_add, no attach by node")
     func deviceLeftDuringAttach() async throws {
         let rig = try absentDeviceRig()
