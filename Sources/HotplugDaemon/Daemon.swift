@@ -149,7 +149,6 @@ public actor Daemon {
     var stopping = false
     /// The pending `malloc_trim` (see `trimSoon`).
     var trimTimer: TimerToken?
-    var trimDue = Deadline.now()
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
     var api = APIState()
     /// `usbAuthorization`: the host's `authorized_default` and devices' `authorized` (USBAuthorization.swift).
@@ -705,23 +704,16 @@ public actor Daemon {
     /// Half a second after the last VM operation, the allocator gives its free pages
     /// back to the system (`malloc_trim`): after a burst (a dock, an event storm) the
     /// daemon's memory returns to its level before. No timer runs while nothing happens.
-    /// An operation only moves the due time: the timer, when it fires early, waits again
-    /// for the rest (one wake-up per half second of activity instead of two `timerfd`
-    /// calls per operation).
+    /// Each operation moves the timer (cancelled and scheduled again in one turn of the
+    /// loop: one `timerfd_settime`). A timer left to fire at its first deadline and wait
+    /// again for the rest costs more: 0.4 more wake-ups a plug/unplug cycle in the
+    /// benchmark (sessions 5 and 11).
     func trimSoon() {
-        trimDue = .after(0.5)
-        if trimTimer == nil { scheduleTrim() }
-    }
-
-    private func scheduleTrim() {
-        trimTimer = loop.schedule(at: trimDue) { [self] in
+        if let t = trimTimer { loop.cancel(t) }
+        trimTimer = loop.schedule(at: .after(0.5)) { [self] in
             assumeIsolated { daemon in
                 daemon.trimTimer = nil
-                if Deadline.now() < daemon.trimDue {
-                    daemon.scheduleTrim()
-                } else {
-                    _ = vh_malloc_trim()
-                }
+                _ = vh_malloc_trim()
             }
         }
     }
