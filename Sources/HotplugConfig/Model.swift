@@ -313,3 +313,20 @@ final class RegexBox: @unchecked Sendable {
     let regex: Regex<AnyRegexOutput>
     init(_ regex: Regex<AnyRegexOutput>) { self.regex = regex }
 }
+
+extension Configuration {
+    /// The root-port id prefixes (`pcieBusPrefix`) that enabled evdev passthrough plugs
+    /// input devices into in `vm` (its target, or one of its `allowedVms`). A PCI device is
+    /// never put on such a port, so that the input devices keep theirs.
+    public func evdevPortPrefixes(for vm: String) -> [String] {
+        var out: [String] = []
+        func add(_ prefix: String?) {
+            if let prefix, !prefix.isEmpty, !out.contains(prefix) { out.append(prefix) }
+        }
+        if let e = evdevPassthrough, !e.disable, e.targetVm == vm { add(e.pcieBusPrefix) }
+        for set in evdevRuleSets where !set.disable && (set.targetVm == vm || set.options.allowedVms.contains(vm)) {
+            add(set.options.pcieBusPrefix ?? evdevPassthrough?.pcieBusPrefix)
+        }
+        return out
+    }
+}

@@ -267,6 +267,11 @@ public actor Daemon {
                 }
             }
             watcher?.watch(vm.socket)
+            // Kept across reloads: the evdev ports are set again from this configuration.
+            if let qemu = next[vm.name] as? QEMUBackend {
+                let prefixes = configuration.evdevPortPrefixes(for: vm.name)
+                qemu.assumeIsolated { $0.keepPorts(forEvdev: prefixes) }
+            }
         }
         // A VM that a reload removed, or whose socket or type changed, still holds what was
         // attached to it: each such device leaves through the backend that attached it.

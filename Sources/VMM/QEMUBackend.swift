@@ -309,6 +309,15 @@ public actor QEMUBackend: VMBackend {
         }
     }
 
+    /// Prefixes of the root port ids that evdev passthrough to this VM uses (`pcieBusPrefix`):
+    /// a PCI device never takes such a port, so that input devices keep theirs.
+    private(set) var evdevPortPrefixes: [String] = []
+
+    /// Keeps the ports whose id starts with one of `prefixes` for input devices.
+    public func keepPorts(forEvdev prefixes: [String]) {
+        evdevPortPrefixes = prefixes.filter { !$0.isEmpty }
+    }
+
     /// The root port the next PCI or evdev attach would use.
     public func nextFreeRootPort(prefix: String?) async throws(VMError) -> String {
         try await session { (qmp) throws(VMError) in try await freeRootPort(qmp, prefix: prefix, for: "a device") }
@@ -339,11 +348,15 @@ public actor QEMUBackend: VMBackend {
                 used.insert(bus)
             }
         }
-        let candidates = ports.filter { prefix == nil || $0.hasPrefix(prefix!) }
+        // A PCI device (no prefix) leaves the ports of evdev's prefixes to input devices.
+        func keptForEvdev(_ port: String) -> Bool { prefix == nil && evdevPortPrefixes.contains { port.hasPrefix($0) } }
+        let candidates = ports.filter { prefix.map($0.hasPrefix) ?? !keptForEvdev($0) }
         if let free = candidates.sorted().first(where: { !used.contains("/machine/peripheral/\($0)/\($0)") }) {
             return free
         }
-        let described = ports.sorted().map { p in used.contains("/machine/peripheral/\(p)/\(p)") ? "\(p) (in use)" : p }
+        let described = ports.sorted().map { p in
+            used.contains("/machine/peripheral/\(p)/\(p)") ? "\(p) (in use)" : keptForEvdev(p) ? "\(p) (kept for input devices)" : p
+        }
         throw .unsupported(vm: name, detail: "no free pcie-root-port" + (prefix.map { " with an id starting with \"\($0)\"" } ?? "")
                            + " for \(what); its root ports: " + (described.isEmpty ? "none" : described.joined(separator: ", ")))
     }

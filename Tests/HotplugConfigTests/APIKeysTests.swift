@@ -91,6 +91,17 @@ struct APIKeysTests {
         #expect(set.deny.first?.name?.source == "^Power Button$")
         #expect(config.evdevPassthrough == nil)
 
+        // The ports kept for input devices in each VM (PCI devices do not take them).
+        #expect(config.evdevPortPrefixes(for: "vm1") == ["rp"])
+        #expect(config.evdevPortPrefixes(for: "net") == [])
+        let object = try ConfigurationLoader.parse(Sample.evdev(#"{"targetVm": "vm1", "pcieBusPrefix": "ep"}"#))
+        #expect(object.evdevPortPrefixes(for: "vm1") == ["ep"])
+        let off = try ConfigurationLoader.parse(Sample.evdev(#"{"disable": true, "targetVm": "vm1", "pcieBusPrefix": "ep"}"#))
+        #expect(off.evdevPortPrefixes(for: "vm1") == [])
+        let two = try ConfigurationLoader.parse(Sample.evdev(
+            #"[{"targetVm": "vm1", "pcieBusPrefix": "ep", "allow": [{"kind": "mouse"}]}, {"targetVm": "vm1", "allow": [{"kind": "key"}]}, {"targetVm": "vm1", "pcieBusPrefix": "kb", "disable": true, "allow": [{"kind": "keyboard"}]}]"#))
+        #expect(two.evdevPortPrefixes(for: "vm1") == ["ep"])    // no prefix: any port, none kept; disabled: none
+
         let text = Sample.evdev(#"[{"targetVm": "net", "allow": [{"kind": "touchpd"}, {"name": "("}]}]"#)
         let all = errors(text)
         #expect(all.count == 3)

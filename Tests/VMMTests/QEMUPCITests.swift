@@ -42,6 +42,21 @@ struct QEMUPCITests {
         #expect(e2?.description.contains("its root ports: none") == true)
     }
 
+    @Test("a PCI device leaves the root ports of evdev's prefix to input devices; with only those free, the error says they are kept")
+    func evdevPortsKept() async throws {
+        let qemu = try QEMUInstance(extraArgs: rootPorts)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: qemu.qmpPath, loop: host.loop, logger: logger)
+        #expect(try await backend.nextFreeRootPort(prefix: nil) == "ep1")    // nothing kept: the first free one
+        await backend.keepPorts(forEvdev: ["ep", ""])                        // an empty prefix keeps nothing
+        #expect(try await backend.nextFreeRootPort(prefix: nil) == "rp2")
+        #expect(try await backend.nextFreeRootPort(prefix: "ep") == "ep1")  // input devices still get theirs
+        // rp2 taken as well: only ep1 is free, and it stays for input devices.
+        _ = try qemu.observe("device_add", #"{"driver": "virtio-rng-pci", "id": "rng2", "bus": "rp2"}"#)
+        let e = await #expect(throws: VMError.self) { try await backend.attachPCI(wifi) }
+        #expect(e?.description == "VM vm1: no free pcie-root-port for 0000:00:14.3; its root ports: ep1 (kept for input devices), rp1 (in use), rp2 (in use)")
+    }
+
     @Test("evdev: QEMU's reply for a node that is no event device is returned as it is")
     func evdevNotEvdev() async throws {
         let qemu = try QEMUInstance(extraArgs: rootPorts)
