@@ -349,6 +349,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// Calls `fire` on the loop's thread at `deadline`.
     @discardableResult
     public func schedule(at deadline: Deadline, _ fire: @escaping () -> Void) -> TimerToken {
+        // The timerfd is set from the loop's thread just before it waits: a timer scheduled
+        // from another thread while the loop waits would not be seen until its next wake-up.
+        precondition(thread == nil || inLoop, "timers must be scheduled on the loop's thread")
         let id = nextTimerId
         nextTimerId += 1
         timers[id] = (deadline, fire)
