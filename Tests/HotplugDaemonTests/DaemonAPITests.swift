@@ -189,6 +189,33 @@ struct DaemonAPITests {
         #expect(!d.log[mark...].contains { $0.contains("waiting for a client to choose") })
     }
 
+    @Test("a move to vm2 asked while vm1 has not answered the attach (QEMU stopped): the reply says vm1 did not answer; once vm1 runs again, the device is in vm2 only")
+    func moveWhileAttachUnanswered() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        // Connected before QEMU's libusb starts (at its first usb-host): QEMU finds it when it runs.
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d", "-a"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
+        let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
+        try d.waitFor("\(name): attach to vm1: VM vm1: no answer to device_add usb-host 1-2 in time; taken as attached, asking vm1 again in 0.5 s")
+        // The user moves it to vm2 meanwhile: it must leave vm1 first, which does not answer.
+        let mark = d.mark
+        let move = Task.detached { try rig.cli(["usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm2"]) }
+        try d.waitFor("\(name): detach from vm1 failed: VM vm1: no answer to ", from: mark)
+        let reply = try await move.value
+        #expect(reply.status == 1 && reply.stderr.contains("to vm2 failed: VM vm1: no answer to "), "\(reply)")
+        #expect(try vm2.attachedIds() == [])
+        // vm1 runs again: whether QEMU ran the device_add it had queued or dropped it with its
+        // closed connection, the device ends in vm2, and in vm2 only.
+        kill(rig.qemu.pid, SIGCONT)
+        try d.waitFor("\(name): attached to vm2 as vhp-usb-1-2", from: mark, timeout: 30)
+        #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(!d.log[mark...].contains { $0.contains("attached to vm1") })
+    }
+
     @Test("allowedVms: a client that starts listening later is asked too; when the last listener leaves, the device goes to the first VM")
     func selectVMLateListenerAndNobodyLeft() async throws {
         let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
