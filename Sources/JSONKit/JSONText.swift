@@ -28,6 +28,17 @@ public indirect enum JSONText: Sendable, Hashable {
         return out
     }
 
+    /// Appends the compact rendering to `out` (a document built around it, as a QMP request
+    /// line around its arguments, without wrapping them in another value first).
+    public func append(to out: inout [UInt8]) {
+        write(to: &out, pretty: false, indent: 0)
+    }
+
+    /// Appends `s` as a JSON string (quoted and escaped).
+    public static func appendString(_ s: String, to out: inout [UInt8]) {
+        escape(s, into: &out)
+    }
+
     private func write(to out: inout [UInt8], pretty: Bool, indent: Int) {
         switch self {
         case .null: out.append(contentsOf: "null".utf8)

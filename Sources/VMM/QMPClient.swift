@@ -307,15 +307,22 @@ public final class QMPClient {
     }
 
     /// A request line with the next id (logged with `-d`).
-    private func request(_ command: String, _ arguments: [(String, JSONText)]) -> (Int, [UInt8]) {
+    func request(_ command: String, _ arguments: [(String, JSONText)]) -> (Int, [UInt8]) {
         let id = nextId
         nextId += 1
-        var request: [(String, JSONText)] = []
-        request.reserveCapacity(3)
-        request.append(("execute", .string(command)))
-        if !arguments.isEmpty { request.append(("arguments", .object(arguments))) }
-        request.append(("id", .int(id)))
-        var line = JSONText.object(request).renderedBytes()
+        // {"execute":COMMAND,"arguments":{...},"id":N}, written around the arguments (the
+        // renderer's own output for an object of these three members, byte for byte).
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        line.append(contentsOf: #"{"execute":"#.utf8)
+        JSONText.appendString(command, to: &line)
+        if !arguments.isEmpty {
+            line.append(contentsOf: #","arguments":"#.utf8)
+            JSONText.object(arguments).append(to: &line)
+        }
+        line.append(contentsOf: #","id":"#.utf8)
+        line.append(contentsOf: String(id).utf8)
+        line.append(UInt8(ascii: "}"))
         logger.debug("qmp \(vm) -> \(String(decoding: line, as: UTF8.self))")
         line.append(0x0A)
         return (id, line)

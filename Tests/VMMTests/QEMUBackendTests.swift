@@ -118,6 +118,27 @@ struct QMPPeerTests {
         #expect(status == "paused")
     }
 
+    @Test("a request line is the renderer's output for {execute, arguments, id}, byte for byte, escapes included")
+    func requestLines() throws {
+        let host = try LoopHost()
+        let c = QMPClient(vm: "vm1", path: "/nonexistent", loop: host.loop, logger: logger)
+        let cases: [(String, [(String, JSONText)])] = [
+            ("qmp_capabilities", []),
+            ("device_add", [("driver", .string("usb-host")), ("id", .string("vhp-usb-1-2")), ("hostbus", .int(1)), ("hostaddr", .int(4))]),
+            ("device_del", [("id", .string("vhp-usb-1-2"))]),
+            ("qom-get", [("path", .string("/machine/peripheral/a\"b\\c\n")), ("property", .string("hostbus"))]),
+            ("x\"y", [("list", .array([.int(-1), .bool(true), .null, .object([])]))]),
+        ]
+        for (k, (command, arguments)) in cases.enumerated() {
+            let (id, line) = c.request(command, arguments)
+            #expect(id == k + 1)
+            var members: [(String, JSONText)] = [("execute", .string(command))]
+            if !arguments.isEmpty { members.append(("arguments", .object(arguments))) }
+            members.append(("id", .int(id)))
+            #expect(line == JSONText.object(members).renderedBytes() + [0x0A], "\(String(decoding: line, as: UTF8.self))")
+        }
+    }
+
     @Test("lines that come a few bytes at a time are put together; a read that emptied the socket is followed by a wait, not by a read that finds nothing")
     func dribbled() async throws {
         let server = try FakeQMPServer(.dribble(chunk: 7, [
