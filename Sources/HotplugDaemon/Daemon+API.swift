@@ -303,9 +303,17 @@ extension Daemon: ControlService {
             if vmDown.contains(target) {
                 return APIReply.failed("VM \(target) is not running; \(t.logName) will be attached when it starts")
             }
-            return APIReply.failed("attach of \(t.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")")
+            return APIReply.failed("attach of \(t.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")" + stillAsking(t))
         }
         return APIReply.ok()
+    }
+
+    /// What a failed request's reply adds while a VM has not said whether it has the device
+    /// (an operation unanswered by its deadline): the daemon asks it again, and the request,
+    /// which stays, is carried out then.
+    func stillAsking(_ t: Tracked) -> String {
+        guard t.unanswered != nil, let vm = t.attachment?.vm else { return "" }
+        return "; \(vm) has not said whether it has the device: vhotplug asks it again and carries out the request then"
     }
 
     /// The device goes to `vm` now (an explicit request): no choice or suspension
@@ -335,7 +343,7 @@ extension Daemon: ControlService {
         saveState()
         await settle(targets.map(\.key))
         for (_, t) in targets where t.attachment != nil {
-            return APIReply.failed("detach of \(t.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")")
+            return APIReply.failed("detach of \(t.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")" + stillAsking(t))
         }
         return APIReply.ok()
     }

@@ -206,6 +206,7 @@ struct DaemonAPITests {
         try d.waitFor("\(name): detach from vm1 failed: VM vm1: no answer to ", from: mark)
         let reply = try await move.value
         #expect(reply.status == 1 && reply.stderr.contains("to vm2 failed: VM vm1: no answer to "), "\(reply)")
+        #expect(reply.stderr.contains("; vm1 has not said whether it has the device: vhotplug asks it again and carries out the request then"), "\(reply)")
         #expect(try vm2.attachedIds() == [])
         // vm1 runs again: whether QEMU ran the device_add it had queued or dropped it with its
         // closed connection, the device ends in vm2, and in vm2 only.
