@@ -303,17 +303,21 @@ extension Daemon: ControlService {
             if vmDown.contains(target) {
                 return APIReply.failed("VM \(target) is not running; \(t.logName) will be attached when it starts")
             }
-            return APIReply.failed("attach of \(t.logName) to \(target) failed: \(t.lastError ?? "see the daemon's log")" + stillAsking(t))
+            return failure("attach of \(t.logName) to \(target)", t)
         }
         return APIReply.ok()
     }
 
-    /// What a failed request's reply adds while a VM has not said whether it has the device
-    /// (an operation unanswered by its deadline): the daemon asks it again, and the request,
-    /// which stays, is carried out then.
-    func stillAsking(_ t: Tracked) -> String {
-        guard t.unanswered != nil, let vm = t.attachment?.vm else { return "" }
-        return "; \(vm) has not said whether it has the device: vhotplug asks it again and carries out the request then"
+    /// The reply to an attach or detach that did not come about: `what` failed, with the
+    /// device's last error; while a VM has not said whether it has the device (an operation
+    /// unanswered by its deadline), that the daemon asks it again and carries out the
+    /// request, which stays, then.
+    func failure(_ what: String, _ t: Tracked) -> JSONText {
+        var text = "\(what) failed: \(t.lastError ?? "see the daemon's log")"
+        if t.unanswered != nil, let vm = t.attachment?.vm {
+            text += "; \(vm) has not said whether it has the device: vhotplug asks it again and carries out the request then"
+        }
+        return APIReply.failed(text)
     }
 
     /// The device goes to `vm` now (an explicit request): no choice or suspension
@@ -343,7 +347,7 @@ extension Daemon: ControlService {
         saveState()
         await settle(targets.map(\.key))
         for (_, t) in targets where t.attachment != nil {
-            return APIReply.failed("detach of \(t.logName) from \(t.attachment?.vm ?? "?") failed: \(t.lastError ?? "see the daemon's log")" + stillAsking(t))
+            return failure("detach of \(t.logName) from \(t.attachment?.vm ?? "?")", t)
         }
         return APIReply.ok()
     }

@@ -175,6 +175,9 @@ public final class QMPClient {
     public private(set) var events: [(name: String, data: JSONNode?)] = []
     /// Longest line accepted from QEMU (query-pci on a big VM is well below).
     static let maxLine = 4 << 20
+    /// Bytes one read asks for: 1 KiB on the stack (a larger temporary buffer is a malloc for
+    /// every read). QEMU's usual lines fit at once; a long reply (qom-list, query-pci) takes more.
+    static let readChunk = 1024
 
     public init(vm: String, path: String, loop: EventLoop, logger: Logger, timeout: Double = 5) {
         self.vm = vm
@@ -464,16 +467,14 @@ public final class QMPClient {
                 drained = false
                 try await waitReadable()
             }
-            // 1 KiB on the stack (a larger temporary buffer is a malloc for every read): QEMU's
-            // usual lines fit at once; a long reply (qom-list, query-pci) takes more reads.
-            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { chunk -> Int in
+            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: Self.readChunk) { chunk -> Int in
                 let n = read(fd, chunk.baseAddress, chunk.count)
                 if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n])) }
                 return n
             }
             if n > 0 {
                 // A stream socket's read returns less than asked only when nothing more is queued.
-                drained = n < 1024
+                drained = n < Self.readChunk
                 continue
             }
             if n == 0 {
