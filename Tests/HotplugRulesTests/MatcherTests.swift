@@ -379,3 +379,58 @@ struct MatcherAPIKeysTests {
         #expect(EvdevRule.kinds.sorted() == InputKind.allCases.map(\.rawValue).sorted())
     }
 }
+
+@Suite("The matcher's compiled table of USB entries")
+struct USBTableTests {
+    /// Three rule sets whose entries sit at different offsets of the matcher's one table:
+    /// each set's allow and deny entries, and each name pattern, must be its own.
+    @Test("each rule set's allow, deny and name patterns are its own")
+    func offsets() throws {
+        let m = try usbConfig(
+            allow: [#"{"vendorId": "1111"}"#, #"{"productName": "^nothing$"}"#],
+            deny: [#"{"vendorName": "logitech"}"#, #"{"bus": 9}"#],
+            extraSets: """
+                , {"targetVm": "vm2", "allow": [{"vendorName": "^nobody$"}, {"productName": "receiver", "port": 2}],
+                   "deny": [{"productName": "^unifying receiver$", "bus": 2}, {"vendorName": "intel"}]},
+                {"targetVm": "vm1", "allow": [{"vendorId": "046d"}], "deny": []}
+                """)
+        // Set 0 takes neither device; set 1 takes the receiver (allow[1]; deny[0] needs bus 2).
+        let d = m.decide(receiver)
+        #expect(d.targetVm == "vm2")
+        #expect(d.ruleSetIndex == 1)
+        #expect(d.entry?.index == 1)
+        // The Bluetooth adapter: set 1's allow[1] fails on its name; nothing else takes it.
+        #expect(m.decide(bluetooth).reason == .noRule)
+        // Each entry, tested alone, agrees with the matcher's table.
+        for set in m.configuration.usbPassthrough {
+            for e in set.allow + set.deny {
+                let alone = try usbConfig(allow: [Self.json(e)]).decide(receiver).reason == .matched
+                #expect(e.matches(receiver) == alone, "\(e)")
+            }
+        }
+    }
+
+    /// An entry as the configuration writes it (only the fields these tests use).
+    static func json(_ e: USBRule) -> String {
+        var parts: [String] = []
+        if let v = e.vendorId { parts.append(#""vendorId": "\#(String(v, radix: 16))""#) }
+        if let v = e.vendorName { parts.append(#""vendorName": "\#(v.source)""#) }
+        if let v = e.productName { parts.append(#""productName": "\#(v.source)""#) }
+        if let v = e.bus { parts.append(#""bus": \#(v)"#) }
+        if let v = e.port { parts.append(#""port": \#(v)"#) }
+        return "{" + parts.joined(separator: ", ") + "}"
+    }
+
+    @Test("removable: a device's kind against the kinds an entry names")
+    func removableKinds() throws {
+        for kind in Removability.allCases {
+            var d = receiver
+            d.removable = kind
+            for named in [["fixed"], ["removable"], ["unknown"], ["fixed", "unknown"], ["removable", "fixed", "unknown"]] {
+                let list = named.map { "\"\($0)\"" }.joined(separator: ", ")
+                let m = try usbConfig(allow: [#"{"vendorId": "046d", "removable": [\#(list)]}"#])
+                #expect((m.decide(d).reason == .matched) == named.contains(kind.rawValue), "\(kind) against \(named)")
+            }
+        }
+    }
+}
