@@ -211,12 +211,31 @@ public actor QEMUBackend: VMBackend {
     /// The host bus and address of a usb-host device, or nil.
     private func usbHost(_ qmp: QMPClient, id: String) async throws(VMError) -> (Int, Int)? {
         do throws(VMError) {
-            guard let b = try await property(qmp, id, "hostbus").intValue,
-                  let a = try await property(qmp, id, "hostaddr").intValue else { return nil }
-            return (b, a)
+            return try await hostAddress(qmp, id: id)
         } catch .commandFailed {
             return nil
         }
+    }
+
+    /// The host bus and address of usb-host device `id`; nil when QEMU does not say. `hostbus`
+    /// and `hostaddr` are what the device was asked for by: one attached by its node
+    /// (`hostdevice`, the fallback above) has 0 in both, and its node names them instead.
+    /// Errors of QEMU (the id gone: `DeviceNotFound`) are thrown.
+    private func hostAddress(_ qmp: QMPClient, id: String) async throws(VMError) -> (Int, Int)? {
+        guard let b = try await property(qmp, id, "hostbus").intValue,
+              let a = try await property(qmp, id, "hostaddr").intValue else { return nil }
+        if b != 0 || a != 0 { return (b, a) }
+        guard let node = try await property(qmp, id, "hostdevice").stringValue else { return nil }
+        return Self.busAndAddress(node: node)
+    }
+
+    /// `/dev/bus/usb/BBB/DDD` -> (BBB, DDD); nil for another path (a `/dev/fdset/N`).
+    static func busAndAddress(node: String) -> (Int, Int)? {
+        let parts = node.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts[0].isEmpty, parts[1] == "dev", parts[2] == "bus", parts[3] == "usb",
+              parts[4].count == 3, parts[5].count == 3,
+              let b = Int(parts[4]), let a = Int(parts[5]), b > 0, a > 0 else { return nil }
+        return (b, a)
     }
 
     /// A property of vhotplug's device `id` (`qom-get` below /machine/peripheral).
@@ -529,12 +548,14 @@ public actor QEMUBackend: VMBackend {
             case .evdev: listed = nil
             }
             if let listed {
-                func text(_ name: String) async throws(VMError) -> String {
-                    let v = try await property(qmp, attachment.id, name)
-                    return v.stringValue ?? v.intValue.map(String.init) ?? ""
-                }
                 do throws(VMError) {
-                    let now = attachment.kind == .usb ? "\(try await text("hostbus"))/\(try await text("hostaddr"))" : try await text("host")
+                    let now: String
+                    if attachment.kind == .usb {
+                        now = try await hostAddress(qmp, id: attachment.id).map { "\($0.0)/\($0.1)" } ?? ""
+                    } else {
+                        let v = try await property(qmp, attachment.id, "host")
+                        now = v.stringValue ?? ""
+                    }
                     guard now == listed else { return false }
                 } catch .commandFailed(_, _, let cls, _) where cls == "DeviceNotFound" {
                     return true // gone meanwhile

@@ -269,6 +269,41 @@ struct QEMUBackendTests {
         #expect(try await backend.removeStale(listed) == true)
     }
 
+    /// QEMU's `hostbus` and `hostaddr` of a usb-host device are what it was asked for by: one
+    /// attached by its node (`hostdevice`, when QEMU's own USB list lacks the device) has 0 in
+    /// both. Read as 0/0, a restarted daemon would find no device for it and remove it from the
+    /// guest as stale. (QEMU under umockdev cannot open a node: a QMP peer answers as QEMU does.)
+    @Test("a usb-host device attached by its node is listed with the bus and address of its node, and removeStale checks them")
+    func byNodeListed() async throws {
+        let byNode = #"{"return": "/dev/bus/usb/001/004", "id": 5}"#
+        let list = try FakeQMPServer(.replies([
+            #"{"return": {}, "id": 1}"# + "\n",
+            #"{"return": [{"name": "vhp-usb-1-2", "type": "child<usb-host>"}, {"name": "other", "type": "child<usb-host>"}], "id": 2}"# + "\n",
+            #"{"return": 0, "id": 3}"# + "\n", #"{"return": 0, "id": 4}"# + "\n", byNode + "\n",
+        ]))
+        let host = try LoopHost()
+        let listed = try await QEMUBackend(name: "vm1", socketPath: list.path, loop: host.loop, logger: logger).listAttached()
+        #expect(listed.count == 1)
+        #expect(listed.first?.hostKey == "1-2" && listed.first?.usbBus == 1 && listed.first?.usbAddress == 4)
+        #expect(list.received.contains { $0.contains(#""property":"hostdevice""#) })
+
+        // removeStale reads the node too: the same device, so it is removed (device_del, then DEVICE_DELETED).
+        let remove = try FakeQMPServer(.replies([
+            #"{"return": {}, "id": 1}"# + "\n",
+            #"{"return": 0, "id": 2}"# + "\n", #"{"return": 0, "id": 3}"# + "\n", byNode.replacingOccurrences(of: #""id": 5"#, with: #""id": 4"#) + "\n",
+            #"{"return": {}, "id": 5}"# + "\n" + #"{"event": "DEVICE_DELETED", "data": {"device": "vhp-usb-1-2", "path": "/machine/peripheral/vhp-usb-1-2"}, "timestamp": {"seconds": 1, "microseconds": 0}}"# + "\n",
+        ]))
+        let first = try #require(listed.first)
+        #expect(try await QEMUBackend(name: "vm1", socketPath: remove.path, loop: host.loop, logger: logger).removeStale(first) == true)
+        #expect(remove.received.contains { $0.contains(#""execute":"device_del""#) })
+
+        // A node path that names no bus and address (a descriptor QEMU was passed) says nothing.
+        #expect(QEMUBackend.busAndAddress(node: "/dev/bus/usb/003/017")! == (3, 17))
+        for other in ["/dev/fdset/1", "/dev/bus/usb/1/4", "/dev/bus/usb/001", "dev/bus/usb/001/004", "/dev/bus/usb/000/004", ""] {
+            #expect(QEMUBackend.busAndAddress(node: other) == nil, "\(other)")
+        }
+    }
+
     /// A testbed with the receiver, a QEMU in it (which holds the testbed), and a backend for that QEMU.
     func receiverRig() async throws -> (qemu: QEMUInstance, host: LoopHost, backend: QEMUBackend) {
         let tb = await Testbed.make()
