@@ -410,8 +410,13 @@ public actor Daemon {
             if let t = owner(of: a, in: vm) {
                 if t.attachment == nil {
                     t.attachment = a
-                    // Found where an earlier run put it: it stays unless the rules now say otherwise.
-                    if t.want == nil { t.want = t.decision.targetVm == vm ? vm : t.decision.targetVm }
+                    // Found where an earlier run put it: it stays while the rules allow that VM (their
+                    // target or one of their allowedVms) and the user has not detached it; otherwise it
+                    // goes where a device connected at start goes now.
+                    if t.want == nil, let key = Self.key(t.device) {
+                        let detached = api.state.disconnected.contains(Self.identity(t.device))
+                        t.want = t.decision.candidateVms.contains(vm) && !detached ? vm : initialWant(key, t)
+                    }
                     logger.info("\(t.logName): found in VM \(vm) as \(a.id)")
                 }
             } else {

@@ -189,6 +189,29 @@ struct DaemonAPITests {
         #expect(!d.log[mark...].contains { $0.contains("waiting for a client to choose") })
     }
 
+    @Test("allowedVms: a daemon restarted without -a leaves a device in the allowed VM an earlier run put it in")
+    func restartKeepsAllowedVM() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        var d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.cli(["usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm2"]).status == 0)
+        #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
+        d.stop()
+
+        // Without -a, and without the choice the state file keeps: the rules allow vm2, so it stays.
+        try FileManager.default.removeItem(atPath: rig.statePath)
+        d = try rig.daemon()
+        try d.waitFor("found in VM vm2 as vhp-usb-1-2")
+        #expect(try rig.list()[0]["vm"] as? String == "vm2")
+        // A clean exit lets what the daemon started finish: whatever it did with the device is done.
+        d.stop()
+        #expect(!d.log.contains { $0.contains("detached from vm2") || $0.contains("\"device_del\"") }, "\(d.log)")
+        #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
     @Test("a move to vm2 asked while vm1 has not answered the attach (QEMU stopped): the reply says vm1 did not answer; once vm1 runs again, the device is in vm2 only")
     func moveWhileAttachUnanswered() async throws {
         let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
