@@ -267,10 +267,13 @@ public actor Daemon {
                 }
             }
             watcher?.watch(vm.socket)
-            // Kept across reloads: the evdev ports are set again from this configuration.
+            // Kept across reloads: the evdev ports, and crosvm's program, are set again from this configuration.
             if let qemu = next[vm.name] as? QEMUBackend {
                 let prefixes = configuration.evdevPortPrefixes(for: vm.name)
                 qemu.assumeIsolated { $0.keepPorts(forEvdev: prefixes) }
+            } else if let crosvm = next[vm.name] as? CrosvmBackend {
+                let program = configuration.general.crosvm ?? options.crosvmPath
+                crosvm.assumeIsolated { $0.setProgram(program) }
             }
         }
         // A VM that a reload removed, or whose socket or type changed, still holds what was
@@ -1051,6 +1054,7 @@ public actor Daemon {
         }
         let followedInput = matcher.decidesInputDevices
         let authorizationWasActive = authorization != nil
+        let crosvmChanged = (next.general.crosvm ?? options.crosvmPath) != (configuration.general.crosvm ?? options.crosvmPath)
         configuration = next
         matcher = Matcher(next)
         let fresh = makeBackends()
@@ -1077,6 +1081,10 @@ public actor Daemon {
                 t.failed = false
                 t.since = .now()
                 logDecision(t)
+            } else if crosvmChanged, t.failed, let vm = t.want, backends[vm] is CrosvmBackend {
+                // Another crosvm program (a wrong path fixed): what failed with the old one is tried again.
+                t.failed = false
+                t.since = .now()
             }
             reconcile(key)
         }

@@ -52,8 +52,8 @@ public actor CrosvmBackend: VMBackend {
     public nonisolated let name: String
     public nonisolated var type: VMType { .crosvm }
     public nonisolated let socketPath: String
-    /// The crosvm program: a path, or a name looked up on PATH.
-    public nonisolated let crosvmPath: String
+    /// The crosvm program: a path, or a name looked up on PATH (`setProgram` on a reload).
+    public private(set) var crosvmPath: String
     private let loop: EventLoop
     private let logger: Logger
     private let lock = AsyncLock()
@@ -247,6 +247,11 @@ public actor CrosvmBackend: VMBackend {
         return entries.map {
             Attachment(vm: name, kind: .usb, id: String($0.port), hostKey: "", usbVendor: $0.vendor, usbProduct: $0.product)
         }
+    }
+
+    /// The crosvm program from now on (a reload changed `general.crosvm`); the VM and its ports stay.
+    public func setProgram(_ path: String) {
+        crosvmPath = path
     }
 
     // MARK: Running crosvm

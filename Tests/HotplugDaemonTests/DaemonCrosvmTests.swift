@@ -61,6 +61,31 @@ struct DaemonCrosvmTests {
         #expect(try vm.list() == "devices")
     }
 
+    @Test("a wrong general.crosvm fails the attach naming it; fixed and reloaded (SIGHUP), the device is attached with the new program")
+    func crosvmPathReloaded() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let config = vm.dir + "/vhotplug.conf"
+        func write(crosvm: String) throws {
+            try """
+                {"general": {"crosvm": "\(crosvm)"},
+                 "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+                 "vms": [{"name": "vm2", "type": "crosvm", "socket": "\(vm.socket)"}]}
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        try write(crosvm: vm.dir + "/nowhere/crosvm")
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb)
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attach to vm2 failed: VM vm2: crosvm not found at \(vm.dir)/nowhere/crosvm")
+        let mark = d.mark
+        try write(crosvm: vm.dir + "/bin/crosvm")
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("attached to vm2 as 1", from: mark)
+        #expect(try vm.list() == "devices 1 046d c52b")
+    }
+
     @Test("VHOTPLUG_CROSVM_TIMEOUT: a crosvm run that does not finish in that many seconds is killed, and the attach fails saying so")
     func crosvmTimeout() async throws {
         let tb = await Testbed.make()
