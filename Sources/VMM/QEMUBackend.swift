@@ -498,6 +498,18 @@ public actor QEMUBackend: VMBackend {
                     // Not there: already gone.
                     finish(id, joiner, cls == "DeviceNotFound" || message.contains("not found") ? nil
                            : .commandFailed(vm: name, command: "device_del", errorClass: cls, message: message))
+                } catch .timeout(_, let step) where step == "device_del" {
+                    // The device_del went out and QEMU did not answer it in time: it may still carry
+                    // it out, as it may those already waiting for their DEVICE_DELETED. Each of them
+                    // is an unplug still pending (the caller asks the VM again later).
+                    toSend.removeFirst()
+                    waiting.append(Waiting(id: id, deadline: .now(), joiner: joiner))
+                    for w in waiting {
+                        finish(w.id, w.joiner, .timeout(vm: name, step: VMError.unplugStep + "\(w.id) (QEMU did not answer device_del)"))
+                    }
+                    waiting.removeAll()
+                    failAll(.timeout(vm: name, step: "device_del"))
+                    return first
                 } catch {
                     failAll(error)
                     return first

@@ -349,6 +349,19 @@ struct QEMUBackendTests {
         #expect(adds.allSatisfy { $0.contains(#""id":"vhp-usb-1-2""#) })
     }
 
+    @Test("a device_del QEMU does not answer in time is an unplug still pending (the daemon asks again later), not a failure")
+    func deviceDelUnanswered() async throws {
+        let server = try FakeQMPServer(.replies([#"{"return": {}, "id": 1}"# + "\n", ""]))
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: server.path, loop: host.loop, logger: logger, timeout: 0.3)
+        let e = await #expect(throws: VMError.self) {
+            try await backend.detach(Attachment(vm: "vm1", kind: .usb, id: "vhp-usb-1-2", hostKey: "1-2"))
+        }
+        #expect(e?.isUnplugPending == true, "\(String(describing: e))")
+        #expect(e == .timeout(vm: "vm1", step: VMError.unplugStep + "vhp-usb-1-2 (QEMU did not answer device_del)"))
+        #expect(server.received.contains { $0.contains(#""execute":"device_del""#) })
+    }
+
     @Test("a device that leaves the host during its attach is not retried: one device_add, no attach by node")
     func deviceLeftDuringAttach() async throws {
         let rig = try absentDeviceRig()
