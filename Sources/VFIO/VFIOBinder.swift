@@ -213,11 +213,15 @@ public actor VFIOBinder {
         for peer in groupPeers(of: device) { await waitForFirstProbe(peer) }
     }
 
-    /// The other devices of `device`'s IOMMU group, as read with it and as sysfs lists them
-    /// now (a function added after the device was read counts too), in address order.
+    /// The other devices of `device`'s IOMMU group as sysfs lists them now (a function added
+    /// after the device was read counts, one removed since does not), in address order; as read
+    /// with the device when sysfs lists no group.
     private func groupPeers(of device: PCIDevice) -> [String] {
         var peers = device.iommuGroupPeers
-        if let group = device.iommuGroup { peers += Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices")) }
+        if let group = device.iommuGroup {
+            let now = Sysfs.list(sysfs.path("/kernel/iommu_groups/\(group)/devices"))
+            if !now.isEmpty { peers = now }
+        }
         return Set(peers.map { $0.lowercased() }).subtracting([device.address.lowercased()]).sorted()
     }
 

@@ -66,6 +66,21 @@ struct VFIOBinderTests {
         ])
     }
 
+    @Test("a group mate removed since the device was read: the bind moves the members the group has now")
+    func mateRemovedSinceRead() async throws {
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev")
+        defer { lab.stop() }
+        let device = try lab.device(gpu)
+        #expect(device.iommuGroupPeers == [audio])
+        // The audio function leaves (a driver's remove, a hot-unplug of it alone).
+        lab.testbed.remove("/sys/devices/pci0000:00/0000:00:01.0/\(audio)")
+        #expect(!FileManager.default.fileExists(atPath: lab.testbed.sysRoot + "/kernel/iommu_groups/2/devices/\(audio)"))
+        let record = try await lab.binder.bind(device)
+        #expect(record.members.map(\.address) == [gpu])
+        #expect(lab.driver(gpu) == "vfio-pci")
+        #expect(lab.groupNodeExists(2))
+    }
+
     @Test("a group of three with a member that has no driver (Wi-Fi, xHCI, shared SRAM); restore gives each its own back")
     func groupWithUnboundMember() async throws {
         let lab = try await Lab(fixture: "pci-wifi.umockdev")
