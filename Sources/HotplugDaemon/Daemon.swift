@@ -980,8 +980,20 @@ public actor Daemon {
     func giveBackDriver(_ t: Tracked) async {
         guard let record = t.vfio, t.attachment == nil else { return }
         guard t.present else {
-            t.vfio = nil // unplugged from the host: nothing to give back
-            await binder.forget(record)
+            t.vfio = nil // unplugged from the host: nothing to give back of it
+            // Its record also says what its group mates had before the bind: a mate still here
+            // takes it over, and gives the group back when it is free (at once when it is).
+            let heir = groupMates(of: t).first { m in
+                guard case .pci(let d) = m.device else { return false }
+                return record.members.contains { $0.address == d.address && !$0.wasOnVFIO }
+            }
+            guard let heir, case .pci(let d) = heir.device else {
+                await binder.forget(record)
+                return
+            }
+            heir.vfio = await binder.handOver(record, to: d.address, merging: heir.vfio)
+            logger.info("\(t.logName): left the host; \(heir.device.logName) keeps the record of \(Self.groupText(record)) (what its devices had before vfio-pci)")
+            if let key = Self.key(heir.device), devices[key] === heir { reconcile(key) }
             return
         }
         // The group goes back as a whole: not while another of its devices is in a VM

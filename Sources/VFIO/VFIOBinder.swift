@@ -184,6 +184,32 @@ public actor VFIOBinder {
         }
     }
 
+    /// The record of a bind whose device left the host, passed on to `address`, a member of
+    /// its group still on the host: the record also says what the other members had before
+    /// the bind, and without it they would stay on vfio-pci for good. The new record holds
+    /// the members still on the host (and those of `own`, `address`'s own record, which it
+    /// replaces); it is stored under `address` and the old one deleted. nil (and both deleted)
+    /// when none of them has anything to go back to.
+    public func handOver(_ record: BindRecord, to address: String, merging own: BindRecord?) -> BindRecord? {
+        let here = record.members.filter { m in
+            m.address != record.device && ((try? io.exists(devicePath(m.address))) ?? false)
+        }
+        var members = here
+        for m in own?.members ?? [] where !members.contains(where: { $0.address == m.address }) { members.append(m) }
+        forget(record)
+        guard members.contains(where: { !$0.wasOnVFIO }) else {
+            if let own { forget(own) }
+            return nil
+        }
+        let next = BindRecord(device: address, group: record.group, members: members, groupNode: record.groupNode)
+        if let store {
+            do { try store.save(next) } catch {
+                logger.warning("\(address): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(record.group) back to its drivers")
+            }
+        }
+        return next
+    }
+
     /// Gives every member the bind moved back to the driver it had, as
     /// libvirt's managed mode does: its old `driver_override` (none: `"\n"`),
     /// unbind from vfio-pci, `drivers_probe`, and wait for the old driver's link.

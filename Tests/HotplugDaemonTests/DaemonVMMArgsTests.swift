@@ -117,6 +117,35 @@ struct DaemonVMMArgsTests {
         #expect((r["error"] as? String)?.hasPrefix(#""qemu_bus_prefix": expected a QEMU device id prefix"#) == true)
     }
 
+    @Test("the GPU moved its IOMMU group to vfio-pci for vm1 and leaves the host: its audio function takes over the record and goes back to snd_hda_intel")
+    func groupRecordHandedOver() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        try rig.tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        // The kernel's part of the rebind, played in the testbed; its bind and unbind events go to the daemon.
+        let kernel = try FakeKernel(root: rig.tb.root)
+        let tb = rig.tb
+        kernel.start { action, subsystem, devpath in
+            if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
+        }
+        defer { kernel.stop() }
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
+        let d = try rig.daemon()
+        // The launcher asks for vm1's arguments: the GPU's group goes to vfio-pci, the audio function with it.
+        let r = try rig.vmmArgs(["--vm", "vm1", "--require-pci"])
+        #expect(r.status == 0, "\(r); kernel: \(kernel.log)")
+        #expect(r.stdout.contains("host=\(gpu)"))
+        #expect(driver(gpu) == "vfio-pci" && driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
+        // The GPU leaves before the VM starts. Only its record says where the audio function was.
+        let mark = d.mark
+        tb.unplug("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
+        try d.waitFor("pci \(gpu) 10de:1f06: left the host; pci \(audio) 10de:10f9 keeps the record of IOMMU group 2", from: mark)
+        try d.waitFor("pci \(audio) 10de:10f9: back on its host driver (\(audio) -> snd_hda_intel)", from: mark)
+        #expect(driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        let override = (try? String(contentsOfFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", encoding: .utf8)) ?? ""
+        #expect(!override.contains("vfio-pci"))
+    }
+
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")
     func pciWithoutVFIO() async throws {
         let rig = try await VMMArgsRig(pci: true)

@@ -439,6 +439,29 @@ struct VFIORestartTests {
         #expect(dir.files("/vfio") == [], "the record outlives its restore")
     }
 
+    @Test("the device whose bind moved its group leaves the host: its record goes over to a mate still here, which gives the group back")
+    func handOverToMate() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev", store: BindRecordStore(directory: dir.path + "/vfio"))
+        defer { lab.stop() }
+        let record = try await lab.binder.bind(try lab.device(gpu))
+        #expect(lab.driver(audio) == "vfio-pci" && lab.override(audio) == "vfio-pci")
+        // The GPU goes (unplugged); the audio function stays on vfio-pci, and only the GPU's record says where it was before.
+        lab.testbed.remove("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
+        let next = try #require(await lab.binder.handOver(record, to: audio, merging: nil))
+        #expect(next == BindRecord(device: audio, group: 2, members: [.init(address: audio, originalDriver: "snd_hda_intel")],
+                                   groupNode: record.groupNode))
+        #expect(dir.files("/vfio") == ["\(audio).json"], "stored under the mate, the GPU's deleted")
+        try await lab.binder.restore(next)
+        #expect(lab.driver(audio) == "snd_hda_intel")
+        #expect(lab.override(audio) == "")
+        // A record with nothing left to give back (the mate was on vfio-pci before) is deleted, not passed on.
+        let onVFIO = BindRecord(device: gpu, group: 2, members: [.init(address: audio, originalDriver: "vfio-pci", wasOnVFIO: true)],
+                                groupNode: record.groupNode)
+        #expect(await lab.binder.handOver(onVFIO, to: audio, merging: nil) == nil)
+    }
+
     @Test("a failed restore keeps the record for another try; forget deletes it")
     func failedRestoreKeepsRecord() async throws {
         let dir = try TempFolder()

@@ -1,6 +1,6 @@
+import CLinux
 import Foundation
 import Synchronization
-import VHotplugTestSupport
 
 /// Plays the kernel's part of a VFIO rebind in a umockdev testbed.
 ///
@@ -16,17 +16,23 @@ import VHotplugTestSupport
 ///
 /// Unlike the kernel, a FIFO write returns before the "kernel" has acted on it:
 /// the code under test must wait for the outcome by event, which is what is tested.
-final class FakeKernel: @unchecked Sendable {
-    typealias EventSink = @Sendable (_ action: String, _ subsystem: String, _ devpath: String) -> Void
+public final class FakeKernel: @unchecked Sendable {
+    public typealias EventSink = @Sendable (_ action: String, _ subsystem: String, _ devpath: String) -> Void
 
     /// What the kernel refuses to do (to make waits time out).
-    struct Refusals: Sendable {
+    public struct Refusals: Sendable {
         /// Binds refused: address -> driver.
-        var bind: [String: String] = [:]
+        public var bind: [String: String] = [:]
         /// Unbinds refused: address -> driver.
-        var unbind: [String: String] = [:]
+        public var unbind: [String: String] = [:]
         /// Never create `/dev/vfio/GROUP`.
-        var groupNode = false
+        public var groupNode = false
+
+        public init(bind: [String: String] = [:], unbind: [String: String] = [:], groupNode: Bool = false) {
+            self.bind = bind
+            self.unbind = unbind
+            self.groupNode = groupNode
+        }
     }
 
     let sys: String
@@ -46,7 +52,7 @@ final class FakeKernel: @unchecked Sendable {
     ///   - natural: drivers for devices that are on vfio-pci at the start (the
     ///     others' natural driver is the one they have).
     ///   - vfioLoaded: whether the vfio-pci driver folder exists.
-    init(root: String, natural: [String: String] = [:], vfioLoaded: Bool = true, refusals: Refusals = Refusals()) throws {
+    public init(root: String, natural: [String: String] = [:], vfioLoaded: Bool = true, refusals: Refusals = Refusals()) throws {
         sys = root + "/sys"
         dev = root + "/dev"
         self.refusals = refusals
@@ -62,7 +68,7 @@ final class FakeKernel: @unchecked Sendable {
         }
         for path in paths {
             unlink(path)
-            guard mkfifo(path, 0o644) == 0 else { throw LabError("mkfifo \(path): errno \(errno)") }
+            guard mkfifo(path, 0o644) == 0 else { throw TestbedError(message: "mkfifo \(path): errno \(errno)") }
         }
         fifos = paths
         var naturalDrivers = natural
@@ -82,7 +88,7 @@ final class FakeKernel: @unchecked Sendable {
     deinit { stop() }
 
     /// Starts serving the FIFOs; uevents go to `events`.
-    func start(events: @escaping EventSink) {
+    public func start(events: @escaping EventSink) {
         for path in fifos {
             done.enter()
             let thread = Thread { [self] in
@@ -95,25 +101,25 @@ final class FakeKernel: @unchecked Sendable {
 
     /// Ends every serving thread (each blocked in `open` is released by an
     /// empty write) and waits for them.
-    func stop() {
+    public func stop() {
         guard !stopped else { return }
         stopped = true
         stopping.store(true, ordering: .releasing)
         for path in fifos {
-            let fd = open(path, O_WRONLY | O_CLOEXEC)
+            let fd = vh_open_direct(path, O_WRONLY | O_CLOEXEC)
             if fd >= 0 { close(fd) }
         }
         done.wait()
     }
 
     /// What the kernel did, in order (for failure messages).
-    var log: [String] { lock.withLock { $0 } }
+    public var log: [String] { lock.withLock { $0 } }
 
     // MARK: Serving
 
     private func serve(_ path: String, _ events: EventSink) {
         while true {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            let fd = vh_open_direct(path, O_RDONLY | O_CLOEXEC)
             if fd < 0 {
                 if errno == EINTR { continue }
                 return
@@ -223,13 +229,7 @@ final class FakeKernel: @unchecked Sendable {
         events("unbind", "pci", devpath(address))
     }
 
-    static func linkName(_ path: String) -> String? {
+    public static func linkName(_ path: String) -> String? {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).flatMap { $0.split(separator: "/").last.map(String.init) }
     }
-}
-
-/// A failure to set up the lab.
-struct LabError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
