@@ -210,4 +210,9 @@ public enum HostDevice: Sendable, Hashable {
         case .input(let d): d.sysName
         }
     }
+
+    public var isPCI: Bool {
+        if case .pci = self { return true }
+        return false
+    }
 }

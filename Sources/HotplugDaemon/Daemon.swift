@@ -795,10 +795,13 @@ public actor Daemon {
                     if error.isNotRunning {
                         vmDown.insert(vm)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
-                    } else if error.isAttachUnanswered, t.present, t.device == attempted, let a = backend.attachment(for: attempted) {
+                    } else if error.isAttachUnanswered || (error.isTimeout && t.vfio != nil && attempted.isPCI),
+                              t.present, t.device == attempted, let a = backend.attachment(for: attempted) {
                         // QEMU may still add it (a vfio-pci device is open in QEMU meanwhile: giving
                         // it back to its driver now would make the kernel's unbind wait for QEMU, on
-                        // the daemon's thread). It is taken as attached until the VM says.
+                        // the daemon's thread). It is taken as attached until the VM says. So is a
+                        // device on vfio-pci that a VM which did not answer before the device_add may
+                        // hold all the same (it started with it: vmm_args).
                         let delay = a.kind == .pci ? pciAttachTimeout : qmpTimeout
                         t.attachment = a
                         t.unanswered = .init(operation: .attach, delay: delay)

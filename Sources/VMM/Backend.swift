@@ -53,6 +53,12 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// The step of an attach's `device_add` (`device_add vfio-pci ADDRESS`, `device_add usb-host 1-2`).
     public static let attachStep = "device_add "
+
+    /// True when the VM did not answer some step in time (it says nothing of what it holds).
+    public var isTimeout: Bool {
+        if case .timeout = self { return true }
+        return false
+    }
 }
 
 /// What kind of device an attachment is.

@@ -146,6 +146,30 @@ struct DaemonVMMArgsTests {
         #expect(!override.contains("vfio-pci"))
     }
 
+    @Test("a VM started with its PCI device (vmm_args) whose QMP does not answer in time: the device stays on vfio-pci, taken as attached until the VM says")
+    func silentVMKeepsVFIO() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        try rig.tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        let kernel = try FakeKernel(root: rig.tb.root)
+        let tb = rig.tb
+        kernel.start { action, subsystem, devpath in
+            if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
+        }
+        defer { kernel.stop() }
+        let gpu = "0000:01:00.0"
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.3"])
+        try d.waitFor("; listening (")
+        #expect(try rig.vmmArgs(["--vm", "vm1", "--require-pci"]).status == 0)
+        // The VM starts with the GPU on its command line, and its QMP says nothing yet (QEMU pins a
+        // large guest's memory for vfio before its monitor answers): the GPU may be open in QEMU.
+        let vm = try FakeQMPServer(.silent, path: rig.qmpPath)
+        try d.waitFor("pci \(gpu) 10de:1f06: attach to vm1: VM vm1: no answer to ")
+        try d.waitFor("; taken as attached, asking vm1 again in ")
+        #expect(FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(gpu)/driver") == "vfio-pci", "kernel: \(kernel.log)")
+        #expect(!d.log.contains { $0.contains("back on its host driver") || $0.contains("attach to vm1 failed") }, "\(d.log)")
+        withExtendedLifetime(vm) {}
+    }
+
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")
     func pciWithoutVFIO() async throws {
         let rig = try await VMMArgsRig(pci: true)

@@ -63,8 +63,9 @@ public final class FakeQMPServer: @unchecked Sendable {
     /// The lines the client sent so far, as they were read (`replies`, `dribble`, ...).
     public var received: [String] { log.lock.withLock { log.lines } }
 
-    public init(_ behaviour: Behaviour) throws {
-        let path = scratchPath("fakeqmp") + ".sock"
+    /// `path`: where it listens (a VM's configured socket); a scratch path by default.
+    public init(_ behaviour: Behaviour, path: String? = nil) throws {
+        let path = path ?? scratchPath("fakeqmp") + ".sock"
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
