@@ -37,6 +37,18 @@ struct VMMArgsRig {
         return d
     }
 
+    /// The GPU and its audio function in the testbed, and the kernel's part of a rebind played
+    /// there (its bind and unbind events go to the daemon through umockdev). Stop it at the end.
+    func gpuWithPlayedKernel() throws -> FakeKernel {
+        try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
+        let kernel = try FakeKernel(root: tb.root)
+        let tb = self.tb
+        kernel.start { action, subsystem, devpath in
+            if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
+        }
+        return kernel
+    }
+
     /// `vhotplug vmm args ARGS --path SOCKET`.
     func vmmArgs(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         try run([Repository.vhotplug, "vmm", "args"] + args + ["--path", socket])
@@ -120,14 +132,9 @@ struct DaemonVMMArgsTests {
     @Test("the GPU moved its IOMMU group to vfio-pci for vm1 and leaves the host: its audio function takes over the record and goes back to snd_hda_intel")
     func groupRecordHandedOver() async throws {
         let rig = try await VMMArgsRig(pci: true)
-        try rig.tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
-        // The kernel's part of the rebind, played in the testbed; its bind and unbind events go to the daemon.
-        let kernel = try FakeKernel(root: rig.tb.root)
-        let tb = rig.tb
-        kernel.start { action, subsystem, devpath in
-            if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
-        }
+        let kernel = try rig.gpuWithPlayedKernel()
         defer { kernel.stop() }
+        let tb = rig.tb
         let gpu = "0000:01:00.0", audio = "0000:01:00.1"
         func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
         let d = try rig.daemon()
@@ -149,13 +156,9 @@ struct DaemonVMMArgsTests {
     @Test("a VM started with its PCI device (vmm_args) whose QMP does not answer in time: the device stays on vfio-pci, taken as attached until the VM says")
     func silentVMKeepsVFIO() async throws {
         let rig = try await VMMArgsRig(pci: true)
-        try rig.tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
-        let kernel = try FakeKernel(root: rig.tb.root)
-        let tb = rig.tb
-        kernel.start { action, subsystem, devpath in
-            if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
-        }
+        let kernel = try rig.gpuWithPlayedKernel()
         defer { kernel.stop() }
+        let tb = rig.tb
         let gpu = "0000:01:00.0"
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.3"])
         try d.waitFor("; listening (")
