@@ -788,6 +788,7 @@ public actor Daemon {
                     await authorizeForVM(t, vm: vm)
                     guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
+                    leaveThroughIfRetired(t, backend, vm: vm)
                     t.attachRetried = false
                     logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
                     announceAttached(t, vm: vm)
@@ -804,6 +805,7 @@ public actor Daemon {
                         // hold all the same (it started with it: vmm_args).
                         let delay = a.kind == .pci ? pciAttachTimeout : qmpTimeout
                         t.attachment = a
+                        leaveThroughIfRetired(t, backend, vm: vm)
                         t.unanswered = .init(operation: .attach, delay: delay)
                         t.lastError = "\(error); taken as attached while QEMU may still be adding it"
                         logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(delay))")
@@ -837,6 +839,13 @@ public actor Daemon {
                 return
             }
         }
+    }
+
+    /// An attach made through `backend` ended after a reload retired it (the VM removed, or
+    /// given another socket or type): the device is in that VM's old process, and leaves
+    /// through the backend that put it there (as `makeBackends` marks what was attached before).
+    func leaveThroughIfRetired(_ t: Tracked, _ backend: any VMBackend, vm: String) {
+        if backends[vm] !== backend { t.leaveVia = backend }
     }
 
     /// In `t.unanswered`'s delay, a reconcile that asks the VM whether it has the device
