@@ -86,7 +86,7 @@ extension Daemon {
     func prepareForStart(_ key: String, _ t: Tracked, _ d: PCIDevice, vm: String) async -> String? {
         destine(key, t, to: vm)
         await settle([key])
-        guard t.present, t.vfio == nil, t.attachment == nil else {
+        guard t.present, t.vfio == nil || !onVFIO(d), t.attachment == nil else {
             if t.present { reconcile(key) }
             return t.present ? nil : "\(t.logName) was unplugged"
         }
@@ -97,7 +97,7 @@ extension Daemon {
             reconcile(key)
         }
         do {
-            let record = try await binder.bind(d)
+            let record = try await binder.bind(d, previous: t.vfio)
             t.vfio = record
             logger.info("\(t.logName): on vfio-pci for the start of \(vm) (\(Self.groupText(record))) in \(ms(since: t.since))")
             return nil

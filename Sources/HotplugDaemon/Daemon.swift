@@ -971,12 +971,13 @@ public actor Daemon {
         case .usb(let d):
             return try await backend.attachUSB(d, present: { [t] in t.present && t.device == device })
         case .pci(let d):
-            if t.vfio == nil {
+            if t.vfio == nil || !onVFIO(d) {
                 // A device just added (or a group mate) is bound only after the kernel's
-                // first probe of it; what is wanted may have changed meanwhile.
+                // first probe of it; what is wanted may have changed meanwhile. (A record with
+                // the device off vfio-pci: a give-back that did not finish; bound again.)
                 await binder.firstProbesOver(d)
                 guard t.target == backend.name else { return nil }
-                let record = try await binder.bind(d)
+                let record = try await binder.bind(d, previous: t.vfio)
                 t.vfio = record
                 logger.info("\(t.logName): on vfio-pci (\(Self.groupText(record))) in \(ms(since: t.since))")
             }
@@ -985,6 +986,11 @@ public actor Daemon {
         case .input(let d):
             return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
         }
+    }
+
+    /// True when the PCI device is on vfio-pci now (its `driver` link).
+    func onVFIO(_ d: PCIDevice) -> Bool {
+        Sysfs.linkName(reader.sysfs.path(d.sysPath) + "/driver") == VFIOBinder.vfioDriver
     }
 
     /// Gives a PCI device (and its group) back to the drivers it had, as libvirt's

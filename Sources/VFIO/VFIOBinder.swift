@@ -137,7 +137,11 @@ public actor VFIOBinder {
     /// Refused, with nothing touched: a bridge, a device serving the host's `/`
     /// or `/boot` (or a group holding one), a device without an IOMMU group, and
     /// any group when vfio-pci is not loaded.
-    public func bind(_ device: PCIDevice) async throws(VFIOError) -> BindRecord {
+    ///
+    /// `previous`: the record of an earlier bind of the group whose restore did not finish
+    /// (a member left on vfio-pci, or on no driver): what it says a member had before
+    /// vhotplug's first bind is what the new record keeps for that member.
+    public func bind(_ device: PCIDevice, previous: BindRecord? = nil) async throws(VFIOError) -> BindRecord {
         await lock.acquire()
         defer { lock.release() }
         let start = Deadline.now()
@@ -166,7 +170,9 @@ public actor VFIOBinder {
         }
         let moved = members.map { m in m.wasOnVFIO ? "\(m.address) (already)" : "\(m.address) from \(m.originalDriver ?? "no driver")" }
         logger.info("IOMMU group \(group) on vfio-pci in \(formatSeconds(Deadline.now().seconds(since: start))): \(moved.joined(separator: ", "))")
-        let record = BindRecord(device: device.address, group: group, members: members, groupNode: groupNode(group))
+        let recorded = members.map { m in previous?.members.first { $0.address == m.address && !$0.wasOnVFIO } ?? m }
+        let record = BindRecord(device: device.address, group: group, members: recorded, groupNode: groupNode(group))
+        if let previous, previous.device != record.device { forget(previous) }
         if let store {
             do { try store.save(record) } catch {
                 logger.warning("\(device.address): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(group) back to its drivers")

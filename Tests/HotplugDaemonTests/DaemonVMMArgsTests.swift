@@ -39,9 +39,9 @@ struct VMMArgsRig {
 
     /// The GPU and its audio function in the testbed, and the kernel's part of a rebind played
     /// there (its bind and unbind events go to the daemon through umockdev). Stop it at the end.
-    func gpuWithPlayedKernel() throws -> FakeKernel {
+    func gpuWithPlayedKernel(refusals: FakeKernel.Refusals = .init()) throws -> FakeKernel {
         try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
-        let kernel = try FakeKernel(root: tb.root)
+        let kernel = try FakeKernel(root: tb.root, refusals: refusals)
         let tb = self.tb
         kernel.start { action, subsystem, devpath in
             if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
@@ -171,6 +171,36 @@ struct DaemonVMMArgsTests {
         #expect(FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(gpu)/driver") == "vfio-pci", "kernel: \(kernel.log)")
         #expect(!d.log.contains { $0.contains("back on its host driver") || $0.contains("attach to vm1 failed") }, "\(d.log)")
         withExtendedLifetime(vm) {}
+    }
+
+    @Test("a give-back that did not finish (the audio function's driver refused it): the next vmm_args binds the GPU again")
+    func rebindAfterFailedGiveBack() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        let kernel = try rig.gpuWithPlayedKernel(refusals: .init(bind: ["0000:01:00.1": "snd_hda_intel"]))
+        defer { kernel.stop() }
+        let tb = rig.tb
+        let gpu = "0000:01:00.0"
+        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
+        let d = try rig.daemon()
+        #expect(try rig.vmmArgs(["--vm", "vm1", "--require-pci"]).status == 0)
+        #expect(driver(gpu) == "vfio-pci")
+        // No rule takes the GPU any more: the group goes back, the GPU to nouveau, the audio function nowhere.
+        let withRule = try String(contentsOfFile: rig.config, encoding: .utf8)
+        try withRule.replacingOccurrences(of: #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],"#, with: "")
+            .write(toFile: rig.config, atomically: true, encoding: .utf8)
+        var mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("pci \(gpu) 10de:1f06: cannot give the device back to its driver: ", from: mark, timeout: 30)
+        #expect(driver(gpu) == "nouveau", "kernel: \(kernel.log)")
+        // The rule again, and the launcher asks again: the GPU must be on vfio-pci for the VM's start.
+        try withRule.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        let r = try rig.vmmArgs(["--vm", "vm1", "--require-pci"])
+        #expect(r.status == 0, "\(r)")
+        #expect(driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
+        try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci for the start of vm1", from: mark)
     }
 
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")

@@ -81,6 +81,22 @@ struct VFIOBinderTests {
         #expect(lab.groupNodeExists(2))
     }
 
+    @Test("a bind after a give-back that did not finish records what each member had before the first bind")
+    func bindAfterFailedRestore() async throws {
+        // drivers_probe: 1 and 2 are the bind's; 3 (the audio function going back, first) fails.
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev",
+                                faults: [.init(operation: .write, pathSuffix: "/drivers_probe", occurrence: 3, errno: EIO)])
+        defer { lab.stop() }
+        let first = try await lab.binder.bind(try lab.device(gpu))
+        await #expect(throws: VFIOError.self) { try await lab.binder.restore(first) }
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == nil)
+        let again = try await lab.binder.bind(try lab.device(gpu), previous: first)
+        #expect(lab.driver(gpu) == "vfio-pci" && lab.driver(audio) == "vfio-pci")
+        #expect(again.members == [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")])
+        try await lab.binder.restore(again)
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == "snd_hda_intel")
+    }
+
     @Test("a group of three with a member that has no driver (Wi-Fi, xHCI, shared SRAM); restore gives each its own back")
     func groupWithUnboundMember() async throws {
         let lab = try await Lab(fixture: "pci-wifi.umockdev")
