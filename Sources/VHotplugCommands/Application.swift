@@ -153,8 +153,15 @@ public struct Application: ParsableCommand {
             writeStderr("vhotplug: cannot start the event loop: \(error)\n")
             throw ExitCode(1)
         }
-        let daemon = Daemon(options: DaemonOptions(configPath: config, attachConnected: attachConnected),
-                            configuration: configuration, loop: loop, logger: logger)
+        var options = DaemonOptions(configPath: config, attachConnected: attachConnected)
+        if let records = getenv("VHOTPLUG_VFIO_RECORDS").map({ String(cString: $0) }) {
+            if records.hasPrefix("/") {
+                options.vfioRecordDirectory = records
+            } else {
+                logger.warning("VHOTPLUG_VFIO_RECORDS=\(records) ignored: expected an absolute folder path (\(options.vfioRecordDirectory) holds the VFIO records)")
+            }
+        }
+        let daemon = Daemon(options: options, configuration: configuration, loop: loop, logger: logger)
         let failure = StartFailure()
         // On the loop from the first job: the global executor (and its worker-pool
         // monitor, which wakes every second) is never used.

@@ -143,6 +143,8 @@ struct DaemonVMMArgsTests {
         #expect(r.status == 0, "\(r); kernel: \(kernel.log)")
         #expect(r.stdout.contains("host=\(gpu)"))
         #expect(driver(gpu) == "vfio-pci" && driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
+        func records() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: tb.root + "/vhotplug-vfio").sorted()) ?? [] }
+        #expect(records() == ["\(gpu).json"], "kept in the testbed's folder (VHOTPLUG_VFIO_RECORDS)")
         // The GPU leaves before the VM starts. Only its record says where the audio function was.
         let mark = d.mark
         tb.unplug("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
@@ -151,6 +153,7 @@ struct DaemonVMMArgsTests {
         #expect(driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
         let override = (try? String(contentsOfFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", encoding: .utf8)) ?? ""
         #expect(!override.contains("vfio-pci"))
+        #expect(records() == [], "the record goes with the give-back")
     }
 
     @Test("a VM started with its PCI device (vmm_args) whose QMP does not answer in time: the device stays on vfio-pci, taken as attached until the VM says")

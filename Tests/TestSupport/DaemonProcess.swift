@@ -23,6 +23,8 @@ public final class DaemonProcess: @unchecked Sendable {
         if let testbed {
             env["UMOCKDEV_DIR"] = testbed.root
             env["LD_PRELOAD"] = try umockdevPreload()
+            // The testbed's own VFIO records (the host's /run/vhotplug/vfio is left alone).
+            env["VHOTPLUG_VFIO_RECORDS"] = testbed.root + "/vhotplug-vfio"
         }
         for (k, v) in extra { env[k] = v }
         process.executableURL = URL(fileURLWithPath: Repository.vhotplug)
