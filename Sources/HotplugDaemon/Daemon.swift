@@ -299,8 +299,9 @@ public actor Daemon {
             // (Not one attached through a backend a reload retired: that VM's socket is another.)
             for (key, t) in devices where t.attachment?.vm == vm && t.leaveVia == nil {
                 t.attachment = nil
-                // One that should have left it (its guest never let go) is free now: back to its driver.
-                if t.want != vm {
+                // One that should have left it (its guest never let go, or its IOMMU group is in
+                // conflict) is free now: back to its driver.
+                if t.target != vm {
                     reconcile(key)
                 } else if !t.busy {
                     // It waits for the VM off the host (usbAuthorization), not in the host's drivers.
