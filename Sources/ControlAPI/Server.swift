@@ -53,6 +53,8 @@ public actor ControlServer {
         var output: [UInt8] = []
         var notifications = false
         var writing = false
+        /// The peer has shut its side (end of file): it is closed once its output is sent.
+        var finishing = false
         var closed = false
         init(fd: Int32, peer: APIPeer) {
             self.fd = fd
@@ -262,7 +264,10 @@ public actor ControlServer {
             if c.closed { return }
             let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
             if n == 0 {
-                drop(c, reason: nil)
+                // The peer sent all it will (`shutdown(SHUT_WR)`, as `socat` and `nc` do at the
+                // end of their input): what is still to be sent to it goes first (every request
+                // read has its reply queued by now).
+                if c.output.isEmpty { drop(c, reason: nil) } else { c.finishing = true }
                 return
             }
             if n < 0 {
@@ -331,6 +336,7 @@ public actor ControlServer {
 
     /// Writes what the socket takes now; the rest waits for writability (with a deadline).
     func flush(_ c: Connection) {
+        defer { if c.finishing && c.output.isEmpty { drop(c, reason: nil) } }
         while !c.output.isEmpty && !c.closed {
             let n = c.output.withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 {

@@ -127,6 +127,30 @@ struct ServerTests {
 
     }
 
+    @Test("a client that shuts its side after its requests (as socat and nc do) still gets all that was queued for it, then the end")
+    func halfClose() async throws {
+        var limits = ServerLimits()
+        limits.maxPendingOutput = 64 << 20
+        let rig = try await ServerRig(limits: limits)
+        let client = try APIClient(path: rig.path)
+        #expect(try client.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        // Until the socket takes no more: the rest waits in the server.
+        var sent = 0
+        while await rig.server.pendingOutput == 0 && sent < 4000 {
+            await rig.server.notify(.object([("event", .string("x")), ("pad", .string(String(repeating: "q", count: 16384)))]))
+            sent += 1
+        }
+        #expect(await rig.server.pendingOutput > 0)
+        _ = shutdown(client.fd, Int32(SHUT_WR))
+        var received = 0
+        while let line = try client.readLine(timeout: 10) {
+            if line.contains("qqqq") { received += 1 }
+        }
+        #expect(received == sent)
+        _ = try rig.drops.wait(for: "closed")
+        #expect(await rig.server.connectionCount == 0)
+    }
+
     @Test("a client that reads nothing for the write deadline is dropped")
     func writeDeadline() async throws {
         var limits = ServerLimits()
