@@ -56,6 +56,17 @@ struct ServerRig {
         await server.observeDrops { _, reason in drops.add(reason) }
         try await server.start(service: EchoService())
     }
+
+    /// Notifications of 16 KiB until the socket takes no more and output waits in the server;
+    /// returns how many were sent.
+    func notifyUntilOutputWaits() async -> Int {
+        var sent = 0
+        while await server.pendingOutput == 0 && sent < 4000 {
+            await server.notify(.object([("event", .string("x")), ("pad", .string(String(repeating: "q", count: 16384)))]))
+            sent += 1
+        }
+        return sent
+    }
 }
 
 @Suite("ControlAPI: the server over a real Unix socket", .serialized)
@@ -135,11 +146,7 @@ struct ServerTests {
         let client = try APIClient(path: rig.path)
         #expect(try client.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
         // Until the socket takes no more: the rest waits in the server.
-        var sent = 0
-        while await rig.server.pendingOutput == 0 && sent < 4000 {
-            await rig.server.notify(.object([("event", .string("x")), ("pad", .string(String(repeating: "q", count: 16384)))]))
-            sent += 1
-        }
+        let sent = await rig.notifyUntilOutputWaits()
         #expect(await rig.server.pendingOutput > 0)
         _ = shutdown(client.fd, Int32(SHUT_WR))
         var received = 0
@@ -160,11 +167,7 @@ struct ServerTests {
         let slow = try APIClient(path: rig.path)
         #expect(try slow.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
         // Until the socket takes no more: output then waits in the server.
-        var sent = 0
-        while await rig.server.pendingOutput == 0 && sent < 4000 {
-            await rig.server.notify(.object([("event", .string("x")), ("pad", .string(String(repeating: "q", count: 16384)))]))
-            sent += 1
-        }
+        let sent = await rig.notifyUntilOutputWaits()
         #expect(await rig.server.pendingOutput > 0)
         _ = try rig.drops.wait(for: "it read nothing for 0.5 s")
         let fresh = try APIClient(path: rig.path)
