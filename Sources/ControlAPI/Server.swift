@@ -33,7 +33,8 @@ public struct ServerLimits: Sendable {
     public var maxPendingOutput = 1 << 20
     /// A client that cannot take any output for this long is dropped.
     public var writeTimeout: Double = 10
-    /// Connections at once; more are refused.
+    /// Connections at once over each transport (Unix, TCP, vsock); more are refused. Each
+    /// transport has its own share: guests over vsock cannot take the host's Unix clients' places.
     public var maxConnections = 64
 
     public init() {}
@@ -227,8 +228,10 @@ public actor ControlServer {
             close(fd)
             return
         }
-        if connections.count >= limits.maxConnections {
-            logger.warning("API: refused connection from \(peer): already \(connections.count) connections")
+        let same = connections.values.reduce(0) { $0 + ($1.peer.transport == peer.transport ? 1 : 0) }
+        if same >= limits.maxConnections {
+            logger.warning("API: refused connection from \(peer): already \(same) connections over \(peer.transport)")
+            observer?(peer, "refused: already \(same) connections over \(peer.transport)")
             close(fd)
             return
         }

@@ -30,6 +30,15 @@ public enum APIPeer: Sendable, Hashable, CustomStringConvertible {
     case tcp(String)
     case vsock(cid: UInt32, port: UInt32)
 
+    /// `unix`, `tcp` or `vsock`.
+    public var transport: String {
+        switch self {
+        case .unix: "unix"
+        case .tcp: "tcp"
+        case .vsock: "vsock"
+        }
+    }
+
     public var description: String {
         switch self {
         case .unix(let pid, let uid, let gid): "pid \(pid) uid \(uid) gid \(gid)"

@@ -203,6 +203,27 @@ struct ServerTests {
     func tcp() async throws {
         let port = Int.random(in: 20000...40000)
         let rig = try await ServerRig(settings: { APISettings(enable: true, transports: [.tcp], unixSocket: $0, port: port) })
+        #expect(try tcpUSBList(port: port) == #"{"result":"ok","usb_devices":[]}"# + "\n")
+        await rig.server.stop()
+    }
+
+    @Test("each transport has its own connection limit: Unix clients up to it are refused more, while a TCP client is still served")
+    func connectionLimitPerTransport() async throws {
+        let port = Int.random(in: 20000...40000)
+        var limits = ServerLimits()
+        limits.maxConnections = 2
+        let rig = try await ServerRig(limits: limits, settings: { APISettings(enable: true, transports: [.unix, .tcp], unixSocket: $0, port: port) })
+        let first = try APIClient(path: rig.path), second = try APIClient(path: rig.path)
+        for c in [first, second] { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
+        let third = try APIClient(path: rig.path)
+        #expect(try third.readLine(timeout: 10) == nil, "closed at once")
+        _ = try rig.drops.wait(for: "refused: already 2 connections over unix")
+        #expect(try tcpUSBList(port: port) == #"{"result":"ok","usb_devices":[]}"# + "\n")
+        await rig.server.stop()
+    }
+
+    /// `usb_list` over TCP to 127.0.0.1:`port`: the reply's first read.
+    func tcpUSBList(port: Int) throws -> String {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var a = sockaddr_in()
@@ -217,8 +238,7 @@ struct ServerTests {
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let n = read(fd, &buf, buf.count)
-        #expect(String(decoding: buf[0..<max(0, n)], as: UTF8.self) == #"{"result":"ok","usb_devices":[]}"# + "\n")
-        await rig.server.stop()
+        return String(decoding: buf[0..<max(0, n)], as: UTF8.self)
     }
 }
 
