@@ -345,7 +345,7 @@ public actor Daemon {
             if options.attachConnected { t.want = initialWant(key, t) }
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
-        adoptBindRecords()
+        await adoptBindRecords()
         engageAuthorization()
         // Each VM is asked at the same time: a VM that does not answer costs its
         // own deadline once, not one per VM before it.
@@ -363,17 +363,33 @@ public actor Daemon {
     /// other goes back to its recorded driver once no VM holds it. A record of
     /// a device gone, or no longer on vfio-pci, is stale and deleted; a file
     /// that is no record is reported and left alone.
-    func adoptBindRecords() {
+    func adoptBindRecords() async {
         guard let store = binder.store else { return }
         let (records, problems) = store.load()
         for p in problems { logger.warning("VFIO record ignored: \(p)") }
-        for record in records {
-            let t = devices.values.first { t in
-                if case .pci(let d) = t.device { return d.address == record.device }
-                return false
+        for var record in records {
+            func onVFIO(_ address: String) -> Tracked? {
+                devices.values.first { t in
+                    if case .pci(let d) = t.device { return d.address == address && d.driver == VFIOBinder.vfioDriver }
+                    return false
+                }
             }
-            guard let t, case .pci(let d) = t.device, d.driver == VFIOBinder.vfioDriver else {
-                let now = t.map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
+            var holder = onVFIO(record.device)
+            if holder == nil, let heir = record.members.lazy.filter({ !$0.wasOnVFIO }).compactMap({ onVFIO($0.address) }).first,
+               case .pci(let d) = heir.device {
+                // The device is off vfio-pci (or gone) and a member is still on it: a bind or a
+                // give-back cut short (the daemon killed meanwhile). That member takes the record.
+                guard let next = await binder.handOver(record, to: d.address, merging: nil) else { continue }
+                logger.info("pci \(record.device): its VFIO record goes to \(heir.device.logName), still on vfio-pci")
+                record = next
+                holder = heir
+            }
+            guard let t = holder else {
+                let device = devices.values.first { t in
+                    if case .pci(let d) = t.device { return d.address == record.device }
+                    return false
+                }
+                let now = device.map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
                 logger.info("pci \(record.device): stale VFIO record deleted (the device is \(now))")
                 do { try store.remove(record.device) } catch { logger.warning("pci \(record.device): \(error)") }
                 continue

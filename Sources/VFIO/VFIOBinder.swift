@@ -155,6 +155,12 @@ public actor VFIOBinder {
         if members.contains(where: { !$0.wasOnVFIO }) {
             try requireVFIODriver(device.address)
         }
+        let recorded = members.map { m in previous?.members.first { $0.address == m.address && !$0.wasOnVFIO } ?? m }
+        let record = BindRecord(device: device.address, group: group, members: recorded, groupNode: groupNode(group))
+        // Kept before anything moves: a daemon killed in the middle (or a rollback that does
+        // not finish) leaves a record of what each member had.
+        save(record)
+        if let previous, previous.device != record.device { forget(previous) }
         var touched: [BindRecord.Member] = []
         do throws(VFIOError) {
             for member in members where !member.wasOnVFIO {
@@ -166,19 +172,24 @@ public actor VFIOBinder {
             logger.warning("\(error.device): \(error.step.rawValue) failed; giving \(touched.map(\.address).joined(separator: ", ")) back")
             var failure = error
             failure.cleanupFailures = await giveBack(touched.reversed())
+            if failure.cleanupFailures.isEmpty {
+                // All back as before this bind: the record is what it was before it.
+                if let previous { save(previous) } else { forget(record) }
+                if let previous, previous.device != record.device { forget(record) }
+            }
             throw failure
         }
         let moved = members.map { m in m.wasOnVFIO ? "\(m.address) (already)" : "\(m.address) from \(m.originalDriver ?? "no driver")" }
         logger.info("IOMMU group \(group) on vfio-pci in \(formatSeconds(Deadline.now().seconds(since: start))): \(moved.joined(separator: ", "))")
-        let recorded = members.map { m in previous?.members.first { $0.address == m.address && !$0.wasOnVFIO } ?? m }
-        let record = BindRecord(device: device.address, group: group, members: recorded, groupNode: groupNode(group))
-        if let previous, previous.device != record.device { forget(previous) }
-        if let store {
-            do { try store.save(record) } catch {
-                logger.warning("\(device.address): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(group) back to its drivers")
-            }
-        }
         return record
+    }
+
+    /// Stores `record` (nothing happens without a store); a failure is logged.
+    private func save(_ record: BindRecord) {
+        guard let store else { return }
+        do { try store.save(record) } catch {
+            logger.warning("\(record.device): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(record.group) back to its drivers")
+        }
     }
 
     /// Deletes the stored record of a bind whose devices need nothing more
@@ -208,11 +219,7 @@ public actor VFIOBinder {
             return nil
         }
         let next = BindRecord(device: address, group: record.group, members: members, groupNode: record.groupNode)
-        if let store {
-            do { try store.save(next) } catch {
-                logger.warning("\(address): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(record.group) back to its drivers")
-            }
-        }
+        save(next)
         return next
     }
 

@@ -1,5 +1,7 @@
+import CLinux
 import Foundation
 import Testing
+import VFIO
 import VHotplugTestSupport
 
 /// A PS/2 keyboard (evdev passthrough to vm1) and the GPU with its audio function
@@ -204,6 +206,36 @@ struct DaemonVMMArgsTests {
         #expect(r.status == 0, "\(r)")
         #expect(driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
         try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci for the start of vm1", from: mark)
+    }
+
+    @Test("a start after a bind cut short (the GPU back on nouveau, its audio function still on vfio-pci): the audio function takes the GPU's record and goes back to snd_hda_intel")
+    func bindCutShortAtStart() async throws {
+        let rig = try await VMMArgsRig()
+        let kernel = try rig.gpuWithPlayedKernel()
+        defer { kernel.stop() }
+        let tb = rig.tb
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
+        /// A write to the played kernel's files, as the binder makes it.
+        func kernelWrite(_ path: String, _ text: String) {
+            let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
+            _ = text.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        // What a daemon killed in the middle of a bind left: the audio function moved, its record written.
+        try BindRecordStore(directory: tb.root + "/vhotplug-vfio").save(BindRecord(
+            device: gpu, group: 2,
+            members: [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")],
+            groupNode: "/dev/vfio/2"))
+        try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", atomically: false, encoding: .utf8)
+        kernelWrite("/bus/pci/drivers/snd_hda_intel/unbind", audio)
+        try kernel.waitFor("unbind \(audio) from snd_hda_intel")
+        kernelWrite("/bus/pci/drivers_probe", audio)
+        try kernel.waitFor("bind \(audio) to vfio-pci")
+        let d = try rig.daemon()
+        try d.waitFor("pci \(gpu): its VFIO record goes to pci \(audio) 10de:10f9, still on vfio-pci")
+        try d.waitFor("pci \(audio) 10de:10f9: back on its host driver (\(audio) -> snd_hda_intel)")
+        #expect(driver(audio) == "snd_hda_intel" && driver(gpu) == "nouveau", "kernel: \(kernel.log)")
     }
 
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")

@@ -115,6 +115,21 @@ public final class FakeKernel: @unchecked Sendable {
     /// What the kernel did, in order (for failure messages).
     public var log: [String] { lock.withLock { $0 } }
 
+    /// Signalled after each write the kernel acted on.
+    private let changed = NSCondition()
+
+    /// Waits until the kernel has done `entry` (a line of `log`, e.g. "bind 0000:01:00.1 to vfio-pci").
+    public func waitFor(_ entry: String, timeout: Double = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        changed.lock()
+        defer { changed.unlock() }
+        while !log.contains(entry) {
+            if !changed.wait(until: deadline) {
+                throw TestbedError(message: "the played kernel never did \"\(entry)\"; it did: \(log)")
+            }
+        }
+    }
+
     // MARK: Serving
 
     private func serve(_ path: String, _ events: EventSink) {
@@ -159,6 +174,9 @@ public final class FakeKernel: @unchecked Sendable {
             default: log.append("? \(path)")
             }
         }
+        changed.lock()
+        changed.broadcast()
+        changed.unlock()
     }
 
     // MARK: The kernel's side

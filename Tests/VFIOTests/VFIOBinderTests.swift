@@ -492,6 +492,24 @@ struct VFIORestartTests {
         #expect(dir.files() == [])
     }
 
+    @Test("a bind whose rollback does not finish keeps its record, written before anything moved, of what each member had")
+    func failedRollbackKeepsRecord() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        // drivers_probe: the GPU's (1) works, the audio function's (2) fails, and so does its way back (3).
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev",
+                                faults: [.init(operation: .write, pathSuffix: "/drivers_probe", occurrence: 2, errno: EIO),
+                                         .init(operation: .write, pathSuffix: "/drivers_probe", occurrence: 3, errno: EIO)],
+                                store: BindRecordStore(directory: dir.path))
+        defer { lab.stop() }
+        let e = await #expect(throws: VFIOError.self) { _ = try await lab.binder.bind(try lab.device(gpu)) }
+        #expect(e?.cleanupFailures.count == 1)
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == nil)
+        let (records, problems) = BindRecordStore(directory: dir.path).load()
+        #expect(problems == [])
+        #expect(records.map(\.members) == [[.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")]])
+    }
+
     @Test("a rolled-back bind writes no record")
     func rollbackWritesNothing() async throws {
         let dir = try TempFolder()
