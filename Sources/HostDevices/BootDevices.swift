@@ -38,7 +38,8 @@ public struct BootDevices: Sendable, Hashable {
     }
 
     /// Reads mountinfo and resolves each boot filesystem to the sysfs paths of
-    /// its block devices, through device-mapper and md `slaves` links.
+    /// its block devices, through device-mapper and md `slaves` links and NVMe
+    /// multipath subsystems (to their controllers).
     public static func read(sysfs: Sysfs, mountInfoPath: String = "/proc/self/mountinfo") -> BootDevices {
         guard case .success(let bytes) = Sysfs.readBytes(mountInfoPath, limit: 8 << 20) else {
             return BootDevices(paths: [])
@@ -67,6 +68,17 @@ public struct BootDevices: Sendable, Hashable {
             result.append(relative)
             // Stacked devices (LVM, dm-crypt, md): follow them down to the disks.
             for slave in Sysfs.list(real + "/slaves") { queue.append(real + "/slaves/" + slave) }
+            // A namespace of native NVMe multipath lives under its subsystem
+            // (`/devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1`), which links each of its
+            // controllers (`nvme0 -> .../0000:3d:00.0/nvme/nvme0`): those hold it.
+            let parts = real.split(separator: "/", omittingEmptySubsequences: false)
+            if let k = parts.firstIndex(where: { $0.hasPrefix("nvme-subsys") && Int($0.dropFirst("nvme-subsys".count)) != nil }),
+               k > 0, parts[k - 1] == "nvme-subsystem" {
+                let subsystem = parts[...k].joined(separator: "/")
+                for entry in Sysfs.list(subsystem) where entry.hasPrefix("nvme") && Int(entry.dropFirst(4)) != nil {
+                    queue.append(subsystem + "/" + entry)
+                }
+            }
         }
         return BootDevices(paths: result)
     }

@@ -96,6 +96,26 @@ struct FixtureTests {
         #expect(pci.filter { $0.holdsHostBootFilesystem }.allSatisfy { $0.address == "0000:02:00.0" || $0.isBridge })
     }
 
+    @Test("native NVMe multipath: a namespace under its subsystem is held by the subsystem's controllers")
+    func nvmeMultipathBootDisk() throws {
+        let root = scratchPath("sysfs-nvme-mp")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let fm = FileManager.default
+        let controller = "/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0"
+        try fm.createDirectory(atPath: root + controller + "/nvme/nvme0", withIntermediateDirectories: true)
+        let subsystem = root + "/devices/virtual/nvme-subsystem/nvme-subsys0"
+        try fm.createDirectory(atPath: subsystem + "/nvme0n1/nvme0n1p2", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: subsystem + "/nvme0", withDestinationPath: "../../../pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0")
+        try fm.createDirectory(atPath: root + "/dev/block", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: root + "/dev/block/259:2",
+                                  withDestinationPath: "../../devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1/nvme0n1p2")
+        let mountInfo = root + "/mountinfo"
+        try "29 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n".write(toFile: mountInfo, atomically: true, encoding: .utf8)
+        let boot = BootDevices.read(sysfs: Sysfs(root: root), mountInfoPath: mountInfo)
+        #expect(boot.isHeld(by: controller), "\(boot.paths)")
+        #expect(!boot.isHeld(by: "/devices/pci0000:00/0000:00:1c.0"))
+    }
+
     @Test("a USB disk holding / is the boot device")
     func usbBootDisk() async throws {
         let tb = await Testbed.make()
