@@ -15,7 +15,7 @@ extension ConfigValidator {
         let errorsBefore = diagnostics.count
         let enable = bool(view, "enable") ?? false
         let deauthorizeUnmatched = bool(view, "deauthorizeUnmatched") ?? false
-        let hostAllow = entries(view, "hostAllow", kind: .usbEntry, matchKeys: ObjectKind.usbMatchKeys, what: "a hostAllow entry (a USB device the host may use)",
+        let hostAllow = entries(view, "hostAllow", kind: .usbEntry, matchKeys: RuleBus.usb.matchKeys, what: "a hostAllow entry (a USB device the host may use)",
                                 entry: { v, e in v.usbRule(e) })
         if deauthorizeUnmatched && !enable, let d = view.member("deauthorizeUnmatched") {
             error(d.value, path: appendingKey(view.path, "deauthorizeUnmatched"),

@@ -386,7 +386,7 @@ struct ConfigValidator {
     mutating func ruleSet<Rule>(_ view: ObjectView, context: VMContext, entryKind: ObjectKind, bus: RuleBus,
                                 entry: (inout ConfigValidator, ObjectView) -> Rule?) -> RuleSet<Rule>? {
         let errorsBefore = diagnostics.count
-        if bus == .usb || bus == .pci, view.object.member("allowedVms") != nil, view.object.member("targetVm") == nil {
+        if bus == .usb || bus == .pci, view.has("allowedVms"), !view.has("targetVm") {
             // allowedVms alone is enough: its first VM is the default.
         } else {
             require(view, "targetVm", what: "the name of the VM the devices go to")

@@ -25,6 +25,13 @@ struct APIKeysTests {
         #expect(d.path == "$.usbPassthrough[0]")
     }
 
+    @Test("allowedVms null is allowedVms left out: without targetVm, the rule set is an error (not dropped)")
+    func allowedVmsNull() throws {
+        let d = try singleError(Sample.ruleSet(#"{"allowedVms": null, "allow": [{"vendorId": "046d"}]}"#))
+        #expect(d.message == #"missing required key "targetVm" (the name of the VM the devices go to)"#)
+        #expect(d.path == "$.usbPassthrough[0]")
+    }
+
     @Test("allowedVms: unknown VM, duplicate, wrong type, empty, targetVm outside it")
     func allowedVmsErrors() throws {
         let text = Sample.ruleSet(#"{"targetVm": "vm1", "allowedVms": ["net", "vm2", "net", 3], "allow": [{"vendorId": "046d"}]}"#)

@@ -22,6 +22,12 @@ struct AuthorizationConfigTests {
         #expect(config.summary.hasSuffix(", USB authorization on (2 hostAllow entries, unmatched de-authorized)"))
     }
 
+    @Test("a hostAllow entry may match on removable alone (the host keeps its built-in devices)")
+    func hostAllowRemovable() throws {
+        let config = try ConfigurationLoader.parse(#"{"usbAuthorization": {"enable": true, "hostAllow": [{"removable": ["fixed"]}]}}"#)
+        #expect(config.activeUSBAuthorization?.hostAllow.first?.removable == ["fixed"])
+    }
+
     @Test("absent or enable false: no authorization in force")
     func offByDefault() throws {
         #expect(try ConfigurationLoader.parse("{}").activeUSBAuthorization == nil)
