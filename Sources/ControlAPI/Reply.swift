@@ -57,7 +57,10 @@ extension USBDevice {
         var fields: [(String, JSONText)] = [
             ("device_node", .string(devnode)),
             ("vid", .string(hex4(vendorId))), ("pid", .string(hex4(productId))),
-            ("vendor_name", .optional(vendorName ?? manufacturer)), ("product_name", .optional(productName ?? product)),
+            // Always strings, as the reference's udev names (ID_VENDOR, ID_MODEL) are: the IDs when
+            // neither usb.ids nor the device names it (applets join the two names).
+            ("vendor_name", .string(vendorName ?? manufacturer ?? hex4(vendorId))),
+            ("product_name", .string(productName ?? product ?? hex4(productId))),
             ("interfaces", .string(interfaceString)),
             ("device_class", .int(Int(deviceClass))), ("device_subclass", .int(Int(deviceSubclass))),
             ("device_protocol", .int(Int(deviceProtocol))),
@@ -79,7 +82,7 @@ extension PCIDevice {
             ("address", .string(address)), ("driver", .optional(driver)),
             ("vendor_id", .int(Int(vendorId))), ("device_id", .int(Int(deviceId))),
             ("vid", .string(hex4(vendorId))), ("did", .string(hex4(deviceId))),
-            ("vendor_name", .optional(vendorName)), ("device_name", .optional(deviceName)),
+            ("vendor_name", .string(vendorName ?? hex4(vendorId))), ("device_name", .string(deviceName ?? hex4(deviceId))),
             ("pci_class", .int(Int(deviceClass))), ("pci_subclass", .int(Int(deviceSubclass))),
             ("pci_prog_if", .int(Int(deviceProgIf))),
             ("pci_subsystem_vendor_id", .string(hex4(subsystemVendorId))), ("pci_subsystem_id", .string(hex4(subsystemDeviceId))),

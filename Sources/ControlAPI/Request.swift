@@ -134,7 +134,11 @@ extension APIRequest {
             if case .tag = selector, vm != nil { throw APIRequestError("usb_attach: \"vm\" cannot be used with \"tag\"") }
             return .usbAttach(selector, vm: vm)
         case "usb_detach": return .usbDetach(try usbSelector(f, action: action))
-        case "pci_attach": return .pciAttach(try pciSelector(f, action: action), vm: try f.string("vm"))
+        case "pci_attach":
+            let selector = try pciSelector(f, action: action)
+            let vm = try f.string("vm")
+            if case .tag = selector, vm != nil { throw APIRequestError("pci_attach: \"vm\" cannot be used with \"tag\"") }
+            return .pciAttach(selector, vm: vm)
         case "pci_detach": return .pciDetach(try pciSelector(f, action: action))
         case "usb_suspend": return .usbSuspend(vm: try f.string("vm"))
         case "usb_resume": return .usbResume(vm: try f.string("vm"))

@@ -208,11 +208,15 @@ extension Daemon: ControlService {
     }
 
     func list(usb: Bool, disconnected: Bool?, tag: String?) -> [JSONText] {
-        let items = managed(usb: usb)
+        let items = managed(usb: usb).filter { _, t in
+            let marked = api.state.disconnected.contains(Self.identity(t.device))
+            if let disconnected, disconnected != marked { return false }
+            if let tag, t.decision.options.tag != tag { return false }
+            return true
+        }
+        // The IOMMU group members listed are those of the devices listed (same tag, same mark).
         return items.compactMap { _, t in
             let marked = api.state.disconnected.contains(Self.identity(t.device))
-            if let disconnected, disconnected != marked { return nil }
-            if let tag, t.decision.options.tag != tag { return nil }
             let placement = APIPlacement(allowedVms: t.decision.candidateVms, vm: t.attachment?.vm,
                                          tag: t.decision.options.tag, disconnected: marked)
             switch t.device {

@@ -55,6 +55,7 @@ struct RequestTests {
         #expect(failure("\u{FF}") != nil)
         #expect(failure(#"{"action": "usb_attach"}"#) == #"usb_attach needs a device: "device_node", "bus" and "port", "vid" and "pid", or "tag""#)
         #expect(failure(#"{"action": "usb_attach", "tag": "cam", "vm": "vm1"}"#) == #"usb_attach: "vm" cannot be used with "tag""#)
+        #expect(failure(#"{"action": "pci_attach", "tag": "gpu", "vm": "vm1"}"#) == #"pci_attach: "vm" cannot be used with "tag""#)
         #expect(failure(#"{"action": "usb_detach", "vid": "zz", "pid": "1"}"#) == #""vid": expected 1 to 4 hex digits like "046d", found "zz""#)
         #expect(failure(#"{"action": "pci_detach", "address": "00:14.9"}"#)
             == #"invalid PCI address "00:14.9": expected "dddd:bb:dd.f" or "bb:dd.f" in hex"#)
@@ -83,6 +84,23 @@ struct ReplyTests {
         #expect(mouse.apiObject().rendered() == #"{"device_node":"/dev/bus/usb/001/004","vid":"046d","pid":"c52b","vendor_name":"Logitech, Inc.","product_name":"Unifying Receiver","interfaces":":030101:030102:","device_class":0,"device_subclass":0,"device_protocol":0,"busnum":1,"devnum":4,"portnum":2,"serial":null,"sys_name":"1-2"}"#)
         let listed = mouse.apiObject(APIPlacement(allowedVms: ["vm1", "vm2"], vm: nil, tag: "rx", disconnected: true)).rendered()
         #expect(listed.hasSuffix(#""sys_name":"1-2","allowed_vms":["vm1","vm2"],"vm":null,"tag":"rx","disconnected":true}"#))
+    }
+
+    @Test("names are always strings: the IDs when neither usb.ids / pci.ids nor the device names it")
+    func unnamed() {
+        var bare = mouse
+        bare.vendorName = nil
+        bare.productName = nil
+        bare.manufacturer = nil
+        bare.product = nil
+        #expect(bare.apiObject().rendered().contains(#""vendor_name":"046d","product_name":"c52b""#))
+        var strings = bare
+        strings.manufacturer = "Logitech"
+        strings.product = "USB Receiver"
+        #expect(strings.apiObject().rendered().contains(#""vendor_name":"Logitech","product_name":"USB Receiver""#))
+        let nic = PCIDevice(address: "0000:01:00.0", sysPath: "/devices/pci0000:00/0000:00:02.0/0000:01:00.0", vendorId: 0x8086,
+                            deviceId: 0x10d3, subsystemVendorId: 0x8086, subsystemDeviceId: 0x0000, deviceClass: 2)
+        #expect(nic.apiObject().rendered().contains(#""vendor_name":"8086","device_name":"10d3""#))
     }
 
     @Test("a PCI object has every field of the reference protocol")

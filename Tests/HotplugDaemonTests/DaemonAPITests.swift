@@ -419,6 +419,9 @@ struct DaemonAPIPCITests {
         #expect(items[0]["iommu_member"] == nil)
         #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")
         #expect(try run([Repository.vhotplug, "pci", "list", "--short", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
+        // Another tag: neither the GPU nor its group's members.
+        #expect(try run([Repository.vhotplug, "pci", "list", "--json", "--tag", "wifi", "--path", socket]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
         d.stop()
 
         d = try DaemonProcess(arguments: ["-c", try config(#""pciIommuSkipIfShared": true,"#), "-a"], testbed: tb)
