@@ -19,8 +19,10 @@ public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(line):\(column)" }
 }
 
-/// A case-insensitive regular expression, searched anywhere in a name
-/// (Python `re.search` semantics, as the reference vhotplug uses).
+/// A case-insensitive regular expression, searched anywhere in a name (Python's
+/// `re.search`). The reference vhotplug anchors at the name's start (`re.match`): every
+/// pattern written for it matches here what it matched there (`.*ethernet.*`, `Logitech`),
+/// and a bare word matches inside a name too (`keyboard` in "USB Keyboard").
 ///
 /// Most patterns people write are plain words (`ethernet`, `.*ethernet.*`,
 /// `^Logitech$`): those are recognised when compiled and matched by string
