@@ -242,7 +242,7 @@ protocol DeviceKind {
     static var listKey: String { get }
     /// `046d:c52b Logitech, Inc. Unifying Receiver`.
     static func title(_ d: JSONObject) -> String
-    /// The column that names the device in `--short` tables.
+    /// The column that names the device in `--table` tables.
     static var idField: String { get }
 }
 
@@ -297,12 +297,14 @@ struct DeviceList<Kind: DeviceKind>: ParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Only devices not detached by the user") var connected = false
     @Flag(help: "Only devices the user detached") var disconnected = false
-    @Flag(help: "One line per device") var short = false
+    @Flag(help: "One line per device: vid:pid vendor product (the reference client's)") var short = false
+    @Flag(help: "A table, one device per line, with its VM, allowed VMs, tag and detached mark") var table = false
     @Option(help: "Only devices of rule sets with this tag") var tag: String?
     @Flag(help: "The reply's device objects as JSON") var json = false
 
     func validate() throws {
         if connected && disconnected { throw ValidationError("--connected and --disconnected exclude each other") }
+        if [short, table, json].filter({ $0 }).count > 1 { throw ValidationError("--short, --table and --json exclude each other") }
     }
 
     func run() throws {
@@ -317,11 +319,13 @@ struct DeviceList<Kind: DeviceKind>: ParsableCommand {
         if json {
             writeStdout(JSONText.array(nodes.map(jsonText)).rendered(pretty: true) + "\n")
         } else if short {
+            writeStdout(devices.map { Kind.title($0) + "\n" }.joined())
+        } else if table {
             let rows = devices.map { d in
                 [d.text(Kind.idField) ?? "", d.text("vm") ?? "-", d.text("allowed_vms") ?? "", d.text("tag") ?? "-",
                  d.text("disconnected") == "true" ? "yes" : "no", Kind.title(d)]
             }
-            writeStdout(table(header: [Kind.idField.uppercased(), "VM", "ALLOWED", "TAG", "DETACHED", "DEVICE"], rows: rows))
+            writeStdout(VHotplugCommands.table(header: [Kind.idField.uppercased(), "VM", "ALLOWED", "TAG", "DETACHED", "DEVICE"], rows: rows))
         } else {
             for d in devices {
                 var out = Kind.title(d) + "\n"

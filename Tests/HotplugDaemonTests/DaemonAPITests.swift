@@ -80,8 +80,11 @@ struct DaemonAPITests {
         for key in ["vendor_name", "product_name", "device_class", "device_subclass", "device_protocol", "serial", "tag"] {
             #expect(item.keys.contains(key), "missing \(key)")
         }
+        let table = try rig.cli(["usb", "list", "--table"])
+        #expect(table.status == 0 && table.stdout.contains("/dev/bus/usb/001/004  vm1"))
+        // --short: the reference client's title lines only.
         let short = try rig.cli(["usb", "list", "--short"])
-        #expect(short.status == 0 && short.stdout.contains("/dev/bus/usb/001/004  vm1"))
+        #expect(short.status == 0 && short.stdout == "046d:c52b Logitech, Inc. Unifying Receiver\n", "\(short)")
         // The reference client's order: connection options before the subcommand.
         let first = try run([Repository.vhotplug, "-t", "unix", "-u", rig.socket, "usb", "list", "--short"])
         #expect(first.status == 0 && first.stdout == short.stdout)
@@ -418,7 +421,7 @@ struct DaemonAPIPCITests {
         #expect(items[0]["tag"] as? String == "gpu" && items[0]["allowed_vms"] as? [String] == ["vm1"])
         #expect(items[0]["iommu_member"] == nil)
         #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")
-        #expect(try run([Repository.vhotplug, "pci", "list", "--short", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
+        #expect(try run([Repository.vhotplug, "pci", "list", "--table", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
         // Another tag: neither the GPU nor its group's members.
         #expect(try run([Repository.vhotplug, "pci", "list", "--json", "--tag", "wifi", "--path", socket]).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
