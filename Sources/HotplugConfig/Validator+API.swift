@@ -164,7 +164,20 @@ extension ConfigValidator {
             error(m.value, path: appendingKey(view.path, key), "\(key) must not be empty (leave the key out for the default)")
             return nil
         }
+        if s.utf8.contains(0), let m = view.member(key) {
+            error(m.value, path: appendingKey(view.path, key), "\(key) must not contain a NUL character (\\u0000)")
+            return nil
+        }
         return s
+    }
+
+    /// Why `path` cannot name a Unix socket, or nil: empty, a NUL character, or longer than
+    /// the 107 bytes of `sun_path` (the kernel's limit, which would cut it short).
+    static func socketPathProblem(_ path: String) -> String? {
+        if path.isEmpty { return "must not be empty" }
+        if path.utf8.contains(0) { return "must not contain a NUL character (\\u0000)" }
+        if path.utf8.count > 107 { return "path is \(path.utf8.count) bytes long; a Unix socket's path has at most 107" }
+        return nil
     }
 
     mutating func apiSettings(_ view: ObjectView) -> APISettings {
@@ -190,6 +203,9 @@ extension ConfigValidator {
             }
         }
         api.unixSocket = nonEmptyPath(view, "unixSocket") ?? APISettings.defaultUnixSocket
+        if let m = view.member("unixSocket"), let problem = Self.socketPathProblem(api.unixSocket) {
+            error(m.value, path: appendingKey(view.path, "unixSocket"), "unixSocket \(problem)")
+        }
         if !api.unixSocket.hasPrefix("/"), let m = view.member("unixSocket") {
             error(m.value, path: appendingKey(view.path, "unixSocket"), "expected an absolute path, found \(quoted(api.unixSocket))")
         }

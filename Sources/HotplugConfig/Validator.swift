@@ -349,8 +349,8 @@ struct ConfigValidator {
                 error(m.value, path: appendingKey(view.path, "type"), message)
             }
         }
-        if let socket, socket.isEmpty, let m = view.member("socket") {
-            error(m.value, path: appendingKey(view.path, "socket"), "VM socket must not be empty")
+        if let socket, let m = view.member("socket"), let problem = Self.socketPathProblem(socket) {
+            error(m.value, path: appendingKey(view.path, "socket"), "VM socket \(problem)")
         }
         if let name, let m = view.member("name") {
             if name.isEmpty {

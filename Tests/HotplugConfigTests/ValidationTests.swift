@@ -378,6 +378,20 @@ struct ReferenceValidationTests {
         #expect(d.path == "$.vms[0].socket")
     }
 
+    @Test("a VM socket with a NUL character, or longer than a Unix socket's 107 bytes; the API's socket too")
+    func badSocketPaths() throws {
+        let nul = try singleError(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "/run/q\u0000x"}"#]))
+        #expect(nul.message == #"VM socket must not contain a NUL character (\u0000)"#)
+        #expect(nul.path == "$.vms[0].socket")
+        let long = "/run/" + String(repeating: "v", count: 103)
+        let tooLong = try singleError(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "\#(long)"}"#]))
+        #expect(tooLong.message == "VM socket path is 108 bytes long; a Unix socket's path has at most 107")
+        #expect(try ConfigurationLoader.parse(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "\#(long.dropLast())"}"#])).vms.count == 1)
+        let api = try singleError(#"{"general": {"api": {"unixSocket": "\#(long)"}}}"#)
+        #expect(api.message == "unixSocket path is 108 bytes long; a Unix socket's path has at most 107")
+        #expect(api.path == "$.general.api.unixSocket")
+    }
+
     @Test("a VM type other than qemu or crosvm")
     func unknownVMType() throws {
         let d = try singleError(Sample.vms([#"{"name": "a", "type": "kvm", "socket": "/s"}"#]))
