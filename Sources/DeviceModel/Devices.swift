@@ -61,7 +61,15 @@ public struct USBDevice: Sendable, Hashable, Codable {
     public var removable: Removability
     /// `/dev/bus/usb/BBB/DDD`.
     public var devnode: String
-    /// True for hubs (device class 9 or a hub interface).
+    /// True for hubs (`isHub(deviceClass:interfaces:)`).
+    /// A hub: every interface of its configuration is a hub's (class 9; a real hub has just
+    /// one), or, with no interface known yet, its device class is. A device with a hub
+    /// interface beside others (a keyboard that also says "hub") is not one: as a hub it
+    /// would be authorized on the host and kept from every VM.
+    public static func isHub(deviceClass: UInt8, interfaces: [USBInterface]) -> Bool {
+        interfaces.isEmpty ? deviceClass == 9 : interfaces.allSatisfy { $0.interfaceClass == 9 }
+    }
+
     public var isHub: Bool
     /// True when a filesystem the host has mounted at `/` or `/boot` lives on it.
     public var holdsHostBootFilesystem: Bool

@@ -191,7 +191,7 @@ public final class DeviceReader {
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
             }
         }
-        let isHub = deviceClass == 9 || interfaces.contains { $0.interfaceClass == 9 }
+        let isHub = USBDevice.isHub(deviceClass: deviceClass, interfaces: interfaces)
         return USBDevice(
             sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
             vendorId: vendorId, productId: productId, bcdDevice: try either(k.bcdDevice) { () throws(DeviceReadError) in UInt16(try a.optionalHex("bcdDevice") ?? 0) },

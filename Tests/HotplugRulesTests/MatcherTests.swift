@@ -434,3 +434,19 @@ struct USBTableTests {
         }
     }
 }
+
+@Suite("What a hub is")
+struct HubTests {
+    @Test("a hub has only hub interfaces (or, none known yet, the hub device class); a keyboard with a hub interface beside is no hub")
+    func hubDefinition() {
+        let hubInterface = USBInterface(interfaceNumber: 0, interfaceClass: 9, interfaceSubclass: 0, interfaceProtocol: 0)
+        let keyboard = USBInterface(interfaceNumber: 0, interfaceClass: 3, interfaceSubclass: 1, interfaceProtocol: 1)
+        #expect(USBDevice.isHub(deviceClass: 9, interfaces: [hubInterface]))
+        #expect(USBDevice.isHub(deviceClass: 9, interfaces: []))
+        #expect(!USBDevice.isHub(deviceClass: 0, interfaces: []))
+        var second = hubInterface
+        second.interfaceNumber = 1
+        #expect(!USBDevice.isHub(deviceClass: 0, interfaces: [keyboard, second]))
+        #expect(!USBDevice.isHub(deviceClass: 9, interfaces: [keyboard]))
+    }
+}
