@@ -558,6 +558,9 @@ public actor Daemon {
         if let old = devices[sysPath], old.present {
             return // already followed (a repeated add)
         }
+        // A device still waiting for its interfaces: this add (a repeated one, `udevadm trigger`,
+        // or a replug whose remove was lost) starts the wait over, with its own fields.
+        if let p = pendingUSB.removeValue(forKey: sysPath) { loop.cancel(p.timer) }
         // An unauthorized device (usbAuthorization) gets no interfaces until it is
         // authorized: it is decided on its descriptors at once.
         if let read = reader.readUSBIfConfigured(sysPath: sysPath, event: event) {
@@ -580,7 +583,12 @@ public actor Daemon {
     }
 
     func checkPending(_ sysPath: String) {
-        guard let p = pendingUSB[sysPath], let read = reader.readUSBIfConfigured(sysPath: sysPath, event: p.event) else { return }
+        guard let p = pendingUSB[sysPath] else { return }
+        // The add event's fields hold while the device at the port is the one it announced
+        // (after lost events, another may be there: another address).
+        var event = p.event
+        if let n = event?.devnum, reader.usbAddress(sysPath: sysPath) != n { event = nil }
+        guard let read = reader.readUSBIfConfigured(sysPath: sysPath, event: event) else { return }
         loop.cancel(p.timer)
         pendingUSB[sysPath] = nil
         admit(sysPath, subsystem: "usb", since: p.since, read: read)
