@@ -70,8 +70,9 @@ struct USBAuthorizer {
     /// A root hub (a USB controller) that appeared while engaged: usbcore gave it 0;
     /// at release it gets what usbcore would have given it.
     mutating func rootHubAdded(_ sysPath: String, _ logger: Logger) {
-        guard engaged else { return }
-        let path = sysfs.path(sysPath + "/authorized_default")
+        guard engaged, let name = sysPath.split(separator: "/").last else { return }
+        // Under its bus name, as `engage` names it: one file, one entry, whichever saw it first.
+        let path = sysfs.path("/bus/usb/devices/\(name)/authorized_default")
         guard !saved.contains(where: { $0.path == path }) else { return }
         guard write("0", to: path, logger) else { return }
         saved.append((path, usbcoreBefore.map { $0 == "-1" ? "1" : $0 } ?? "1"))

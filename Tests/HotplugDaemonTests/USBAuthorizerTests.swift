@@ -73,6 +73,21 @@ struct USBAuthorizerTests {
         }
     }
 
+    @Test("a controller that appears while engaged, then a reload (engage again), then release: its root hub gets usbcore's own value back, once")
+    func rootHubAddedThenReload() throws {
+        var (a, _, log) = make()
+        a.engage(log.logger())
+        // A dock's controller: its root hub appears, with the 0 usbcore now gives.
+        try FileManager.default.createDirectory(atPath: root + "/devices/pci/usb3", withIntermediateDirectories: true)
+        try "0\n".write(toFile: root + "/devices/pci/usb3/authorized_default", atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: root + "/bus/usb/devices/usb3", withDestinationPath: "../../../devices/pci/usb3")
+        a.rootHubAdded("/devices/pci/usb3", log.logger())
+        a.engage(log.logger())
+        #expect(a.saved.filter { $0.path.hasSuffix("usb3/authorized_default") }.count == 1)
+        a.release(log.logger())
+        #expect(value("devices/pci/usb3/authorized_default") == "1", "usbcore's -1 authorizes wired devices: 1")
+    }
+
     @Test("a failing restore is logged and the other files are still restored")
     func failingRestore() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
