@@ -303,6 +303,8 @@ public actor Daemon {
                 // conflict) is free now: back to its driver.
                 if t.target != vm {
                     reconcile(key)
+                    // Going nowhere: off the host again (usbAuthorization), as after a detach.
+                    if t.target == nil { Task(executorPreference: loop) { await self.deauthorizeAfterVM(t, vm: vm) } }
                 } else if !t.busy {
                     // It waits for the VM off the host (usbAuthorization), not in the host's drivers.
                     Task(executorPreference: loop) { await self.deauthorizeAfterVM(t, vm: vm) }
@@ -783,6 +785,8 @@ public actor Daemon {
                 } catch {
                     if error.isNotRunning {
                         t.attachment = nil // the VM is gone, and the device with it
+                        // Going nowhere: off the host again (usbAuthorization), as after a detach.
+                        if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
                         continue
                     }
                     t.lastError = "\(error)"
@@ -948,6 +952,7 @@ public actor Daemon {
                 t.attachment = nil
                 t.lastError = nil
                 if pending.operation == .detach { announceDetached(t, vm: a.vm) } // (an unconfirmed attach was never announced)
+                if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
                 return true
             }
             guard t.attachment == a else { return true }

@@ -477,17 +477,19 @@ public final class QMPClient {
                 drained = n < Self.readChunk
                 continue
             }
-            if n == 0 {
-                close()
-                throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)")
-            }
-            if errno == EAGAIN || errno == EINTR {
+            if errno == EAGAIN || errno == EINTR, n < 0 {
                 emptyReads += 1
                 try await waitReadable()
                 continue
             }
-            let e = errno
+            let e = n == 0 ? 0 : errno
             close()
+            // Closed or reset before a QEMU alive would have greeted: its process is ending (killed,
+            // its socket file left behind). A QEMU busy with another client keeps us in its backlog.
+            if step == "greeting" && (e == 0 || e == ECONNRESET) {
+                throw .notRunning(vm: vm, reason: "it closed the connection before its greeting (its process is ending)")
+            }
+            if e == 0 { throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)") }
             throw .protocolError(vm: vm, detail: "read: \(String(cString: strerror(e)))")
         }
     }

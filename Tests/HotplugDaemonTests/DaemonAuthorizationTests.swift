@@ -192,6 +192,23 @@ struct DaemonAuthorizationTests {
         #expect(rig.attribute(receiverDevpath, "authorized") == "1")
     }
 
+    @Test("a VM killed (its socket file left behind), then a reload no rule of which takes the device: the detach finds the VM gone, and the device goes off the host")
+    func vmGoneThenUnwanted() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        kill(rig.qemu.pid, SIGKILL)
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("de-authorized on the host (it left vm1)", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+    }
+
     @Test("deauthorizeUnmatched: a connected device no rule and no hostAllow entry matches is de-authorized at start; hubs are not")
     func deauthorizeUnmatchedAtStart() async throws {
         let rig = try await AuthRig(receiver: true)

@@ -33,6 +33,8 @@ public final class FakeQMPServer: @unchecked Sendable {
     public enum Behaviour: Sendable {
         /// Accepts and never says anything.
         case silent
+        /// Accepts and closes at once, greeting no one (a QEMU whose process is ending).
+        case closeAtOnce
         /// Sends the greeting, then this text in reply to the first command, then closes.
         case greetThenReply(String)
         /// Never accepts (the connection waits in the backlog).
@@ -100,6 +102,9 @@ public final class FakeQMPServer: @unchecked Sendable {
                 return false
             }
             switch behaviour {
+            case .closeAtOnce:
+                close(c)
+                return
             case .silent:
                 var byte: UInt8 = 0
                 while read(c, &byte, 1) > 0 {}

@@ -349,6 +349,15 @@ struct QEMUBackendTests {
         #expect(adds.allSatisfy { $0.contains(#""id":"vhp-usb-1-2""#) })
     }
 
+    @Test("a peer that closes the connection before its greeting (a QEMU killed, its socket file left) is a VM not running")
+    func closedBeforeGreeting() async throws {
+        let server = try FakeQMPServer(.closeAtOnce)
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: server.path, loop: host.loop, logger: logger, timeout: 2)
+        let e = await #expect(throws: VMError.self) { _ = try await backend.listAttached() }
+        #expect(e?.isNotRunning == true, "\(String(describing: e))")
+    }
+
     @Test("a device_del QEMU does not answer in time is an unplug still pending (the daemon asks again later), not a failure")
     func deviceDelUnanswered() async throws {
         let server = try FakeQMPServer(.replies([#"{"return": {}, "id": 1}"# + "\n", ""]))
