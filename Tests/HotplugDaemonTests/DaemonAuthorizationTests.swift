@@ -45,6 +45,15 @@ struct AuthRig {
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Authorization on, the daemon started, and the receiver plugged (unauthorized) and attached to vm1.
+    func daemonWithReceiverInVM1() throws -> DaemonProcess {
+        try write(auth: #"{"enable": true}"#)
+        let d = try daemon()
+        try plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        return d
+    }
+
     /// Plugs the receiver as an unauthorized device arrives: its device record only
     /// (no interfaces, no driver), `authorized` 0 and no active configuration.
     func plugUnauthorizedReceiver() throws {
@@ -142,10 +151,7 @@ struct DaemonAuthorizationTests {
     @Test("a device going to a VM: matched on its descriptors' interfaces, authorized before device_add, de-authorized after it leaves the VM")
     func authorizedForTheVM() async throws {
         let rig = try await AuthRig()
-        try rig.write(auth: #"{"enable": true}"#)
-        let d = try rig.daemon()
-        try rig.plugUnauthorizedReceiver()
-        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let d = try rig.daemonWithReceiverInVM1()
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
         #expect(rig.attribute(receiverDevpath, "authorized") == "1")
         let log = d.log
@@ -177,10 +183,7 @@ struct DaemonAuthorizationTests {
     @Test("a VM that stops: the device it had waits for it off the host, and is authorized again when it is back")
     func vmStops() async throws {
         let rig = try await AuthRig()
-        try rig.write(auth: #"{"enable": true}"#)
-        let d = try rig.daemon()
-        try rig.plugUnauthorizedReceiver()
-        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let d = try rig.daemonWithReceiverInVM1()
         let mark = d.mark
         rig.qemu.stop()
         try d.waitFor("VM vm1: socket removed", from: mark)
@@ -195,10 +198,7 @@ struct DaemonAuthorizationTests {
     @Test("a VM killed (its socket file left behind), then a reload no rule of which takes the device: the detach finds the VM gone, and the device goes off the host")
     func vmGoneThenUnwanted() async throws {
         let rig = try await AuthRig()
-        try rig.write(auth: #"{"enable": true}"#)
-        let d = try rig.daemon()
-        try rig.plugUnauthorizedReceiver()
-        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let d = try rig.daemonWithReceiverInVM1()
         #expect(rig.attribute(receiverDevpath, "authorized") == "1")
         kill(rig.qemu.pid, SIGKILL)
         try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
