@@ -170,8 +170,8 @@ public final class DeviceReader {
                     var current: UInt8 = i.alternates.count == 1 ? i.alternates[0].alternate : 0
                     if i.alternates.count > 1 {
                         let ifDir = "\(dir)/\(interfacePrefix):\(config ?? 0).\(i.number)"
-                        current = (try? AttributeReader(dir: ifDir, device: ifDir).optionalHex("bAlternateSetting", max: 0xff))
-                            .flatMap { $0 }.map(UInt8.init) ?? 0
+                        // Decimal, unlike the class fields: the kernel prints it with "%2d".
+                        current = (try? AttributeReader(dir: ifDir, device: ifDir).int("bAlternateSetting", max: 0xff)).map(UInt8.init) ?? 0
                     }
                     let alt = i.alternates.first { $0.alternate == current } ?? i.alternates[0]
                     return USBInterface(interfaceNumber: i.number, interfaceClass: alt.usbClass,
