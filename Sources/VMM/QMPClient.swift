@@ -242,6 +242,13 @@ public final class QMPClient {
         }
     }
 
+    /// The peer closed or reset the connection before the session was negotiated: a QEMU alive
+    /// would have greeted (one busy with another client keeps a new one in its backlog), so
+    /// its process is ending (killed, its socket file left behind).
+    private var endedBeforeGreeting: VMError {
+        .notRunning(vm: vm, reason: "it closed the connection before its greeting (its process is ending)")
+    }
+
     /// True once the greeting and the capabilities' reply have been read.
     public private(set) var negotiated = false
 
@@ -412,6 +419,9 @@ public final class QMPClient {
             }
             let e = errno
             close()
+            if !negotiated && (e == EPIPE || e == ECONNRESET) {
+                throw endedBeforeGreeting
+            }
             throw .protocolError(vm: vm, detail: "send: \(String(cString: strerror(e)))")
         }
     }
@@ -484,10 +494,8 @@ public final class QMPClient {
             }
             let e = n == 0 ? 0 : errno
             close()
-            // Closed or reset before a QEMU alive would have greeted: its process is ending (killed,
-            // its socket file left behind). A QEMU busy with another client keeps us in its backlog.
             if step == "greeting" && (e == 0 || e == ECONNRESET) {
-                throw .notRunning(vm: vm, reason: "it closed the connection before its greeting (its process is ending)")
+                throw endedBeforeGreeting
             }
             if e == 0 { throw .protocolError(vm: vm, detail: "QEMU closed the connection during \(step)") }
             throw .protocolError(vm: vm, detail: "read: \(String(cString: strerror(e)))")
