@@ -262,7 +262,7 @@ public actor Daemon {
                                                 timeout: qmpTimeout, unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout)
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
-                                                  crosvmPath: configuration.general.crosvm ?? options.crosvmPath,
+                                                  crosvmPath: crosvmProgram(configuration),
                                                   loop: loop, logger: logger, timeout: crosvmTimeout)
                 }
             }
@@ -272,7 +272,7 @@ public actor Daemon {
                 let prefixes = configuration.evdevPortPrefixes(for: vm.name)
                 qemu.assumeIsolated { $0.keepPorts(forEvdev: prefixes) }
             } else if let crosvm = next[vm.name] as? CrosvmBackend {
-                let program = configuration.general.crosvm ?? options.crosvmPath
+                let program = crosvmProgram(configuration)
                 crosvm.assumeIsolated { $0.setProgram(program) }
             }
         }
@@ -284,6 +284,11 @@ public actor Daemon {
         let fresh = next.filter { backends[$0.key] !== $0.value }.keys.sorted()
         backends = next
         return fresh
+    }
+
+    /// The crosvm program a configuration names (`general.crosvm`), else the daemon's default.
+    func crosvmProgram(_ c: Configuration) -> String {
+        c.general.crosvm ?? options.crosvmPath
     }
 
     func vmName(forSocket path: String) -> String? {
@@ -370,14 +375,12 @@ public actor Daemon {
         let (records, problems) = store.load()
         for p in problems { logger.warning("VFIO record ignored: \(p)") }
         for var record in records {
-            func onVFIO(_ address: String) -> Tracked? {
-                devices.values.first { t in
-                    if case .pci(let d) = t.device { return d.address == address && d.driver == VFIOBinder.vfioDriver }
-                    return false
-                }
+            /// The followed PCI device at `address` when it was on vfio-pci as the first pass read it.
+            func onVFIOAtStart(_ address: String) -> Tracked? {
+                tracked(pci: address).flatMap { $0.pciDriver == VFIOBinder.vfioDriver ? $0 : nil }
             }
-            var holder = onVFIO(record.device)
-            if holder == nil, let heir = record.members.lazy.filter({ !$0.wasOnVFIO }).compactMap({ onVFIO($0.address) }).first,
+            var holder = onVFIOAtStart(record.device)
+            if holder == nil, let heir = record.members.lazy.filter({ !$0.wasOnVFIO }).compactMap({ onVFIOAtStart($0.address) }).first,
                case .pci(let d) = heir.device {
                 // The device is off vfio-pci (or gone) and a member is still on it: a bind or a
                 // give-back cut short (the daemon killed meanwhile). That member takes the record.
@@ -387,11 +390,7 @@ public actor Daemon {
                 holder = heir
             }
             guard let t = holder else {
-                let device = devices.values.first { t in
-                    if case .pci(let d) = t.device { return d.address == record.device }
-                    return false
-                }
-                let now = device.map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
+                let now = tracked(pci: record.device).map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
                 logger.info("pci \(record.device): stale VFIO record deleted (the device is \(now))")
                 do { try store.remove(record.device) } catch { logger.warning("pci \(record.device): \(error)") }
                 continue
@@ -408,6 +407,14 @@ public actor Daemon {
                 t.want = nil
                 logger.info("\(t.logName): on vfio-pci from an earlier run (\(drivers)); no VM takes it now: back to its driver once it is in no VM")
             }
+        }
+    }
+
+    /// The followed PCI device at `address`.
+    func tracked(pci address: String) -> Tracked? {
+        devices.values.first { t in
+            if case .pci(let d) = t.device { return d.address == address }
+            return false
         }
     }
 
@@ -1114,7 +1121,7 @@ public actor Daemon {
         }
         let followedInput = matcher.decidesInputDevices
         let authorizationWasActive = authorization != nil
-        let crosvmChanged = (next.general.crosvm ?? options.crosvmPath) != (configuration.general.crosvm ?? options.crosvmPath)
+        let crosvmChanged = crosvmProgram(next) != crosvmProgram(configuration)
         configuration = next
         matcher = Matcher(next)
         let fresh = makeBackends()
