@@ -48,8 +48,9 @@ public final class SignalSource {
 public final class PathWatcher {
     private let fd: Int32
     private let loop: EventLoop
-    /// Watch descriptor -> watched folder.
-    private var folders: [Int32: String] = [:]
+    /// Watch descriptor -> the watched folder, as each target's path spells it: two spellings
+    /// of one folder (`/var/run` is a symlink to `/run` on most systems) share one watch.
+    private var folders: [Int32: [String]] = [:]
     /// The paths whose appearance/disappearance is reported.
     private var targets: Set<String> = []
     /// Whether each target existed when last reported (or when watched): after an overflow,
@@ -96,15 +97,18 @@ public final class PathWatcher {
     private func armParent(of path: String) {
         var dir = parentFolder(path)
         // Up to the nearest folder that exists.
-        while access(dir, F_OK) != 0 && dir != "/" { dir = parentFolder(dir) }
-        guard !folders.values.contains(dir) else { return }
+        while access(dir, F_OK) != 0 && dir != "/" && dir != "." { dir = parentFolder(dir) }
+        guard !folders.values.contains(where: { $0.contains(dir) }) else { return }
         let mask = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF)
+        // The kernel gives the watch of a folder already watched under another spelling.
         let wd = inotify_add_watch(fd, dir, mask)
-        if wd >= 0 { folders[wd] = dir }
+        if wd >= 0 { folders[wd, default: []].append(dir) }
     }
 
+    /// The folder of `path`; `.` for a name alone (a path relative to the working folder).
     private func parentFolder(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        guard slash != path.startIndex else { return "/" }
         return String(path[..<slash])
     }
 
@@ -116,7 +120,6 @@ public final class PathWatcher {
             var offset = 0
             var rearm = false
             var overflowed = false
-            var appeared: [String] = []
             while offset + MemoryLayout<inotify_event>.size <= n {
                 let (wd, mask, len) = buf.withUnsafeBytes { raw -> (Int32, UInt32, Int) in
                     let e = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
@@ -137,14 +140,14 @@ public final class PathWatcher {
                     if folders.removeValue(forKey: wd) != nil { rearm = true }
                     continue
                 }
-                guard let dir = folders[wd] else { continue }
-                let path = dir == "/" ? "/" + name : dir + "/" + name
                 let created = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
-                if targets.contains(path) {
-                    report(path, created)
-                } else if created, targets.contains(where: { $0.hasPrefix(path + "/") }) {
-                    rearm = true // a folder on the way to a target appeared
-                    appeared.append(path + "/")
+                for dir in folders[wd] ?? [] {
+                    let path = dir == "/" ? "/" + name : dir == "." ? name : dir + "/" + name
+                    if targets.contains(path) {
+                        report(path, created)
+                    } else if created, targets.contains(where: { $0.hasPrefix(path + "/") }) {
+                        rearm = true // a folder on the way to a target appeared
+                    }
                 }
             }
             if rearm {
@@ -152,13 +155,10 @@ public final class PathWatcher {
                 for wd in folders.keys { inotify_rm_watch(fd, wd) }
                 folders.removeAll()
                 for t in targets { armParent(of: t) }
-                // Targets inside a folder that just appeared may already exist.
-                for t in targets where appeared.contains(where: { t.hasPrefix($0) }) && access(t, F_OK) == 0 {
-                    report(t, true)
-                }
             }
-            if overflowed {
-                // What changed while events were dropped (a socket that is still there is not a restart).
+            if rearm || overflowed {
+                // What changed meanwhile: a target in a folder that just appeared (or replaced the
+                // one watched), or while events were dropped (a socket still there is not a restart).
                 for t in targets.sorted() {
                     let now = access(t, F_OK) == 0
                     if exists[t] != now { report(t, now) }

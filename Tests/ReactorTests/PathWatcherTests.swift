@@ -30,6 +30,48 @@ private final class Reports: @unchecked Sendable {
 
 @Suite("Watching for the VMs' sockets")
 struct PathWatcherTests {
+    /// A watcher on the loop, reporting into `reports`, watching `paths`.
+    private func watching(_ paths: [String], _ host: LoopHost, _ reports: Reports) async throws {
+        try await OnLoop(host.loop).run { loop in
+            let w = try PathWatcher(loop: loop) { path, created in reports.add(path, created) }
+            for p in paths { w.watch(p) }
+            reports.watcher = w
+        }
+    }
+
+    private func makeFile(_ path: String) throws {
+        let fd = open(path, O_CREAT | O_WRONLY, 0o600)
+        try #require(fd >= 0, "cannot create \(path)")
+        close(fd)
+    }
+
+    @Test("two spellings of one folder (a symlink, as /var/run to /run): each target is reported under its own path")
+    func twoSpellings() async throws {
+        let host = try LoopHost()
+        let dir = scratchPath("watch-alias")
+        try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/var-run", withDestinationPath: "run")
+        let reports = Reports()
+        try await watching([dir + "/var-run/vm1.qmp", dir + "/run/vm2.qmp"], host, reports)
+        try makeFile(dir + "/run/vm1.qmp")
+        try makeFile(dir + "/run/vm2.qmp")
+        #expect(reports.wait(for: dir + "/var-run/vm1.qmp", created: true, seconds: 5), "\(reports.all)")
+        #expect(reports.wait(for: dir + "/run/vm2.qmp", created: true, seconds: 5), "\(reports.all)")
+    }
+
+    @Test("a watched folder replaced by another that holds the socket already (mv -T of a prepared folder): the socket is reported")
+    func folderReplaced() async throws {
+        let host = try LoopHost()
+        let dir = scratchPath("watch-replace")
+        try FileManager.default.createDirectory(atPath: dir + "/vm1", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/vm1.new", withIntermediateDirectories: true)
+        let reports = Reports()
+        try await watching([dir + "/vm1/qmp.sock"], host, reports)
+        try makeFile(dir + "/vm1.new/qmp.sock")
+        #expect(rename(dir + "/vm1.new", dir + "/vm1") == 0, "rename: \(String(cString: strerror(errno)))")
+        #expect(reports.wait(for: dir + "/vm1/qmp.sock", created: true, seconds: 5), "\(reports.all)")
+    }
+
     @Test("after the kernel dropped inotify events (its queue overflowed), each watched path that changed is reported as it is now, and only those")
     func overflow() async throws {
         let host = try LoopHost()
