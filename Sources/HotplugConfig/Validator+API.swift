@@ -175,6 +175,7 @@ extension ConfigValidator {
     /// the 107 bytes of `sun_path` (the kernel's limit, which would cut it short).
     static func socketPathProblem(_ path: String) -> String? {
         if path.isEmpty { return "must not be empty" }
+        if !path.hasPrefix("/") { return "must be an absolute path, found \(quoted(path))" }
         if path.utf8.contains(0) { return "must not contain a NUL character (\\u0000)" }
         if path.utf8.count > 107 { return "path is \(path.utf8.count) bytes long; a Unix socket's path has at most 107" }
         return nil
@@ -203,7 +204,7 @@ extension ConfigValidator {
             }
         }
         api.unixSocket = nonEmptyPath(view, "unixSocket") ?? APISettings.defaultUnixSocket
-        if let m = view.member("unixSocket"), let problem = Self.socketPathProblem(api.unixSocket) {
+        if api.unixSocket.hasPrefix("/"), let m = view.member("unixSocket"), let problem = Self.socketPathProblem(api.unixSocket) {
             error(m.value, path: appendingKey(view.path, "unixSocket"), "unixSocket \(problem)")
         }
         if !api.unixSocket.hasPrefix("/"), let m = view.member("unixSocket") {

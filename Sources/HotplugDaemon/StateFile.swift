@@ -133,8 +133,16 @@ public struct StateFile: Sendable {
     /// Writes the state atomically; the folder is created when missing.
     public func save(_ state: DaemonState) throws(StateFileError) {
         let dir = directory
-        if access(dir, F_OK) != 0, mkdir(dir, 0o755) != 0, errno != EEXIST {
-            throw StateFileError("cannot create \(dir): \(String(cString: strerror(errno)))")
+        // Each missing folder on the way, from the top (`mkdir -p`).
+        var missing: [String] = []
+        var d = dir
+        while access(d, F_OK) != 0, d != "/", d != "." {
+            missing.append(d)
+            guard let slash = d.lastIndex(of: "/") else { break }
+            d = slash == d.startIndex ? "/" : String(d[..<slash])
+        }
+        for m in missing.reversed() where mkdir(m, 0o755) != 0 && errno != EEXIST {
+            throw StateFileError("cannot create \(m): \(String(cString: strerror(errno)))")
         }
         let temp = "\(path).tmp-\(getpid())"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

@@ -49,9 +49,9 @@ struct JSON5SyntaxTests {
     @Test("JSON string escapes, and a raw tab")
     func stringEscapes() throws {
         let config = try ConfigurationLoader.parse(
-            "{\"vms\": [{\"name\": \"a\\\"b\\\\c\\/d\\n\\t\\u00e9\\b\\f\\r\\u0041\", \"type\": \"qemu\", \"socket\": \"x\ty\"}]}")
+            "{\"vms\": [{\"name\": \"a\\\"b\\\\c\\/d\\n\\t\\u00e9\\b\\f\\r\\u0041\", \"type\": \"qemu\", \"socket\": \"/x\ty\"}]}")
         #expect(config.vms.first?.name == "a\"b\\c/d\n\t\u{e9}\u{8}\u{c}\rA")
-        #expect(config.vms.first?.socket == "x\ty")
+        #expect(config.vms.first?.socket == "/x\ty")
     }
 
     @Test("\\u surrogate pairs decode to one scalar; raw non-ASCII passes through")

@@ -387,6 +387,8 @@ struct ReferenceValidationTests {
         let tooLong = try singleError(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "\#(long)"}"#]))
         #expect(tooLong.message == "VM socket path is 108 bytes long; a Unix socket's path has at most 107")
         #expect(try ConfigurationLoader.parse(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "\#(long.dropLast())"}"#])).vms.count == 1)
+        let relative = try singleError(Sample.vms([#"{"name": "a", "type": "qemu", "socket": "vm1.qmp"}"#]))
+        #expect(relative.message == #"VM socket must be an absolute path, found "vm1.qmp""#)
         let api = try singleError(#"{"general": {"api": {"unixSocket": "\#(long)"}}}"#)
         #expect(api.message == "unixSocket path is 108 bytes long; a Unix socket's path has at most 107")
         #expect(api.path == "$.general.api.unixSocket")

@@ -15,15 +15,15 @@ func stateFolder() throws -> String {
 struct StateFileTests {
     let logger = Logger(label: "test")
 
-    @Test("saved and loaded back; the write leaves no temporary file; a missing folder is created")
+    @Test("saved and loaded back; the write leaves no temporary file; missing folders (two levels) are created")
     func roundTrip() throws {
         let dir = try stateFolder()
-        let file = StateFile(path: dir + "/sub/vhotplug.state")
+        let file = StateFile(path: dir + "/sub/deeper/vhotplug.state")
         #expect(file.load(logger: logger) == DaemonState())
         let state = DaemonState(chosenVms: ["usb:046d:c52b:port=1-2": "vm2"], disconnected: ["usb:1234:5678:serial=A\"B"])
         try file.save(state)
         #expect(file.load(logger: logger) == state)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/sub") == ["vhotplug.state"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/sub/deeper") == ["vhotplug.state"])
         try file.save(DaemonState())
         #expect(file.load(logger: logger) == DaemonState())
         let text = try String(contentsOfFile: file.path, encoding: .utf8)
