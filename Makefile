@@ -66,10 +66,10 @@ demo: deps
 
 ## fuzz: every libFuzzer target (tools/fuzz) for FUZZ_SECONDS each (default 300);
 ## crashes are saved in tools/fuzz/crashes/TARGET/. test-fuzz (part of `make test`):
-## each target briefly (FUZZ_TEST_SECONDS, default 10), failing on any crash.
+## each target briefly (FUZZ_TEST_SECONDS, default 5), failing on any crash.
 .PHONY: fuzz test-fuzz
 FUZZ_SECONDS ?= 300
-FUZZ_TEST_SECONDS ?= 10
+FUZZ_TEST_SECONDS ?= 5
 fuzz: deps
 	tools/fuzz/run.sh $(FUZZ_SECONDS)
 
