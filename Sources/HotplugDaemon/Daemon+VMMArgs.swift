@@ -86,7 +86,7 @@ extension Daemon {
     func prepareForStart(_ key: String, _ t: Tracked, _ d: PCIDevice, vm: String) async -> String? {
         destine(key, t, to: vm)
         await settle([key])
-        guard t.present, t.vfio == nil || !onVFIO(d), t.attachment == nil else {
+        guard t.present, needsBind(t, d), t.attachment == nil else {
             if t.present { reconcile(key) }
             return t.present ? nil : "\(t.logName) was unplugged"
         }

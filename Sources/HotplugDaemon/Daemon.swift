@@ -1008,7 +1008,7 @@ public actor Daemon {
         case .usb(let d):
             return try await backend.attachUSB(d, present: { [t] in t.present && t.device == device })
         case .pci(let d):
-            if t.vfio == nil || !onVFIO(d) {
+            if needsBind(t, d) {
                 // A device just added (or a group mate) is bound only after the kernel's
                 // first probe of it; what is wanted may have changed meanwhile. (A record with
                 // the device off vfio-pci: a give-back that did not finish; bound again.)
@@ -1025,9 +1025,11 @@ public actor Daemon {
         }
     }
 
-    /// True when the PCI device is on vfio-pci now (its `driver` link).
-    func onVFIO(_ d: PCIDevice) -> Bool {
-        Sysfs.linkName(reader.sysfs.path(d.sysPath) + "/driver") == VFIOBinder.vfioDriver
+    /// True when the PCI device is to be bound to vfio-pci: no record of a bind, or a record
+    /// while the device is off vfio-pci now (a give-back that did not finish). Its `driver`
+    /// link is read only when there is a record.
+    func needsBind(_ t: Tracked, _ d: PCIDevice) -> Bool {
+        t.vfio == nil || Sysfs.linkName(reader.sysfs.path(d.sysPath) + "/driver") != VFIOBinder.vfioDriver
     }
 
     /// Gives a PCI device (and its group) back to the drivers it had, as libvirt's

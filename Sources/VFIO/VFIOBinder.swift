@@ -174,8 +174,8 @@ public actor VFIOBinder {
             failure.cleanupFailures = await giveBack(touched.reversed())
             if failure.cleanupFailures.isEmpty {
                 // All back as before this bind: the record is what it was before it.
-                if let previous { save(previous) } else { forget(record) }
-                if let previous, previous.device != record.device { forget(record) }
+                if previous?.device != record.device { forget(record) }
+                if let previous { save(previous) }
             }
             throw failure
         }

@@ -30,6 +30,17 @@ struct APIRig {
             """.write(toFile: config, atomically: true, encoding: .utf8)
     }
 
+    /// Two VMs, the receiver allowed in both (vm1 first), the daemon started, and the receiver
+    /// plugged: with no client to choose, it is in vm1.
+    static func allowedVMsWithReceiverInVM1() async throws -> (APIRig, QEMUInstance, DaemonProcess) {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        return (rig, vm2, d)
+    }
+
     func daemon(_ extra: [String] = []) throws -> DaemonProcess {
         let d = try DaemonProcess(arguments: ["-c", config, "-d"] + extra, testbed: tb)
         try d.waitFor("; listening (")
@@ -159,11 +170,7 @@ struct DaemonAPITests {
 
     @Test("allowedVms: no client listening -> the first VM; a listener gets usb_select_vm and chooses; the choice is kept")
     func selectVM() async throws {
-        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
-        let vm2 = try #require(rig.qemu2)
-        let d = try rig.daemon()
-        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let (rig, vm2, d) = try await APIRig.allowedVMsWithReceiverInVM1()
         var mark = d.mark
         rig.base.unplugReceiver()
         try d.waitFor("detached from vm1", from: mark)
@@ -194,11 +201,7 @@ struct DaemonAPITests {
 
     @Test("allowedVms: a daemon restarted without -a leaves a device in the allowed VM an earlier run put it in")
     func restartKeepsAllowedVM() async throws {
-        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
-        let vm2 = try #require(rig.qemu2)
-        var d = try rig.daemon()
-        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        var (rig, vm2, d) = try await APIRig.allowedVMsWithReceiverInVM1()
         #expect(try rig.cli(["usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm2"]).status == 0)
         #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
         d.stop()
