@@ -67,7 +67,10 @@ public final class FakeQMPServer: @unchecked Sendable {
 
     /// `path`: where it listens (a VM's configured socket); a scratch path by default.
     public init(_ behaviour: Behaviour, path: String? = nil) throws {
-        let path = path ?? scratchPath("fakeqmp") + ".sock"
+        let final = path ?? scratchPath("fakeqmp") + ".sock"
+        // Bound and listening under another name, then renamed into place: a watcher of the
+        // final path never sees a socket that refuses connections (bound, not yet listening).
+        let path = final + ".new"
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -77,9 +80,9 @@ public final class FakeQMPServer: @unchecked Sendable {
         let ok = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        guard ok == 0, listen(s, 4) == 0 else { throw TestbedError(message: "fake QMP server: bind/listen failed") }
+        guard ok == 0, listen(s, 4) == 0, rename(path, final) == 0 else { throw TestbedError(message: "fake QMP server: bind/listen failed") }
         fd = s
-        self.path = path
+        self.path = final
         if case .neverAccept = behaviour {
             thread = nil
             return
