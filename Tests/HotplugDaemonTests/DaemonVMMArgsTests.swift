@@ -178,6 +178,41 @@ struct DaemonVMMArgsTests {
         withExtendedLifetime(vm) {}
     }
 
+    @Test("a GPU taken as attached to a silent vm1, whose IOMMU group a reload puts in conflict: when vm1's socket goes, the group goes back to its host drivers")
+    func conflictFreedWhenVMGoes() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        let kernel = try rig.gpuWithPlayedKernel()
+        defer { kernel.stop() }
+        let tb = rig.tb
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.3"])
+        try d.waitFor("; listening (")
+        #expect(try rig.vmmArgs(["--vm", "vm1", "--require-pci"]).status == 0)
+        var vm: FakeQMPServer? = try FakeQMPServer(.silent, path: rig.qmpPath)
+        try d.waitFor("; taken as attached, asking vm1 again in ")
+        // The GPU's rule now takes its whole group, and another sends the audio function to vm2.
+        let config = try String(contentsOfFile: rig.config, encoding: .utf8)
+        try config.replacingOccurrences(
+            of: #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],"#,
+            with: #""pciPassthrough": [{"targetVm": "vm1", "pciIommuAddAll": true, "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}, "#
+                + #"{"targetVm": "vm2", "allow": [{"address": "\#(audio)"}]}],"#)
+            .write(toFile: rig.config, atomically: true, encoding: .utf8)
+        var mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("pciIommuAddAll: IOMMU group 2: ", from: mark)
+        // The group leaves vm1; vm1 does not answer: it may still have the GPU, which stays on vfio-pci.
+        try d.waitFor("pci \(gpu) 10de:1f06: detach from vm1 failed: ", from: mark)
+        #expect(driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
+        // vm1 stops (its socket goes): nothing holds the group any more.
+        mark = d.mark
+        vm = nil
+        try d.waitFor("VM vm1: socket removed", from: mark)
+        try d.waitFor("pci \(gpu) 10de:1f06: back on its host driver", from: mark)
+        #expect(driver(gpu) == "nouveau" && driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        withExtendedLifetime(vm) {}
+    }
+
     @Test("a give-back that did not finish (the audio function's driver refused it): the next vmm_args binds the GPU again")
     func rebindAfterFailedGiveBack() async throws {
         let rig = try await VMMArgsRig(pci: true)
