@@ -51,6 +51,9 @@ struct VMMArgsRig {
         return kernel
     }
 
+    /// The driver a PCI device of the testbed is bound to.
+    func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
+
     /// `vhotplug vmm args ARGS --path SOCKET`.
     func vmmArgs(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         try run([Repository.vhotplug, "vmm", "args"] + args + ["--path", socket])
@@ -138,13 +141,12 @@ struct DaemonVMMArgsTests {
         defer { kernel.stop() }
         let tb = rig.tb
         let gpu = "0000:01:00.0", audio = "0000:01:00.1"
-        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
         let d = try rig.daemon()
         // The launcher asks for vm1's arguments: the GPU's group goes to vfio-pci, the audio function with it.
         let r = try rig.vmmArgs(["--vm", "vm1", "--require-pci"])
         #expect(r.status == 0, "\(r); kernel: \(kernel.log)")
         #expect(r.stdout.contains("host=\(gpu)"))
-        #expect(driver(gpu) == "vfio-pci" && driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "vfio-pci" && rig.driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
         func records() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: tb.root + "/vhotplug-vfio").sorted()) ?? [] }
         #expect(records() == ["\(gpu).json"], "kept in the testbed's folder (VHOTPLUG_VFIO_RECORDS)")
         // The GPU leaves before the VM starts. Only its record says where the audio function was.
@@ -152,7 +154,7 @@ struct DaemonVMMArgsTests {
         tb.unplug("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
         try d.waitFor("pci \(gpu) 10de:1f06: left the host; pci \(audio) 10de:10f9 keeps the record of IOMMU group 2", from: mark)
         try d.waitFor("pci \(audio) 10de:10f9: back on its host driver (\(audio) -> snd_hda_intel)", from: mark)
-        #expect(driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        #expect(rig.driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
         let override = (try? String(contentsOfFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", encoding: .utf8)) ?? ""
         #expect(!override.contains("vfio-pci"))
         #expect(records() == [], "the record goes with the give-back")
@@ -163,7 +165,6 @@ struct DaemonVMMArgsTests {
         let rig = try await VMMArgsRig(pci: true)
         let kernel = try rig.gpuWithPlayedKernel()
         defer { kernel.stop() }
-        let tb = rig.tb
         let gpu = "0000:01:00.0"
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.3"])
         try d.waitFor("; listening (")
@@ -173,7 +174,7 @@ struct DaemonVMMArgsTests {
         let vm = try FakeQMPServer(.silent, path: rig.qmpPath)
         try d.waitFor("pci \(gpu) 10de:1f06: attach to vm1: VM vm1: no answer to ")
         try d.waitFor("; taken as attached, asking vm1 again in ")
-        #expect(FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(gpu)/driver") == "vfio-pci", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
         #expect(!d.log.contains { $0.contains("back on its host driver") || $0.contains("attach to vm1 failed") }, "\(d.log)")
         withExtendedLifetime(vm) {}
     }
@@ -183,9 +184,7 @@ struct DaemonVMMArgsTests {
         let rig = try await VMMArgsRig(pci: true)
         let kernel = try rig.gpuWithPlayedKernel()
         defer { kernel.stop() }
-        let tb = rig.tb
         let gpu = "0000:01:00.0", audio = "0000:01:00.1"
-        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.3"])
         try d.waitFor("; listening (")
         #expect(try rig.vmmArgs(["--vm", "vm1", "--require-pci"]).status == 0)
@@ -203,13 +202,13 @@ struct DaemonVMMArgsTests {
         try d.waitFor("pciIommuAddAll: IOMMU group 2: ", from: mark)
         // The group leaves vm1; vm1 does not answer: it may still have the GPU, which stays on vfio-pci.
         try d.waitFor("pci \(gpu) 10de:1f06: detach from vm1 failed: ", from: mark)
-        #expect(driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
         // vm1 stops (its socket goes): nothing holds the group any more.
         mark = d.mark
         vm = nil
         try d.waitFor("VM vm1: socket removed", from: mark)
         try d.waitFor("pci \(gpu) 10de:1f06: back on its host driver", from: mark)
-        #expect(driver(gpu) == "nouveau" && driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "nouveau" && rig.driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
         withExtendedLifetime(vm) {}
     }
 
@@ -218,12 +217,10 @@ struct DaemonVMMArgsTests {
         let rig = try await VMMArgsRig(pci: true)
         let kernel = try rig.gpuWithPlayedKernel(refusals: .init(bind: ["0000:01:00.1": "snd_hda_intel"]))
         defer { kernel.stop() }
-        let tb = rig.tb
         let gpu = "0000:01:00.0"
-        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
         let d = try rig.daemon()
         #expect(try rig.vmmArgs(["--vm", "vm1", "--require-pci"]).status == 0)
-        #expect(driver(gpu) == "vfio-pci")
+        #expect(rig.driver(gpu) == "vfio-pci")
         // No rule takes the GPU any more: the group goes back, the GPU to nouveau, the audio function nowhere.
         let withRule = try String(contentsOfFile: rig.config, encoding: .utf8)
         try withRule.replacingOccurrences(of: #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],"#, with: "")
@@ -231,7 +228,7 @@ struct DaemonVMMArgsTests {
         var mark = d.mark
         d.signal(SIGHUP)
         try d.waitFor("pci \(gpu) 10de:1f06: cannot give the device back to its driver: ", from: mark, timeout: 30)
-        #expect(driver(gpu) == "nouveau", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "nouveau", "kernel: \(kernel.log)")
         // The rule again, and the launcher asks again: the GPU must be on vfio-pci for the VM's start.
         try withRule.write(toFile: rig.config, atomically: true, encoding: .utf8)
         mark = d.mark
@@ -239,7 +236,7 @@ struct DaemonVMMArgsTests {
         try d.waitFor("configuration reloaded", from: mark)
         let r = try rig.vmmArgs(["--vm", "vm1", "--require-pci"])
         #expect(r.status == 0, "\(r)")
-        #expect(driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
+        #expect(rig.driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
         try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci for the start of vm1", from: mark)
     }
 
@@ -250,7 +247,6 @@ struct DaemonVMMArgsTests {
         defer { kernel.stop() }
         let tb = rig.tb
         let gpu = "0000:01:00.0", audio = "0000:01:00.1"
-        func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
         /// A write to the played kernel's files, as the binder makes it.
         func kernelWrite(_ path: String, _ text: String) {
             let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
@@ -270,7 +266,7 @@ struct DaemonVMMArgsTests {
         let d = try rig.daemon()
         try d.waitFor("pci \(gpu): its VFIO record goes to pci \(audio) 10de:10f9, still on vfio-pci")
         try d.waitFor("pci \(audio) 10de:10f9: back on its host driver (\(audio) -> snd_hda_intel)")
-        #expect(driver(audio) == "snd_hda_intel" && driver(gpu) == "nouveau", "kernel: \(kernel.log)")
+        #expect(rig.driver(audio) == "snd_hda_intel" && rig.driver(gpu) == "nouveau", "kernel: \(kernel.log)")
     }
 
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")
