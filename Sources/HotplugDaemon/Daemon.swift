@@ -124,7 +124,7 @@ public actor Daemon {
     nonisolated let loop: EventLoop
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
-    let options: DaemonOptions
+    var options: DaemonOptions
     var logger: Logger
     var configuration: Configuration
     var matcher: Matcher
@@ -199,6 +199,8 @@ public actor Daemon {
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
         crosvmTimeout = environmentSeconds("VHOTPLUG_CROSVM_TIMEOUT") ?? crosvmTimeout
+        // How long a USB device whose add event came before its interfaces waits for them (5 s).
+        options.interfaceWait = environmentSeconds("VHOTPLUG_INTERFACE_WAIT") ?? options.interfaceWait
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
         monitor.usbInterfaceEvents = !pendingUSB.isEmpty
         if let forced {

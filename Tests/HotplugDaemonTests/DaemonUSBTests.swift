@@ -393,9 +393,7 @@ struct DaemonUSBTests {
         let rig = try await Rig()
         let d = try rig.daemon()
         // The controller and root hubs, then the device alone (configured, no interfaces yet)...
-        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
-        let base = text.components(separatedBy: "\n\n").filter { !$0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2") }
-        try rig.tb.add(record: base.joined(separator: "\n\n") + "\n")
+        try addReceiverBus(rig)
         try rig.replugReceiver(0, interfaces: false)
         // ...then its interfaces, each with its add event. Had the daemon decided on the
         // device alone, the rule (a HID mouse interface) could not have matched.
@@ -403,6 +401,55 @@ struct DaemonUSBTests {
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         #expect(!d.log.contains { $0.contains("no rule matches") && $0.contains("usb 1-2 ") })
+    }
+
+    /// The controller and root hubs of the receiver's fixture, without the receiver.
+    func addReceiverBus(_ rig: Rig) throws {
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let base = text.components(separatedBy: "\n\n").filter { !$0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2") }
+        try rig.tb.add(record: base.joined(separator: "\n\n") + "\n")
+    }
+
+    @Test("a repeated add of a device still waiting for its interfaces (udevadm trigger) starts its wait over")
+    func repeatedAddWaitsAgain() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon(environment: ["VHOTPLUG_INTERFACE_WAIT": "1"])
+        try addReceiverBus(rig)
+        try rig.replugReceiver(0, interfaces: false)
+        try d.waitFor("usb 1-2: configuration or interfaces not there yet; waiting for their events")
+        // The same add again, 0.6 s into the 1 s wait: the wait counts from it. (A gap the test
+        // needs, not a synchronisation: a wait still counted from the first add would end
+        // 0.4 s after this one; with the fix the log line cannot come sooner than 1 s after.)
+        try await Task.sleep(for: .milliseconds(600))
+        let mark = d.mark
+        let clock = ContinuousClock()
+        let sent = clock.now
+        rig.tb.uevent(receiverPath, "add")
+        try d.waitFor("usb 1-2: interfaces incomplete after 1.0 s; deciding on what is known", from: mark)
+        let elapsed = clock.now - sent
+        #expect(elapsed >= .seconds(1), "decided \(elapsed) after the repeated add")
+        #expect(d.log.filter { $0.contains("interfaces incomplete") }.count == 1)
+    }
+
+    @Test("another device at the port while one waits for its interfaces (events lost): decided on what sysfs says, not on the first add event")
+    func pendingReadAfterLostEvents() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        try addReceiverBus(rig)
+        try rig.replugReceiver(1, interfaces: false) // address 5, 046d:c52b in its add event
+        try d.waitFor("usb 1-2: configuration or interfaces not there yet; waiting for their events")
+        // Its remove and the next device's add are lost: another receiver is there, address 6.
+        let device = "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-2"
+        let uevent = try String(contentsOfFile: rig.tb.root + device + "/uevent", encoding: .utf8)
+        #expect(uevent.contains("PRODUCT=46d/c52b/") && uevent.contains("DEVNUM=005"), "\(uevent)")
+        rig.tb.setAttribute(device, "uevent", bytes: Array(uevent.replacingOccurrences(of: "PRODUCT=46d/c52b/", with: "PRODUCT=46d/c534/")
+            .replacingOccurrences(of: "DEVNUM=005", with: "DEVNUM=006").utf8))
+        rig.tb.setAttribute(device, "devnum", bytes: Array("6\n".utf8))
+        rig.tb.setAttribute(device, "idProduct", bytes: Array("c534\n".utf8))
+        // Its interfaces come with their events.
+        try rig.replugReceiver(1, device: false)
+        try d.waitFor("usb 1-2 046d:c534 \"Logitech\" \"USB Receiver\": vm1 (rule set 0")
+        #expect(!d.log.contains { $0.contains("046d:c52b") }, "\(d.log)")
     }
 
     @Test("a VM that does not answer delays only its own devices")
