@@ -199,7 +199,12 @@ public final class UdevMonitor: @unchecked Sendable {
                 guard n > 0 else { return true }
                 let fields = Self.fields(in: UnsafeBufferPointer(rebasing: buf[..<n]))
                 guard wants(fields) == false else { return true }
-                _ = recv(fd, nil, 0, Int32(MSG_DONTWAIT))
+                // A loss between the peek and here is reported by this read instead (the
+                // message then stays queued: peeked again).
+                if recv(fd, nil, 0, Int32(MSG_DONTWAIT)) < 0 {
+                    if errno == ENOBUFS { noteOverflow() }
+                    continue
+                }
                 dropped += 1
             }
         }
