@@ -23,6 +23,9 @@ public enum DecisionReason: String, Sendable, Hashable, Codable {
     case evdevDisabled = "evdev-disabled"
     /// The rule set says `pciIommuSkipIfShared` and the device's IOMMU group has other members.
     case iommuShared = "iommu-shared"
+    /// `evdevPassthrough` (its object form) takes only what a person types or points with:
+    /// not a power button, lid switch, jack or speaker.
+    case inputKind = "input-kind"
 }
 
 /// A rule entry named by its position and description, for logs and `inspect`.
@@ -94,6 +97,7 @@ public struct Decision: Sendable, Hashable {
         case .bridge: return "none: PCI bridges are never passed through"
         case .usbInput: return "none: input device of a USB device (USB rules decide)"
         case .evdevDisabled: return "none: evdev passthrough is disabled"
+        case .inputKind: return "none: not a keyboard, mouse, touchpad, touchscreen, tablet or pointing stick (evdevPassthrough)"
         case .iommuShared: return "none: its IOMMU group is shared and \(set.isEmpty ? "the rule set" : set) says pciIommuSkipIfShared"
         }
     }

@@ -227,6 +227,9 @@ public struct Matcher: Sendable {
         return !evdev.disable
     }
 
+    /// The input kinds `evdevPassthrough`'s object form takes.
+    static let evdevKinds: Set<InputKind> = [.keyboard, .mouse, .touchpad, .touchscreen, .tablet, .pointingStick]
+
     /// Where a non-USB input device goes (`evdevPassthrough`).
     public func decide(_ device: InputDevice) -> Decision {
         if device.hasUSBAncestor { return Decision(reason: .usbInput) }
@@ -234,6 +237,10 @@ public struct Matcher: Sendable {
         guard let evdev = configuration.evdevPassthrough, !evdev.disable else {
             return Decision(reason: .evdevDisabled)
         }
+        // What udev would call a keyboard, mouse, touchpad, touchscreen or tablet (as the
+        // reference vhotplug takes), and a pointing stick: buttons and switches stay with the
+        // host (QEMU grabs what it opens: logind would lose the power button and the lid).
+        guard device.kinds.contains(where: Self.evdevKinds.contains) else { return Decision(reason: .inputKind) }
         return Decision(targetVm: evdev.targetVm, ruleSetDescription: "evdevPassthrough", reason: .matched)
     }
 

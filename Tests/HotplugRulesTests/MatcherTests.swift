@@ -256,6 +256,22 @@ struct EvdevTests {
         #expect(try matcher(#"{"targetVm": "vm1", "pcieBusPrefix": "ep"}"#).decide(keyboard).targetVm == "vm1")
     }
 
+    @Test("the object form takes keyboards and pointers only: not the power button, the lid switch or a jack")
+    func kinds() throws {
+        let m = try matcher(#"{"targetVm": "vm1"}"#)
+        for kinds: [InputKind] in [[.mouse], [.touchpad], [.touchscreen], [.tablet], [.pointingStick], [.key, .keyboard]] {
+            var d = keyboard
+            d.kinds = kinds
+            #expect(m.decide(d).targetVm == "vm1", "\(kinds)")
+        }
+        for kinds: [InputKind] in [[.key], [.switch], [], [.accelerometer], [.joystick]] {
+            var d = keyboard
+            d.kinds = kinds
+            let decision = m.decide(d)
+            #expect(decision.targetVm == nil && decision.reason == .inputKind, "\(kinds)")
+        }
+    }
+
     @Test("disabled evdev passthrough takes nothing")
     func disabled() throws {
         let d = try matcher(#"{"targetVm": "vm1", "disable": true}"#).decide(keyboard)
