@@ -185,7 +185,7 @@ public struct InputDevice: Sendable, Hashable, Codable {
     /// True when a USB device is an ancestor (then USB passthrough owns it).
     public var hasUSBAncestor: Bool
     public var kinds: [InputKind]
-    /// udev-style path of the parent, e.g. `platform-i8042-serio-0`.
+    /// Where it hangs: the sysfs path of its `inputN` folder below `/devices/`, without `inputN` (`platform/i8042/serio0/input`).
     public var pathTag: String?
 
     public init(sysName: String, sysPath: String, devnode: String, name: String? = nil, phys: String? = nil,

@@ -353,7 +353,7 @@ public final class DeviceReader {
     }
 
     /// A short tag of where the device hangs: the path below `/devices/` up to the
-    /// input node, e.g. `platform/i8042/serio0` (rule entries match it with a regex).
+    /// `inputN` folder (without it), e.g. `platform/i8042/serio0/input` (rule entries match it with a regex).
     private func pathTag(of inputPath: String) -> String? {
         var parts = inputPath.split(separator: "/")
         guard parts.first == "devices" else { return nil }

@@ -541,5 +541,5 @@ func regexErrorText(_ source: String) -> String {
             return String(describing: error)
         }
     }
-    return "the ICU regular expression engine rejects it"
+    return "the Swift Regex engine rejects it"
 }
