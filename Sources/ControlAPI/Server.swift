@@ -194,7 +194,7 @@ public actor ControlServer {
 
     /// Sends a notification line to every connection that enabled them.
     public func notify(_ event: JSONText) {
-        let line = event.rendered() + "\n"
+        let line = event.rendered(.python) + "\n"
         for c in connections.values where c.notifications { enqueue(c, line) }
     }
 
@@ -223,7 +223,7 @@ public actor ControlServer {
         if let refusal = refusal(peer) {
             logger.warning("API: refused connection from \(peer): \(refusal)")
             observer?(peer, "refused: \(refusal)")
-            let line = APIReply.failed("permission denied: \(refusal)").rendered() + "\n"
+            let line = APIReply.failed("permission denied: \(refusal)").rendered(.python) + "\n"
             _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
             close(fd)
             return
@@ -288,11 +288,11 @@ public actor ControlServer {
                 let wasListening = c.notifications
                 let reply = await process(c, Array(line))
                 if c.closed { return }
-                enqueue(c, reply.rendered() + "\n")
+                enqueue(c, reply.rendered(.python) + "\n")
                 if c.closed { return }
                 if c.notifications && !wasListening, let service {
                     for event in await service.notificationsForNewListener() where !c.closed {
-                        enqueue(c, event.rendered() + "\n")
+                        enqueue(c, event.rendered(.python) + "\n")
                     }
                     if c.closed { return }
                 }
@@ -304,7 +304,7 @@ public actor ControlServer {
     /// An oversized request: an error reply, then the connection is dropped.
     func tooLong(_ c: Connection) {
         let why = "request line longer than \(limits.maxLineBytes) bytes"
-        enqueue(c, APIReply.failed("\(why); closing the connection").rendered() + "\n")
+        enqueue(c, APIReply.failed("\(why); closing the connection").rendered(.python) + "\n")
         drop(c, reason: why)
     }
 

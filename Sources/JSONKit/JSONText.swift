@@ -15,23 +15,43 @@ public indirect enum JSONText: Sendable, Hashable {
     public static func optional(_ s: String?) -> JSONText { s.map(JSONText.string) ?? .null }
     public static func optional(_ n: Int?) -> JSONText { n.map(JSONText.int) ?? .null }
 
+    /// How a document is written.
+    public enum Style: Sendable {
+        /// One line, no spaces (QMP, the state file's values).
+        case compact
+        /// Indented by two spaces (files people read, `--json`).
+        case pretty
+        /// One line as Python's `json.dumps` writes it by default: `", "` and `": "` between
+        /// items, every non-ASCII character as `\uXXXX`. The reference vhotplug's control API
+        /// writes so, and scripts that read it with grep or sed expect exactly that text.
+        case python
+    }
+
     /// Compact JSON (one line), or indented by two spaces when `pretty`.
     public func rendered(pretty: Bool = false) -> String {
-        String(decoding: renderedBytes(pretty: pretty), as: UTF8.self)
+        rendered(pretty ? .pretty : .compact)
+    }
+
+    public func rendered(_ style: Style) -> String {
+        String(decoding: renderedBytes(style), as: UTF8.self)
     }
 
     /// `rendered` as UTF-8 bytes (what goes on a socket), written without building a String.
     public func renderedBytes(pretty: Bool = false) -> [UInt8] {
+        renderedBytes(pretty ? .pretty : .compact)
+    }
+
+    public func renderedBytes(_ style: Style) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(256) // most documents are one short line: no regrowing on the way
-        write(to: &out, pretty: pretty, indent: 0)
+        write(to: &out, style: style, indent: 0)
         return out
     }
 
     /// Appends the compact rendering to `out` (a document built around it, as a QMP request
     /// line around its arguments, without wrapping them in another value first).
     public func append(to out: inout [UInt8]) {
-        write(to: &out, pretty: false, indent: 0)
+        write(to: &out, style: .compact, indent: 0)
     }
 
     /// Appends `s` as a JSON string (quoted and escaped).
@@ -39,19 +59,20 @@ public indirect enum JSONText: Sendable, Hashable {
         escape(s, into: &out)
     }
 
-    private func write(to out: inout [UInt8], pretty: Bool, indent: Int) {
+    private func write(to out: inout [UInt8], style: Style, indent: Int) {
+        let pretty = style == .pretty
         switch self {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
         case .int(let n): out.append(contentsOf: String(n).utf8)
-        case .string(let s): Self.escape(s, into: &out)
+        case .string(let s): Self.escape(s, into: &out, asciiOnly: style == .python)
         case .array(let items):
             if items.isEmpty { out.append(contentsOf: "[]".utf8); return }
             out.append(UInt8(ascii: "["))
             for (k, item) in items.enumerated() {
-                if k > 0 { out.append(UInt8(ascii: ",")) }
+                if k > 0 { Self.separator(&out, style) }
                 if pretty { Self.newline(&out, indent + 1) }
-                item.write(to: &out, pretty: pretty, indent: indent + 1)
+                item.write(to: &out, style: style, indent: indent + 1)
             }
             if pretty { Self.newline(&out, indent) }
             out.append(UInt8(ascii: "]"))
@@ -59,16 +80,22 @@ public indirect enum JSONText: Sendable, Hashable {
             if members.isEmpty { out.append(contentsOf: "{}".utf8); return }
             out.append(UInt8(ascii: "{"))
             for (k, (key, value)) in members.enumerated() {
-                if k > 0 { out.append(UInt8(ascii: ",")) }
+                if k > 0 { Self.separator(&out, style) }
                 if pretty { Self.newline(&out, indent + 1) }
-                Self.escape(key, into: &out)
+                Self.escape(key, into: &out, asciiOnly: style == .python)
                 out.append(UInt8(ascii: ":"))
-                if pretty { out.append(UInt8(ascii: " ")) }
-                value.write(to: &out, pretty: pretty, indent: indent + 1)
+                if style != .compact { out.append(UInt8(ascii: " ")) }
+                value.write(to: &out, style: style, indent: indent + 1)
             }
             if pretty { Self.newline(&out, indent) }
             out.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// Between two items: a comma, and a space in Python's style.
+    private static func separator(_ out: inout [UInt8], _ style: Style) {
+        out.append(UInt8(ascii: ","))
+        if style == .python { out.append(UInt8(ascii: " ")) }
     }
 
     private static func newline(_ out: inout [UInt8], _ indent: Int) {
@@ -76,14 +103,18 @@ public indirect enum JSONText: Sendable, Hashable {
         out.append(contentsOf: repeatElement(UInt8(ascii: " "), count: 2 * indent))
     }
 
-    static func escape(_ s: String, into out: inout [UInt8]) {
+    /// `asciiOnly`: every non-ASCII scalar as `\uXXXX` (a surrogate pair above U+FFFF), as
+    /// Python's `json.dumps` writes them.
+    static func escape(_ s: String, into out: inout [UInt8], asciiOnly: Bool = false) {
         out.append(UInt8(ascii: "\""))
         if isPlainText(s) {
             out.append(contentsOf: s.utf8)
         } else {
             for scalar in s.unicodeScalars {
                 if let e = jsonEscape(scalar) {
-                    out.append(contentsOf: e.utf8)
+                    out.append(contentsOf: (asciiOnly ? e.lowercased() : e).utf8)
+                } else if asciiOnly && !scalar.isASCII {
+                    for unit in UTF16.encode(scalar)! { out.append(contentsOf: ("\\u" + hex(UInt32(unit), width: 4).lowercased()).utf8) }
                 } else {
                     out.append(contentsOf: UTF8.encode(scalar)!)
                 }

@@ -206,7 +206,7 @@ func perform(_ connection: ConnectionOptions, _ request: JSONText, json: Bool, r
         throw ExitCode(1)
     }
     if reply.text("result") != "ok" {
-        if json { writeStdout(objectText(reply).rendered() + "\n") }
+        if json { writeStdout(objectText(reply).rendered(.python) + "\n") }
         writeStderr("vhotplug: \(reply.text("error") ?? "the daemon reports a failure without a reason")\n")
         throw ExitCode(1)
     }
@@ -357,7 +357,7 @@ protocol OneRequest: ParsableCommand {
 extension OneRequest {
     func run() throws {
         let reply = try perform(connection, request, json: json)
-        if json { writeStdout(objectText(reply).rendered() + "\n") }
+        if json { writeStdout(objectText(reply).rendered(.python) + "\n") }
     }
 }
 

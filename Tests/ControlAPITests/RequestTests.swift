@@ -120,4 +120,11 @@ struct ReplyTests {
         #expect(APINotification.usbAttached(mouse, vm: "vm1").rendered().hasPrefix(#"{"event":"usb_attached","usb_device":{"device_node":"/dev/bus/usb/001/004","#))
         #expect(APINotification.usbSelectVM(mouse, allowedVms: ["a", "b"]).rendered().hasSuffix(#""allowed_vms":["a","b"]}"#))
     }
+
+    @Test("on the wire as Python's json.dumps writes: spaces after commas and colons, non-ASCII escaped")
+    func pythonStyle() {
+        #expect(APIReply.ok([("usb_devices", .array([.int(1), .null]))]).rendered(.python) == #"{"result": "ok", "usb_devices": [1, null]}"#)
+        #expect(APIReply.failed("Caf\u{E9} \u{1F600}\n").rendered(.python) == #"{"result": "failed", "error": "Caf\u00e9 \ud83d\ude00\n"}"#)
+        #expect(JSONText.object([]).rendered(.python) == "{}" && JSONText.array([]).rendered(.python) == "[]")
+    }
 }

@@ -203,7 +203,7 @@ struct ServerTests {
     func tcp() async throws {
         let port = Int.random(in: 20000...40000)
         let rig = try await ServerRig(settings: { APISettings(enable: true, transports: [.tcp], unixSocket: $0, port: port) })
-        #expect(try tcpUSBList(port: port) == #"{"result":"ok","usb_devices":[]}"# + "\n")
+        #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
         await rig.server.stop()
     }
 
@@ -218,7 +218,7 @@ struct ServerTests {
         let third = try APIClient(path: rig.path)
         #expect(try third.readLine(timeout: 10) == nil, "closed at once")
         _ = try rig.drops.wait(for: "refused: already 2 connections over unix")
-        #expect(try tcpUSBList(port: port) == #"{"result":"ok","usb_devices":[]}"# + "\n")
+        #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
         await rig.server.stop()
     }
 

@@ -381,7 +381,7 @@ struct DaemonAPITests {
         let listener = try DaemonProcess(arguments: ["listen", "--json", "--retry", "0.1", "--path", rig.socket])
         try listener.waitFor("listening to \(rig.socket)")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        try listener.waitFor(#""event":"usb_attached""#)
+        try listener.waitFor(#""event": "usb_attached""#)
         let mark = listener.mark
         d.stop()
         try listener.waitFor("closed the connection; reconnecting", from: mark)
@@ -390,7 +390,7 @@ struct DaemonAPITests {
         let people = try DaemonProcess(arguments: ["listen", "--path", rig.socket])
         try people.waitFor("listening to")
         #expect(try rig.cli(["usb", "detach", "--devnode", "/dev/bus/usb/001/004"]).status == 0)
-        try listener.waitFor(#""event":"usb_detached""#, from: mark)
+        try listener.waitFor(#""event": "usb_detached""#, from: mark)
         try people.waitFor("usb_detached vm1: 046d:c52b")
         listener.stop()
         people.stop()
