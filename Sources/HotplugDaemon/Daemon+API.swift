@@ -107,16 +107,18 @@ extension Daemon: ControlService {
         }
     }
 
-    /// A device appeared: `usb_connected` (devices some rule takes).
+    /// A USB device appeared: `usb_connected`, for every one (as the reference: an applet
+    /// may show what was plugged even when no rule takes it; only lists are limited to devices
+    /// some rule takes). Before its `usb_select_vm`.
     func announceConnected(_ t: Tracked) {
-        guard case .usb(let d) = t.device, !t.decision.candidateVms.isEmpty else { return }
+        guard case .usb(let d) = t.device else { return }
         api.server?.post(APINotification.usbConnected(d))
     }
 
-    /// A device left the host: `usb_disconnected`.
+    /// A USB device left the host: `usb_disconnected`.
     func announceDisconnected(_ key: String, _ t: Tracked) {
         api.selecting.remove(key)
-        guard case .usb(let d) = t.device, !t.decision.candidateVms.isEmpty else { return }
+        guard case .usb(let d) = t.device else { return }
         api.server?.post(APINotification.usbDisconnected(d))
     }
 

@@ -644,15 +644,15 @@ public actor Daemon {
             t.present = true
             t.failed = false
             t.since = since
-            t.want = initialWant(sysPath, t)
         } else {
-            let t = Tracked(device: device, decision: decision, since: since)
-            devices[sysPath] = t
-            t.want = initialWant(sysPath, t)
+            devices[sysPath] = Tracked(device: device, decision: decision, since: since)
         }
-        logDecision(devices[sysPath]!)
-        announceConnected(devices[sysPath]!)
-        authorizeOnArrival(devices[sysPath]!)
+        let t = devices[sysPath]!
+        logDecision(t)
+        // Connected first, then (a choice of VMs) the question where it goes.
+        announceConnected(t)
+        t.want = initialWant(sysPath, t)
+        authorizeOnArrival(t)
         reconcile(sysPath)
     }
 

@@ -71,8 +71,13 @@ struct DaemonAPITests {
         let listener = try APIClient(path: rig.socket)
         #expect(try listener.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        let connected = try listener.waitForEvent("usb_connected")
-        #expect((connected["usb_device"] as? [String: Any])?["device_node"] as? String == "/dev/bus/usb/001/004")
+        // usb_connected for every USB device, as the reference: the root hubs too (no rule takes them).
+        var announced: [String] = []
+        while announced.last != "/dev/bus/usb/001/004" {
+            let connected = try listener.waitForEvent("usb_connected")
+            announced.append(try #require((connected["usb_device"] as? [String: Any])?["device_node"] as? String))
+        }
+        #expect(announced.contains("/dev/bus/usb/001/001"), "\(announced)")
         let attached = try listener.waitForEvent("usb_attached")
         #expect(attached["vm"] as? String == "vm1")
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
@@ -178,7 +183,11 @@ struct DaemonAPITests {
         let applet = try APIClient(path: rig.socket)
         #expect(try applet.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
         try rig.base.replugReceiver(1)
-        let select = try applet.waitForEvent("usb_select_vm")
+        // Connected first, then the question (as the reference sends them).
+        let first = try applet.readObject(timeout: 20)
+        #expect(first["event"] as? String == "usb_connected", "\(first)")
+        let select = try applet.readObject(timeout: 20)
+        #expect(select["event"] as? String == "usb_select_vm", "\(select)")
         #expect(select["allowed_vms"] as? [String] == ["vm1", "vm2"])
         let node = try #require((select["usb_device"] as? [String: Any])?["device_node"] as? String)
         #expect(try rig.qemu.attachedIds() == [] && vm2.attachedIds() == [])
