@@ -46,9 +46,16 @@ public struct APIPlacement: Sendable, Hashable {
 }
 
 extension USBDevice {
-    /// `":030101:030102:"`: each interface's class, subclass and protocol in hex, between colons.
-    public var interfaceString: String {
-        ":" + interfaces.map { hex2($0.interfaceClass) + hex2($0.interfaceSubclass) + hex2($0.interfaceProtocol) + ":" }.joined()
+    /// `":030101:030102:"`: the interfaces' class, subclass and protocol in hex, between colons,
+    /// each triple once, in the order first seen (udev's ID_USB_INTERFACES, which the reference
+    /// sends). Nil without interfaces (udev then sets no property: the reference sends null).
+    public var interfaceString: String? {
+        var triples: [String] = []
+        for i in interfaces {
+            let triple = hex2(i.interfaceClass) + hex2(i.interfaceSubclass) + hex2(i.interfaceProtocol)
+            if !triples.contains(triple) { triples.append(triple) }
+        }
+        return triples.isEmpty ? nil : ":" + triples.joined(separator: ":") + ":"
     }
 
     /// The device object of the protocol (`usb_device`, items of `usb_devices`); with a
@@ -61,7 +68,7 @@ extension USBDevice {
             // neither usb.ids nor the device names it (applets join the two names).
             ("vendor_name", .string(vendorName ?? manufacturer ?? hex4(vendorId))),
             ("product_name", .string(productName ?? product ?? hex4(productId))),
-            ("interfaces", .string(interfaceString)),
+            ("interfaces", .optional(interfaceString)),
             ("device_class", .int(Int(deviceClass))), ("device_subclass", .int(Int(deviceSubclass))),
             ("device_protocol", .int(Int(deviceProtocol))),
             ("busnum", .int(bus)), ("devnum", .int(devnum)), ("portnum", .int(port)),

@@ -86,6 +86,18 @@ struct ReplyTests {
         #expect(listed.hasSuffix(#""sys_name":"1-2","allowed_vms":["vm1","vm2"],"vm":null,"tag":"rx","disconnected":true}"#))
     }
 
+    @Test("interfaces as udev's ID_USB_INTERFACES: each triple once (a headset's two streaming interfaces), null without interfaces")
+    func interfaces() {
+        var headset = mouse
+        headset.interfaces = [(0, 1, 1, 0), (1, 1, 2, 0), (2, 1, 2, 0), (3, 3, 0, 0)].map {
+            USBInterface(interfaceNumber: $0.0, interfaceClass: $0.1, interfaceSubclass: $0.2, interfaceProtocol: $0.3)
+        }
+        #expect(headset.interfaceString == ":010100:010200:030000:")
+        headset.interfaces = []
+        #expect(headset.interfaceString == nil)
+        #expect(headset.apiObject().rendered().contains(#""interfaces":null,"#))
+    }
+
     @Test("names are always strings: the IDs when neither usb.ids / pci.ids nor the device names it")
     func unnamed() {
         var bare = mouse
