@@ -525,6 +525,11 @@ public actor Daemon {
             let binder = self.binder
             Task(executorPreference: loop) { await binder.deviceEvent(action: e.action, subsystem: e.subsystem, sysPath: e.sysPath) }
             guard e.subsystem == "pci" else { return }
+            // The driver a device is on now (vfio-pci while in a VM), as `pci list` shows it.
+            if e.action == "bind" || e.action == "unbind", let t = devices[e.sysPath], case .pci(var d) = t.device {
+                d.driver = Sysfs.linkName(reader.sysfs.path(e.sysPath) + "/driver")
+                t.device = .pci(d)
+            }
             if e.action == "add" { admit(e.sysPath, subsystem: "pci", since: time) }
             if e.action == "remove" { deviceRemoved(e.sysPath) }
         case "input" where e.sysName.hasPrefix("event"):

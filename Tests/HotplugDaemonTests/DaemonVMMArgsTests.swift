@@ -149,6 +149,10 @@ struct DaemonVMMArgsTests {
         #expect(rig.driver(gpu) == "vfio-pci" && rig.driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
         func records() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: tb.root + "/vhotplug-vfio").sorted()) ?? [] }
         #expect(records() == ["\(gpu).json"], "kept in the testbed's folder (VHOTPLUG_VFIO_RECORDS)")
+        // `pci list` shows the driver each is on now.
+        let listed = try run([Repository.vhotplug, "pci", "list", "--json", "--path", rig.socket])
+        let items = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]] ?? []
+        #expect(items.map { $0["driver"] as? String } == ["vfio-pci", "vfio-pci"], "\(listed)")
         // The GPU leaves before the VM starts. Only its record says where the audio function was.
         let mark = d.mark
         tb.unplug("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
