@@ -90,10 +90,25 @@ struct DaemonArguments: Equatable {
 
 /// `vhotplug -t tcp -p 2000 usb list` (the reference client's order): connection
 /// options before `usb`/`pci`/`listen` move after the subcommand, where they are parsed.
+/// As the reference's argparse takes them: `-t tcp`, `-ttcp`, `--transport tcp`,
+/// `--transport=tcp`, and `-d`/`--debug`.
 func clientArguments(_ args: [String]) -> [String] {
     let withValue: Set<String> = ["-t", "--transport", "-u", "--path", "-s", "--host", "-p", "--api-port", "-c", "--cid"]
     var k = 0
-    while k + 1 < args.count, withValue.contains(args[k]) { k += 2 }
+    while k < args.count {
+        let a = args[k]
+        if a == "-d" || a == "--debug" {
+            k += 1
+        } else if withValue.contains(a), k + 1 < args.count {
+            k += 2
+        } else if let equals = a.firstIndex(of: "="), a.hasPrefix("--"), withValue.contains(String(a[..<equals])) {
+            k += 1
+        } else if a.count > 2, !a.hasPrefix("--"), withValue.contains(String(a.prefix(2))) {
+            k += 1 // -ttcp (the option allows its value joined)
+        } else {
+            break
+        }
+    }
     guard k > 0, k < args.count, ["usb", "pci", "listen", "vmm"].contains(args[k]) else { return args }
     let leafEnd = args[k] == "listen" ? k + 1 : min(args.count, k + 2)
     return Array(args[k..<leafEnd]) + Array(args[0..<k]) + Array(args[leafEnd...])

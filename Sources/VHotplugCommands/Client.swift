@@ -13,20 +13,23 @@ import Glibc
 
 /// Where the daemon's API is: `--transport unix|tcp|vsock` and its address.
 struct ConnectionOptions: ParsableArguments {
-    @Option(name: [.customShort("t"), .long], help: "Transport: unix, tcp or vsock")
+    @Option(name: [.customShort("t", allowingJoined: true), .long], help: "Transport: unix, tcp or vsock")
     var transport: String = "unix"
 
-    @Option(name: [.customShort("u"), .long], help: "Unix socket path")
+    @Option(name: [.customShort("u", allowingJoined: true), .long], help: "Unix socket path")
     var path: String = "/var/lib/vhotplug/vhotplug.sock"
 
-    @Option(name: [.customShort("s"), .long], help: "TCP host (an IP address)")
+    @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IP address)")
     var host: String = "127.0.0.1"
 
-    @Option(name: [.customShort("p"), .customLong("api-port")], help: "TCP or vsock port of the API")
+    @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port")], help: "TCP or vsock port of the API")
     var port: Int = 2000
 
-    @Option(name: [.customShort("c"), .long], help: "vsock CID of the host")
+    @Option(name: [.customShort("c", allowingJoined: true), .long], help: "vsock CID of the host")
     var cid: UInt32 = 2
+
+    @Flag(name: [.customShort("d"), .long], help: "Print each line sent and received on stderr")
+    var debug = false
 
     func validate() throws {
         guard ["unix", "tcp", "vsock"].contains(transport) else {
@@ -74,7 +77,7 @@ struct ConnectionOptions: ParsableArguments {
         var tv = timeval(tv_sec: replyTimeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        return APIConnection(fd: fd, address: address)
+        return APIConnection(fd: fd, address: address, debug: debug)
     }
 
     private static func connect<A>(_ fd: Int32, _ addr: inout A, _ len: Int, _ address: String) throws(ClientError) {
@@ -99,17 +102,21 @@ struct ClientError: Error, CustomStringConvertible {
 final class APIConnection {
     let fd: Int32
     let address: String
+    /// `-d`: each line sent and received goes to stderr too.
+    let debug: Bool
     private var pending: [UInt8] = []
 
-    init(fd: Int32, address: String) {
+    init(fd: Int32, address: String, debug: Bool = false) {
         self.fd = fd
         self.address = address
+        self.debug = debug
     }
 
     deinit { close(fd) }
 
     func send(_ request: JSONText) throws(ClientError) {
         var text = request.rendered() + "\n"
+        if debug { writeStderr("-> " + text) }
         let ok = text.withUTF8 { buf -> Bool in
             var off = 0
             while off < buf.count {
@@ -129,6 +136,7 @@ final class APIConnection {
             if let nl = pending.firstIndex(of: 0x0A) {
                 let line = Array(pending[..<nl])
                 pending.removeSubrange(...nl)
+                if debug { writeStderr("<- " + String(decoding: line, as: UTF8.self) + "\n") }
                 return line
             }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }

@@ -104,6 +104,10 @@ struct DaemonAPITests {
         // The reference client's order: connection options before the subcommand.
         let first = try run([Repository.vhotplug, "-t", "unix", "-u", rig.socket, "usb", "list", "--short"])
         #expect(first.status == 0 && first.stdout == short.stdout)
+        // Joined and `=` forms, and -d: the lines exchanged on stderr.
+        let joined = try run([Repository.vhotplug, "--transport=unix", "-u" + rig.socket, "-d", "usb", "list", "--short"])
+        #expect(joined.status == 0 && joined.stdout == short.stdout, "\(joined)")
+        #expect(joined.stderr.contains(#"-> {"action":"usb_list""#) && joined.stderr.contains(#"<- {"result": "ok", "usb_devices": ["#), "\(joined.stderr)")
         let people = try rig.cli(["usb", "list"])
         #expect(people.stdout.hasPrefix("046d:c52b ") && people.stdout.contains("\n  device_node: /dev/bus/usb/001/004\n"))
 

@@ -19,6 +19,17 @@ struct DaemonArgumentsTests {
                 == DaemonArguments(config: "x", attachConnected: false, debug: true))
     }
 
+    @Test("the reference client's global options before the subcommand, in every form argparse takes, move after it")
+    func clientOptionsFirst() {
+        #expect(clientArguments(["-t", "tcp", "-p", "2001", "usb", "list", "--short"]) == ["usb", "list", "-t", "tcp", "-p", "2001", "--short"])
+        #expect(clientArguments(["--transport=tcp", "-ttcp", "-d", "pci", "attach", "--address", "x"])
+                == ["pci", "attach", "--transport=tcp", "-ttcp", "-d", "--address", "x"])
+        #expect(clientArguments(["--debug", "-u/run/v.sock", "listen", "--json"]) == ["listen", "--debug", "-u/run/v.sock", "--json"])
+        // The daemon's own command line is left alone (its -c is the configuration, -d debug).
+        #expect(clientArguments(["-d", "-c", "/etc/v.conf"]) == ["-d", "-c", "/etc/v.conf"])
+        #expect(clientArguments(["-c", "/etc/v.conf", "-d"]) == ["-c", "/etc/v.conf", "-d"])
+    }
+
     @Test("help, version, unknown, repeated or incomplete options go to ArgumentParser")
     func fallbacks() {
         for args in [[], ["-h"], ["--help"], ["--version"], ["-c"], ["-c", "-a"], ["--config="],
