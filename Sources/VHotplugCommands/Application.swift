@@ -93,11 +93,11 @@ struct DaemonArguments: Equatable {
 /// As the reference's argparse takes them: `-t tcp`, `-ttcp`, `--transport tcp`,
 /// `--transport=tcp`, and `-d`/`--debug`.
 func clientArguments(_ args: [String]) -> [String] {
-    let withValue: Set<String> = ["-t", "--transport", "-u", "--path", "-s", "--host", "-p", "--api-port", "-c", "--cid"]
+    let withValue: Set<String> = ["-t", "--transport", "-u", "--path", "-s", "--host", "-p", "--api-port", "--net-port", "-c", "--cid"]
     var k = 0
     while k < args.count {
         let a = args[k]
-        if a == "-d" || a == "--debug" {
+        if a == "-d" || a == "--debug" || a == "--no-debug" {
             k += 1
         } else if withValue.contains(a), k + 1 < args.count {
             k += 2

@@ -13,27 +13,51 @@ import Glibc
 
 /// Where the daemon's API is: `--transport unix|tcp|vsock` and its address.
 struct ConnectionOptions: ParsableArguments {
-    @Option(name: [.customShort("t", allowingJoined: true), .long], help: "Transport: unix, tcp or vsock")
-    var transport: String = "unix"
+    @Option(name: [.customShort("t", allowingJoined: true), .customLong("transport")],
+            help: "Transport: unix, tcp or vsock (default: unix with --path; otherwise vsock in a VM, unix on a host)")
+    var transportOption: String?
 
-    @Option(name: [.customShort("u", allowingJoined: true), .long], help: "Unix socket path")
-    var path: String = "/var/lib/vhotplug/vhotplug.sock"
+    @Option(name: [.customShort("u", allowingJoined: true), .customLong("path")], help: "Unix socket path (default: /var/lib/vhotplug/vhotplug.sock)")
+    var pathOption: String?
+
+    var path: String { pathOption ?? "/var/lib/vhotplug/vhotplug.sock" }
+
+    /// As the reference client: vsock when it runs in a VM (a guest's own vsock CID, from
+    /// /dev/vsock), unix otherwise; a socket path given means unix.
+    var transport: String {
+        transportOption ?? (pathOption == nil ? Self.defaultTransport(localCID: Self.localVsockCID()) : "unix")
+    }
+
+    static func defaultTransport(localCID: UInt32?) -> String {
+        // Not a guest: no vsock, VMADDR_CID_ANY, the host's 2, or the loopback 1.
+        guard let cid = localCID, ![UInt32.max, 2, 1].contains(cid) else { return "unix" }
+        return "vsock"
+    }
+
+    /// IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock; nil without it.
+    static func localVsockCID() -> UInt32? {
+        let fd = open("/dev/vsock", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var cid: UInt32 = 0
+        return withUnsafeMutablePointer(to: &cid) { ioctl(fd, 0x7B9, $0) } == 0 ? cid : nil
+    }
 
     @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IP address)")
     var host: String = "127.0.0.1"
 
-    @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port")], help: "TCP or vsock port of the API")
+    @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port"), .customLong("net-port")], help: "TCP or vsock port of the API")
     var port: Int = 2000
 
     @Option(name: [.customShort("c", allowingJoined: true), .long], help: "vsock CID of the host")
     var cid: UInt32 = 2
 
-    @Flag(name: [.customShort("d"), .long], help: "Print each line sent and received on stderr")
+    @Flag(name: [.customShort("d"), .long], inversion: .prefixedNo, help: "Print each line sent and received on stderr")
     var debug = false
 
     func validate() throws {
-        guard ["unix", "tcp", "vsock"].contains(transport) else {
-            throw ValidationError("--transport must be unix, tcp or vsock, not \(quoted(transport))")
+        if let t = transportOption, !["unix", "tcp", "vsock"].contains(t) {
+            throw ValidationError("--transport must be unix, tcp or vsock, not \(quoted(t))")
         }
     }
 
@@ -268,7 +292,7 @@ enum PCIKind: DeviceKind {
     static let listKey = "pci_devices"
     static let idField = "address"
     static func title(_ d: JSONObject) -> String {
-        "\(d.text("vid") ?? "?"):\(d.text("did") ?? "?") \(d.text("vendor_name") ?? "") \(d.text("device_name") ?? "")"
+        "\(d.text("address") ?? "?") \(d.text("vid") ?? "?"):\(d.text("did") ?? "?") \(d.text("vendor_name") ?? "") \(d.text("device_name") ?? "")"
     }
 }
 
@@ -327,7 +351,7 @@ struct DeviceList<Kind: DeviceKind>: ParsableCommand {
         if json {
             writeStdout(JSONText.array(nodes.map(jsonText)).rendered(pretty: true) + "\n")
         } else if short {
-            writeStdout(devices.map { Kind.title($0) + "\n" }.joined())
+            writeStdout(devices.map { printable(Kind.title($0)) + "\n" }.joined())
         } else if table {
             let rows = devices.map { d in
                 [d.text(Kind.idField) ?? "", d.text("vm") ?? "-", d.text("allowed_vms") ?? "", d.text("tag") ?? "-",
@@ -335,13 +359,60 @@ struct DeviceList<Kind: DeviceKind>: ParsableCommand {
             }
             writeStdout(VHotplugCommands.table(header: [Kind.idField.uppercased(), "VM", "ALLOWED", "TAG", "DETACHED", "DEVICE"], rows: rows))
         } else {
+            // As the reference client prints them: the title, each field as `{key:<16}: {value}`
+            // with Python's text for the value (None, True, ['vm1']), a blank line.
             for d in devices {
-                var out = Kind.title(d) + "\n"
-                for m in d.members { out += "  \(m.key): \(d.text(m.key) ?? "null")\n" }
-                writeStdout(out)
+                var out = printable(Kind.title(d)) + "\n"
+                for m in d.members {
+                    let key = m.key.count < 16 ? m.key + String(repeating: " ", count: 16 - m.key.count) : m.key
+                    out += "  \(key): \(printable(pythonText(m.value.value)))\n"
+                }
+                writeStdout(out + "\n")
             }
         }
     }
+}
+
+/// A value as Python's `str()` writes it (the reference client's `{value}`): None, True,
+/// False, numbers, strings as they are, and inside lists and objects strings as `repr()`.
+func pythonText(_ v: JSONNode.Value, nested: Bool = false) -> String {
+    switch v {
+    case .null: return "None"
+    case .bool(let b): return b ? "True" : "False"
+    case .number(let n): return n.text
+    case .string(let s): return nested ? pythonRepr(s) : s
+    case .array(let items): return "[" + items.map { pythonText($0.value, nested: true) }.joined(separator: ", ") + "]"
+    case .object(let o):
+        return "{" + o.members.map { pythonRepr($0.key) + ": " + pythonText($0.value.value, nested: true) }.joined(separator: ", ") + "}"
+    }
+}
+
+/// Python's `repr()` of a string: single quotes, double quotes when it holds a single quote
+/// and no double quote.
+func pythonRepr(_ s: String) -> String {
+    let quote: Unicode.Scalar = s.contains("'") && !s.contains("\"") ? "\"" : "'"
+    var out = String(quote)
+    for c in s.unicodeScalars {
+        if c == "\\" || c == quote { out.unicodeScalars.append("\\") }
+        out.unicodeScalars.append(c)
+    }
+    out.unicodeScalars.append(quote)
+    return out
+}
+
+/// Text from a device (names, serials) with its control characters escaped (`\x1b`): it
+/// stays on its line and cannot steer the terminal.
+func printable(_ s: String) -> String {
+    guard s.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F..<0xA0).contains($0.value) }) else { return s }
+    var out = ""
+    for c in s.unicodeScalars {
+        if c.value < 0x20 || (0x7F..<0xA0).contains(c.value) {
+            out += "\\x" + String(repeating: "0", count: c.value < 0x10 ? 1 : 0) + String(c.value, radix: 16)
+        } else {
+            out.unicodeScalars.append(c)
+        }
+    }
+    return out
 }
 
 /// Columns padded to their widest cell; device strings escaped so they stay on one line.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import JSONKit
 @testable import VHotplugCommands
 
 /// The daemon's command line read without ArgumentParser: exactly the seed's forms;
@@ -66,5 +67,32 @@ struct LogTimestampTests {
         let again = StderrLogHandler.timestamp()
         // The same second on one side or the other of date's.
         #expect(theirs == ours || theirs == again, "ours \(ours) / \(again), date \(theirs)")
+    }
+}
+
+@Suite("The client's text output")
+struct ClientOutputTests {
+    @Test("values as Python's str() prints them, as the reference client's lists")
+    func pythonValues() throws {
+        var parser = JSONParser(bytes: Array(#"{"a": null, "b": true, "c": 7, "d": "x'y", "e": ["vm1", "it's"], "f": {"k": "v"}}"#.utf8))
+        let o = try parser.parseDocument()
+        guard case .object(let obj) = o.value else { Issue.record("not an object"); return }
+        #expect(obj.members.map { pythonText($0.value.value) } == ["None", "True", "7", "x'y", #"['vm1', "it's"]"#, "{'k': 'v'}"])
+    }
+
+    @Test("the transport by default: vsock in a VM (a guest's own vsock CID), unix on a host or with --path")
+    func defaultTransport() throws {
+        #expect(ConnectionOptions.defaultTransport(localCID: 3) == "vsock")
+        for cid: UInt32? in [nil, 2, 1, UInt32.max] { #expect(ConnectionOptions.defaultTransport(localCID: cid) == "unix") }
+        #expect(try ConnectionOptions.parse(["--path", "/run/v.sock"]).transport == "unix")
+        #expect(try ConnectionOptions.parse(["-ttcp", "--path", "/run/v.sock"]).transport == "tcp")
+        #expect(try ConnectionOptions.parse(["--net-port", "2001"]).port == 2001)
+        #expect(try ConnectionOptions.parse(["-d"]).debug && !(try ConnectionOptions.parse(["--no-debug"]).debug))
+    }
+
+    @Test("control characters of device strings are escaped")
+    func printableText() {
+        #expect(printable("Mouse\u{1B}[2J\n") == #"Mouse\x1b[2J\x0a"#)
+        #expect(printable("Maus ä") == "Maus ä")
     }
 }
