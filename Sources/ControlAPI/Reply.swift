@@ -88,11 +88,12 @@ extension PCIDevice {
         var fields: [(String, JSONText)] = [
             ("address", .string(address)), ("driver", .optional(driver)),
             ("vendor_id", .int(Int(vendorId))), ("device_id", .int(Int(deviceId))),
-            ("vid", .string(hex4(vendorId))), ("did", .string(hex4(deviceId))),
-            ("vendor_name", .string(vendorName ?? hex4(vendorId))), ("device_name", .string(deviceName ?? hex4(deviceId))),
+            // Upper-case hex, as the kernel's PCI_ID and PCI_SUBSYS_ID, which the reference sends.
+            ("vid", .string(upperHex4(vendorId))), ("did", .string(upperHex4(deviceId))),
+            ("vendor_name", .string(vendorName ?? upperHex4(vendorId))), ("device_name", .string(deviceName ?? upperHex4(deviceId))),
             ("pci_class", .int(Int(deviceClass))), ("pci_subclass", .int(Int(deviceSubclass))),
             ("pci_prog_if", .int(Int(deviceProgIf))),
-            ("pci_subsystem_vendor_id", .string(hex4(subsystemVendorId))), ("pci_subsystem_id", .string(hex4(subsystemDeviceId))),
+            ("pci_subsystem_vendor_id", .string(upperHex4(subsystemVendorId))), ("pci_subsystem_id", .string(upperHex4(subsystemDeviceId))),
         ]
         if let p = placement {
             fields += [("allowed_vms", .array(p.allowedVms.map(JSONText.string))), ("vm", .optional(p.vm)),
@@ -134,3 +135,6 @@ public enum APINotification {
         .object([("event", .string("pci_detached")), ("pci_device", d.apiObject()), ("vm", .string(vm))])
     }
 }
+
+/// `A0F0`: four upper-case hex digits.
+func upperHex4(_ v: UInt16) -> String { hex4(v).uppercased() }

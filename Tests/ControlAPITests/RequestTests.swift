@@ -112,7 +112,7 @@ struct ReplyTests {
         #expect(strings.apiObject().rendered().contains(#""vendor_name":"Logitech","product_name":"USB Receiver""#))
         let nic = PCIDevice(address: "0000:01:00.0", sysPath: "/devices/pci0000:00/0000:00:02.0/0000:01:00.0", vendorId: 0x8086,
                             deviceId: 0x10d3, subsystemVendorId: 0x8086, subsystemDeviceId: 0x0000, deviceClass: 2)
-        #expect(nic.apiObject().rendered().contains(#""vendor_name":"8086","device_name":"10d3""#))
+        #expect(nic.apiObject().rendered().contains(#""vendor_name":"8086","device_name":"10D3""#))
     }
 
     @Test("a PCI object has every field of the reference protocol")
@@ -120,7 +120,7 @@ struct ReplyTests {
         let nic = PCIDevice(address: "0000:01:00.0", sysPath: "/devices/pci0000:00/0000:00:02.0/0000:01:00.0", vendorId: 0x8086,
                             deviceId: 0x10d3, subsystemVendorId: 0x8086, subsystemDeviceId: 0x0000, deviceClass: 2,
                             vendorName: "Intel Corporation", deviceName: "82574L", driver: "e1000e")
-        #expect(nic.apiObject(APIPlacement(allowedVms: ["vm1"], vm: "vm1", iommuMember: true)).rendered() == #"{"address":"0000:01:00.0","driver":"e1000e","vendor_id":32902,"device_id":4307,"vid":"8086","did":"10d3","vendor_name":"Intel Corporation","device_name":"82574L","pci_class":2,"pci_subclass":0,"pci_prog_if":0,"pci_subsystem_vendor_id":"8086","pci_subsystem_id":"0000","allowed_vms":["vm1"],"vm":"vm1","tag":null,"disconnected":false,"iommu_member":true}"#)
+        #expect(nic.apiObject(APIPlacement(allowedVms: ["vm1"], vm: "vm1", iommuMember: true)).rendered() == #"{"address":"0000:01:00.0","driver":"e1000e","vendor_id":32902,"device_id":4307,"vid":"8086","did":"10D3","vendor_name":"Intel Corporation","device_name":"82574L","pci_class":2,"pci_subclass":0,"pci_prog_if":0,"pci_subsystem_vendor_id":"8086","pci_subsystem_id":"0000","allowed_vms":["vm1"],"vm":"vm1","tag":null,"disconnected":false,"iommu_member":true}"#)
     }
 
     @Test("replies and notifications")

@@ -436,7 +436,7 @@ struct DaemonAPIPCITests {
         #expect(r.status == 0, "\(r.stderr)")
         let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
         #expect(items.map { $0["address"] as? String } == ["0000:01:00.0", "0000:01:00.1"])
-        #expect(items[0]["vendor_id"] as? Int == 0x10de && items[0]["did"] as? String == "1f06" && items[0]["pci_class"] as? Int == 3)
+        #expect(items[0]["vendor_id"] as? Int == 0x10de && items[0]["did"] as? String == "1F06" && items[0]["pci_class"] as? Int == 3)
         #expect(items[0]["tag"] as? String == "gpu" && items[0]["allowed_vms"] as? [String] == ["vm1"])
         #expect(items[0]["iommu_member"] == nil)
         #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")

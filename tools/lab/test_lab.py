@@ -1809,7 +1809,7 @@ class Test6API(LabCase):
         lab.wait_inner("vm1", lambda per: "vhp-pci-" + addr.replace(":", "-") in per, 90,
                        "the e1000e reaches vm1 through vfio-pci")
         [nic] = self.listed("pci")
-        self.assertEqual((nic["address"], nic["vid"], nic["did"], nic["vm"], nic["tag"]), (addr, "8086", "10d3", "vm1", "nic"))
+        self.assertEqual((nic["address"], nic["vid"], nic["did"], nic["vm"], nic["tag"]), (addr, "8086", "10D3", "vm1", "nic"))
         self.cli("pci", "detach", "--address", addr, what="pci detach (VM lets go, back to e1000e)")
         self.assertNotIn("vhp-pci-" + addr.replace(":", "-"), self.ids("vm1"))
         lab.wait_for(lambda: truth.lspci_kernel_driver(lab, addr) == "e1000e", 20, "the NIC is back on e1000e")
