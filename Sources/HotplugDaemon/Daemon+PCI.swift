@@ -88,6 +88,21 @@ extension Daemon {
         return byAddress[leader]?.decision.targetVm
     }
 
+    /// A member of `t`'s IOMMU group (present or leaving) that is in a VM other than `vm`, and that VM.
+    func groupMateInOtherVM(_ t: Tracked, vm: String) -> (Tracked, String)? {
+        guard case .pci(let d) = t.device, let group = d.iommuGroup else { return nil }
+        for o in devices.values where o !== t {
+            guard case .pci(let od) = o.device, od.iommuGroup == group, let other = o.attachment?.vm, other != vm else { continue }
+            return (o, other)
+        }
+        return nil
+    }
+
+    /// A PCI device left a VM (or a VM went): devices waiting for a group mate to leave look again.
+    func wakeGroupWaiters() {
+        for (key, o) in devices where o.waitsForGroup && !o.busy { reconcile(key) }
+    }
+
     /// The present followed devices of `t`'s IOMMU group, `t` included, by key.
     func groupMembers(of t: Tracked) -> [String: Tracked] {
         guard case .pci(let d) = t.device, let group = d.iommuGroup else { return [:] }

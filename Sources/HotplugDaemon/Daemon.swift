@@ -68,6 +68,9 @@ final class Tracked: @unchecked Sendable {
     var lookTimer: TimerToken?
     /// An unanswered attach that the VM then did not have was tried once more (a second one fails).
     var attachRetried = false
+    /// A PCI device whose attach waits for a member of its IOMMU group to leave another VM
+    /// (the group moving: one group can be open in one VM at a time).
+    var waitsForGroup = false
     /// An explicit detach (the API's): sent even while an earlier one waits for the guest.
     var detachAgain = false
 
@@ -317,6 +320,7 @@ public actor Daemon {
                     Task(executorPreference: loop) { await self.deauthorizeAfterVM(t, vm: vm) }
                 }
             }
+            wakeGroupWaiters()
             return
         }
         logger.info("VM \(vm): socket appeared; giving it back its devices")
@@ -744,6 +748,8 @@ public actor Daemon {
     }
 
     func reconcileTask(_ key: String, _ t: Tracked) async {
+        t.waitsForGroup = false // set again if it still waits
+        let before = t.attachment
         repeat {
             t.again = false
             await reconcileLoop(key, t)
@@ -751,6 +757,9 @@ public actor Daemon {
         t.busy = false
         t.detachAgain = false
         if !t.present && t.attachment == nil && devices[key] === t { devices[key] = nil }
+        // A PCI device that left a VM on the way (it may be in another now): devices waiting
+        // for a member of their group to leave look again.
+        if case .pci = t.device, before != nil, t.attachment != before { wakeGroupWaiters() }
         reconciled(key)
         trimSoon()
     }
@@ -826,6 +835,15 @@ public actor Daemon {
                     logger.error("\(t.logName): VM \(vm) is not configured")
                     return
                 }
+                // The group moving to another VM: a member still in the one it leaves holds the
+                // group open there, and QEMU would refuse this one (the group busy), leaving it
+                // on vfio-pci in no VM. It waits, and goes once that member has left.
+                if let (mate, other) = groupMateInOtherVM(t, vm: vm) {
+                    if !t.waitsForGroup { logger.info("\(t.logName): waits for \(mate.logName) to leave \(other) (one IOMMU group) before it goes to \(vm)") }
+                    t.waitsForGroup = true
+                    return
+                }
+                t.waitsForGroup = false
                 let attempted = t.device
                 do {
                     await authorizeForVM(t, vm: vm)

@@ -1258,7 +1258,8 @@ class Test6DaemonPCIEvdev(DaemonCase):
     def test_8_two_functions_of_one_iommu_group(self):
         """A two-function e1000e (01:00.0 and 01:00.1, one IOMMU group): both go to vm1;
         when the one whose bind moved the group leaves vm1, the group stays on vfio-pci
-        for the other (still in vm1); once that one leaves too, both are back on e1000e."""
+        for the other (still in vm1); a reload sends both to vm2: the first waits for the
+        other to leave vm1, then both are in vm2; once they leave, both are back on e1000e."""
         lab = self.lab
         before = set(lab.guest_devices()["pci"])
         port = lab.free_root_port()
@@ -1291,11 +1292,26 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertEqual(self.driver(first), "vfio-pci")
         self.assertEqual(self.driver(other), "vfio-pci")
         self.assertInVM1(pci_id(other), 0x8086, 0x10d3)
-        # No rule at all: the other leaves too, and the whole group is back on e1000e.
-        m = self.reload(NO_PCI_RULES)
-        lab.wait_inner("vm1", lambda per: pci_id(other) not in per, 30, "%s leaves vm1" % other)
-        lab.wait_for(lambda: self.driver(first) == "e1000e" and self.driver(other) == "e1000e", 30,
-                     "both functions back on e1000e", interval=0.2)
+        # The group moves to vm2 (the rule for both functions, to vm2): the one in vm1 holds
+        # the group open there until it has left, so the first waits for it (QEMU would refuse
+        # it in vm2, the group busy, and leave it on vfio-pci in no VM), then both are in vm2.
+        lab.vm_start("vm2")
+        try:
+            to_vm2 = json.loads(json.dumps(PCI_RULES))
+            to_vm2["pciPassthrough"][0]["targetVm"] = "vm2"
+            m = self.reload(to_vm2)
+            lab.wait_inner("vm2", lambda per: {pci_id(first), pci_id(other)} <= set(per), PCI_ATTACH_DEADLINE * 2,
+                           "both functions in vm2", interval=0.1)
+            self.assertNotIn(pci_id(other), lab.inner_peripherals("vm1"))
+            self.assertLog(r"pci %s [^\n]*: waits for pci %s [^\n]* to leave vm1 \(one IOMMU group\) before it goes to vm2"
+                           % (re.escape(first), re.escape(other)), since=m)
+            # No rule at all: both leave vm2, and the whole group is back on e1000e.
+            m = self.reload(NO_PCI_RULES)
+            lab.wait_inner("vm2", lambda per: not ({pci_id(first), pci_id(other)} & set(per)), 30, "both leave vm2")
+            lab.wait_for(lambda: self.driver(first) == "e1000e" and self.driver(other) == "e1000e", 30,
+                         "both functions back on e1000e", interval=0.2)
+        finally:
+            lab.vm_stop("vm2")
         self.assertNotLog(r"(error|critical) [^\n]*pci 0000:", since=mark)
 
     def iommu_pair(self):
