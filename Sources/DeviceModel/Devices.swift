@@ -172,6 +172,15 @@ public enum InputKind: String, Sendable, Hashable, Codable, CaseIterable {
 
 /// An input event device (`/dev/input/eventN`).
 public struct InputDevice: Sendable, Hashable, Codable {
+    /// `input7`: the input device the event node belongs to (the folder above it in sysfs).
+    /// The kernel numbers these anew for each device (the lowest free `eventN` is given out
+    /// again): it tells a device from the one that had its event node before.
+    public var inputName: String? {
+        let parts = sysPath.split(separator: "/")
+        guard parts.count >= 2, parts[parts.count - 2].hasPrefix("input") else { return nil }
+        return String(parts[parts.count - 2])
+    }
+
     /// `event3`.
     public var sysName: String
     public var sysPath: String

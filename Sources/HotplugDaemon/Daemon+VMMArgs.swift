@@ -44,7 +44,7 @@ extension Daemon {
         for (key, t) in evdev {
             guard case .input(let d) = t.device else { continue }
             destine(key, t, to: vm.name)
-            inputs.append(.init(sysName: d.sysName, devnode: d.devnode))
+            inputs.append(.init(key: DeviceIds.evdevKey(d), devnode: d.devnode))
         }
         let args = StartArguments.arguments(for: vm.type, pci: bound, evdev: inputs,
                                             busPrefix: request.busPrefix, busStartIndex: request.busStartIndex)

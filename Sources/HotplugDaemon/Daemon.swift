@@ -491,7 +491,8 @@ public actor Daemon {
             }
         case .evdev:
             return devices.values.first { t in
-                if case .input(let d) = t.device { return d.sysName == a.hostKey }
+                // By input device and event node: a device that got a freed event node is another.
+                if case .input(let d) = t.device { return DeviceIds.evdevKey(d) == a.hostKey }
                 return false
             }
         }

@@ -153,15 +153,20 @@ extension VMBackend {
 }
 
 /// vhotplug's QEMU device ids: `vhp-usb-1-2.3` for USB (bus and port path),
-/// `vhp-pci-0000-01-00.0` for PCI, `vhp-evdev-event3` for input devices. They are
-/// stable for a device's place, and recognisable in `qom-list` after a restart.
+/// `vhp-pci-0000-01-00.0` for PCI, `vhp-evdev-input7-event3` for input devices (the input
+/// device and its event node: the kernel gives a freed `eventN` to the next device, never
+/// an `inputN` of the same boot). They are stable for a device's place, and recognisable in
+/// `qom-list` after a restart.
 public enum DeviceIds {
     public static let prefix = "vhp-"
 
     public static func usb(_ d: USBDevice) -> String { prefix + "usb-" + usbKey(d) }
     public static func usbKey(_ d: USBDevice) -> String { d.sysName }
     public static func pci(address: String) -> String { prefix + "pci-" + address.replacingColons() }
-    public static func evdev(eventNode: String) -> String { prefix + "evdev-" + eventNode }
+    public static func evdev(_ d: InputDevice) -> String { prefix + "evdev-" + evdevKey(d) }
+    /// `input7-event3` (`event3` when the event node has no input device above it).
+    public static func evdevKey(_ d: InputDevice) -> String { evdevKey(inputName: d.inputName, eventNode: d.sysName) }
+    public static func evdevKey(inputName: String?, eventNode: String) -> String { (inputName.map { $0 + "-" } ?? "") + eventNode }
 
     /// The kind and host key of one of vhotplug's ids; nil for any other id.
     public static func parse(_ id: String) -> (AttachmentKind, String)? {

@@ -287,7 +287,7 @@ public actor QEMUBackend: VMBackend {
             a.pciHost = d.address
             return a
         case .input(let d):
-            return Attachment(vm: name, kind: .evdev, id: DeviceIds.evdev(eventNode: d.sysName), hostKey: d.sysName)
+            return Attachment(vm: name, kind: .evdev, id: DeviceIds.evdev(d), hostKey: DeviceIds.evdevKey(d))
         }
     }
 
@@ -547,7 +547,8 @@ public actor QEMUBackend: VMBackend {
         qmp.events.contains { $0.name == "DEVICE_UNPLUG_GUEST_ERROR" && $0.data?["device"]?.stringValue == id }
     }
 
-    /// Checks, in the same session as its `device_del`, that the id still holds the device
+    /// Removes a device of vhotplug's whose host device is gone (a `device_del`, not waited
+    /// for). Checks first, in the same session, that the id still holds the device
     /// listed (a USB device's host bus and address, a PCI device's host address): between the
     /// listing and this removal, an attach of a new device at the same port may have used the id.
     /// An id gone meanwhile counts as removed.
@@ -573,7 +574,14 @@ public actor QEMUBackend: VMBackend {
                     return true // gone meanwhile
                 }
             }
-            try await deleteDevice(qmp, id: attachment.id)
+            // Asked, not waited for: a PCI or input device leaves when the guest lets go (up to
+            // the unplug deadline, or never in a guest that is not running), and its device is
+            // gone from the host. Waiting would hold this VM's session, and the daemon's start.
+            do throws(VMError) {
+                try await qmp.execute("device_del", [("id", .string(attachment.id))])
+            } catch .commandFailed(_, _, let cls, let message) where cls == "DeviceNotFound" || message.contains("already in the process of unplug") {
+                // Gone meanwhile, or on its way out already.
+            }
             return true
         }
     }

@@ -22,13 +22,13 @@ public enum StartArguments {
 
     /// One input event device (`/dev/input/eventN`).
     public struct Evdev: Sendable, Hashable {
-        /// `event3`.
-        public var sysName: String
+        /// `input7-event3` (DeviceIds.evdevKey).
+        public var key: String
         /// `/dev/input/event3`.
         public var devnode: String
 
-        public init(sysName: String, devnode: String) {
-            self.sysName = sysName
+        public init(key: String, devnode: String) {
+            self.key = key
             self.devnode = devnode
         }
     }
@@ -42,7 +42,7 @@ public enum StartArguments {
     }
 
     /// `-device vfio-pci,host=ADDRESS,id=vhp-pci-…[,bus=<prefix><index>][,multifunction=on]` for each
-    /// function, then `-device virtio-input-host-pci,evdev=NODE,id=vhp-evdev-eventN[,bus=…]` for each
+    /// function, then `-device virtio-input-host-pci,evdev=NODE,id=vhp-evdev-inputM-eventN[,bus=…]` for each
     /// input device. With a prefix, each device has its own bus: `<prefix><start>`, `<prefix><start+1>`, …
     /// (root ports, so that the daemon can unplug them later); without one, QEMU places them.
     public static func qemu(pci: [PCI], evdev: [Evdev], busPrefix: String?, busStartIndex: Int) -> [String] {
@@ -58,7 +58,7 @@ public enum StartArguments {
                         + (d.multifunction ? ",multifunction=on" : "")]
         }
         for e in evdev {
-            out += ["-device", "virtio-input-host-pci,evdev=\(qemuOptionValue(e.devnode)),id=\(DeviceIds.evdev(eventNode: e.sysName))\(bus())"]
+            out += ["-device", "virtio-input-host-pci,evdev=\(qemuOptionValue(e.devnode)),id=\(DeviceIds.prefix)evdev-\(e.key)\(bus())"]
         }
         return out
     }

@@ -468,6 +468,6 @@ struct DaemonEvdevRuleSetTests {
         try d.waitFor("; listening (")
         try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 (rule set 0, allow[0])")
-        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-event0","bus":"ep1""#)
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-input0-event0","bus":"ep1""#)
     }
 }

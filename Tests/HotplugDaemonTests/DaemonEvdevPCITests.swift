@@ -22,7 +22,7 @@ struct DaemonEvdevPCITests {
         try d.waitFor("; listening (")
         try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 (evdevPassthrough)")
-        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-event0","bus":"ep1""#)
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-input0-event0","bus":"ep1""#)
         // umockdev's fake node answers no evdev ioctls, so QEMU refuses it: the daemon says so...
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": attach to vm1 failed: VM vm1: device_add failed: GenericError: \"/dev/input/event0: is not an evdev device\"")
         // ...and does not try again: after a later event (a reload), still one attempt.

@@ -2,6 +2,8 @@ import CLinux
 import Foundation
 import Testing
 import VFIO
+import VMM
+import DeviceModel
 import VHotplugTestSupport
 
 /// A PS/2 keyboard (evdev passthrough to vm1) and the GPU with its audio function
@@ -84,7 +86,7 @@ struct DaemonVMMArgsTests {
         launcher.waitUntilExit()
         #expect(launcher.terminationStatus == 0)
         // The reference prints the arguments joined by spaces, with no newline.
-        #expect(printed == "-device virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-event0,bus=ep2")
+        #expect(printed == "-device virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-input0-event0,bus=ep2")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": for vm1 from its start (vmm_args)")
         try d.waitFor("API: vmm_args for vm1: 0 PCI and 1 input device: -device virtio-input-host-pci")
         #expect(!d.log.contains { $0.contains("which is running") })
@@ -92,17 +94,33 @@ struct DaemonVMMArgsTests {
         // vm1 starts with a device under that id (umockdev's node is no real evdev device for
         // QEMU, so a virtio keyboard stands in for it, on the bus the arguments name).
         let mark = d.mark
-        let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-event0,bus=ep2"])
-        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-event0", from: mark)
+        let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-input0-event0,bus=ep2"])
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-input0-event0", from: mark)
         #expect(!d.log[mark...].contains { $0.contains("device_add") })
-        #expect(try qemu.peripheralIds().contains("vhp-evdev-event0"))
+        #expect(try qemu.peripheralIds().contains("vhp-evdev-input0-event0"))
 
         // Unplugged from the host: the daemon removes it from the VM (this paused QEMU has no
         // guest to release it, so the device_del is what is seen here; the lab sees it go).
         let unplug = d.mark
         rig.tb.unplug("/sys/devices/platform/i8042/serio0/input/input0/event0")
-        try d.waitFor(#"{"execute":"device_del","arguments":{"id":"vhp-evdev-event0"}"#, from: unplug)
+        try d.waitFor(#"{"execute":"device_del","arguments":{"id":"vhp-evdev-input0-event0"}"#, from: unplug)
         #expect(!d.log[mark...].contains { $0.contains("device_add") })
+    }
+
+    @Test("a VM holds the id of an input device that left, whose event node the keyboard has now: not taken for the keyboard, removed as stale")
+    func evdevNodeReused() async throws {
+        let rig = try await VMMArgsRig()
+        try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev") // input0, event0
+        // input3 had event0 before it (the kernel gives a freed event node out again).
+        let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-input3-event0,bus=ep2"])
+        let d = try rig.daemon()
+        // (Asked, not waited for: this paused QEMU's guest never lets go, and the start is not held up.)
+        try d.waitFor(#"{"execute":"device_del","arguments":{"id":"vhp-evdev-input3-event0"}"#)
+        #expect(!d.log.contains { $0.contains("cannot remove vhp-evdev-input3-event0") }, "\(d.log)")
+        #expect(!d.log.contains { $0.contains("found in VM vm1 as vhp-evdev-input3-event0") }, "\(d.log)")
+        #expect(DeviceIds.evdev(InputDevice(sysName: "event0", sysPath: "/devices/platform/i8042/serio0/input/input0/event0", devnode: "/dev/input/event0"))
+                == "vhp-evdev-input0-event0")
+        withExtendedLifetime(qemu) {}
     }
 
     @Test("a running VM gets the arguments with a warning; unknown VM and require_pci without PCI fail; --json prints the list")
@@ -113,7 +131,7 @@ struct DaemonVMMArgsTests {
         let d = try rig.daemon()
         let json = try rig.vmmArgs(["--vm", "vm1", "--json"])
         #expect(json.status == 0, "\(json.stderr)")
-        #expect(json.stdout == #"["-device","virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-event0"]"# + "\n")
+        #expect(json.stdout == #"["-device","virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-input0-event0"]"# + "\n")
         try d.waitFor("API: vmm_args for VM vm1, which is running: its devices are hot-plugged into it")
         _ = qemu
 

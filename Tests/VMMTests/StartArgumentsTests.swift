@@ -6,7 +6,7 @@ struct StartArgumentsTests {
     let nic = StartArguments.PCI(address: "0000:01:00.0")
     let gpu = StartArguments.PCI(address: "0000:02:00.0", multifunction: true)
     let audio = StartArguments.PCI(address: "0000:02:00.1")
-    let kbd = StartArguments.Evdev(sysName: "event3", devnode: "/dev/input/event3")
+    let kbd = StartArguments.Evdev(key: "input5-event3", devnode: "/dev/input/event3")
 
     @Test("QEMU: vfio-pci and virtio-input-host-pci with the daemon's ids, one bus each from the start index")
     func qemuWithBuses() {
@@ -14,7 +14,7 @@ struct StartArgumentsTests {
             "-device", "vfio-pci,host=0000:01:00.0,id=vhp-pci-0000-01-00.0,bus=rp2",
             "-device", "vfio-pci,host=0000:02:00.0,id=vhp-pci-0000-02-00.0,bus=rp3,multifunction=on",
             "-device", "vfio-pci,host=0000:02:00.1,id=vhp-pci-0000-02-00.1,bus=rp4",
-            "-device", "virtio-input-host-pci,evdev=/dev/input/event3,id=vhp-evdev-event3,bus=rp5",
+            "-device", "virtio-input-host-pci,evdev=/dev/input/event3,id=vhp-evdev-input5-event3,bus=rp5",
         ])
     }
 
@@ -22,7 +22,7 @@ struct StartArgumentsTests {
     func qemuWithoutBuses() {
         #expect(StartArguments.qemu(pci: [nic], evdev: [kbd], busPrefix: nil, busStartIndex: 7) == [
             "-device", "vfio-pci,host=0000:01:00.0,id=vhp-pci-0000-01-00.0",
-            "-device", "virtio-input-host-pci,evdev=/dev/input/event3,id=vhp-evdev-event3",
+            "-device", "virtio-input-host-pci,evdev=/dev/input/event3,id=vhp-evdev-input5-event3",
         ])
         #expect(StartArguments.qemu(pci: [], evdev: [], busPrefix: "rp", busStartIndex: 0) == [])
     }
@@ -31,7 +31,7 @@ struct StartArgumentsTests {
     func idsParse() {
         let args = StartArguments.qemu(pci: [nic], evdev: [kbd], busPrefix: nil, busStartIndex: 0)
         let ids = args.compactMap { $0.split(separator: ",").first { $0.hasPrefix("id=") }.map { String($0.dropFirst(3)) } }
-        #expect(ids.compactMap(DeviceIds.parse).map { "\($0.0):\($0.1)" } == ["pci:0000:01:00.0", "evdev:event3"])
+        #expect(ids.compactMap(DeviceIds.parse).map { "\($0.0):\($0.1)" } == ["pci:0000:01:00.0", "evdev:input5-event3"])
     }
 
     @Test("crosvm: --vfio with the sysfs path and the virtual IOMMU, --input evdev[path=...]")
@@ -45,9 +45,9 @@ struct StartArgumentsTests {
 
     @Test("a comma in a node path is doubled (QEMU's option syntax)")
     func commaEscaped() {
-        let odd = StartArguments.Evdev(sysName: "event9", devnode: "/dev/input/by-id/a,b")
+        let odd = StartArguments.Evdev(key: "input9-event9", devnode: "/dev/input/by-id/a,b")
         #expect(StartArguments.qemu(pci: [], evdev: [odd], busPrefix: nil, busStartIndex: 0)
-            == ["-device", "virtio-input-host-pci,evdev=/dev/input/by-id/a,,b,id=vhp-evdev-event9"])
+            == ["-device", "virtio-input-host-pci,evdev=/dev/input/by-id/a,,b,id=vhp-evdev-input9-event9"])
     }
 
     @Test("multifunction: function 0 with another function of its slot present")

@@ -559,6 +559,13 @@ LAB_RULES = {
 }
 
 
+def evdev_id(lab, ev):
+    """vhotplug's QEMU id of the guest's event node `ev`: vhp-evdev-inputM-eventN."""
+    rc, out, _ = lab.run("readlink /sys/class/input/%s/device" % ev)
+    assert rc == 0, "no input device above %s" % ev
+    return "vhp-evdev-%s-%s" % (out.strip().rsplit("/", 1)[-1], ev)
+
+
 def vhp_ids(peripherals):
     """vhotplug's ids among an inner VM's peripherals."""
     return {k for k in peripherals if k.startswith("vhp-")}
@@ -1124,7 +1131,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         e2e = time.monotonic() - t
         lab.wait_plugged(p)
         ev = p.guest["input"][0]
-        vid = "vhp-evdev-" + ev
+        vid = evdev_id(lab, ev)
         self.assertEqual(vhp_ids(per) - before, {vid}, self.diag())
         self.assertEqual(per[vid], "virtio-input-host-pci")
         self.assertEqual(lab.inner_qmp("vm1", "qom-get", path="/machine/peripheral/" + vid, property="evdev"),
@@ -1235,7 +1242,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         kbd = lab.plug("virtio-keyboard-pci", "vk1")
         addr, ev = nic.guest["name"], kbd.guest["input"][0]
         self.assertEqual(self.driver(addr), "e1000e")
-        want = {pci_id(addr): "vfio-pci", "vhp-evdev-" + ev: "virtio-input-host-pci"}
+        want = {pci_id(addr): "vfio-pci", evdev_id(lab, ev): "virtio-input-host-pci"}
         t = time.monotonic()
         self.start("-a", config=PCI_RULES, what="daemon: start with -a, an e1000e and a virtio keyboard connected")
         per = lab.wait_inner("vm1", lambda per: set(want) <= vhp_ids(per), PCI_ATTACH_DEADLINE,
@@ -1246,7 +1253,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
                                  since=self.mark, timeout=10).group(1))
         self.assertOnVFIO(addr, group)
         self.assertInVM1(pci_id(addr), 0x8086, 0x10d3, wait=10)
-        self.assertInVM1("vhp-evdev-" + ev, 0x1af4, 0x1052, wait=10)
+        self.assertInVM1(evdev_id(lab, ev), 0x1af4, 0x1052, wait=10)
         mark = lab.vhotplug_log_mark()
         lab.unplug("vk1")
         lab.unplug("n1")
