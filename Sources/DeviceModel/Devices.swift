@@ -11,6 +11,24 @@ public enum Removability: String, Sendable, Hashable, Codable, CaseIterable {
     case unknown
 }
 
+/// Why a device is kept on the host for the host's own `/` and `/boot`.
+public enum BootHold: Sendable, Hashable, Codable {
+    /// A filesystem mounted at `/` or `/boot` lives on it: the host's boot disk, or its controller.
+    case bootDisk
+    /// It holds a disk, and a boot filesystem could not be resolved to its disks
+    /// (`/ (zfs rpool/ROOT/pve-1)`): every disk the host had at start stays on the host.
+    case unresolvedBoot(String)
+
+    /// What the device serves, after "holds" or "serves": `the host's / or /boot`,
+    /// `a disk, while the host's / (zfs rpool/ROOT/pve-1) cannot be resolved to its disks`.
+    public var what: String {
+        switch self {
+        case .bootDisk: return "the host's / or /boot"
+        case .unresolvedBoot(let filesystems): return "a disk, while the host's \(filesystems) cannot be resolved to its disks"
+        }
+    }
+}
+
 /// One interface of a USB device's active configuration.
 public struct USBInterface: Sendable, Hashable, Codable {
     public var interfaceNumber: UInt8
@@ -71,8 +89,14 @@ public struct USBDevice: Sendable, Hashable, Codable {
     }
 
     public var isHub: Bool
-    /// True when a filesystem the host has mounted at `/` or `/boot` lives on it.
-    public var holdsHostBootFilesystem: Bool
+    /// Set when the device is kept on the host for the host's `/` or `/boot` (and why).
+    public var bootHold: BootHold?
+    /// True when a filesystem the host has mounted at `/` or `/boot` lives on it, or may
+    /// (`bootHold`); setting true without a `bootHold` makes it the boot disk.
+    public var holdsHostBootFilesystem: Bool {
+        get { bootHold != nil }
+        set { bootHold = newValue ? bootHold ?? .bootDisk : nil }
+    }
 
     public init(sysName: String, sysPath: String, bus: Int, devnum: Int, port: Int, portPath: [Int],
                 vendorId: UInt16, productId: UInt16, bcdDevice: UInt16 = 0,
@@ -80,7 +104,7 @@ public struct USBDevice: Sendable, Hashable, Codable {
                 manufacturer: String? = nil, product: String? = nil, serial: String? = nil,
                 vendorName: String? = nil, productName: String? = nil, interfaces: [USBInterface] = [],
                 speed: String? = nil, removable: Removability = .unknown, devnode: String,
-                isHub: Bool = false, holdsHostBootFilesystem: Bool = false) {
+                isHub: Bool = false, bootHold: BootHold? = nil) {
         self.sysName = sysName
         self.sysPath = sysPath
         self.bus = bus
@@ -103,7 +127,7 @@ public struct USBDevice: Sendable, Hashable, Codable {
         self.removable = removable
         self.devnode = devnode
         self.isHub = isHub
-        self.holdsHostBootFilesystem = holdsHostBootFilesystem
+        self.bootHold = bootHold
     }
 }
 
@@ -128,15 +152,21 @@ public struct PCIDevice: Sendable, Hashable, Codable {
     public var iommuGroupPeers: [String]
     /// PCI-to-PCI bridges (class 06/04) and other bridges (class 06): never passed through.
     public var isBridge: Bool
-    /// True when a filesystem the host has mounted at `/` or `/boot` is served by it.
-    public var holdsHostBootFilesystem: Bool
+    /// Set when the function is kept on the host for the host's `/` or `/boot` (and why).
+    public var bootHold: BootHold?
+    /// True when a filesystem the host has mounted at `/` or `/boot` is served by it, or may
+    /// be (`bootHold`); setting true without a `bootHold` makes it the boot disk's controller.
+    public var holdsHostBootFilesystem: Bool {
+        get { bootHold != nil }
+        set { bootHold = newValue ? bootHold ?? .bootDisk : nil }
+    }
 
     public init(address: String, sysPath: String, vendorId: UInt16, deviceId: UInt16,
                 subsystemVendorId: UInt16 = 0, subsystemDeviceId: UInt16 = 0,
                 deviceClass: UInt8 = 0, deviceSubclass: UInt8 = 0, deviceProgIf: UInt8 = 0,
                 vendorName: String? = nil, deviceName: String? = nil, driver: String? = nil,
                 iommuGroup: Int? = nil, iommuGroupPeers: [String] = [], isBridge: Bool = false,
-                holdsHostBootFilesystem: Bool = false) {
+                bootHold: BootHold? = nil) {
         self.address = address
         self.sysPath = sysPath
         self.vendorId = vendorId
@@ -152,7 +182,7 @@ public struct PCIDevice: Sendable, Hashable, Codable {
         self.iommuGroup = iommuGroup
         self.iommuGroupPeers = iommuGroupPeers
         self.isBridge = isBridge
-        self.holdsHostBootFilesystem = holdsHostBootFilesystem
+        self.bootHold = bootHold
     }
 }
 

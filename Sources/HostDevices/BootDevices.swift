@@ -1,71 +1,117 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import DeviceModel
 
 /// The block devices behind the host's `/` and `/boot`, as sysfs paths of the
 /// devices that hold them. A USB or PCI device whose sysfs path is a prefix of one
 /// of these is the host's boot disk (or its controller) and is never passed through.
+/// A boot filesystem whose disks cannot be found (ZFS: the kernel shows a pool's disks
+/// nowhere) is named in `unresolved`, and then every disk the host has is held.
 public struct BootDevices: Sendable, Hashable {
     /// Resolved sysfs paths (relative to the sysfs root, starting with `/devices/`).
     public var paths: [String]
+    /// The boot filesystems that could not be resolved to their disks, as
+    /// `MOUNTPOINT (TYPE SOURCE)`: `/ (zfs rpool/ROOT/pve-1)`. Empty when all were.
+    public var unresolved: [String]
+    /// Every disk the host had when this was read (sysfs paths like `paths`), read only
+    /// when `unresolved` is not empty: each is then held as if it were the boot disk.
+    public var disks: [String]
 
-    public init(paths: [String]) {
+    public init(paths: [String], unresolved: [String] = [], disks: [String] = []) {
         self.paths = paths
+        self.unresolved = unresolved
+        self.disks = disks
+    }
+
+    /// Why a device is held, given a test of whether a block device (its sysfs path) lies
+    /// below it: a boot filesystem's does, or any disk's while one is unresolved. nil: not held.
+    public func hold(where below: (String) -> Bool) -> BootHold? {
+        if paths.contains(where: below) { return .bootDisk }
+        if !unresolved.isEmpty, disks.contains(where: below) { return .unresolvedBoot(unresolvedText) }
+        return nil
+    }
+
+    /// The unresolved boot filesystems in one phrase: `/ (zfs rpool/ROOT/pve-1) and /boot (zfs bpool/BOOT/pve)`.
+    public var unresolvedText: String {
+        unresolved.joined(separator: " and ")
+    }
+
+    /// Why the device folder `sysPath` (below the sysfs root) is held, or nil.
+    public func hold(of sysPath: String) -> BootHold? {
+        let prefix = sysPath.hasSuffix("/") ? sysPath : sysPath + "/"
+        return hold { $0.hasPrefix(prefix) }
     }
 
     /// True when `sysPath` (a device folder below the sysfs root) holds one of them.
     public func isHeld(by sysPath: String) -> Bool {
-        let prefix = sysPath.hasSuffix("/") ? sysPath : sysPath + "/"
-        return paths.contains { $0.hasPrefix(prefix) }
+        hold(of: sysPath) != nil
     }
 
     /// Mount points that make a device the boot device.
     public static let mountPoints: Set<String> = ["/", "/boot", "/boot/efi"]
 
-    /// `major:minor` of the filesystems mounted at `/` and `/boot`, from mountinfo text.
-    /// Field 5 is the mount point, field 3 `major:minor`; after ` - `: type and source.
-    /// A filesystem with major 0 (btrfs, overlay, zfs) falls back to its source device.
-    public static func mountedDevices(mountInfo: String) -> [(devno: String, source: String)] {
-        var out: [(String, String)] = []
+    /// Filesystem types with no local disk: memory (an initramfs, a container's tmpfs) or the network.
+    static let diskless: Set<String> = ["rootfs", "tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs"]
+
+    /// What `read` needs of one mountinfo line.
+    public struct Mount: Sendable, Hashable {
+        /// `major:minor` (field 3); major 0 when the filesystem has no block device of its own.
+        public var devno: String
+        /// Field 5.
+        public var mountPoint: String
+        /// After ` - `: the type, the source and the filesystem's own options (an overlay's layers).
+        public var type: String
+        public var source: String
+        public var superOptions: String
+    }
+
+    /// Every mount of mountinfo text, in its order. Field 5 is the mount point,
+    /// field 3 `major:minor`; after ` - `: type, source and the filesystem's options.
+    public static func mounts(mountInfo: String) -> [Mount] {
+        var out: [Mount] = []
         for line in mountInfo.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 10, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
-            let mountPoint = unescapeOctal(String(fields[4]))
-            guard mountPoints.contains(mountPoint) else { continue }
-            out.append((String(fields[2]), unescapeOctal(String(fields[dash + 2]))))
+            out.append(Mount(devno: String(fields[2]), mountPoint: unescapeOctal(String(fields[4])),
+                             type: unescapeOctal(String(fields[dash + 1])), source: unescapeOctal(String(fields[dash + 2])),
+                             superOptions: dash + 3 < fields.count ? String(fields[dash + 3]) : ""))
         }
         return out
     }
 
+    /// The filesystems mounted at `/` and `/boot`, from mountinfo text.
+    public static func mountedDevices(mountInfo: String) -> [Mount] {
+        mounts(mountInfo: mountInfo).filter { mountPoints.contains($0.mountPoint) }
+    }
+
     /// Reads mountinfo and resolves each boot filesystem to the sysfs paths of
-    /// its block devices, through device-mapper and md `slaves` links and NVMe
-    /// multipath subsystems (to their controllers).
+    /// its block devices: every member of a btrfs filesystem, an overlay's layers,
+    /// then down through device-mapper and md `slaves` links and NVMe multipath
+    /// subsystems (to their controllers). One that cannot be resolved (zfs), no `/`
+    /// in mountinfo, or mountinfo unreadable, is put in `unresolved`.
     public static func read(sysfs: Sysfs, mountInfoPath: String = "/proc/self/mountinfo") -> BootDevices {
-        guard case .success(let bytes) = Sysfs.readBytes(mountInfoPath, limit: 8 << 20) else {
-            return BootDevices(paths: [])
+        let mounts: [Mount]
+        switch Sysfs.readBytes(mountInfoPath, limit: 8 << 20) {
+        case .success(let bytes): mounts = Self.mounts(mountInfo: String(decoding: bytes, as: UTF8.self))
+        case .failure(let error): return BootDevices(paths: [], unresolved: ["/ (\(mountInfoPath): \(error))"], disks: allDisks(sysfs))
         }
         var queue: [String] = []
-        for (devno, source) in mountedDevices(mountInfo: String(decoding: bytes, as: UTF8.self)) {
-            var number = devno
-            if devno.hasPrefix("0:"), source.hasPrefix("/dev/") {
-                var st = stat()
-                if stat(source, &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK {
-                    number = "\(major(st.st_rdev)):\(minor(st.st_rdev))"
-                }
-            }
-            if !number.hasPrefix("0:") && Sysfs.exists(sysfs.path("/dev/block/\(number)")) {
-                queue.append(sysfs.path("/dev/block/\(number)"))
-            } else if source.hasPrefix("/dev/"), let name = source.split(separator: "/").last {
-                // No device-number link: the block class by the source's name (`/dev/nvme0n1p2`).
-                queue.append(sysfs.path("/class/block/\(name)"))
-            }
+        var unresolved: [String] = []
+        for (i, mount) in mounts.enumerated() where mountPoints.contains(mount.mountPoint) {
+            let (devices, unknown) = backing(of: i, in: mounts, sysfs: sysfs)
+            queue += devices
+            if let unknown { unresolved.append("\(mount.mountPoint) (\(unknown))") }
+        }
+        if !mounts.contains(where: { $0.mountPoint == "/" }) {
+            // A chroot: the filesystem it lies in is not listed.
+            unresolved.append("/ (not a mount point in \(mountInfoPath))")
         }
         var result: [String] = []
         var seen = Set<String>()
         while let next = queue.popLast() {
             guard let real = Sysfs.realPath(next), seen.insert(real).inserted else { continue }
-            let relative = real.hasPrefix(sysfs.root) ? String(real.dropFirst(sysfs.root.count)) : real
-            result.append(relative)
+            result.append(relative(real, sysfs))
             // Stacked devices (LVM, dm-crypt, md): follow them down to the disks.
             for slave in Sysfs.list(real + "/slaves") { queue.append(real + "/slaves/" + slave) }
             // A namespace of native NVMe multipath lives under its subsystem
@@ -80,7 +126,120 @@ public struct BootDevices: Sendable, Hashable {
                 }
             }
         }
-        return BootDevices(paths: result)
+        return BootDevices(paths: result, unresolved: unresolved, disks: unresolved.isEmpty ? [] : allDisks(sysfs))
+    }
+
+    /// The sysfs paths of the block devices the filesystem `mounts[index]` lives on, and,
+    /// when some of its storage cannot be found, what that is (`zfs rpool/ROOT/pve-1`).
+    static func backing(of index: Int, in mounts: [Mount], sysfs: Sysfs, depth: Int = 0) -> (devices: [String], unknown: String?) {
+        let mount = mounts[index]
+        switch blockDevice(of: mount, sysfs: sysfs) {
+        case .found(let device):
+            return (mount.type == "btrfs" ? btrfsMembers(of: device, sysfs: sysfs) : [device], nil)
+        case .notInSysfs:
+            // A block device this sysfs does not list (a test's tree: the host's lists every one).
+            return ([], nil)
+        case .none:
+            break
+        }
+        if diskless.contains(mount.type) { return ([], nil) }
+        guard mount.type == "overlay", depth < 4 else { return ([], "\(mount.type) \(mount.source)") }
+        // An overlay lives where its layers do. A layer no other mount holds is out of this
+        // namespace's sight (a container's storage, an initramfs's tmpfs after switch_root).
+        var devices: [String] = []
+        for layer in overlayLayers(mount.superOptions) {
+            guard layer.hasPrefix("/") else { return (devices, "overlay with layer \(layer)") }
+            guard let holder = self.mount(holding: layer, in: mounts, except: index) else { continue }
+            let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: depth + 1)
+            devices += found
+            if let unknown { return (devices, "overlay on \(unknown)") }
+        }
+        return (devices, nil)
+    }
+
+    enum BlockDevice { case found(String), notInSysfs, none }
+
+    /// The block device a filesystem is mounted from: by its device number or, when that is
+    /// anonymous (btrfs), its source's (`/dev/nvme0n1p2`); its sysfs path when sysfs has it.
+    static func blockDevice(of mount: Mount, sysfs: Sysfs) -> BlockDevice {
+        var number: String? = mount.devno.hasPrefix("0:") ? nil : mount.devno
+        if number == nil, mount.source.hasPrefix("/dev/") {
+            var st = stat()
+            if stat(mount.source, &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK {
+                number = "\(major(st.st_rdev)):\(minor(st.st_rdev))"
+            }
+        }
+        if let number, Sysfs.exists(sysfs.path("/dev/block/\(number)")) { return .found(sysfs.path("/dev/block/\(number)")) }
+        // No device-number link: the block class by the source's name (`/dev/nvme0n1p2`).
+        if mount.source.hasPrefix("/dev/"), let name = mount.source.split(separator: "/").last,
+           Sysfs.exists(sysfs.path("/class/block/\(name)")) {
+            return .found(sysfs.path("/class/block/\(name)"))
+        }
+        return number == nil ? .none : .notInSysfs
+    }
+
+    /// Every member of the btrfs filesystem one of whose devices is `device` (a sysfs path):
+    /// Linux links each member as `/sys/fs/btrfs/FSID/devices/NAME`.
+    static func btrfsMembers(of device: String, sysfs: Sysfs) -> [String] {
+        guard let real = Sysfs.realPath(device) else { return [device] }
+        let filesystems = sysfs.path("/fs/btrfs")
+        for fsid in Sysfs.list(filesystems) {
+            let folder = "\(filesystems)/\(fsid)/devices"
+            let members = Sysfs.list(folder).map { "\(folder)/\($0)" }
+            if members.contains(where: { Sysfs.realPath($0) == real }) { return [device] + members }
+        }
+        return [device]
+    }
+
+    /// The index of the mount a path lies on: the longest mount point above it, the last
+    /// of equal ones; `except` (the overlay asking) left out. nil: none but that one.
+    static func mount(holding path: String, in mounts: [Mount], except: Int) -> Int? {
+        var best: Int?
+        for (i, m) in mounts.enumerated() where i != except {
+            guard m.mountPoint == "/" || path == m.mountPoint || path.hasPrefix(m.mountPoint + "/") else { continue }
+            if let b = best, mounts[b].mountPoint.count > m.mountPoint.count { continue }
+            best = i
+        }
+        return best
+    }
+
+    /// An overlay's layer folders from its options: `upperdir=`, the `:`-separated
+    /// `lowerdir=` (`\:` is a colon in a name) or one `lowerdir+=`/`datadir+=` per layer.
+    static func overlayLayers(_ options: String) -> [String] {
+        var layers: [String] = []
+        for option in options.split(separator: ",") {
+            guard let eq = option.firstIndex(of: "=") else { continue }
+            let value = unescapeOctal(String(option[option.index(after: eq)...]))
+            switch option[..<eq] {
+            case "upperdir", "lowerdir+", "datadir+": layers.append(value)
+            case "lowerdir":
+                var current = "", escaped = false
+                for c in value {
+                    if escaped { current.append(c); escaped = false } else if c == "\\" { escaped = true } else if c == ":" {
+                        if !current.isEmpty { layers.append(current) }
+                        current = ""
+                    } else { current.append(c) }
+                }
+                if !current.isEmpty { layers.append(current) }
+            default: continue
+            }
+        }
+        return layers
+    }
+
+    /// Every whole disk in sysfs but virtual ones (loop, device-mapper, md, zram).
+    static func allDisks(_ sysfs: Sysfs) -> [String] {
+        Sysfs.list(sysfs.path("/class/block")).compactMap { name -> String? in
+            let link = sysfs.path("/class/block/\(name)")
+            guard !Sysfs.exists(link + "/partition"), let real = Sysfs.realPath(link) else { return nil }
+            let path = relative(real, sysfs)
+            return path.hasPrefix("/devices/virtual/") ? nil : path
+        }.sorted()
+    }
+
+    /// A real path below the sysfs root, relative to it.
+    static func relative(_ real: String, _ sysfs: Sysfs) -> String {
+        real.hasPrefix(sysfs.root) ? String(real.dropFirst(sysfs.root.count)) : real
     }
 
     private static func major(_ dev: UInt) -> UInt32 { UInt32((dev >> 8) & 0xfff) | UInt32((dev >> 32) & ~0xfff) }

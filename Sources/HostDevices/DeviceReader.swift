@@ -201,7 +201,7 @@ public final class DeviceReader {
             vendorName: usbIDs?.vendorName(vendorId), productName: usbIDs?.productName(vendorId, productId),
             interfaces: interfaces, speed: speed, removable: removable,
             devnode: Self.usbDevnode(bus: bus, devnum: devnum), isHub: isHub,
-            holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
+            bootHold: bootDevices.hold(of: sysPath))
     }
 
     /// True when a USB device's active configuration is set and every one of its
@@ -296,7 +296,7 @@ public final class DeviceReader {
             deviceClass: UInt8(cls >> 16), deviceSubclass: UInt8((cls >> 8) & 0xFF), deviceProgIf: UInt8(cls & 0xFF),
             vendorName: pciNames?.vendorName(vendorId), deviceName: pciNames?.deviceName(vendorId, deviceId),
             driver: Sysfs.linkName(dir + "/driver"), iommuGroup: group, iommuGroupPeers: peers,
-            isBridge: cls >> 16 == 0x06, holdsHostBootFilesystem: bootDevices.isHeld(by: sysPath))
+            isBridge: cls >> 16 == 0x06, bootHold: bootDevices.hold(of: sysPath))
     }
 
     // MARK: Input

@@ -176,6 +176,13 @@ public actor Daemon {
         let sysfs = Sysfs(root: options.sysfsRoot)
         // The host's boot devices, read from mountinfo once for both users.
         let boot = BootDevices.read(sysfs: sysfs)
+        if !boot.unresolved.isEmpty {
+            let names = boot.disks.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
+            logger.warning("""
+                the host's \(boot.unresolvedText) cannot be resolved to its disks: every disk there is now \
+                (\(names.isEmpty ? "none" : names)) stays on the host, with its USB device or PCI controller
+                """)
+        }
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
         self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, inspectFacts: false)
         self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())

@@ -13,7 +13,8 @@ public enum DecisionReason: String, Sendable, Hashable, Codable {
     case noRule = "no-rule"
     /// USB hubs are never passed through.
     case hub
-    /// The device holds a filesystem the host has mounted at `/` or `/boot`.
+    /// The device holds a filesystem the host has mounted at `/` or `/boot`, or a disk
+    /// while one of those cannot be resolved to its disks (`Decision.bootHold` says which).
     case bootDevice = "boot-device"
     /// PCI bridges are never passed through.
     case bridge
@@ -54,6 +55,8 @@ public struct Decision: Sendable, Hashable {
     /// The deny entry that stopped it.
     public var deniedBy: EntryRef?
     public var reason: DecisionReason
+    /// For `bootDevice`: why the device stays on the host (nil: it is the boot disk).
+    public var bootHold: BootHold?
     /// The deciding rule set's options (allowedVms, tag, skipOnSuspend, IOMMU policy).
     public var options = RuleSetOptions()
 
@@ -64,13 +67,14 @@ public struct Decision: Sendable, Hashable {
     }
 
     public init(targetVm: String? = nil, ruleSetIndex: Int? = nil, ruleSetDescription: String? = nil,
-                entry: EntryRef? = nil, deniedBy: EntryRef? = nil, reason: DecisionReason) {
+                entry: EntryRef? = nil, deniedBy: EntryRef? = nil, reason: DecisionReason, bootHold: BootHold? = nil) {
         self.targetVm = targetVm
         self.ruleSetIndex = ruleSetIndex
         self.ruleSetDescription = ruleSetDescription
         self.entry = entry
         self.deniedBy = deniedBy
         self.reason = reason
+        self.bootHold = bootHold
     }
 
     /// One line for people: `vm1 (rule set 0 "Devices for VM1", allow[0] "HID Mouse")`.
@@ -93,7 +97,7 @@ public struct Decision: Sendable, Hashable {
             return "none: only disabled rules match" + (set.isEmpty ? "" : " (\(set)" + (entry.map { ", " + ref("allow", $0) } ?? "") + ")")
         case .noRule: return "none: no rule matches"
         case .hub: return "none: USB hubs are never passed through"
-        case .bootDevice: return "none: holds the host's / or /boot"
+        case .bootDevice: return "none: holds " + (bootHold ?? .bootDisk).what
         case .bridge: return "none: PCI bridges are never passed through"
         case .usbInput: return "none: input device of a USB device (USB rules decide)"
         case .evdevDisabled: return "none: evdev passthrough is disabled"

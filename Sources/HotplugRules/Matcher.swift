@@ -196,7 +196,7 @@ public struct Matcher: Sendable {
     /// Where a USB device goes. Hubs and the host's boot disk never go anywhere.
     public func decide(_ device: USBDevice) -> Decision {
         if device.isHub { return Decision(reason: .hub) }
-        if device.holdsHostBootFilesystem { return Decision(reason: .bootDevice) }
+        if let hold = device.bootHold { return Decision(reason: .bootDevice, bootHold: hold) }
         let facts = USBFacts(device), interfaces = device.interfaces, names = USBNames(device)
         // The closure reads the table through locals: through `self`, each test copied the matcher.
         let table = usb
@@ -215,7 +215,7 @@ public struct Matcher: Sendable {
     /// Where a PCI device goes. Bridges and the boot disk's controller never go anywhere.
     public func decide(_ device: PCIDevice) -> Decision {
         if device.isBridge { return Decision(reason: .bridge) }
-        if device.holdsHostBootFilesystem { return Decision(reason: .bootDevice) }
+        if let hold = device.bootHold { return Decision(reason: .bootDevice, bootHold: hold) }
         return Self.skipIfShared(device, Self.decide(device, in: configuration.pciPassthrough))
     }
 

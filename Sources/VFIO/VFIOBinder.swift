@@ -303,8 +303,8 @@ public actor VFIOBinder {
         if device.isBridge {
             throw refuse("a PCI bridge: bridges are never passed through")
         }
-        if device.holdsHostBootFilesystem {
-            throw refuse("it serves the host's / or /boot: never passed through")
+        if let hold = device.bootHold {
+            throw refuse("it serves \(hold.what): never passed through")
         }
         guard let group = device.iommuGroup else {
             throw refuse("no IOMMU group: the IOMMU is off or absent (intel_iommu=on or amd_iommu=on on the kernel "
@@ -323,8 +323,8 @@ public actor VFIOBinder {
                 logger.debug("\(peer), a bridge in IOMMU group \(group), is left on its driver")
                 continue
             }
-            if holdsBootFilesystem(peer) {
-                throw refuse("IOMMU group \(group) also holds \(peer), which serves the host's / or /boot: "
+            if let hold = bootHold(peer) {
+                throw refuse("IOMMU group \(group) also holds \(peer), which serves \(hold.what): "
                     + "the group cannot be passed through")
             }
             members.append(peer)
@@ -332,10 +332,10 @@ public actor VFIOBinder {
         return (group, members.sorted())
     }
 
-    /// A PCI function serves a block device when its address is a component
-    /// of the block device's sysfs path (addresses are unique, domain included).
-    private func holdsBootFilesystem(_ address: String) -> Bool {
-        bootDevices.paths.contains { $0.split(separator: "/").contains { $0 == address } }
+    /// Why a PCI function is kept on the host, or nil: it serves a block device when its
+    /// address is a component of the block device's sysfs path (addresses are unique, domain included).
+    private func bootHold(_ address: String) -> BootHold? {
+        bootDevices.hold { $0.split(separator: "/").contains { $0 == address } }
     }
 
     /// The member's driver and `driver_override` now.

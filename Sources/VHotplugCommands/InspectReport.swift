@@ -68,7 +68,7 @@ public struct InspectRecord: Sendable {
             facts.append("class \(hex2(d.deviceClass))/\(hex2(d.deviceSubclass))/\(hex2(d.deviceProtocol))")
             facts.append("bcdDevice \(hex4(d.bcdDevice))")
             if d.isHub { facts.append("hub") }
-            if d.holdsHostBootFilesystem { facts.append("holds the host's / or /boot") }
+            if let hold = d.bootHold { facts.append("holds " + hold.what) }
             lines.append("    " + facts.joined(separator: ", "))
             let strings = [("manufacturer", d.manufacturer), ("product", d.product), ("serial", d.serial)]
                 .compactMap { k, v in v.map { "\(k) \(quoted($0))" } }
@@ -90,7 +90,7 @@ public struct InspectRecord: Sendable {
                 lines.append("\tIOMMU group: none")
             }
             if d.isBridge { lines.append("\tbridge") }
-            if d.holdsHostBootFilesystem { lines.append("\tholds the host's / or /boot") }
+            if let hold = d.bootHold { lines.append("\tholds " + hold.what) }
         case .input(let d):
             lines.append("\(d.sysName): \(quoted(d.name ?? "")) bus \(hex4(d.busType)) id \(hex4(d.vendorId)):\(hex4(d.productId))"
                          + " kinds \(d.kinds.isEmpty ? "-" : d.kinds.map(\.rawValue).joined(separator: ","))")

@@ -237,6 +237,20 @@ struct PCIParameterTests {
         nvme.holdsHostBootFilesystem = true
         #expect(try pciMatcher([#"{"vendorId": "8086"}"#]).decide(nvme).reason == .bootDevice)
     }
+
+    @Test("a disk's controller while / is unresolved is never chosen, and the decision says why")
+    func unresolvedBootNeverChosen() throws {
+        var nvme = wifi
+        nvme.bootHold = .unresolvedBoot("/ (zfs rpool/ROOT/pve-1)")
+        let d = try pciMatcher([#"{"vendorId": "8086"}"#]).decide(nvme)
+        #expect(d.targetVm == nil && d.reason == .bootDevice)
+        #expect(d.summary == "none: holds a disk, while the host's / (zfs rpool/ROOT/pve-1) cannot be resolved to its disks")
+        nvme.holdsHostBootFilesystem = true
+        #expect(nvme.bootHold == .unresolvedBoot("/ (zfs rpool/ROOT/pve-1)"))
+        nvme.bootHold = nil
+        nvme.holdsHostBootFilesystem = true
+        #expect(try pciMatcher([#"{"vendorId": "8086"}"#]).decide(nvme).summary == "none: holds the host's / or /boot")
+    }
 }
 
 @Suite("evdev passthrough decisions")

@@ -68,14 +68,14 @@ final class Lab {
     let timeout: Double
     let probeQuiet: Double
     let probeLimit: Double
-    let boot: [String]
+    let boot: BootDevices
     let kernel: FakeKernel
     let reader: DeviceReader
 
     init(fixture: String? = nil, records: [String] = [], natural: [String: String] = [:], vfioLoaded: Bool = true,
          refusals: FakeKernel.Refusals = .init(), faults: [FaultInjectingSysfsIO.Fault] = [],
-         timeout: Double = 5, boot: [String] = [], store: BindRecordStore? = nil, probeQuiet: Double = 0.5,
-         probeLimit: Double = 10) async throws {
+         timeout: Double = 5, boot: [String] = [], unresolvedBoot: [String] = [], disks: [String] = [],
+         store: BindRecordStore? = nil, probeQuiet: Double = 0.5, probeLimit: Double = 10) async throws {
         testbed = await Testbed.make()
         if let fixture { try testbed.add(file: fixtures + "/" + fixture) }
         for r in records { try testbed.add(record: r) }
@@ -85,6 +85,7 @@ final class Lab {
         self.timeout = timeout
         self.probeQuiet = probeQuiet
         self.probeLimit = probeLimit
+        let boot = BootDevices(paths: boot, unresolved: unresolvedBoot, disks: disks)
         self.boot = boot
         let current = BinderSlot(Self.makeBinder(host, testbed, io, boot, timeout, store, probeQuiet, probeLimit))
         self.current = current
@@ -93,7 +94,7 @@ final class Lab {
             let binder = current.binder
             Task { await binder.deviceEvent(action: action, subsystem: subsystem, sysPath: devpath) }
         }
-        reader = DeviceReader(sysfs: Sysfs(root: testbed.sysRoot), usbIDs: nil, bootDevices: BootDevices(paths: boot),
+        reader = DeviceReader(sysfs: Sysfs(root: testbed.sysRoot), usbIDs: nil, bootDevices: boot,
                               useLibUSB: false)
     }
 
@@ -107,11 +108,11 @@ final class Lab {
         return next
     }
 
-    private static func makeBinder(_ host: LoopHost, _ testbed: Testbed, _ io: FaultInjectingSysfsIO, _ boot: [String],
+    private static func makeBinder(_ host: LoopHost, _ testbed: Testbed, _ io: FaultInjectingSysfsIO, _ boot: BootDevices,
                                    _ timeout: Double, _ store: BindRecordStore?, _ probeQuiet: Double,
                                    _ probeLimit: Double) -> VFIOBinder {
         VFIOBinder(loop: host.loop, sysfs: Sysfs(root: testbed.sysRoot), devRoot: testbed.root + "/dev",
-                   io: io, bootDevices: BootDevices(paths: boot), timeout: timeout, store: store, probeQuiet: probeQuiet,
+                   io: io, bootDevices: boot, timeout: timeout, store: store, probeQuiet: probeQuiet,
                    probeLimit: probeLimit)
     }
 

@@ -379,6 +379,20 @@ struct VFIOBinderTests {
         #expect(lab.driver(gpu) == "nouveau")
     }
 
+    @Test("while / is unresolved, a group with a disk's controller is refused, saying why")
+    func unresolvedBootPeerRefused() async throws {
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev", unresolvedBoot: ["/ (zfs rpool/ROOT/pve-1)"],
+                                disks: ["/devices/pci0000:00/0000:00:01.0/\(audio)/nvme/nvme0/nvme0n1"])
+        defer { lab.stop() }
+        let e = await #expect(throws: VFIOError.self) { try await lab.binder.bind(try lab.device(gpu)) }
+        #expect(e?.description.contains("IOMMU group 2 also holds \(audio), which serves a disk, while the host's "
+                                        + "/ (zfs rpool/ROOT/pve-1) cannot be resolved to its disks") == true, "\(String(describing: e))")
+        #expect(lab.io.writes.isEmpty)
+        #expect(lab.driver(gpu) == "nouveau")
+        let direct = await #expect(throws: VFIOError.self) { try await lab.binder.bind(try lab.device(audio)) }
+        #expect(direct?.description.contains("it serves a disk, while the host's / (zfs rpool/ROOT/pve-1)") == true)
+    }
+
     @Test("a device with no IOMMU group is refused with a clear error")
     func noIOMMUGroup() async throws {
         let lab = try await Lab(records: [endpointRecord(address: nic, group: nil, driver: "e1000e")])

@@ -27,7 +27,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     _ = quoted(text, limit: Int(control))
     _ = truncated(text, limit: Int(control))
     _ = BootDevices.unescapeOctal(text)
-    for (devno, source) in BootDevices.mountedDevices(mountInfo: text) { _ = devno.count + source.count }
+    for m in BootDevices.mountedDevices(mountInfo: text) { _ = m.devno.count + m.source.count + BootDevices.overlayLayers(m.superOptions).count }
     _ = try? DeviceReader.ports(sysName: text, device: "fuzz")
 
     // Lines as the six capability files of one input device.
