@@ -20,6 +20,8 @@ struct APIState {
     var suspended: [String: String] = [:]
     /// Requests waiting for a device's reconcile task to end.
     var idleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    /// pci.ids names looked up so far, by vendor and device ID (`lookUpPCINames`); nil: none there.
+    var pciNames: [UInt32: (vendor: String?, device: String?)] = [:]
 }
 
 extension Daemon: ControlService {
@@ -125,7 +127,7 @@ extension Daemon: ControlService {
     func announceAttached(_ t: Tracked, vm: String) {
         switch t.device {
         case .usb(let d): api.server?.post(APINotification.usbAttached(d, vm: vm))
-        case .pci(let d): api.server?.post(APINotification.pciAttached(d, vm: vm))
+        case .pci: if let d = namedForListeners(t) { api.server?.post(APINotification.pciAttached(d, vm: vm)) }
         case .input: break
         }
     }
@@ -133,10 +135,44 @@ extension Daemon: ControlService {
     func announceDetached(_ t: Tracked, vm: String) {
         switch t.device {
         case .usb(let d): api.server?.post(APINotification.usbDetached(d, vm: vm))
-        case .pci(let d): api.server?.post(APINotification.pciDetached(d, vm: vm))
+        case .pci: if let d = namedForListeners(t) { api.server?.post(APINotification.pciDetached(d, vm: vm)) }
         case .input: break
         }
     }
+
+    /// A PCI device with its names, when a client listens (nobody listening: nothing looked up).
+    func namedForListeners(_ t: Tracked) -> PCIDevice? {
+        guard let server = api.server, server.listenerCount > 0, case .pci(let d) = t.device else { return nil }
+        lookUpPCINames()
+        return named(d)
+    }
+
+    /// The pci.ids names of the followed PCI devices, as the reference's replies carry them
+    /// (udev's ID_VENDOR_FROM_DATABASE): looked up through libpci when a client first needs
+    /// them, for every device whose IDs were not looked up yet, and libpci's database let go
+    /// again (kept, it would add a megabyte or more to the daemon's memory for names it rarely
+    /// needs). Log lines keep the IDs.
+    func lookUpPCINames() {
+        var library: PCINames?
+        for t in devices.values {
+            guard case .pci(let d) = t.device, api.pciNames[Self.pciID(d)] == nil else { continue }
+            let names = library ?? PCINames()
+            library = names
+            api.pciNames[Self.pciID(d)] = (names.vendorName(d.vendorId), names.deviceName(d.vendorId, d.deviceId))
+        }
+        if library != nil { trimSoon() }
+    }
+
+    /// `d` with the names looked up for its IDs (`lookUpPCINames`).
+    func named(_ d: PCIDevice) -> PCIDevice {
+        guard let found = api.pciNames[Self.pciID(d)] else { return d }
+        var d = d
+        d.vendorName = d.vendorName ?? found.vendor
+        d.deviceName = d.deviceName ?? found.device
+        return d
+    }
+
+    static func pciID(_ d: PCIDevice) -> UInt32 { UInt32(d.vendorId) << 16 | UInt32(d.deviceId) }
 
     /// A device's reconcile task ended: requests waiting on it go on.
     func reconciled(_ key: String) {
@@ -175,6 +211,7 @@ extension Daemon: ControlService {
         case .usbList(let disconnected, let tag):
             return APIReply.ok([("usb_devices", .array(list(usb: true, disconnected: disconnected, tag: tag)))])
         case .pciList(let disconnected, let tag):
+            lookUpPCINames()
             return APIReply.ok([("pci_devices", .array(list(usb: false, disconnected: disconnected, tag: tag)))])
         case .usbAttach(let selector, let vm):
             return await attach(selected(usb: selector), what: selector.description, bus: "USB", vm: vm)
@@ -223,7 +260,7 @@ extension Daemon: ControlService {
                                          tag: t.decision.options.tag, disconnected: marked)
             switch t.device {
             case .usb(let d): return d.apiObject(placement)
-            case .pci(let d): return d.apiObject(placement)
+            case .pci(let d): return named(d).apiObject(placement)
             case .input: return nil
             }
         } + (usb ? [] : iommuMembers(of: items.map(\.t), disconnected: disconnected))
@@ -245,7 +282,7 @@ extension Daemon: ControlService {
             for (p, member) in mates.sorted(by: { $0.0.address < $1.0.address }) where !seen.contains(p.address) {
                 seen.insert(p.address)
                 guard member.decision.candidateVms.isEmpty, !p.isBridge else { continue }
-                out.append(p.apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
+                out.append(named(p).apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
                                                     tag: t.decision.options.tag, iommuMember: true)))
             }
         }

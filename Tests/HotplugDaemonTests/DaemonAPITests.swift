@@ -438,6 +438,10 @@ struct DaemonAPIPCITests {
         #expect(items.map { $0["address"] as? String } == ["0000:01:00.0", "0000:01:00.1"])
         #expect(items[0]["vendor_id"] as? Int == 0x10de && items[0]["did"] as? String == "1F06" && items[0]["pci_class"] as? Int == 3)
         #expect(items[0]["tag"] as? String == "gpu" && items[0]["allowed_vms"] as? [String] == ["vm1"])
+        // Names from pci.ids (libpci), as the reference's udev names; log lines keep the IDs.
+        #expect(items[0]["vendor_name"] as? String == "NVIDIA Corporation" && items[0]["device_name"] as? String == "TU106 [GeForce RTX 2060 SUPER]",
+                "\(items[0])")
+        #expect(items[1]["vendor_name"] as? String == "NVIDIA Corporation")
         #expect(items[0]["iommu_member"] == nil)
         #expect(items[1]["iommu_member"] as? Bool == true && items[1]["driver"] as? String == "snd_hda_intel")
         #expect(try run([Repository.vhotplug, "pci", "list", "--table", "--path", socket]).stdout.contains("0000:01:00.0  -   vm1"))
