@@ -372,6 +372,7 @@ extension Daemon: ControlService {
         t.failed = false
         t.lastError = nil
         t.since = .now()
+        endGuestWait(t) // tried at once
     }
 
     /// Explicit detach: marks the device "disconnected" (kept across replug and restart).

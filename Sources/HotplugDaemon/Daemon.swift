@@ -73,6 +73,22 @@ final class Tracked: @unchecked Sendable {
     var waitsForGroup = false
     /// An explicit detach (the API's): sent even while an earlier one waits for the guest.
     var detachAgain = false
+    /// The VM refused the attach because its guest had not started its USB driver yet (crosvm,
+    /// while the guest boots): the attach is tried again on a timer (`Daemon.waitForGuest`).
+    var guestWait: GuestWait?
+
+    struct GuestWait {
+        /// The VM whose guest is waited for.
+        var vm: String
+        /// When it first refused.
+        var since: Deadline
+        /// Attaches it refused so far.
+        var tries = 0
+        /// Seconds from the next refusal to the try after it.
+        var delay: Double
+        /// The next try's timer (nil once it fired: the try is due).
+        var timer: TimerToken?
+    }
 
     struct Unanswered {
         /// An attach (QEMU still realizing a vfio-pci device) or a detach (a guest that had not let go).
@@ -166,6 +182,11 @@ public actor Daemon {
     var crosvmTimeout = 5.0
     /// The longest wait between two looks at an operation the VM did not answer in time.
     static let lookCap = 300.0
+    /// Seconds a device is tried again while its VM's guest does not take USB devices yet
+    /// (`VHOTPLUG_GUEST_WAIT`, 300): 0.25 s after the first refusal, then twice as late each time, up to 30 s.
+    var guestWaitLimit = 300.0
+    static let guestRetryFirst = 0.25
+    static let guestRetryCap = 30.0
 
     public init(options: DaemonOptions, configuration: Configuration, loop: EventLoop, logger: Logger) {
         self.options = options
@@ -209,6 +230,7 @@ public actor Daemon {
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
         crosvmTimeout = environmentSeconds("VHOTPLUG_CROSVM_TIMEOUT") ?? crosvmTimeout
+        guestWaitLimit = environmentSeconds("VHOTPLUG_GUEST_WAIT") ?? guestWaitLimit
         // How long a USB device whose add event came before its interfaces waits for them (5 s).
         options.interfaceWait = environmentSeconds("VHOTPLUG_INTERFACE_WAIT") ?? options.interfaceWait
         let monitor = try UdevMonitor(subsystems: eventSubsystems, source: forced, receiveBuffer: buffer)
@@ -313,6 +335,7 @@ public actor Daemon {
         if !created {
             logger.info("VM \(vm): socket removed; its devices wait for it to come back")
             vmDown.insert(vm)
+            for t in devices.values where t.guestWait?.vm == vm { endGuestWait(t) }
             // (Not one attached through a backend a reload retired: that VM's socket is another.)
             for (key, t) in devices where t.attachment?.vm == vm && t.leaveVia == nil {
                 t.attachment = nil
@@ -337,6 +360,7 @@ public actor Daemon {
         for t in devices.values where t.want == vm {
             t.failed = false
             t.since = .now()
+            endGuestWait(t) // a new guest: tried at once, and waited for afresh
         }
         // The socket file exists from QEMU's bind(), a moment before its listen():
         // a refused connection right now is retried, briefly and boundedly.
@@ -797,6 +821,11 @@ public actor Daemon {
             guard await lookAgain(key, t) else { return }
         }
         while !stopping {
+            // Waiting for a guest that is no longer where the device goes (unplugged, sent elsewhere,
+            // its VM down) ends.
+            if let w = t.guestWait, w.vm != t.target || !t.present || t.failed || t.attachment != nil || vmDown.contains(w.vm) {
+                endGuestWait(t)
+            }
             // An attachment of the device that was at this port before it (its remove and add
             // handled before this task ran, or found by a rescan) leaves first.
             if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil {
@@ -838,6 +867,8 @@ public actor Daemon {
                 logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
                 await deauthorizeAfterVM(t, vm: vm)
                 return
+            } else if t.attachment == nil, t.guestWait?.timer != nil {
+                return // its next try is on a timer (waitForGuest)
             } else if t.attachment == nil, let vm = t.target, t.present, !t.failed {
                 guard let backend = backends[vm] else {
                     logger.error("\(t.logName): VM \(vm) is not configured")
@@ -859,11 +890,17 @@ public actor Daemon {
                     t.attachment = a
                     leaveThroughIfRetired(t, backend, vm: vm)
                     t.attachRetried = false
-                    logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                    if let w = t.guestWait {
+                        logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since)), once its guest took USB devices (\(w.tries) refused before)")
+                        endGuestWait(t)
+                    } else {
+                        logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
+                    }
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
                     if error.isNotRunning {
                         vmDown.insert(vm)
+                        endGuestWait(t)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
                     } else if error.isAttachUnanswered || (error.isTimeout && t.vfio != nil && attempted.isPCI),
                               t.present, t.device == attempted, let a = backend.attachment(for: attempted) {
@@ -885,10 +922,18 @@ public actor Daemon {
                         logger.info("\(t.logName): left the host during its attach to \(vm) (\(error))")
                         await deauthorizeAfterVM(t, vm: vm)
                         continue
+                    } else if error.isGuestNotReady, waitForGuest(key, t, vm: vm) {
+                        t.lastError = "\(error); vhotplug tries again while the guest boots"
                     } else {
                         t.failed = true
                         t.lastError = "\(error)"
-                        logger.error("\(t.logName): attach to \(vm) failed: \(error)")
+                        if let w = t.guestWait {
+                            let waited = Self.seconds(Deadline.now().seconds(since: w.since))
+                            logger.error("\(t.logName): attach to \(vm) failed: \(error); gave up waiting for its guest after \(waited) (\(w.tries + 1) tries)")
+                            endGuestWait(t)
+                        } else {
+                            logger.error("\(t.logName): attach to \(vm) failed: \(error)")
+                        }
                     }
                     await deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
@@ -896,6 +941,7 @@ public actor Daemon {
                 } catch {
                     t.failed = true
                     t.lastError = "\(error)"
+                    endGuestWait(t)
                     logger.error("\(t.logName): attach to \(vm) failed: \(error)")
                     await deauthorizeAfterVM(t, vm: vm)
                     return
@@ -915,6 +961,39 @@ public actor Daemon {
     /// through the backend that put it there (as `makeBackends` marks what was attached before).
     func leaveThroughIfRetired(_ t: Tracked, _ backend: any VMBackend, vm: String) {
         if backends[vm] !== backend { t.leaveVia = backend }
+    }
+
+    /// The VM refused the attach because its guest has not started its USB driver yet (it
+    /// boots): the attach is tried again by a timer, 0.25 s later, then twice as late each
+    /// time up to 30 s, until `guestWaitLimit` seconds after the first refusal. False when
+    /// that time is over (the caller fails the device). No timer runs once the wait ends
+    /// (`endGuestWait`: attached, failed, the device unplugged or sent elsewhere, the VM down).
+    func waitForGuest(_ key: String, _ t: Tracked, vm: String) -> Bool {
+        var w = t.guestWait ?? .init(vm: vm, since: .now(), delay: Self.guestRetryFirst)
+        let left = guestWaitLimit - Deadline.now().seconds(since: w.since)
+        guard left >= 0.05 else { return false }
+        if t.guestWait == nil {
+            logger.info("\(t.logName): \(vm)'s guest does not take USB devices yet (its USB driver is not up); trying again for up to \(Self.seconds(guestWaitLimit))")
+        }
+        if let old = w.timer { loop.cancel(old) }
+        let delay = min(w.delay, left)
+        w.tries += 1
+        w.delay = min(w.delay * 2, Self.guestRetryCap)
+        w.timer = loop.schedule(at: .after(delay)) { [self] in
+            assumeIsolated { daemon in
+                guard daemon.devices[key] === t, t.guestWait?.vm == vm else { return }
+                t.guestWait?.timer = nil
+                daemon.reconcile(key)
+            }
+        }
+        t.guestWait = w
+        return true
+    }
+
+    /// The device no longer waits for its VM's guest: its timer is cancelled.
+    func endGuestWait(_ t: Tracked) {
+        if let timer = t.guestWait?.timer { loop.cancel(timer) }
+        t.guestWait = nil
     }
 
     /// In `t.unanswered`'s delay, a reconcile that asks the VM whether it has the device

@@ -15,6 +15,9 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
     case commandFailed(vm: String, command: String, errorClass: String, message: String)
     /// The hypervisor cannot do this (crosvm and PCI, no free port, ...).
     case unsupported(vm: String, detail: String)
+    /// The VM runs, but its guest does not take the device yet: crosvm refuses USB attaches
+    /// until the guest has started its USB (xHCI) driver. Worth trying again later.
+    case guestNotReady(vm: String, detail: String)
 
     public var description: String {
         switch self {
@@ -23,6 +26,7 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
         case .protocolError(let vm, let detail): "VM \(vm): protocol error: \(detail)"
         case .commandFailed(let vm, let command, let cls, let message): "VM \(vm): \(command) failed: \(cls): \(quoted(message, limit: 200))"
         case .unsupported(let vm, let detail): "VM \(vm): \(detail)"
+        case .guestNotReady(let vm, let detail): "VM \(vm): \(detail)"
         }
     }
 
@@ -53,6 +57,12 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// The step of an attach's `device_add` (`device_add vfio-pci ADDRESS`, `device_add usb-host 1-2`).
     public static let attachStep = "device_add "
+
+    /// True when the guest does not take devices yet (it is booting): the attach may work later.
+    public var isGuestNotReady: Bool {
+        if case .guestNotReady = self { return true }
+        return false
+    }
 
     /// True when the VM did not answer some step in time (it says nothing of what it holds).
     public var isTimeout: Bool {

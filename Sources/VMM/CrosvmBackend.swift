@@ -25,7 +25,8 @@ import Glibc
 ///   `xhci_regs.rs`, `usb_hub.rs`). crosvm also answers this while the guest
 ///   has not started its xHCI driver (the event ring is not set up), and then
 ///   keeps the device on the port anyway (`UsbPort::attach` stores it before it
-///   signals the guest): this backend frees such a port (see `attachUSB`).
+///   signals the guest): this backend frees such a port (see `attachUSB`), and
+///   with ports of both kinds free it throws `.guestNotReady` (the daemon tries again).
 /// - `no_such_device`: the file is not a USB device (attach), or the port is
 ///   empty or out of range (detach).
 /// - `no_such_port`: not produced by current crosvm; accepted on detach.
@@ -115,14 +116,16 @@ public actor CrosvmBackend: VMBackend {
             return attachment(device, port: port)
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
-            // Short enough for VMError's description (which cuts messages at 200 characters).
-            // With fewer than 8 ports in use no kind of port can be full: the guest is not up.
-            if let inUse, inUse < 8 {
-                throw failure(command, "no_available_port",
-                              "no USB port for \(device.sysName) (\(inUse) of crosvm's 16 in use): the guest has not "
-                              + "started its USB (xHCI) driver yet; crosvm refuses attaches until it has")
+            // With free ports of both kinds (1-8 for USB 2, 9-16 for USB 3) no kind of port is full,
+            // whatever kind the device is: the guest is not up.
+            if let inUse, inUse.filter({ $0 <= 8 }).count < 8, inUse.filter({ $0 > 8 }).count < 8 {
+                let detail = "crosvm \(command): no_available_port with \(inUse.count) of its 16 USB ports in use: the guest "
+                    + "has not started its USB (xHCI) driver yet; crosvm refuses attaches until it has"
+                logger.debug("VM \(name): \(detail)")
+                throw .guestNotReady(vm: name, detail: detail)
             }
-            let ports = inUse.map { "\($0) of crosvm's 16 in use" } ?? "ports not listed"
+            // Short enough for VMError's description (which cuts messages at 200 characters).
+            let ports = inUse.map { "\($0.count) of crosvm's 16 in use" } ?? "ports not listed"
             throw failure(command, "no_available_port",
                           "no free USB port for \(device.sysName) (\(ports)): either the guest has not started its USB "
                           + "(xHCI) driver yet, or all ports for this kind of device are taken (8 for USB 2, 8 for USB 3)")
@@ -166,8 +169,8 @@ public actor CrosvmBackend: VMBackend {
     }
 
     /// After `no_available_port`: frees a port crosvm kept for this device
-    /// anyway. Returns how many ports are in use, or nil when listing failed.
-    private func reclaimRefusedPort(_ device: USBDevice) async -> Int? {
+    /// anyway. Returns the ports in use, or nil when listing failed.
+    private func reclaimRefusedPort(_ device: USBDevice) async -> Set<Int>? {
         let listed: [Attachment]
         do throws(VMError) {
             listed = try await list()
@@ -176,19 +179,18 @@ public actor CrosvmBackend: VMBackend {
             return nil
         }
         // crosvm's `usb list` never shows port 16: count it when vhotplug put something there.
-        var inUse = listed.count + (knownPorts.contains(16) ? 1 : 0)
-        var freed: Set<Int> = []
+        var inUse = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 == 16 })
         for port in unclaimedPorts(of: device, in: listed) {
-            logger.warning("VM \(name): crosvm kept \(device.sysName) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
+            // (Debug: while the guest boots, each try of the daemon's does this.)
+            logger.debug("VM \(name): crosvm kept \(device.sysName) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
             do throws(VMError) {
                 _ = try await crosvm(["detach", String(port), socketPath], step: "usb detach \(port)")
-                inUse -= 1
-                freed.insert(port)
+                inUse.remove(port)
             } catch {
                 logger.warning("VM \(name): could not free port \(port): \(error)")
             }
         }
-        knownPorts.formUnion(listed.compactMap { Int($0.id) }.filter { !freed.contains($0) })
+        knownPorts.formUnion(inUse)
         return inUse
     }
 

@@ -8,13 +8,14 @@ final class CrosvmVM: @unchecked Sendable {
     let socket: String
     let process = Process()
 
-    init() throws {
+    /// `extra`: the double's options (`--guest-not-ready`: a guest that has not started its USB driver).
+    init(name: String = "vm2", _ extra: [String] = []) throws {
         dir = scratchPath("vhp-crosvm")
         try FileManager.default.createDirectory(atPath: dir + "/bin", withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: dir + "/bin/crosvm", withDestinationPath: Repository.root + "/Tests/Doubles/crosvm")
-        socket = dir + "/vm2.sock"
+        socket = dir + "/\(name).sock"
         process.executableURL = URL(fileURLWithPath: Repository.root + "/Tests/Doubles/crosvm")
-        process.arguments = ["run-double", socket]
+        process.arguments = ["run-double", socket] + extra
         process.environment = cleanEnvironment()
         let out = Pipe()
         process.standardOutput = out
@@ -28,7 +29,29 @@ final class CrosvmVM: @unchecked Sendable {
 
     /// `crosvm usb list` through the double.
     func list() throws -> String {
-        try run([dir + "/bin/crosvm", "usb", "list", socket]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try cli("list")
+    }
+
+    /// `crosvm usb ARGS SOCKET` through the double (`attach 00:00:00:00 NODE`: as a user would by hand).
+    func cli(_ args: String...) throws -> String {
+        try run([dir + "/bin/crosvm", "usb"] + args + [socket]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The guest of a `--guest-not-ready` VM starts its USB driver (SIGUSR1): attaches work from then on.
+    func bootGuest() {
+        kill(process.processIdentifier, SIGUSR1)
+    }
+
+    /// `PATH` with this VM's `crosvm` first, for the daemon.
+    var path: String {
+        dir + "/bin:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+    }
+
+    /// A configuration in this VM's folder: `text` with `$SOCKET` replaced by the socket's path.
+    func config(_ text: String) throws -> String {
+        let path = dir + "/vhotplug.conf"
+        try text.replacingOccurrences(of: "$SOCKET", with: socket).write(toFile: path, atomically: true, encoding: .utf8)
+        return path
     }
 
     deinit {
@@ -109,6 +132,58 @@ struct DaemonCrosvmTests {
         try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 did not finish within 0.3 s; killed it", from: mark, timeout: 4)
         try d.waitFor("attach to vm2 failed: VM vm2: no answer to crosvm usb attach /dev/bus/usb/001/004 (killed after 0.3 s) in time",
                       from: mark, timeout: 4)
+        #expect(try vm.list() == "devices")
+    }
+
+    /// A crosvm VM whose guest has not started its USB driver, the receiver's rules sending it
+    /// there, the daemon started (`-d`) and the receiver plugged: the daemon has begun to wait.
+    func receiverForBootingGuest(environment: [String: String] = [:]) async throws -> (Testbed, CrosvmVM, DaemonProcess) {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM(["--guest-not-ready"])
+        let config = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: environment.merging(["PATH": vm.path]) { a, _ in a })
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("vm2's guest does not take USB devices yet")
+        return (tb, vm, d)
+    }
+
+    @Test("a guest that has not started its USB driver (no_available_port): tried again, later and later, until it takes the device; not while the device is unplugged")
+    func guestNotReady() async throws {
+        let (tb, vm, d) = try await receiverForBootingGuest()
+        try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 -> \"no_available_port\"", from: d.mark) // tried again
+        #expect(!d.log.contains { $0.contains("attach to vm2 failed") })
+        // Unplugged while it waits (a try may be under way): no more tries. (They would come 0.5 s, then 1 s apart.)
+        var mark = d.mark
+        tb.unplug(receiverPath)
+        try d.waitFor("unplugged", from: mark)
+        try await Task.sleep(for: .seconds(1))
+        mark = d.mark
+        try await Task.sleep(for: .seconds(2))
+        #expect(!d.log[mark...].contains { $0.contains("crosvm usb attach") }, "\(d.log[mark...])")
+        // Plugged again, then the guest comes up: attached.
+        mark = d.mark
+        try tb.add(record: receiverRecords(1))
+        try d.waitFor("vm2's guest does not take USB devices yet", from: mark)
+        vm.bootGuest()
+        try d.waitFor("attached to vm2 as 1", from: mark)
+        #expect(d.log[mark...].contains { $0.contains("once its guest took USB devices") })
+        #expect(try vm.list() == "devices 1 046d c52b")
+    }
+
+    @Test("VHOTPLUG_GUEST_WAIT: a guest that never starts its USB driver: the daemon gives up after that many seconds, and tries no more")
+    func guestNeverReady() async throws {
+        // (The daemon process holds the testbed.)
+        let (_, vm, d) = try await receiverForBootingGuest(environment: ["VHOTPLUG_GUEST_WAIT": "1"])
+        #expect(d.log.contains { $0.contains("vm2's guest does not take USB devices yet (its USB driver is not up); trying again for up to 1 s") })
+        try d.waitFor("attach to vm2 failed: VM vm2: crosvm usb attach /dev/bus/usb/001/004: no_available_port with 0 of its 16 USB ports in use")
+        #expect(d.log.contains { $0.contains("gave up waiting for its guest after 1") })
+        let mark = d.mark
+        try await Task.sleep(for: .seconds(1.5))
+        #expect(!d.log[mark...].contains { $0.contains("crosvm usb attach") })
         #expect(try vm.list() == "devices")
     }
 }

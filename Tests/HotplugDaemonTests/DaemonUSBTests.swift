@@ -18,6 +18,29 @@ func writeConfig(_ dir: String, socket: String, allow: String = #"{"interfaceCla
     return path
 }
 
+/// The receiver's records, renumbered for `round` and placed on root `port`.
+func receiverRecords(_ round: Int, port: Int = 2, interfaces: Bool = true, device: Bool = true) throws -> String {
+    let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+    let base = "P: /devices/pci0000:00/0000:00:14.0/usb1/1-2"
+    var records = text.components(separatedBy: "\n\n").filter { r in
+        guard r.hasPrefix(base) else { return false }
+        let isDevice = r.hasPrefix(base + "\n")
+        return isDevice ? device : interfaces
+    }.joined(separator: "\n\n") + "\n"
+    let devnum = 4 + round
+    let padded = String(format: "%03d", devnum)
+    records = records.replacingOccurrences(of: "bus/usb/001/004", with: "bus/usb/001/\(padded)")
+        .replacingOccurrences(of: "DEVNUM=004", with: "DEVNUM=\(padded)")
+        .replacingOccurrences(of: "devnum=4\\n", with: "devnum=\(devnum)\\n")
+    records = renumberReceiverNames(records, round: round)
+    if port != 2 {
+        records = records.replacingOccurrences(of: "usb1/1-2", with: "usb1/1-\(port)")
+            .replacingOccurrences(of: "/1-2:", with: "/1-\(port):")
+            .replacingOccurrences(of: "devpath=2\\n", with: "devpath=\(port)\\n")
+    }
+    return records
+}
+
 /// A testbed, a paused QEMU inside it, and a configuration; the daemon is started by each test.
 struct Rig {
     let tb: Testbed
@@ -41,29 +64,6 @@ struct Rig {
     /// `port` moves it to another root port (a second receiver).
     func replugReceiver(_ round: Int = 1, port: Int = 2, interfaces: Bool = true, device: Bool = true) throws {
         try tb.add(record: receiverRecords(round, port: port, interfaces: interfaces, device: device))
-    }
-
-    /// The receiver's records, renumbered for `round` and placed on root `port`.
-    func receiverRecords(_ round: Int, port: Int = 2, interfaces: Bool = true, device: Bool = true) throws -> String {
-        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
-        let base = "P: /devices/pci0000:00/0000:00:14.0/usb1/1-2"
-        var records = text.components(separatedBy: "\n\n").filter { r in
-            guard r.hasPrefix(base) else { return false }
-            let isDevice = r.hasPrefix(base + "\n")
-            return isDevice ? device : interfaces
-        }.joined(separator: "\n\n") + "\n"
-        let devnum = 4 + round
-        let padded = String(format: "%03d", devnum)
-        records = records.replacingOccurrences(of: "bus/usb/001/004", with: "bus/usb/001/\(padded)")
-            .replacingOccurrences(of: "DEVNUM=004", with: "DEVNUM=\(padded)")
-            .replacingOccurrences(of: "devnum=4\\n", with: "devnum=\(devnum)\\n")
-        records = renumberReceiverNames(records, round: round)
-        if port != 2 {
-            records = records.replacingOccurrences(of: "usb1/1-2", with: "usb1/1-\(port)")
-                .replacingOccurrences(of: "/1-2:", with: "/1-\(port):")
-                .replacingOccurrences(of: "devpath=2\\n", with: "devpath=\(port)\\n")
-        }
-        return records
     }
 
     /// Unplugs the receiver: the remove event first, then the device goes.
