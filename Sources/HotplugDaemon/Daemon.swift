@@ -485,6 +485,10 @@ public actor Daemon {
                     }
                     logger.info("\(t.logName): found in VM \(vm) as \(a.id)")
                 }
+            } else if a.hostKey.isEmpty, let held = onHost(a) {
+                // A crosvm port says nothing of who attached it: one that holds a device on the host
+                // that vhotplug sends to no VM (or one already placed) may be the user's.
+                logger.info("VM \(vm): port \(a.id) holds \(held.logName), which vhotplug does not send there; left in place")
             } else {
                 logger.info("VM \(vm): removing stale \(a.id) (its device is gone)")
                 do {
@@ -495,6 +499,14 @@ public actor Daemon {
                     logger.warning("VM \(vm): cannot remove \(a.id): \(error)")
                 }
             }
+        }
+    }
+
+    /// A USB device on the host with the vendor and product of an attachment crosvm listed.
+    func onHost(_ a: Attachment) -> HostDevice? {
+        devices.values.lazy.filter(\.present).map(\.device).first { device in
+            guard case .usb(let d) = device else { return false }
+            return d.vendorId == a.usbVendor && d.productId == a.usbProduct
         }
     }
 
@@ -509,11 +521,14 @@ public actor Daemon {
                     return a.usbAddress == nil || (a.usbBus == d.bus && a.usbAddress == d.devnum)
                 }
             }
-            // crosvm: by vendor and product, among devices of that VM not yet placed.
-            return devices.values.first { t in
-                guard case .usb(let d) = t.device, t.attachment == nil, t.decision.targetVm == vm else { return false }
+            // crosvm: by vendor and product, among the devices not yet placed that the rules send to
+            // some VM: first one that goes to this VM, then one the rules allow there (an earlier run
+            // or the user put it there), then any (the rules changed: it leaves this VM).
+            let unplaced = devices.values.filter { t in
+                guard case .usb(let d) = t.device, t.present, t.attachment == nil, t.decision.targetVm != nil else { return false }
                 return d.vendorId == a.usbVendor && d.productId == a.usbProduct
-            }
+            }.sorted { (Self.key($0.device) ?? "") < (Self.key($1.device) ?? "") }
+            return unplaced.first { $0.want == vm } ?? unplaced.first { $0.decision.candidateVms.contains(vm) } ?? unplaced.first
         case .pci:
             // By host address: two identical cards stay distinct.
             return devices.values.first { t in

@@ -186,4 +186,70 @@ struct DaemonCrosvmTests {
         #expect(!d.log[mark...].contains { $0.contains("crosvm usb attach") })
         #expect(try vm.list() == "devices")
     }
+
+    @Test("allowedVms: a device the user moved to crosvm vm2 through the API is found there after a restart (with -a, or without -a and its state), not detached and attached again")
+    func restartKeepsAllowedCrosvmVM() async throws {
+        let tb = await Testbed.make()
+        let vm1 = try CrosvmVM(name: "vm1")
+        let vm2 = try CrosvmVM(name: "vm2")
+        let api = vm1.dir + "/api.sock", state = vm1.dir + "/vhotplug.state"
+        let config = try vm1.config("""
+            {"usbPassthrough": [{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm1", "type": "crosvm", "socket": "$SOCKET"},
+                     {"name": "vm2", "type": "crosvm", "socket": "\(vm2.socket)"}],
+             "general": {"api": {"unixSocket": "\(api)", "unixSocketMode": "0666"}, "statePath": "\(state)"}}
+            """)
+        func daemon(_ extra: [String]) throws -> DaemonProcess {
+            let d = try DaemonProcess(arguments: ["-c", config] + extra, testbed: tb, environment: ["PATH": vm1.path])
+            try d.waitFor("; listening (")
+            return d
+        }
+        var d = try daemon([])
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as 1")
+        let moved = try run([Repository.vhotplug, "usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm2", "--path", api])
+        #expect(moved.status == 0, "\(moved)")
+        #expect(try vm1.list() == "devices")
+        #expect(try vm2.list() == "devices 1 046d c52b")
+        d.stop()
+
+        // With -a and the state file (vm2 chosen): found in vm2, left there.
+        d = try daemon(["-a"])
+        try d.waitFor("found in VM vm2 as 1")
+        d.stop()
+        #expect(!d.log.contains { $0.contains("removing stale") || $0.contains("detached from") || $0.contains("attached to") }, "\(d.log)")
+        #expect(try vm2.list() == "devices 1 046d c52b")
+
+        // Without -a and without the state file: the rules allow vm2, so it stays.
+        try FileManager.default.removeItem(atPath: state)
+        d = try daemon([])
+        try d.waitFor("found in VM vm2 as 1")
+        d.stop()
+        #expect(!d.log.contains { $0.contains("removing stale") || $0.contains("detached from") || $0.contains("attached to") }, "\(d.log)")
+        #expect(try vm2.list() == "devices 1 046d c52b")
+        #expect(try vm1.list() == "devices")
+    }
+
+    @Test("restart: a crosvm port whose device vhotplug sends nowhere is left in place (it may be the user's); one whose device is gone from the host is freed")
+    func restartLeavesPortsNotItsOwn() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let config = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "abcd"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        // By hand: the receiver (no rule sends it anywhere), and a device that is not on the host.
+        #expect(try vm.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/004") == "ok 1")
+        let gone = vm.dir + "/gone"
+        let descriptor: [UInt8] = [18, 1, 0, 2, 0, 0, 0, 64, 0x11, 0x11, 0x22, 0x22, 0, 1, 1, 2, 3, 1]
+        #expect(FileManager.default.createFile(atPath: gone, contents: Data(descriptor)))
+        #expect(try vm.cli("attach", "00:00:00:00", gone) == "ok 2")
+        let d = try DaemonProcess(arguments: ["-c", config, "-a"], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("; listening (")
+        d.stop()
+        #expect(d.log.contains { $0.contains("VM vm2: port 1 holds usb 1-2 046d:c52b") && $0.contains("left in place") }, "\(d.log)")
+        #expect(d.log.contains { $0.contains("VM vm2: removing stale 2 (its device is gone)") }, "\(d.log)")
+        #expect(try vm.list() == "devices 1 046d c52b")
+    }
 }
