@@ -96,6 +96,9 @@ final class Tracked: @unchecked Sendable {
         var operation: Operation
         /// Seconds until the next look.
         var delay: Double
+        /// A detach crosvm was killed in, whose port the look found still holding the device:
+        /// crosvm does not finish it later by itself, so the loop sends it again.
+        var resend = false
     }
     /// Still on the host.
     var present = true
@@ -848,7 +851,7 @@ public actor Daemon {
                 // A detach the guest has not finished stays with its looks (scheduled): another
                 // device_del could cancel it in the guest, and would hold the VM's socket for the
                 // whole wait again. Only an explicit detach (the API's) sends one.
-                if t.unanswered?.operation == .detach && !t.detachAgain { return }
+                if t.unanswered?.operation == .detach && !t.detachAgain && t.unanswered?.resend != true { return }
                 let explicit = t.detachAgain
                 t.detachAgain = false
                 do {
@@ -865,11 +868,16 @@ public actor Daemon {
                         continue
                     }
                     t.lastError = "\(error)"
-                    if error.isUnplugPending {
+                    if error.isUnplugPending || (error.isTimeout && backend.type == .crosvm) {
                         // QEMU may still complete it: the daemon looks again, then less and less often.
                         // (An explicit detach pressed again: the looks start over. One asked while this
-                        // one waited was served by it.)
-                        if t.unanswered?.operation != .detach || explicit { t.unanswered = .init(operation: .detach, delay: unplugTimeout) }
+                        // one waited was served by it.) crosvm, killed at the deadline, may have freed the
+                        // port, and give it to the next attach: nothing is detached from it again before
+                        // `usb list` shows whether it still holds this device.
+                        if t.unanswered?.operation != .detach || explicit {
+                            t.unanswered = .init(operation: .detach, delay: backend.type == .crosvm ? crosvmTimeout : unplugTimeout)
+                        }
+                        t.unanswered?.resend = false
                         t.detachAgain = false
                         logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.unanswered?.delay ?? 0))")
                         scheduleLook(key, t)
@@ -1072,6 +1080,21 @@ public actor Daemon {
                 await deauthorizeAfterVM(t, vm: a.vm)
                 await giveBackDriver(t)
                 return false
+            case (.detach, true) where backend.type == .crosvm:
+                // The port still holds it (listed just now), and crosvm does not finish a detach later
+                // by itself: sent again while the device is to leave; otherwise it stays where it is.
+                guard a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil else {
+                    t.unanswered = nil
+                    t.lastError = nil
+                    logger.info("\(t.logName): \(a.vm) still has \(a.id) after the detach's deadline; it stays there")
+                    return true
+                }
+                var next = pending
+                next.delay = min(pending.delay * 2, Self.lookCap)
+                next.resend = true
+                t.unanswered = next
+                logger.info("\(t.logName): \(a.vm) still has \(a.id) after the detach's deadline; detaching again")
+                return true
             case (.detach, true):
                 // (Not inside the log line: swift-log evaluates a debug message only at debug level.)
                 let next = lookLater(key, t)

@@ -63,6 +63,16 @@ public actor CrosvmBackend: VMBackend {
     /// Ports this backend attached or saw in `usb list`: any other port that
     /// appears holds something vhotplug did not put there.
     private var knownPorts: Set<Int> = []
+    /// What each port holds by an attach of this backend: an attachment of a port that an
+    /// attach gave to another device since is of a device that left it (it is not detached).
+    private var holders: [Int: Attachment] = [:]
+    /// Ports whose detach was killed at its deadline: crosvm may have freed them (and given
+    /// them to the next attach). Before anything is detached from one again, `usb list` says
+    /// whether it still holds that device.
+    private var unsure: Set<Int> = []
+    /// Attachments that `usb list` showed gone after such a detach, by port: whatever is put
+    /// on the port since (by hand, say) is not theirs.
+    private var released: [Int: Attachment] = [:]
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
@@ -103,17 +113,15 @@ public actor CrosvmBackend: VMBackend {
             // device (its vendor and product) and that vhotplug did not fill is taken as its own,
             // so that the device is neither half-attached nor attached twice.
             if let listed = try? await list(), let port = unclaimedPorts(of: device, in: listed).first {
-                knownPorts.insert(port)
                 logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
-                return attachment(device, port: port)
+                return attached(device, port: port)
             }
             throw .timeout(vm: vm, step: step)
         }
         switch answer {
         case .ok(let port):
-            knownPorts.insert(port)
             logger.debug("VM \(name): crosvm attached \(what) at port \(port)")
-            return attachment(device, port: port)
+            return attached(device, port: port)
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
             // With free ports of both kinds (1-8 for USB 2, 9-16 for USB 3) no kind of port is full,
@@ -152,10 +160,15 @@ public actor CrosvmBackend: VMBackend {
         }
     }
 
-    /// What an attach of `device` at `port` is.
-    private func attachment(_ device: USBDevice, port: Int) -> Attachment {
-        Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
-                   usbVendor: device.vendorId, usbProduct: device.productId, usbBus: device.bus, usbAddress: device.devnum)
+    /// What an attach of `device` at `port` is; the port holds it now.
+    private func attached(_ device: USBDevice, port: Int) -> Attachment {
+        let a = Attachment(vm: name, kind: .usb, id: String(port), hostKey: DeviceIds.usbKey(device),
+                           usbVendor: device.vendorId, usbProduct: device.productId, usbBus: device.bus, usbAddress: device.devnum)
+        knownPorts.insert(port)
+        holders[port] = a
+        unsure.remove(port)
+        released[port] = nil
+        return a
     }
 
     /// The listed ports that hold a device with `device`'s vendor and product and that no
@@ -198,25 +211,77 @@ public actor CrosvmBackend: VMBackend {
 
     /// `crosvm usb detach PORT SOCKET` with the port an attach returned.
     /// `no_such_device` and `no_such_port` mean the port is already empty:
-    /// success.
+    /// success. So is a port that holds another device now: an attach of this
+    /// backend's put it there since, or, after a detach killed at its deadline,
+    /// `usb list` shows another vendor and product there (or none).
     public func detach(_ attachment: Attachment) async throws(VMError) {
         guard let port = Int(attachment.id), (1...255).contains(port) else {
             throw .protocolError(vm: name, detail: "\(quoted(attachment.id)) is not a crosvm USB port number")
         }
         await lock.acquire()
         defer { lock.release() }
+        guard try await stillHolds(attachment, port: port, list: unsure.contains(port)) else {
+            logger.info("VM \(name): port \(port) no longer holds \(device(of: attachment)); nothing detached")
+            return
+        }
         let command = "usb detach \(port)"
-        let (answer, result) = try await crosvm(["detach", String(port), socketPath], step: command)
+        let answer: CrosvmAnswer, result: ProcessResult
+        do throws(VMError) {
+            (answer, result) = try await crosvm(["detach", String(port), socketPath], step: command)
+        } catch .timeout(let vm, let step) {
+            unsure.insert(port) // crosvm may have freed it
+            throw .timeout(vm: vm, step: step)
+        }
         switch answer {
         case .ok:
-            knownPorts.remove(port)
+            freed(port)
             logger.debug("VM \(name): crosvm detached port \(port)")
         case .noSuchDevice, .noSuchPort:
-            knownPorts.remove(port)
+            freed(port)
             logger.debug("VM \(name): port \(port) was already empty (\(answer.word))")
         case .noAvailablePort, .failedToOpenDevice, .failedToInitHostDevice, .devices, .cliError, .unknown:
             throw unexpected(command, answer, result)
         }
+    }
+
+    /// Whether `port` may still hold the device of `attachment`: not when an attach of this
+    /// backend gave the port to another device since; with `list`, not when `usb list` shows
+    /// another vendor and product there, or nothing (port 16, which it never shows, is taken as held).
+    private func stillHolds(_ attachment: Attachment, port: Int, list listing: Bool) async throws(VMError) -> Bool {
+        if let holder = holders[port], !holder.sameDevice(as: attachment) { return false }
+        if released[port] == attachment { return false }
+        guard listing, port != 16 else { return true }
+        let held = try await list().contains { $0.id == attachment.id && $0.sameDevice(as: attachment) }
+        if held {
+            unsure.remove(port)
+        } else {
+            freed(port)
+            released[port] = attachment
+        }
+        return held
+    }
+
+    /// The port is empty now, as far as this backend knows.
+    private func freed(_ port: Int) {
+        knownPorts.remove(port)
+        holders[port] = nil
+        unsure.remove(port)
+    }
+
+    /// `1-2 (046d:c52b)`: the device of an attachment, for the log.
+    private func device(of a: Attachment) -> String {
+        let ids = a.usbVendor.map { v in "\(hex4(v)):\(hex4(a.usbProduct ?? 0))" } ?? "?"
+        return a.hostKey.isEmpty ? ids : "\(a.hostKey) (\(ids))"
+    }
+
+    /// Whether the VM still has the device of `attachment` (after a detach killed at its
+    /// deadline): its port holds a device of the same vendor and product, and no attach of
+    /// this backend's gave the port to another device since.
+    public func holds(_ attachment: Attachment) async throws(VMError) -> Bool {
+        guard let port = Int(attachment.id) else { return false }
+        await lock.acquire()
+        defer { lock.release() }
+        return try await stillHolds(attachment, port: port, list: true)
     }
 
     // MARK: List
@@ -240,6 +305,10 @@ public actor CrosvmBackend: VMBackend {
         defer { lock.release() }
         let listed = try await list()
         knownPorts = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 >= 16 })
+        // (A new crosvm process behind the same socket has none of the old one's devices.)
+        holders = holders.filter { port, holder in
+            port >= 16 || listed.contains { $0.id == String(port) && $0.sameDevice(as: holder) }
+        }
         return listed
     }
 
@@ -337,6 +406,17 @@ public actor CrosvmBackend: VMBackend {
             logger.warning("VM \(name): \(detail)")
             return .protocolError(vm: name, detail: detail)
         }
+    }
+}
+
+extension Attachment {
+    /// Whether two attachments of a crosvm port may be of one device: the same vendor and
+    /// product, and the same place on the host when both know it (`usb list` does not).
+    fileprivate func sameDevice(as other: Attachment) -> Bool {
+        guard usbVendor == other.usbVendor || usbVendor == nil || other.usbVendor == nil,
+              usbProduct == other.usbProduct || usbProduct == nil || other.usbProduct == nil else { return false }
+        guard !hostKey.isEmpty, !other.hostKey.isEmpty else { return true }
+        return hostKey == other.hostKey && usbBus == other.usbBus && usbAddress == other.usbAddress
     }
 }
 

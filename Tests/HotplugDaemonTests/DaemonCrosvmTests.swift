@@ -252,4 +252,42 @@ struct DaemonCrosvmTests {
         #expect(d.log.contains { $0.contains("VM vm2: removing stale 2 (its device is gone)") }, "\(d.log)")
         #expect(try vm.list() == "devices 1 046d c52b")
     }
+
+    @Test("a crosvm usb detach killed at its deadline after it freed the port, which another device got since: the first device replugged does not detach it")
+    func detachKilledAfterFreeing() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        // The first detach goes through the double, then hangs until the daemon kills it.
+        let slow = vm.dir + "/slow"
+        let double = Repository.root + "/Tests/Doubles/crosvm"
+        try """
+            #!/bin/sh
+            if [ "$2" = detach ] && [ ! -e "\(vm.dir)/detached" ]; then touch "\(vm.dir)/detached"; "\(double)" "$@"; exec sleep 30; fi
+            exec "\(double)" "$@"
+            """.write(toFile: slow, atomically: true, encoding: .utf8)
+        #expect(chmod(slow, 0o755) == 0)
+        let config = try vm.config("""
+            {"general": {"crosvm": "\(slow)"},
+             "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.5"])
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm2 as 1")
+        var mark = d.mark
+        tb.unplug(receiverPath)
+        try d.waitFor("detach from vm2 failed: VM vm2: no answer to crosvm usb detach 1", from: mark)
+        #expect(try vm.list() == "devices")
+        // A second receiver (port 3) gets port 1.
+        mark = d.mark
+        try tb.add(record: receiverRecords(2, port: 3))
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 1", from: mark)
+        // The first one plugged again (a new address): it goes to port 2, and the second stays on port 1.
+        mark = d.mark
+        try tb.add(record: receiverRecords(1))
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 2", from: mark)
+        #expect(try vm.list() == "devices 1 046d c52b 2 046d c52b")
+        #expect(d.log.contains { $0.contains("vm2 let go of 1 after the detach's deadline") })
+    }
 }

@@ -274,6 +274,44 @@ struct CrosvmBackendTests {
         #expect(e?.description.contains("10 of its 16 USB ports in use") == true)
     }
 
+    /// A backend whose crosvm's first detach goes through the double, then hangs until it is
+    /// killed (0.5 s), and the attachment on port 1 whose detach that was: crosvm freed the port.
+    func detachKilledAfterFreeing(_ vm: CrosvmVM, _ host: LoopHost) async throws -> (CrosvmBackend, VMAttachment) {
+        let marker = vm.dir + "/detached"
+        let slow = try script(vm.dir, "slow", """
+            if [ "$2" = detach ] && [ ! -e \(marker) ]; then touch \(marker); "\(crosvmDouble)" "$@"; exec sleep 30; fi
+            exec "\(crosvmDouble)" "$@"
+            """)
+        let b = backend(vm, host, crosvm: slow, timeout: 0.5)
+        let a = try await b.attachUSB(usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b)))
+        #expect(a.id == "1")
+        let e = await failure { () async throws(VMError) in try await b.detach(a) }
+        #expect(e?.isTimeout == true)
+        #expect(try vm.cli("list") == "devices")
+        return (b, a)
+    }
+
+    @Test("a detach killed at its deadline after crosvm freed the port: what is put on that port since (by an attach of the backend's, or by hand) is not detached",
+          arguments: [false, true])
+    func detachKilledAfterFreeing(byHand: Bool) async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        let (b, a) = try await detachKilledAfterFreeing(vm, host)
+        #expect(try await b.holds(a) == false)
+        // Another device gets port 1.
+        let key = try vm.node("key", vendor: 0x1050, product: 0x0407)
+        if byHand {
+            #expect(try vm.cli("attach", "00:00:00:00", key) == "ok 1")
+        } else {
+            let o = try await b.attachUSB(usbDevice(3, node: key, vendor: 0x1050, product: 0x0407))
+            #expect(o.id == "1")
+            #expect(try await b.holds(o) == true)
+        }
+        #expect(try await b.holds(a) == false)
+        try await b.detach(a)
+        #expect(try vm.cli("list") == "devices 1 1050 0407")
+    }
+
     @Test("device node missing: no_such_device (crosvm fails to open it itself)")
     func nodeMissing() async throws {
         let vm = try CrosvmVM()
