@@ -52,7 +52,9 @@ public struct BootDevices: Sendable, Hashable {
     public static let mountPoints: Set<String> = ["/", "/boot", "/boot/efi"]
 
     /// Filesystem types with no local disk: memory (an initramfs, a container's tmpfs) or the network.
-    static let diskless: Set<String> = ["rootfs", "tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs"]
+    /// (`autofs`: an automount point, as systemd makes for `/boot` or the ESP; the filesystem
+    /// mounted on it is its own line, resolved as any other.)
+    static let diskless: Set<String> = ["rootfs", "tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "autofs"]
 
     /// What `read` needs of one mountinfo line.
     public struct Mount: Sendable, Hashable {
@@ -135,6 +137,14 @@ public struct BootDevices: Sendable, Hashable {
         let mount = mounts[index]
         switch blockDevice(of: mount, sysfs: sysfs) {
         case .found(let device):
+            // A loop device (a live system's squashfs): the disk is where its backing file lies.
+            if let file = loopBackingFile(device), depth < 4 {
+                guard file.hasPrefix("/"), let holder = self.mount(holding: file, in: mounts, except: index) else {
+                    return ([device], "\(mount.type) on a loop device of \(file)")
+                }
+                let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: depth + 1)
+                return ([device] + found, unknown.map { "\(mount.type) on a loop device of \(file) on \($0)" })
+            }
             return (mount.type == "btrfs" ? btrfsMembers(of: device, sysfs: sysfs) : [device], nil)
         case .notInSysfs:
             // A block device this sysfs does not list (a test's tree: the host's lists every one).
@@ -158,6 +168,16 @@ public struct BootDevices: Sendable, Hashable {
     }
 
     enum BlockDevice { case found(String), notInSysfs, none }
+
+    /// The file a loop device reads (`/sys/block/loopN/loop/backing_file`), without the kernel's
+    /// ` (deleted)` mark; nil for any other block device.
+    static func loopBackingFile(_ device: String) -> String? {
+        guard case .success(let bytes) = Sysfs.readBytes(device + "/loop/backing_file", limit: 8192) else { return nil }
+        var text = String(decoding: bytes, as: UTF8.self)
+        while text.last == "\n" { text.removeLast() }
+        if text.hasSuffix(" (deleted)") { text.removeLast(" (deleted)".count) }
+        return text.isEmpty ? nil : text
+    }
 
     /// The block device a filesystem is mounted from: by its device number or, when that is
     /// anonymous (btrfs), its source's (`/dev/nvme0n1p2`); its sysfs path when sysfs has it.

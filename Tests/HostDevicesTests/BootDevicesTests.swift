@@ -152,6 +152,33 @@ struct BootDevicesTests {
         #expect(onZFS.isHeld(by: FakeBlockSysfs.nvme))
     }
 
+    @Test("an automounted /boot (systemd's autofs point) holds nothing itself: the ext4 root's disk only, not every disk")
+    func automountedBoot() throws {
+        let sys = try FakeBlockSysfs()
+        let boot = try sys.read([
+            "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw",
+            "40 22 0:42 / /boot rw,relatime shared:20 - autofs systemd-1 rw,fd=47,pgrp=1,timeout=0,minproto=5,maxproto=5,direct",
+        ])
+        #expect(boot.unresolved.isEmpty, "\(boot)")
+        #expect(boot.isHeld(by: FakeBlockSysfs.sata) && !boot.isHeld(by: FakeBlockSysfs.nvme) && !boot.isHeld(by: FakeBlockSysfs.usbDisk))
+    }
+
+    @Test("a live system's root (overlay over a squashfs on loop0, whose file is on a USB stick): the stick is held")
+    func liveSystem() throws {
+        let sys = try FakeBlockSysfs()
+        try FileManager.default.createDirectory(atPath: sys.root + "/devices/virtual/block/loop0/loop", withIntermediateDirectories: true)
+        try "/run/live/medium/live/filesystem.squashfs\n".write(toFile: sys.root + "/devices/virtual/block/loop0/loop/backing_file",
+                                                              atomically: true, encoding: .utf8)
+        let boot = try sys.read([
+            "30 1 0:40 / / rw shared:1 - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work",
+            "25 30 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755",
+            "26 25 8:17 / /run/live/medium ro,noatime shared:6 - vfat /dev/sdb1 ro",
+            "27 25 7:0 / /run/live/rootfs/filesystem.squashfs ro,noatime shared:7 - squashfs /dev/loop0 ro",
+        ])
+        #expect(boot.isHeld(by: FakeBlockSysfs.usbDisk), "\(boot)")
+        #expect(!boot.isHeld(by: FakeBlockSysfs.sata) && boot.unresolved.isEmpty)
+    }
+
     @Test("overlay layers from the options: lowerdir's colons and escapes, lowerdir+ and datadir+")
     func overlayLayers() {
         #expect(BootDevices.overlayLayers("rw,lowerdir=/a:/b\\134:c::/d,upperdir=/u\\054x,workdir=/w")
