@@ -111,7 +111,9 @@ public indirect enum JSONText: Sendable, Hashable {
             out.append(contentsOf: s.utf8)
         } else {
             for scalar in s.unicodeScalars {
-                if let e = jsonEscape(scalar) {
+                if asciiOnly && (scalar == "\u{8}" || scalar == "\u{C}") {
+                    out.append(contentsOf: (scalar == "\u{8}" ? "\\b" : "\\f").utf8) // as Python writes them
+                } else if let e = jsonEscape(scalar) {
                     out.append(contentsOf: (asciiOnly ? e.lowercased() : e).utf8)
                 } else if asciiOnly && !scalar.isASCII {
                     for unit in UTF16.encode(scalar)! { out.append(contentsOf: ("\\u" + hex(UInt32(unit), width: 4).lowercased()).utf8) }

@@ -138,5 +138,6 @@ struct ReplyTests {
         #expect(APIReply.ok([("usb_devices", .array([.int(1), .null]))]).rendered(.python) == #"{"result": "ok", "usb_devices": [1, null]}"#)
         #expect(APIReply.failed("Caf\u{E9} \u{1F600}\n").rendered(.python) == #"{"result": "failed", "error": "Caf\u00e9 \ud83d\ude00\n"}"#)
         #expect(JSONText.object([]).rendered(.python) == "{}" && JSONText.array([]).rendered(.python) == "[]")
+        #expect(JSONText.string("a\u{8}b\u{C}c\u{1}").rendered(.python) == #""a\bb\fc\u0001""#)
     }
 }
