@@ -14,7 +14,7 @@ import Glibc
 /// Where the daemon's API is: `--transport unix|tcp|vsock` and its address.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: [.customShort("t", allowingJoined: true), .customLong("transport")],
-            help: "Transport: unix, tcp or vsock (default: unix with --path; otherwise vsock in a VM, unix on a host)")
+            help: "Transport: unix, tcp or vsock (default: unix with --path or where the daemon's socket is; otherwise vsock in a VM, unix on a host)")
     var transportOption: String?
 
     @Option(name: [.customShort("u", allowingJoined: true), .customLong("path")], help: "Unix socket path (default: /var/lib/vhotplug/vhotplug.sock)")
@@ -23,9 +23,12 @@ struct ConnectionOptions: ParsableArguments {
     var path: String { pathOption ?? "/var/lib/vhotplug/vhotplug.sock" }
 
     /// As the reference client: vsock when it runs in a VM (a guest's own vsock CID, from
-    /// /dev/vsock), unix otherwise; a socket path given means unix.
+    /// /dev/vsock), unix otherwise. Unix too whenever a socket path is given, or the default
+    /// socket exists here: a host that is itself a VM (nested, in a cloud) runs its own daemon.
     var transport: String {
-        transportOption ?? (pathOption == nil ? Self.defaultTransport(localCID: Self.localVsockCID()) : "unix")
+        if let transportOption { return transportOption }
+        if pathOption != nil || access(path, F_OK) == 0 { return "unix" }
+        return Self.defaultTransport(localCID: Self.localVsockCID())
     }
 
     static func defaultTransport(localCID: UInt32?) -> String {
