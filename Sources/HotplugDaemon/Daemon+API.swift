@@ -144,7 +144,7 @@ extension Daemon: ControlService {
     func namedForListeners(_ t: Tracked) -> PCIDevice? {
         guard let server = api.server, server.listenerCount > 0, case .pci(let d) = t.device else { return nil }
         lookUpPCINames()
-        return named(d)
+        return named(d, t)
     }
 
     /// The pci.ids names of the followed PCI devices, as the reference's replies carry them
@@ -163,10 +163,12 @@ extension Daemon: ControlService {
         if library != nil { trimSoon() }
     }
 
-    /// `d` with the names looked up for its IDs (`lookUpPCINames`).
-    func named(_ d: PCIDevice) -> PCIDevice {
-        guard let found = api.pciNames[Self.pciID(d)] else { return d }
+    /// `d` (the device `t` follows) as the API shows it: with the names looked up for its IDs
+    /// (`lookUpPCINames`) and the driver it is on now.
+    func named(_ d: PCIDevice, _ t: Tracked) -> PCIDevice {
         var d = d
+        if let now = t.driverNow { d.driver = now }
+        guard let found = api.pciNames[Self.pciID(d)] else { return d }
         d.vendorName = d.vendorName ?? found.vendor
         d.deviceName = d.deviceName ?? found.device
         return d
@@ -181,12 +183,20 @@ extension Daemon: ControlService {
 
     /// Waits until none of these devices has a reconcile task running.
     func settle(_ keys: [String]) async {
-        for key in keys + followers(of: keys) {
-            while let t = devices[key], t.busy {
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    // The closure may run as a job of its own (see AsyncLock.acquire), after the
-                    // task has ended: then there is nothing to wait for.
-                    if t.busy { api.idleWaiters[key, default: []].append(c) } else { c.resume() }
+        let all = keys + followers(of: keys)
+        // Passes until one finds all of them idle: a device that waited for a member of its
+        // IOMMU group to leave another VM is set going again when that member's task ends.
+        var again = true
+        while again {
+            again = false
+            for key in all {
+                while let t = devices[key], t.busy {
+                    again = true
+                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                        // The closure may run as a job of its own (see AsyncLock.acquire), after the
+                        // task has ended: then there is nothing to wait for.
+                        if t.busy { api.idleWaiters[key, default: []].append(c) } else { c.resume() }
+                    }
                 }
             }
         }
@@ -260,7 +270,7 @@ extension Daemon: ControlService {
                                          tag: t.decision.options.tag, disconnected: marked)
             switch t.device {
             case .usb(let d): return d.apiObject(placement)
-            case .pci(let d): return named(d).apiObject(placement)
+            case .pci(let d): return named(d, t).apiObject(placement)
             case .input: return nil
             }
         } + (usb ? [] : iommuMembers(of: items.map(\.t), disconnected: disconnected))
@@ -282,7 +292,7 @@ extension Daemon: ControlService {
             for (p, member) in mates.sorted(by: { $0.0.address < $1.0.address }) where !seen.contains(p.address) {
                 seen.insert(p.address)
                 guard member.decision.candidateVms.isEmpty, !p.isBridge else { continue }
-                out.append(named(p).apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
+                out.append(named(p, member).apiObject(APIPlacement(allowedVms: t.decision.candidateVms, vm: member.attachment?.vm,
                                                     tag: t.decision.options.tag, iommuMember: true)))
             }
         }

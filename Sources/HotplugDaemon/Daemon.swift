@@ -71,6 +71,9 @@ final class Tracked: @unchecked Sendable {
     /// A PCI device whose attach waits for a member of its IOMMU group to leave another VM
     /// (the group moving: one group can be open in one VM at a time).
     var waitsForGroup = false
+    /// A PCI device's driver since its last bind or unbind event (nil: none since it was read;
+    /// `.some(nil)`: no driver). `device` keeps what was read, as an attach compares it.
+    var driverNow: String??
     /// An explicit detach (the API's): sent even while an earlier one waits for the guest.
     var detachAgain = false
     /// The VM refused the attach because its guest had not started its USB driver yet (crosvm,
@@ -541,7 +544,11 @@ public actor Daemon {
         case .evdev:
             return devices.values.first { t in
                 // By input device and event node: a device that got a freed event node is another.
-                if case .input(let d) = t.device { return DeviceIds.evdevKey(d) == a.hostKey }
+                // An id of the form before them (`vhp-evdev-event3`, vhotplug before 2026-12-07) by
+                // its event node, as it was made: an upgrade keeps the VMs' devices (removing them
+                // would fail the re-add while QEMU still grabs the node).
+                guard case .input(let d) = t.device else { return false }
+                return a.hostKey.hasPrefix("event") ? d.sysName == a.hostKey : DeviceIds.evdevKey(d) == a.hostKey
                 return false
             }
         }
@@ -579,10 +586,10 @@ public actor Daemon {
             let binder = self.binder
             Task(executorPreference: loop) { await binder.deviceEvent(action: e.action, subsystem: e.subsystem, sysPath: e.sysPath) }
             guard e.subsystem == "pci" else { return }
-            // The driver a device is on now (vfio-pci while in a VM), as `pci list` shows it.
-            if e.action == "bind" || e.action == "unbind", let t = devices[e.sysPath], case .pci(var d) = t.device {
-                d.driver = Sysfs.linkName(reader.sysfs.path(e.sysPath) + "/driver")
-                t.device = .pci(d)
+            // The driver a device is on now (vfio-pci while in a VM), as `pci list` shows it. Kept
+            // beside the device read (an attach compares that to see whether it was replugged).
+            if e.action == "bind" || e.action == "unbind", let t = devices[e.sysPath], case .pci = t.device {
+                t.driverNow = .some(Sysfs.linkName(reader.sysfs.path(e.sysPath) + "/driver"))
             }
             if e.action == "add" { admit(e.sysPath, subsystem: "pci", since: time) }
             if e.action == "remove" { deviceRemoved(e.sysPath) }
@@ -699,6 +706,7 @@ public actor Daemon {
                 Task(executorPreference: loop) { await binder.forget(record) }
             }
             t.device = device
+            t.driverNow = nil
             t.decision = decision
             t.present = true
             t.failed = false
@@ -842,6 +850,7 @@ public actor Daemon {
             // Waiting for a guest that is no longer where the device goes (unplugged, sent elsewhere,
             // its VM down) ends.
             if let w = t.guestWait, w.vm != t.target || !t.present || t.failed || t.attachment != nil || vmDown.contains(w.vm) {
+                logger.debug("\(t.logName): no longer waits for \(w.vm)'s guest (its timer stopped)")
                 endGuestWait(t)
             }
             // An attachment of the device that was at this port before it (its remove and add
@@ -901,7 +910,9 @@ public actor Daemon {
                 // group open there, and QEMU would refuse this one (the group busy), leaving it
                 // on vfio-pci in no VM. It waits, and goes once that member has left.
                 if let (mate, other) = groupMateInOtherVM(t, vm: vm) {
-                    if !t.waitsForGroup { logger.info("\(t.logName): waits for \(mate.logName) to leave \(other) (one IOMMU group) before it goes to \(vm)") }
+                    let why = "waits for \(mate.logName) to leave \(other) (one IOMMU group) before it goes to \(vm)"
+                    if t.lastError != why { logger.info("\(t.logName): \(why)") }
+                    t.lastError = why
                     t.waitsForGroup = true
                     return
                 }

@@ -123,6 +123,17 @@ struct DaemonVMMArgsTests {
         withExtendedLifetime(qemu) {}
     }
 
+    @Test("an id of the form before inputM (vhp-evdev-event0, an earlier version's): found as the keyboard's, not removed")
+    func evdevIdOfEarlierVersion() async throws {
+        let rig = try await VMMArgsRig()
+        try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-event0,bus=ep2"])
+        let d = try rig.daemon()
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-event0")
+        #expect(!d.log.contains { $0.contains("device_del") || $0.contains("device_add") }, "\(d.log)")
+        withExtendedLifetime(qemu) {}
+    }
+
     @Test("a running VM gets the arguments with a warning; unknown VM and require_pci without PCI fail; --json prints the list")
     func runningAndFailures() async throws {
         let rig = try await VMMArgsRig()
