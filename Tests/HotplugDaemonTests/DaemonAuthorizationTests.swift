@@ -33,8 +33,8 @@ struct AuthRig {
             """.write(toFile: config, atomically: true, encoding: .utf8)
     }
 
-    func daemon() throws -> DaemonProcess {
-        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
+    func daemon(environment: [String: String] = [:]) throws -> DaemonProcess {
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: environment)
         try d.waitFor("; listening (")
         return d
     }
@@ -115,7 +115,8 @@ struct DaemonAuthorizationTests {
     func disabledTouchesNothing() async throws {
         let rig = try await AuthRig()
         try rig.write(auth: #"{"enable": false, "hostAllow": [{"vendorId": "046d"}]}"#)
-        let d = try rig.daemon()
+        // (Unauthorized, it has no interfaces: decided when the wait for them ends.)
+        let d = try rig.daemon(environment: ["VHOTPLUG_INTERFACE_WAIT": "0.5"])
         try rig.plugUnauthorizedReceiver()
         try d.waitFor("usb 1-2 046d:c52b", timeout: 20)
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")

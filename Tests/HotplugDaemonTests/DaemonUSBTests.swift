@@ -462,16 +462,16 @@ struct DaemonUSBTests {
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"},
                      {"name": "slow", "type": "qemu", "socket": "\(silent.path)"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-c", config], testbed: rig.tb)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
         // The first pass asks the slow VM for its devices: it answers nothing, and start-up goes on at its deadline.
         try d.waitFor("; listening (")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")        // 1-2 -> slow
         try rig.replugReceiver(1, port: 3)                                    // 1-3 -> vm1
         try d.waitFor("attached to vm1 as vhp-usb-1-3")
-        // vm1's attach did not wait for the slow VM's deadline (5 s): its failure is still to come.
+        // vm1's attach did not wait for the slow VM's deadline (2 s): its failure is still to come.
         #expect(!d.log.contains { $0.contains("attach to slow failed") })
         // Its device_add went out unanswered: taken as attached while the VM may still add it, and asked again.
-        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attach to slow: VM slow: no answer to device_add usb-host 1-2 in time; taken as attached, asking slow again in 5 s")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attach to slow: VM slow: no answer to device_add usb-host 1-2 in time; taken as attached, asking slow again in 2 s")
     }
 
     @Test("a device_add QEMU has not answered by the deadline (QEMU stopped): taken as attached and asked again; once QEMU runs, confirmed, or attached once more when QEMU dropped it with the closed connection")
