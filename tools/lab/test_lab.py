@@ -1866,7 +1866,8 @@ class Test6VMMArgsVSock(DaemonCase):
         nic = lab.plug("e1000e", "n1")
         addr, vid = nic.guest["name"], pci_id(nic.guest["name"])
         lab.vm_stop("vm1")
-        self.start(config=self.config())
+        # (A 3 s unplug deadline instead of 10: the detach below waits it out, and its first look.)
+        self.start(config=self.config(), env={"VHOTPLUG_UNPLUG_TIMEOUT": "3"})
         self.assertLog(r"VM vm1 is not running")
         t = time.monotonic()
         rc, out, err = self.cli("vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "rp", "--qemu-bus-start-index", "3",
@@ -1909,8 +1910,8 @@ class Test6VMMArgsVSock(DaemonCase):
         self.assertEqual((listed["address"], listed["vm"]), (addr, "vm1"))
 
         # Detached through the API: the daemon asks vm1 to let go of its id. vm1 has no guest
-        # OS to eject it, so QEMU does not release it by the daemon's unplug deadline (10 s): the
-        # reply says so.
+        # OS to eject it, so QEMU does not release it by the daemon's unplug deadline (3 s here):
+        # the reply says so.
         mark = lab.vhotplug_log_mark()
         t = time.monotonic()
         rc, out, err = self.cli("pci", "detach", "--address", addr, "--path", VMM_API_SOCK)
@@ -1918,10 +1919,10 @@ class Test6VMMArgsVSock(DaemonCase):
         self.assertEqual(rc, 1, out + err + self.diag())
         self.assertIn("the guest did not release it", err)
         self.assertLog(r'"execute":"device_del","arguments":\{"id":"%s"\}' % re.escape(vid), since=mark)
-        self.assertLog(r"pci %s [^\n]*: detach from vm1 failed: [^\n]*the guest did not release it[^\n]*; looking again in 10 s"
+        self.assertLog(r"pci %s [^\n]*: detach from vm1 failed: [^\n]*the guest did not release it[^\n]*; looking again in 3 s"
                        % re.escape(addr), since=mark)
         # vm1 is reset (its manager reboots it): QEMU completes the pending unplug, with no client
-        # of the daemon's connected to hear it. The daemon's next look (10 s after the deadline)
+        # of the daemon's connected to hear it. The daemon's next look (3 s after the deadline)
         # finds the NIC gone, and gives it back to e1000e: not left on vfio-pci with no VM.
         mark = lab.vhotplug_log_mark()
         t = time.monotonic()

@@ -43,5 +43,12 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         fatalError("JSONText output does not parse back (\(error.line):\(error.column) \(error.message)):\n\(first)")
     }
     _ = text(node).rendered(pretty: true)
+    // The control API's style (Python's json.dumps): it parses back to the same document.
+    let python = text(node).rendered(.python)
+    var back = JSONParser(bytes: Array(python.utf8))
+    guard let parsed = try? back.parseDocument(), text(parsed).rendered() == first else {
+        fatalError("the Python-style rendering does not parse back to the same document:\n\(python)\n\(first)")
+    }
+    if python.utf8.contains(where: { $0 >= 0x80 }) { fatalError("the Python-style rendering is not ASCII: \(python)") }
     return 0
 }
