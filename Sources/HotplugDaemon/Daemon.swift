@@ -528,13 +528,22 @@ public actor Daemon {
                 }
             }
             // crosvm: by vendor and product, among the devices not yet placed that the rules send to
-            // some VM: first one that goes to this VM, then one the rules allow there (an earlier run
-            // or the user put it there), then any (the rules changed: it leaves this VM).
-            let unplaced = devices.values.filter { t in
-                guard case .usb(let d) = t.device, t.present, t.attachment == nil, t.decision.targetVm != nil else { return false }
+            // some VM: first one that goes to this VM, then one the user chose this VM for (the state
+            // file), then one the rules allow there (an earlier run or the user put it there).
+            let sameIDs = devices.values.filter { t in
+                guard case .usb(let d) = t.device, t.present else { return false }
                 return d.vendorId == a.usbVendor && d.productId == a.usbProduct
-            }.sorted { (Self.key($0.device) ?? "") < (Self.key($1.device) ?? "") }
-            return unplaced.first { $0.want == vm } ?? unplaced.first { $0.decision.candidateVms.contains(vm) } ?? unplaced.first
+            }
+            let unplaced = sameIDs.filter { $0.attachment == nil && !$0.decision.candidateVms.isEmpty }
+                .sorted { (Self.key($0.device) ?? "") < (Self.key($1.device) ?? "") }
+            if let t = unplaced.first(where: { $0.want == vm })
+                ?? unplaced.first(where: { api.state.chosenVms[Self.identity($0.device)] == vm && $0.decision.candidateVms.contains(vm) })
+                ?? unplaced.first(where: { $0.decision.candidateVms.contains(vm) }) {
+                return t
+            }
+            // One the rules no longer allow there (the rules changed: it leaves this VM), only when
+            // no other device on the host has these IDs: the port may hold that one (the user's).
+            return sameIDs.count == 1 ? unplaced.first : nil
         case .pci:
             // By host address: two identical cards stay distinct.
             return devices.values.first { t in

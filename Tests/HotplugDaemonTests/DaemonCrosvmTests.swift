@@ -248,6 +248,27 @@ struct DaemonCrosvmTests {
         #expect(try vm.list() == "devices 1 046d c52b")
     }
 
+    @Test("restart without -a: the user attached by hand a receiver no rule takes, identical to one a rule sends to vm1: its port in vm2 is left in place, and the other is not attached")
+    func identicalDeviceAttachedByHand() async throws {
+        let tb = await Testbed.make()
+        let vm1 = try CrosvmVM(name: "vm1")
+        let vm2 = try CrosvmVM(name: "vm2")
+        let config = try vm1.config("""
+            {"usbPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "046d", "port": 2}]}],
+             "vms": [{"name": "vm1", "type": "crosvm", "socket": "$SOCKET"}, {"name": "vm2", "type": "crosvm", "socket": "\(vm2.socket)"}]}
+            """)
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev") // 1-2, address 4: the rule's
+        try tb.add(record: receiverRecords(1, port: 3))             // 1-3, address 5: no rule
+        #expect(try vm2.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/005") == "ok 1")
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["PATH": vm1.path])
+        try d.waitFor("; listening (")
+        try d.waitFor("VM vm2: port 1 holds usb 1-")
+        d.stop()
+        #expect(!d.log.contains { $0.contains("found in VM vm2") || $0.contains("detach") || $0.contains("attached to") }, "\(d.log)")
+        #expect(try vm2.list() == "devices 1 046d c52b")
+        #expect(try vm1.list() == "devices")
+    }
+
     @Test("a crosvm usb detach killed at its deadline after it freed the port, which another device got since: the first device replugged does not detach it")
     func detachKilledAfterFreeing() async throws {
         let tb = await Testbed.make()
