@@ -52,9 +52,7 @@ public struct BootDevices: Sendable, Hashable {
     public static let mountPoints: Set<String> = ["/", "/boot", "/boot/efi"]
 
     /// Filesystem types with no local disk: memory (an initramfs, a container's tmpfs) or the network.
-    /// (`autofs`: an automount point, as systemd makes for `/boot` or the ESP; the filesystem
-    /// mounted on it is its own line, resolved as any other.)
-    static let diskless: Set<String> = ["rootfs", "tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "autofs"]
+    static let diskless: Set<String> = ["rootfs", "tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs"]
 
     /// What `read` needs of one mountinfo line.
     public struct Mount: Sendable, Hashable {
@@ -92,7 +90,8 @@ public struct BootDevices: Sendable, Hashable {
     /// then down through device-mapper and md `slaves` links and NVMe multipath
     /// subsystems (to their controllers). One that cannot be resolved (zfs), no `/`
     /// in mountinfo, or mountinfo unreadable, is put in `unresolved`.
-    public static func read(sysfs: Sysfs, mountInfoPath: String = "/proc/self/mountinfo") -> BootDevices {
+    public static func read(sysfs: Sysfs, mountInfoPath: String = "/proc/self/mountinfo", fstabPath: String = "/etc/fstab") -> BootDevices {
+        let fstab = (try? Sysfs.readBytes(fstabPath, limit: 1 << 20).get()).map { Self.fstab(String(decoding: $0, as: UTF8.self)) } ?? [:]
         let mounts: [Mount]
         switch Sysfs.readBytes(mountInfoPath, limit: 8 << 20) {
         case .success(let bytes): mounts = Self.mounts(mountInfo: String(decoding: bytes, as: UTF8.self))
@@ -101,7 +100,7 @@ public struct BootDevices: Sendable, Hashable {
         var queue: [String] = []
         var unresolved: [String] = []
         for (i, mount) in mounts.enumerated() where mountPoints.contains(mount.mountPoint) {
-            let (devices, unknown) = backing(of: i, in: mounts, sysfs: sysfs)
+            let (devices, unknown) = backing(of: i, in: mounts, sysfs: sysfs, fstab: fstab)
             queue += devices
             if let unknown { unresolved.append("\(mount.mountPoint) (\(unknown))") }
         }
@@ -116,6 +115,17 @@ public struct BootDevices: Sendable, Hashable {
             result.append(relative(real, sysfs))
             // Stacked devices (LVM, dm-crypt, md): follow them down to the disks.
             for slave in Sysfs.list(real + "/slaves") { queue.append(real + "/slaves/" + slave) }
+            // A loop device below them (a live system's device-mapper snapshot over loop devices):
+            // the disk its file lies on.
+            if let file = loopBackingFile(real) {
+                if file.hasPrefix("/"), let holder = mount(holding: file, in: mounts, except: -1) {
+                    let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: 1, fstab: fstab)
+                    queue += found
+                    if let unknown { unresolved.append("a loop device of \(file) (\(unknown))") }
+                } else {
+                    unresolved.append("a loop device of \(file)")
+                }
+            }
             // A namespace of native NVMe multipath lives under its subsystem
             // (`/devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1`), which links each of its
             // controllers (`nvme0 -> .../0000:3d:00.0/nvme/nvme0`): those hold it.
@@ -133,18 +143,25 @@ public struct BootDevices: Sendable, Hashable {
 
     /// The sysfs paths of the block devices the filesystem `mounts[index]` lives on, and,
     /// when some of its storage cannot be found, what that is (`zfs rpool/ROOT/pve-1`).
-    static func backing(of index: Int, in mounts: [Mount], sysfs: Sysfs, depth: Int = 0) -> (devices: [String], unknown: String?) {
+    static func backing(of index: Int, in mounts: [Mount], sysfs: Sysfs, depth: Int = 0,
+                        fstab: [String: String] = [:]) -> (devices: [String], unknown: String?) {
         let mount = mounts[index]
+        if mount.type == "autofs" {
+            // An automount point (systemd's, for /boot or the ESP). Mounted now: the filesystem on
+            // top is its own line, resolved as any other. Not yet: the device fstab names for it;
+            // none there is systemd-gpt-auto's ESP, which lies on the disk that holds the root.
+            if mounts.contains(where: { $0.mountPoint == mount.mountPoint && $0.type != "autofs" }) { return ([], nil) }
+            guard let spec = fstab[mount.mountPoint] else { return ([], nil) }
+            let named = Mount(devno: "0:0", mountPoint: mount.mountPoint, type: "autofs", source: devicePath(spec), superOptions: "")
+            switch blockDevice(of: named, sysfs: sysfs) {
+            case .found(let device): return ([device], nil)
+            case .notInSysfs: return ([], nil)
+            case .none: return ([], "automount of \(spec), not mounted")
+            }
+        }
         switch blockDevice(of: mount, sysfs: sysfs) {
         case .found(let device):
-            // A loop device (a live system's squashfs): the disk is where its backing file lies.
-            if let file = loopBackingFile(device), depth < 4 {
-                guard file.hasPrefix("/"), let holder = self.mount(holding: file, in: mounts, except: index) else {
-                    return ([device], "\(mount.type) on a loop device of \(file)")
-                }
-                let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: depth + 1)
-                return ([device] + found, unknown.map { "\(mount.type) on a loop device of \(file) on \($0)" })
-            }
+            // (A loop device, a live system's squashfs: `read` follows it to its file's disk.)
             return (mount.type == "btrfs" ? btrfsMembers(of: device, sysfs: sysfs) : [device], nil)
         case .notInSysfs:
             // A block device this sysfs does not list (a test's tree: the host's lists every one).
@@ -160,7 +177,7 @@ public struct BootDevices: Sendable, Hashable {
         for layer in overlayLayers(mount.superOptions) {
             guard layer.hasPrefix("/") else { return (devices, "overlay with layer \(layer)") }
             guard let holder = self.mount(holding: layer, in: mounts, except: index) else { continue }
-            let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: depth + 1)
+            let (found, unknown) = backing(of: holder, in: mounts, sysfs: sysfs, depth: depth + 1, fstab: fstab)
             devices += found
             if let unknown { return (devices, "overlay on \(unknown)") }
         }
@@ -168,6 +185,26 @@ public struct BootDevices: Sendable, Hashable {
     }
 
     enum BlockDevice { case found(String), notInSysfs, none }
+
+    /// fstab's mount points and the device each names (`UUID=…`, `/dev/sdb1`, …).
+    static func fstab(_ text: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count >= 2, !fields[0].hasPrefix("#") else { continue }
+            out[unescapeOctal(String(fields[1]))] = unescapeOctal(String(fields[0]))
+        }
+        return out
+    }
+
+    /// The device node an fstab device names: `UUID=x` as `/dev/disk/by-uuid/x` (udev's link), ….
+    static func devicePath(_ spec: String) -> String {
+        for (tag, folder) in [("UUID=", "by-uuid"), ("PARTUUID=", "by-partuuid"), ("LABEL=", "by-label"), ("PARTLABEL=", "by-partlabel")]
+        where spec.hasPrefix(tag) {
+            return "/dev/disk/\(folder)/" + spec.dropFirst(tag.count)
+        }
+        return spec
+    }
 
     /// The file a loop device reads (`/sys/block/loopN/loop/backing_file`), without the kernel's
     /// ` (deleted)` mark; nil for any other block device.

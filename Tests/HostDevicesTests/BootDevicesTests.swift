@@ -59,9 +59,13 @@ final class FakeBlockSysfs {
         }
     }
 
-    func read(_ lines: [String]) throws -> BootDevices {
+    /// `fstab`: the lines of this test's /etc/fstab (none: no such file).
+    func read(_ lines: [String], fstab: [String]? = nil) throws -> BootDevices {
         try (lines.joined(separator: "\n") + "\n").write(toFile: mountInfo, atomically: true, encoding: .utf8)
-        return BootDevices.read(sysfs: Sysfs(root: root), mountInfoPath: mountInfo)
+        let fstabPath = root + "/fstab"
+        try? FileManager.default.removeItem(atPath: fstabPath)
+        if let fstab { try (fstab.joined(separator: "\n") + "\n").write(toFile: fstabPath, atomically: true, encoding: .utf8) }
+        return BootDevices.read(sysfs: Sysfs(root: root), mountInfoPath: mountInfo, fstabPath: fstabPath)
     }
 }
 
@@ -152,15 +156,45 @@ struct BootDevicesTests {
         #expect(onZFS.isHeld(by: FakeBlockSysfs.nvme))
     }
 
-    @Test("an automounted /boot (systemd's autofs point) holds nothing itself: the ext4 root's disk only, not every disk")
+    @Test("an automounted /boot (systemd's autofs point): mounted, the filesystem on top; not yet, the device fstab names, or none (gpt-auto's ESP, on the root's disk); one it cannot find: unresolved")
     func automountedBoot() throws {
         let sys = try FakeBlockSysfs()
+        let root = "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw"
+        let automount = "40 22 0:42 / /boot rw,relatime shared:20 - autofs systemd-1 rw,fd=47,pgrp=1,timeout=0,minproto=5,maxproto=5,direct"
+        // systemd-gpt-auto (no fstab entry): only the root's disk.
+        let gptAuto = try sys.read([root, automount])
+        #expect(gptAuto.unresolved.isEmpty, "\(gptAuto)")
+        #expect(gptAuto.isHeld(by: FakeBlockSysfs.sata) && !gptAuto.isHeld(by: FakeBlockSysfs.nvme) && !gptAuto.isHeld(by: FakeBlockSysfs.usbDisk))
+        // /boot on a USB stick, x-systemd.automount, not mounted yet: the stick fstab names.
+        let fstab = ["# /etc/fstab", "/dev/sda2 / ext4 defaults 0 1", "/dev/sdb1 /boot vfat noauto,x-systemd.automount 0 2"]
+        let pending = try sys.read([root, automount], fstab: fstab)
+        #expect(pending.isHeld(by: FakeBlockSysfs.usbDisk) && pending.unresolved.isEmpty, "\(pending)")
+        // Mounted: the vfat line on top.
+        let mounted = try sys.read([root, automount, "41 40 8:17 / /boot rw,relatime shared:21 - vfat /dev/sdb1 rw"])
+        #expect(mounted.isHeld(by: FakeBlockSysfs.usbDisk) && mounted.unresolved.isEmpty)
+        // A device it cannot find (no /dev/disk/by-uuid link here): unresolved, every disk held.
+        let unknown = try sys.read([root, automount], fstab: ["UUID=0000-1111 /boot vfat noauto,x-systemd.automount 0 2"])
+        #expect(unknown.unresolved == ["/boot (automount of UUID=0000-1111, not mounted)"], "\(unknown)")
+        #expect(unknown.isHeld(by: FakeBlockSysfs.nvme))
+    }
+
+    @Test("a live system's root on device-mapper over loop devices (dmsquash-live): the disk of the loop device's file is held")
+    func liveOnDeviceMapper() throws {
+        let sys = try FakeBlockSysfs()
+        let fm = FileManager.default
+        try sys.disk("loop1", devno: "7:1", at: "/devices/virtual/block/loop1", partitions: [:])
+        try fm.createDirectory(atPath: sys.root + "/devices/virtual/block/loop1/loop", withIntermediateDirectories: true)
+        try "/run/initramfs/live/LiveOS/rootfs.img\n".write(toFile: sys.root + "/devices/virtual/block/loop1/loop/backing_file",
+                                                          atomically: true, encoding: .utf8)
+        try sys.disk("dm-0", devno: "253:0", at: "/devices/virtual/block/dm-0", partitions: [:])
+        try fm.createDirectory(atPath: sys.root + "/devices/virtual/block/dm-0/slaves", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: sys.root + "/devices/virtual/block/dm-0/slaves/loop1", withDestinationPath: "../../loop1")
         let boot = try sys.read([
-            "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw",
-            "40 22 0:42 / /boot rw,relatime shared:20 - autofs systemd-1 rw,fd=47,pgrp=1,timeout=0,minproto=5,maxproto=5,direct",
+            "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/live-rw rw",
+            "25 22 8:17 / /run/initramfs/live ro,relatime shared:5 - iso9660 /dev/sdb1 ro",
         ])
-        #expect(boot.unresolved.isEmpty, "\(boot)")
-        #expect(boot.isHeld(by: FakeBlockSysfs.sata) && !boot.isHeld(by: FakeBlockSysfs.nvme) && !boot.isHeld(by: FakeBlockSysfs.usbDisk))
+        #expect(boot.isHeld(by: FakeBlockSysfs.usbDisk) && boot.unresolved.isEmpty, "\(boot)")
+        #expect(!boot.isHeld(by: FakeBlockSysfs.sata))
     }
 
     @Test("a live system's root (overlay over a squashfs on loop0, whose file is on a USB stick): the stick is held")
