@@ -510,8 +510,13 @@ public actor Daemon {
 
     /// A USB device on the host with the vendor and product of an attachment crosvm listed.
     func onHost(_ a: Attachment) -> HostDevice? {
-        devices.values.lazy.filter(\.present).map(\.device).first { device in
-            guard case .usb(let d) = device else { return false }
+        presentUSB(withIDsOf: a).first?.device
+    }
+
+    /// The followed USB devices on the host with the vendor and product of a crosvm attachment.
+    func presentUSB(withIDsOf a: Attachment) -> [Tracked] {
+        devices.values.filter { t in
+            guard case .usb(let d) = t.device, t.present else { return false }
             return d.vendorId == a.usbVendor && d.productId == a.usbProduct
         }
     }
@@ -530,10 +535,7 @@ public actor Daemon {
             // crosvm: by vendor and product, among the devices not yet placed that the rules send to
             // some VM: first one that goes to this VM, then one the user chose this VM for (the state
             // file), then one the rules allow there (an earlier run or the user put it there).
-            let sameIDs = devices.values.filter { t in
-                guard case .usb(let d) = t.device, t.present else { return false }
-                return d.vendorId == a.usbVendor && d.productId == a.usbProduct
-            }
+            let sameIDs = presentUSB(withIDsOf: a)
             let unplaced = sameIDs.filter { $0.attachment == nil && !$0.decision.candidateVms.isEmpty }
                 .sorted { (Self.key($0.device) ?? "") < (Self.key($1.device) ?? "") }
             if let t = unplaced.first(where: { $0.want == vm })
@@ -925,7 +927,6 @@ public actor Daemon {
                     t.waitsForGroup = true
                     return
                 }
-                t.waitsForGroup = false
                 let attempted = t.device
                 do {
                     await authorizeForVM(t, vm: vm)
