@@ -73,6 +73,9 @@ public actor CrosvmBackend: VMBackend {
     /// Attachments that `usb list` showed gone after such a detach, by port: whatever is put
     /// on the port since (by hand, say) is not theirs.
     private var released: [Int: Attachment] = [:]
+    /// Ports crosvm kept for a refused attach that could not be freed then, with what they
+    /// held: freed at the next try, or after the attach that succeeds.
+    private var unfreed: [Int: Attachment] = [:]
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
@@ -121,7 +124,12 @@ public actor CrosvmBackend: VMBackend {
         switch answer {
         case .ok(let port):
             logger.debug("VM \(name): crosvm attached \(what) at port \(port)")
-            return attached(device, port: port)
+            let a = attached(device, port: port)
+            if !unfreed.isEmpty, let listed = try? await list() {
+                unfreed = unfreed.filter { port, _ in listed.contains { $0.id == String(port) } }
+                _ = await freeKept(stillUnfreed(in: listed))
+            }
+            return a
         case .noAvailablePort:
             let inUse = await reclaimRefusedPort(device)
             // With free ports of both kinds (1-8 for USB 2, 9-16 for USB 3) no kind of port is full,
@@ -193,18 +201,51 @@ public actor CrosvmBackend: VMBackend {
         }
         // crosvm's `usb list` never shows port 16: count it when vhotplug put something there.
         var inUse = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 == 16 })
-        for port in unclaimedPorts(of: device, in: listed) {
+        let kept = Set(unclaimedPorts(of: device, in: listed)).union(stillUnfreed(in: listed).compactMap { Int($0.id) })
+        let freed = await freeKept(listed.filter { Int($0.id).map(kept.contains) == true })
+        inUse.subtract(freed)
+        // A port that could not be freed stays unknown, so that the next try frees it.
+        knownPorts.formUnion(inUse.subtracting(unfreed.keys))
+        // Or when the other USB 3 ports (9-15) are all held: after a restart vhotplug knows nothing
+        // of port 16, but a guest that took 7 USB 3 devices is up and crosvm gives the lowest free
+        // port first, so port 16 is taken too (not remembered: it is a guess from this list).
+        if (9...15).allSatisfy(inUse.contains) { inUse.insert(16) }
+        return inUse
+    }
+
+    /// The listed ports that still hold what crosvm kept of a refused attach and could not be
+    /// freed then (the same vendor and product on the same port, which no attach has filled).
+    private func stillUnfreed(in listed: [Attachment]) -> [Attachment] {
+        listed.filter { a in
+            guard let port = Int(a.id), !knownPorts.contains(port), let was = unfreed[port] else { return false }
+            return was.sameDevice(as: a)
+        }
+    }
+
+    /// Detaches `kept`, ports crosvm kept for attaches it refused (the guest was not up).
+    /// Returns the ports freed; those it could not free are in `unfreed` for the next try.
+    private func freeKept(_ kept: [Attachment]) async -> Set<Int> {
+        var freed: Set<Int> = []
+        for a in kept {
+            guard let port = Int(a.id) else { continue }
             // (Debug: while the guest boots, each try of the daemon's does this.)
-            logger.debug("VM \(name): crosvm kept \(device.sysName) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
+            let what = "\(a.usbVendor.map(hex4) ?? "?"):\(a.usbProduct.map(hex4) ?? "?")"
+            logger.debug("VM \(name): crosvm kept \(what) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
             do throws(VMError) {
-                _ = try await crosvm(["detach", String(port), socketPath], step: "usb detach \(port)")
-                inUse.remove(port)
+                let command = "usb detach \(port)"
+                let (answer, result) = try await crosvm(["detach", String(port), socketPath], step: command)
+                switch answer {
+                case .ok, .noSuchDevice, .noSuchPort: break     // freed (while the guest boots crosvm says no_such_device)
+                default: throw unexpected(command, answer, result)
+                }
+                freed.insert(port)
+                unfreed[port] = nil
             } catch {
-                logger.warning("VM \(name): could not free port \(port): \(error)")
+                logger.warning("VM \(name): could not free port \(port), which crosvm kept for a refused attach: \(error); tried again at the next attach")
+                unfreed[port] = a
             }
         }
-        knownPorts.formUnion(inUse)
-        return inUse
+        return freed
     }
 
     // MARK: Detach

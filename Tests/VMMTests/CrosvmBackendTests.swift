@@ -232,6 +232,27 @@ struct CrosvmBackendTests {
         _ = try await b.attachUSB(usbDevice(19, node: last, vendor: 0x2000, product: 9))
     }
 
+    @Test("after a restart, every USB 3 port held (16 unlisted): a USB 3 attach is refused as ports full, not as a guest still booting")
+    func portsExhaustedAfterRestart() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        let before = backend(vm, host)
+        for i in 1...8 {
+            let node = try vm.node("u3-\(i)", vendor: 0x2000, product: UInt16(i), bcdUSB: 0x0300)
+            _ = try await before.attachUSB(usbDevice(10 + i, node: node, vendor: 0x2000, product: UInt16(i)))
+        }
+        let restarted = backend(vm, host)                  // knows nothing of port 16
+        #expect(try await restarted.listAttached().map(\.id) == (9...15).map(String.init))
+        let last = try vm.node("u3-9", vendor: 0x2000, product: 9, bcdUSB: 0x0300)
+        let e = await failure { () async throws(VMError) in _ = try await restarted.attachUSB(usbDevice(19, node: last, vendor: 0x2000, product: 9)) }
+        #expect(errorClass(e) == "no_available_port")
+        #expect(e?.isGuestNotReady == false, "\(String(describing: e))")
+        #expect(e?.description.contains("8 of crosvm's 16 in use") == true)
+        // With port 15 freed, one of 9-15 is free again: nothing is guessed about port 16.
+        try await restarted.detach(VMAttachment(vm: "vm1", kind: .usb, id: "15", hostKey: ""))
+        #expect(try await restarted.attachUSB(usbDevice(19, node: last, vendor: 0x2000, product: 9)).id == "15")
+    }
+
     @Test("guest not up: no_available_port, and the port crosvm kept anyway is freed; after boot, attach works")
     func guestNotReady() async throws {
         let vm = try CrosvmVM(["--guest-not-ready"])
@@ -257,6 +278,49 @@ struct CrosvmBackendTests {
             attached = try? await b.attachUSB(dev)
         }
         #expect(attached?.id == "1")
+    }
+
+    /// Returns once the double's guest is up (SIGUSR1 is asynchronous): a probe device is
+    /// attached by hand until crosvm accepts it; each probe, refused or not, is detached again.
+    func waitUntilBooted(_ vm: CrosvmVM) throws {
+        let probe = try vm.node("probe", vendor: 0xfeed, product: 0xbeef)
+        for _ in 0..<2000 {
+            let answer = try vm.cli("attach", "00:00:00:00", probe)
+            let words = try vm.cli("list").split(separator: " ").dropFirst().map(String.init)
+            for i in stride(from: 0, to: words.count - 2, by: 3) where words[i + 1] == "feed" {
+                _ = try vm.cli("detach", words[i])
+            }
+            if answer.hasPrefix("ok") { return }
+        }
+        throw CrosvmTestError("the crosvm double's guest did not come up after SIGUSR1")
+    }
+
+    @Test("a port crosvm kept for a refused attach, which could not be freed then, is freed at the next try, or after the attach that succeeds",
+          arguments: [false, true])
+    func keptPortNotFreedAtFirst(bootsBeforeNextTry: Bool) async throws {
+        let vm = try CrosvmVM(["--guest-not-ready"])
+        let host = try LoopHost()
+        let marker = vm.dir + "/failed-once"
+        let flaky = try script(vm.dir, "flaky", """
+            if [ "$2" = detach ] && [ ! -e \(marker) ]; then touch \(marker); echo "control socket busy" >&2; exit 1; fi
+            exec "\(crosvmDouble)" "$@"
+            """)
+        let b = backend(vm, host, crosvm: flaky)
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b))
+        let first = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
+        #expect(first?.isGuestNotReady == true)
+        #expect(try vm.cli("list") == "devices 1 046d c52b")      // kept by crosvm, its detach failed
+        if bootsBeforeNextTry {
+            vm.bootGuest()
+            try waitUntilBooted(vm)
+            #expect(try await b.attachUSB(dev).id == "2")
+            let listed = try vm.cli("list")
+            #expect(listed == "devices 2 046d c52b", "\(listed)")
+        } else {
+            let next = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
+            #expect(next?.isGuestNotReady == true)
+            #expect(try vm.cli("list") == "devices")
+        }
     }
 
     @Test("guest not up with more than 8 ports taken, but free ports of both kinds (USB 2 and USB 3): still the guest not being up")
