@@ -87,6 +87,17 @@ extension Daemon: ControlService {
         return first
     }
 
+    /// Where a device found in `vm` (by a restart, or in it at a reload) goes: it stays while the
+    /// rules allow that VM (their target or one of their allowedVms) and the user has neither
+    /// detached it nor chosen another allowed VM; otherwise where a device connected now goes.
+    func want(_ key: String, _ t: Tracked, placedIn vm: String) -> String? {
+        let id = Self.identity(t.device)
+        let candidates = t.decision.candidateVms
+        let chosenElsewhere = api.state.chosenVms[id].map { $0 != vm && candidates.contains($0) } ?? false
+        guard candidates.contains(vm), !api.state.disconnected.contains(id), !chosenElsewhere else { return initialWant(key, t) }
+        return vm
+    }
+
     /// A client that enables notifications is asked about every device still waiting for a choice.
     public func notificationsForNewListener() async -> [JSONText] {
         api.selecting.sorted().compactMap { key -> JSONText? in

@@ -485,10 +485,7 @@ public actor Daemon {
                     // Found where an earlier run put it: it stays while the rules allow that VM (their
                     // target or one of their allowedVms) and the user has not detached it; otherwise it
                     // goes where a device connected at start goes now.
-                    if t.want == nil, let key = Self.key(t.device) {
-                        let detached = api.state.disconnected.contains(Self.identity(t.device))
-                        t.want = t.decision.candidateVms.contains(vm) && !detached ? vm : initialWant(key, t)
-                    }
+                    if t.want == nil, let key = Self.key(t.device) { t.want = want(key, t, placedIn: vm) }
                     logger.info("\(t.logName): found in VM \(vm) as \(a.id)")
                 }
             } else if a.hostKey.isEmpty, let held = onHost(a) {
@@ -1317,10 +1314,15 @@ public actor Daemon {
             let decision = decide(t.device)
             if decision != t.decision {
                 t.decision = decision
-                t.want = initialWant(key, t)
+                // Where it is, when the new rules allow it there, as a restart would find it.
+                t.want = t.attachment.map { want(key, t, placedIn: $0.vm) } ?? initialWant(key, t)
                 t.failed = false
                 t.since = .now()
-                logDecision(t)
+                if let vm = t.attachment?.vm, t.want == vm, vm != decision.targetVm {
+                    logger.info("\(t.logName): \(decision.summary); stays in \(vm), which its rules allow too")
+                } else {
+                    logDecision(t)
+                }
             } else if crosvmChanged, t.failed, let vm = t.want, backends[vm] is CrosvmBackend {
                 // Another crosvm program (a wrong path fixed): what failed with the old one is tried again.
                 t.failed = false

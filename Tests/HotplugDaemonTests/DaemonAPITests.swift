@@ -20,10 +20,18 @@ struct APIRig {
         qemu = base.qemu
         if twoVMs { qemu2 = try QEMUInstance(name: "vm2", testbed: tb) }
         config = qemu.dir + "/api.conf"
+        self.api = api
+        try write(ruleSets: ruleSets ?? #"[{"targetVm": "vm1", "tag": "mouse", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}]"#)
+    }
+
+    private let api: String
+
+    /// (Re)writes the configuration with these rule sets (the usbPassthrough array's text).
+    func write(ruleSets: String) throws {
         let vm2 = qemu2.map { #", {"name": "vm2", "type": "qemu", "socket": "\#($0.qmpPath)"}"# } ?? ""
         try """
             {
-              "usbPassthrough": \(ruleSets ?? #"[{"targetVm": "vm1", "tag": "mouse", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}]"#),
+              "usbPassthrough": \(ruleSets),
               "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}\(vm2)],
               "general": {"api": {"unixSocket": "\(socket)", "unixSocketMode": "0666"\(api)}, "statePath": "\(statePath)"},
             }
@@ -230,6 +238,25 @@ struct DaemonAPITests {
         // A clean exit lets what the daemon started finish: whatever it did with the device is done.
         d.stop()
         #expect(!d.log.contains { $0.contains("detached from vm2") || $0.contains("\"device_del\"") }, "\(d.log)")
+        #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
+    @Test("a reload that lets a device be in vm1 or vm2 leaves it in vm2, where the rules before put it (as a restart does)")
+    func reloadKeepsAllowedVM() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}]"#)
+        let vm2 = try #require(rig.qemu2)
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm2 as vhp-usb-1-2")
+        try rig.write(ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0, allow[0]); stays in vm2, which its rules allow too", from: mark)
+        // The API's reply comes once the device is idle: nothing moved it meanwhile.
+        #expect(try rig.cli(["usb", "attach", "--bus", "1", "--port", "2", "--vm", "vm2"]).status == 0)
+        #expect(!d.log[mark...].contains { $0.contains("detached from vm2") || $0.contains("attached to vm1") }, "\(d.log)")
         #expect(try vm2.attachedIds() == ["vhp-usb-1-2"])
         #expect(try rig.qemu.attachedIds() == [])
     }

@@ -1266,8 +1266,14 @@ class Test6DaemonPCIEvdev(DaemonCase):
         """A two-function e1000e (01:00.0 and 01:00.1, one IOMMU group): both go to vm1;
         when the one whose bind moved the group leaves vm1, the group stays on vfio-pci
         for the other (still in vm1); a reload sends both to vm2: the first waits for the
-        other to leave vm1, then both are in vm2; once they leave, both are back on e1000e."""
+        other to leave vm1, then both are in vm2; a reload that lets them be in vm1 or vm2 keeps
+        them in vm2; `vhotplug pci attach --vm vm1` moves the group back through the API (its
+        reply waits for both: the first waits for the other to leave vm2); once they leave,
+        both are back on e1000e."""
         lab = self.lab
+        rules = json.loads(json.dumps(PCI_RULES))
+        rules["general"] = {"api": {"unixSocket": API_SOCK}, "statePath": API_STATE}
+        lab.check("rm -f %s" % API_STATE)
         before = set(lab.guest_devices()["pci"])
         port = lab.free_root_port()
         lab.plug("e1000e", "f1", bus=port, addr="0.1", multifunction="on", wait=False)
@@ -1281,7 +1287,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         lab.wait_for(lambda: all(self.driver(f) == "e1000e" for f in fns), 30,
                      "both functions of the new e1000e on e1000e", interval=0.2)
         mark = lab.vhotplug_log_mark()
-        self.start("-a", config=PCI_RULES)
+        self.start("-a", config=rules)
         lab.wait_inner("vm1", lambda per: len({i for i in vhp_ids(per) if i.startswith("vhp-pci-")}) == 2,
                        PCI_ATTACH_DEADLINE * 2, "both functions in vm1", interval=0.1)
         bound = re.findall(r"pci (\S+) 8086:10d3[^\n]*: on vfio-pci \(IOMMU group (\d+), 2 devices\)",
@@ -1290,7 +1296,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         (first, group), (other, _) = bound[0], bound[1]
         self.assertEqual(first[:-1], other[:-1], "two functions of one slot: %s %s" % (first, other))
         # The rule keeps only the other function: the first leaves, the group stays on vfio-pci.
-        only_other = json.loads(json.dumps(PCI_RULES))
+        only_other = json.loads(json.dumps(rules))
         only_other["pciPassthrough"][0]["allow"] = [{"address": other, "description": "the other function"}]
         m = self.reload(only_other)
         lab.wait_inner("vm1", lambda per: pci_id(first) not in per, 30, "%s leaves vm1" % first)
@@ -1304,7 +1310,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         # it in vm2, the group busy, and leave it on vfio-pci in no VM), then both are in vm2.
         lab.vm_start("vm2")
         try:
-            to_vm2 = json.loads(json.dumps(PCI_RULES))
+            to_vm2 = json.loads(json.dumps(rules))
             to_vm2["pciPassthrough"][0]["targetVm"] = "vm2"
             m = self.reload(to_vm2)
             lab.wait_inner("vm2", lambda per: {pci_id(first), pci_id(other)} <= set(per), PCI_ATTACH_DEADLINE * 2,
@@ -1312,9 +1318,28 @@ class Test6DaemonPCIEvdev(DaemonCase):
             self.assertNotIn(pci_id(other), lab.inner_peripherals("vm1"))
             self.assertLog(r"pci %s [^\n]*: waits for pci %s [^\n]* to leave vm1 \(one IOMMU group\) before it goes to vm2"
                            % (re.escape(first), re.escape(other)), since=m)
-            # No rule at all: both leave vm2, and the whole group is back on e1000e.
-            m = self.reload(NO_PCI_RULES)
-            lab.wait_inner("vm2", lambda per: not ({pci_id(first), pci_id(other)} & set(per)), 30, "both leave vm2")
+            # Either VM allowed: found in vm2, they stay there. The API moves the group to vm1: its
+            # reply comes once both are there (a member that waited for its mate is set going again).
+            either = json.loads(json.dumps(rules))
+            del either["pciPassthrough"][0]["targetVm"]
+            either["pciPassthrough"][0]["allowedVms"] = ["vm1", "vm2"]
+            m = self.reload(either)
+            for f in (first, other):
+                lab.wait_log(r"pci %s [^\n]*: vm1 \([^\n]*\); stays in vm2, which its rules allow too" % re.escape(f), since=m, timeout=10)
+            self.assertEqual({pci_id(first), pci_id(other)} & set(lab.inner_peripherals("vm2")), {pci_id(first), pci_id(other)})
+            t = time.monotonic()
+            rc, out, err = lab.vhotplug_cli(["pci", "attach", "--vid", "8086", "--did", "10d3", "--vm", "vm1", "--path", API_SOCK],
+                                            binary=self.vhotplug)
+            self.assertEqual(rc, 0, out + err + self.diag())
+            note("IOMMU group: API pci attach --vm vm1 of both functions (from vm2)", time.monotonic() - t)
+            in_vm1 = set(lab.inner_peripherals("vm1"))
+            self.assertEqual({pci_id(first), pci_id(other)} & in_vm1, {pci_id(first), pci_id(other)},
+                             "the reply came before both functions were in vm1")
+            self.assertFalse({pci_id(first), pci_id(other)} & set(lab.inner_peripherals("vm2")))
+            self.assertLog(r"pci \S+ [^\n]*: waits for pci \S+ [^\n]* to leave vm2 \(one IOMMU group\) before it goes to vm1", since=m)
+            # No rule at all: both leave vm1, and the whole group is back on e1000e.
+            m = self.reload({k: v for k, v in rules.items() if k != "pciPassthrough"})
+            lab.wait_inner("vm1", lambda per: not ({pci_id(first), pci_id(other)} & set(per)), 30, "both leave vm1")
             lab.wait_for(lambda: self.driver(first) == "e1000e" and self.driver(other) == "e1000e", 30,
                          "both functions back on e1000e", interval=0.2)
         finally:
