@@ -466,3 +466,78 @@ final class Daemon: @unchecked Sendable {
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 }
+
+// MARK: perf
+
+/// `perf record` attached to a process with its events off, switched on and off through perf's
+/// control FIFOs (each command acknowledged), so that the samples are those of the cycles
+/// between `enable` and `finish`: cpu-clock (a timer: this VM has no hardware counters), with
+/// call chains (frame pointers), at 10 kHz.
+final class PerfRecord {
+    let output: String
+    let pid: pid_t
+    private let dir: String
+    private let ctl: Int32
+    private let ack: Int32
+
+    init(pid target: pid_t, output: String, hz: Int = 10000) throws {
+        self.output = output
+        dir = NSTemporaryDirectory() + "/vhp-perf-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for f in ["ctl", "ack"] where mkfifo(dir + "/" + f, 0o600) != 0 { throw BenchError("mkfifo \(dir)/\(f): errno \(errno)") }
+        // Opened read-write: neither open waits for perf's side.
+        ctl = open(dir + "/ctl", O_RDWR | O_CLOEXEC)
+        ack = open(dir + "/ack", O_RDWR | O_CLOEXEC)
+        let argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", String(hz), "-g", "-p", String(target), "-D", "-1",
+                    "--control", "fifo:\(dir)/ctl,\(dir)/ack", "-o", output]
+        var p: pid_t = 0
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        // SIGINT as perf expects it (the benchmark's process may ignore or block it, and a child
+        // inherits both): default, unblocked. Before, perf never saw the SIGINT that ends it.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t(), interrupt = sigset_t()
+        sigemptyset(&none)
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, SIGINT)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setsigdefault(&attr, &interrupt)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        let rc = posix_spawnp(&p, "perf", &actions, &attr, cArgs, environ)
+        guard rc == 0 else { throw BenchError("cannot start perf (apt-get install linux-perf): errno \(rc)") }
+        pid = p
+    }
+
+    /// Sends a control command and waits for perf's "ack".
+    private func command(_ text: String) throws {
+        let line = Array((text + "\n").utf8)
+        guard write(ctl, line, line.count) == line.count else { throw BenchError("perf control: errno \(errno)") }
+        var got: [UInt8] = []
+        var byte: UInt8 = 0
+        while !got.contains(0x0A) {
+            var fds = [pollfd(fd: ack, events: Int16(POLLIN), revents: 0)]
+            guard poll(&fds, 1, 30_000) == 1, read(ack, &byte, 1) == 1 else { throw BenchError("perf did not acknowledge \(text)") }
+            got.append(byte)
+        }
+    }
+
+    func enable() throws { try command("enable") }
+
+    /// Off, then perf is stopped (SIGINT: it writes its file) and waited for.
+    func finish() throws {
+        try command("disable")
+        kill(pid, SIGINT)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(ctl)
+        close(ack)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

@@ -40,6 +40,8 @@ struct Options {
     /// Run the cycling daemon under callgrind (analysis): its counters are zeroed after the
     /// warm-up and dumped after the measured cycles, into this folder.
     var callgrind: String?
+    /// `perf record` (cpu-clock samples with call chains) of the daemon over the measured cycles, into this file.
+    var perf: String?
     /// VHOTPLUG_EVENT_SOURCE for the daemons (`udev`: libudev's in-kernel subsystem filter
     /// applies, as on a host where udevd runs; umockdev's uevents are in udevd's format).
     var eventSource: String?
@@ -72,6 +74,7 @@ do {
         case "--gap": options.gap = Double(value())!
         case "--no-umockdev-mode": options.umockdevMode = false
         case "--callgrind": options.callgrind = value()
+        case "--perf": options.perf = value()
         case "--massif": options.massif = value()
         case "--vhotplug": options.vhotplug = value()
         case "--startup-profile": options.startupProfile = value()
@@ -84,7 +87,7 @@ do {
             print("""
                 usage: umockdev-wrapper vhotplug-hotplug-bench [--cycles 100] [--memory-cycles 1000] [--warmup 5]
                        [--startups 20] [--idle 20] [--coldplug 100] [--phases latency,idle,coldplug,floor]
-                       [--debug] [--late-qemu N] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
+                       [--debug] [--late-qemu N] [--log-dir DIR] [--gap 0.01] [--no-umockdev-mode] [--callgrind DIR] [--perf FILE] [--massif DIR] [--vhotplug PATH] [--startup-profile DIR]
                        [--event-source udev|kernel] [--sender umockdev|direct]
                 """)
             exit(0)
@@ -591,8 +594,15 @@ func latencyFigures(_ tb: Testbed, _ qemu: QEMUInstance, _ config: String) throw
         note("callgrind_control \(arg): \(r?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) ?? "failed") \(r?.stderr ?? "")")
     }
     callgrindControl("-z")
+    let perf = try opts.perf.map { try PerfRecord(pid: daemon.pid, output: $0) }
+    try perf?.enable()
     let staged = try measure(.staged)
     callgrindControl("-d")
+    if let perf {
+        try perf.finish()
+        note("perf: cpu-clock samples of the daemon's threads over the \(opts.cycles) measured cycles in \(perf.output) "
+             + "(tools/bench/cpu-split.sh splits them)")
+    }
     if let dir = opts.callgrind {
         // The dump's files, one per thread (--separate-threads): instructions over the cycles.
         let prefix = "callgrind.out.\(daemon.pid).1-"
