@@ -201,6 +201,10 @@ public actor ControlServer {
     // MARK: Accepting
 
     func acceptLoop(_ fd: Int32, _ transport: APITransport) async {
+        // Failures in a row (out of descriptors and the like): the connection waiting stays in the
+        // backlog, so each try fails at once. Said once per streak, with the back-off doubling
+        // from 0.1 s to 10 s (before, an error line every 0.1 s for as long as it lasted).
+        var failures = 0
         while running {
             do { try await loop.readable(fd) } catch { return }
             while running {
@@ -208,15 +212,31 @@ public actor ControlServer {
                 do {
                     accepted = try Sockets.accept(fd, transport: transport)
                 } catch {
-                    // Out of descriptors and the like: say so, and back off a little.
-                    logger.error("API: \(error)")
-                    await loop.sleep(0.1)
+                    let backOff = Self.acceptBackOff(afterFailures: failures)
+                    if failures == 0 {
+                        logger.error("API: \(error); trying again in \(backOff) s, then less often (said again when it works)")
+                    }
+                    failures += 1
+                    await loop.sleep(backOff)
                     break
                 }
-                guard let (cfd, peer) = accepted else { break }
+                guard let (cfd, peer) = accepted else {
+                    // Nothing waiting, and no error: over. (Out of descriptors, accept fails before it
+                    // looks at the backlog, so a success alone does not end the streak.)
+                    if failures > 0 {
+                        logger.info("API: accepting connections again after \(failures) failed tries")
+                        failures = 0
+                    }
+                    break
+                }
                 admit(cfd, peer)
             }
         }
+    }
+
+    /// Seconds to wait after `failures` failed accepts in a row: 0.1, doubling, up to 10.
+    static func acceptBackOff(afterFailures failures: Int) -> Double {
+        min(0.1 * Double(1 << min(failures, 7)), 10)
     }
 
     func admit(_ fd: Int32, _ peer: APIPeer) {

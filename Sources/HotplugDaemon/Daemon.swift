@@ -102,6 +102,10 @@ final class Tracked: @unchecked Sendable {
         /// A detach crosvm was killed in, whose port the look found still holding the device:
         /// crosvm does not finish it later by itself, so the loop sends it again.
         var resend = false
+        /// A detach that failed (no connection, no greeting, an error): the VM may never have
+        /// had the request, so a look that finds the device still there sends it again, as
+        /// for crosvm (QEMU refuses a second device_del while the guest is unplugging).
+        var sendAgainIfHeld = false
     }
     /// Still on the host.
     var present = true
@@ -899,7 +903,17 @@ public actor Daemon {
                         logger.error("\(t.logName): detach from \(a.vm) failed: \(error); looking again in \(Self.seconds(t.unanswered?.delay ?? 0))")
                         scheduleLook(key, t)
                     } else {
-                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error)")
+                        // The VM may not have had the request at all (no connection, no greeting): it is
+                        // asked later whether it still has the device, and sent the detach again if so.
+                        // Without this the device stayed in the VM, and its entry here, for good.
+                        // (Failed again after such a look: the looks go on as late as they had come.)
+                        let earlier = t.unanswered.flatMap { $0.operation == .detach && $0.sendAgainIfHeld ? $0.delay : nil }
+                        var looks = Tracked.Unanswered(operation: .detach, delay: earlier ?? qmpTimeout)
+                        looks.sendAgainIfHeld = true
+                        t.unanswered = looks
+                        t.detachAgain = false
+                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error); asking \(a.vm) again in \(Self.seconds(looks.delay))")
+                        scheduleLook(key, t)
                     }
                     return
                 }
@@ -1098,9 +1112,10 @@ public actor Daemon {
                 await deauthorizeAfterVM(t, vm: a.vm)
                 await giveBackDriver(t)
                 return false
-            case (.detach, true) where backend.type == .crosvm:
+            case (.detach, true) where backend.type == .crosvm || pending.sendAgainIfHeld:
                 // The port still holds it (listed just now), and crosvm does not finish a detach later
-                // by itself: sent again while the device is to leave; otherwise it stays where it is.
+                // by itself; or the detach failed before the VM may have had it: sent again while the
+                // device is to leave; otherwise it stays where it is.
                 guard a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil else {
                     t.unanswered = nil
                     t.lastError = nil
@@ -1116,7 +1131,15 @@ public actor Daemon {
             case (.detach, true):
                 // (Not inside the log line: swift-log evaluates a debug message only at debug level.)
                 let next = lookLater(key, t)
-                logger.info("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
+                // A guest that never lets go (no hotplug driver, stopped in firmware) is looked at every
+                // 5 minutes until it does or the VM stops; said once, then only at debug level.
+                if pending.delay >= Self.lookCap {
+                    logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
+                } else if next >= Self.lookCap {
+                    logger.info("\(t.logName): \(a.vm) still has \(a.id); its guest has not let go: looking again every \(Self.seconds(next)), logged at debug level only")
+                } else {
+                    logger.info("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
+                }
             }
         } catch {
             // The VM is not running (stopped, killed with its socket file left behind, or retired
@@ -1314,6 +1337,8 @@ public actor Daemon {
             let decision = decide(t.device)
             if decision != t.decision {
                 t.decision = decision
+                // (A choice asked of the clients under the old rules is asked again if still open.)
+                api.selecting.remove(key)
                 // Where it is, when the new rules allow it there, as a restart would find it.
                 t.want = t.attachment.map { want(key, t, placedIn: $0.vm) } ?? initialWant(key, t)
                 t.failed = false

@@ -74,11 +74,17 @@ public final class PathWatcher {
         close(fd)
     }
 
-    /// Reports creation and deletion of `path` from now on.
+    /// Reports creation and deletion of `path` from now on; and at once, when it was watched
+    /// before `removeAll` and has appeared or gone since (its event went with the old watch).
     public func watch(_ path: String) {
         targets.insert(path)
-        exists[path] = access(path, F_OK) == 0
         armParent(of: path)
+        let now = access(path, F_OK) == 0
+        if let before = exists[path], before != now {
+            report(path, now)
+        } else {
+            exists[path] = now
+        }
     }
 
     private func report(_ path: String, _ created: Bool) {
@@ -86,12 +92,14 @@ public final class PathWatcher {
         handler(path, created)
     }
 
-    /// Forgets every path (a configuration reload sets them again).
+    /// Forgets every path (a configuration reload sets them again). What each was known to be
+    /// is kept: a socket that appeared (or went) while a reload ran is reported when it is
+    /// watched again. (Before, its event, queued under the removed watch, was dropped, and the
+    /// VM stayed "not running" until its next restart.)
     public func removeAll() {
         for wd in folders.keys { inotify_rm_watch(fd, wd) }
         folders.removeAll()
         targets.removeAll()
-        exists.removeAll()
     }
 
     private func armParent(of path: String) {

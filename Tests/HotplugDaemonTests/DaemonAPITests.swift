@@ -261,6 +261,51 @@ struct DaemonAPITests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("a device waiting for a client's choice that a reload sends to one VM: attached there, and a client that starts listening is not asked about it")
+    func reloadEndsChoice() async throws {
+        let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)
+        let d = try rig.daemon()
+        let applet = try APIClient(path: rig.socket)
+        #expect(try applet.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        _ = try applet.waitForEvent("usb_select_vm")      // the applet does not choose
+        try rig.write(ruleSets: #"[{"targetVm": "vm1", "allow": [{"vendorId": "046d"}]}]"#)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        // What a new listener gets comes right after the reply to enable_notifications, before the
+        // reply to its next request. Before, it was asked about the device (allowed_vms ["vm1"]).
+        let late = try APIClient(path: rig.socket)
+        try late.send(#"{"action": "enable_notifications"}"# + "\n" + #"{"action": "usb_list"}"# + "\n")
+        var lines: [[String: Any]] = []
+        while lines.filter({ $0["event"] == nil }).count < 2 { lines.append(try late.readObject()) }
+        #expect(!lines.contains { $0["event"] as? String == "usb_select_vm" }, "\(lines)")
+    }
+
+    @Test("out of descriptors: the API's accept fails, said once for the whole streak, with back-off; once a descriptor is free, clients are served again")
+    func acceptFailuresBackOff() async throws {
+        let rig = try await APIRig()
+        let d = try rig.daemon()
+        let pid = d.process.processIdentifier
+        func limitDescriptors(_ n: Int) throws {
+            let r = try run(["prlimit", "--pid", "\(pid)", "--nofile=\(n):\(max(n, 4096))"])   // util-linux
+            try #require(r.status == 0, "prlimit: \(r.stderr)")
+        }
+        // Fewer than it has open: no descriptor more for anything (those open stay).
+        try limitDescriptors(4)
+        let mark = d.mark
+        let client = try APIClient(path: rig.socket)     // waits in the backlog: each accept fails
+        try d.waitFor("API: accept", from: mark)
+        // The condition lasts a while (before, an error line every 0.1 s: about 10 here).
+        try await Task.sleep(for: .seconds(1))
+        try limitDescriptors(4096)
+        try d.waitFor("API: accepting connections again after ", from: mark)
+        #expect(try client.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        let failures = d.log[mark...].filter { $0.contains("error vhotplug") && $0.contains("API: ") }
+        #expect(failures.count == 1, "\(failures)")
+        #expect(failures.first?.contains("trying again in 0.1 s, then less often") == true, "\(failures)")
+    }
+
     @Test("a move to vm2 asked while vm1 has not answered the attach (QEMU stopped): the reply says vm1 did not answer; once vm1 runs again, the device is in vm2 only")
     func moveWhileAttachUnanswered() async throws {
         let rig = try await APIRig(twoVMs: true, ruleSets: #"[{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "046d"}]}]"#)

@@ -506,4 +506,28 @@ struct DaemonUSBTests {
         try d.waitFor("\(name): detached from vm1 (vhp-usb-1-2)", from: gone)
         #expect(try rig.qemu.attachedIds() == [])
     }
+
+    @Test("a detach that fails before QEMU may have had it (QEMU stopped: no greeting): asked again later, and sent again while QEMU still has the device")
+    func detachFailedIsTriedAgain() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon(environment: ["VHOTPLUG_QMP_TIMEOUT": "1"])
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
+        try d.waitFor("\(name): attached to vm1 as vhp-usb-1-2")
+        kill(rig.qemu.pid, SIGSTOP)
+        let mark = d.mark
+        rig.unplugReceiver()
+        let failed = try d.waitFor("\(name): detach from vm1 failed: VM vm1: no answer to ", from: mark)
+        #expect(d.log[failed].hasSuffix("; asking vm1 again in 1 s"), "\(d.log[failed])")
+        kill(rig.qemu.pid, SIGCONT)
+        // Before, nothing more happened: QEMU kept the device, the daemon its entry, for good.
+        // Now a look asks QEMU: it still has it (it dropped what the closed connection carried, as
+        // seen here), so the detach is sent again; or QEMU ran it after all, and the look says so.
+        let again = "\(name): vm1 still has vhp-usb-1-2 after the detach's deadline; detaching again"
+        let ran = "\(name): vm1 let go of vhp-usb-1-2 after the detach's deadline"
+        let outcome = try d.waitFor(anyOf: [again, ran], from: failed, timeout: 30)
+        if outcome.text == again { try d.waitFor("\(name): detached from vm1 (vhp-usb-1-2)", from: outcome.line) }
+        #expect(try rig.qemu.attachedIds() == [])
+        print("detachFailedIsTriedAgain: QEMU \(outcome.text == ran ? "ran" : "dropped") the device_del of the closed connection")
+    }
 }

@@ -45,6 +45,27 @@ struct PathWatcherTests {
         close(fd)
     }
 
+    @Test("a socket that appears while a reload forgets and sets the watches again is reported once, when it is watched again")
+    func appearsDuringReload() async throws {
+        let host = try LoopHost()
+        let dir = scratchPath("watch-reload")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/vm1.qmp"
+        let reports = Reports()
+        try await watching([path], host, reports)
+        // One loop job, as the daemon's reload: the socket appears before the loop reads its
+        // inotify event, which the removed watch then takes with it.
+        try await OnLoop(host.loop).run { _ in
+            let fd = open(path, O_CREAT | O_WRONLY, 0o600)
+            close(fd)
+            reports.watcher?.removeAll()
+            reports.watcher?.watch(path)
+        }
+        #expect(reports.wait(for: path, created: true, seconds: 5), "\(reports.all)")
+        try await OnLoop(host.loop).run { _ in }          // the loop has read inotify since
+        #expect(reports.all.count == 1, "\(reports.all)")
+    }
+
     @Test("two spellings of one folder (a symlink, as /var/run to /run): each target is reported under its own path")
     func twoSpellings() async throws {
         let host = try LoopHost()
