@@ -39,6 +39,13 @@ struct PathWatcherTests {
         }
     }
 
+    /// A new scratch folder.
+    private func folder(_ name: String) throws -> String {
+        let dir = scratchPath(name)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
     private func makeFile(_ path: String) throws {
         let fd = open(path, O_CREAT | O_WRONLY, 0o600)
         try #require(fd >= 0, "cannot create \(path)")
@@ -48,8 +55,7 @@ struct PathWatcherTests {
     @Test("a socket that appears while a reload forgets and sets the watches again is reported once, when it is watched again")
     func appearsDuringReload() async throws {
         let host = try LoopHost()
-        let dir = scratchPath("watch-reload")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try folder("watch-reload")
         let path = dir + "/vm1.qmp"
         let reports = Reports()
         try await watching([path], host, reports)
@@ -96,8 +102,7 @@ struct PathWatcherTests {
     @Test("after the kernel dropped inotify events (its queue overflowed), each watched path that changed is reported as it is now, and only those")
     func overflow() async throws {
         let host = try LoopHost()
-        let dir = scratchPath("watch")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try folder("watch")
         let target = dir + "/vm1.sock"
         // A socket there all along (its VM runs): an overflow is no news of it.
         let steady = dir + "/vm2.sock"
