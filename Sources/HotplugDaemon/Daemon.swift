@@ -912,7 +912,9 @@ public actor Daemon {
                         looks.sendAgainIfHeld = true
                         t.unanswered = looks
                         t.detachAgain = false
-                        logger.error("\(t.logName): detach from \(a.vm) failed: \(error); asking \(a.vm) again in \(Self.seconds(looks.delay))")
+                        // (Once the tries come every 5 minutes, at debug level: a VM that refuses for good.)
+                        logger.log(level: Self.quietAtCap(looks.delay, else: .error),
+                                   "\(t.logName): detach from \(a.vm) failed: \(error); asking \(a.vm) again in \(Self.seconds(looks.delay))")
                         scheduleLook(key, t)
                     }
                     return
@@ -1126,19 +1128,17 @@ public actor Daemon {
                 next.delay = min(pending.delay * 2, Self.lookCap)
                 next.resend = true
                 t.unanswered = next
-                logger.info("\(t.logName): \(a.vm) still has \(a.id) after the detach's deadline; detaching again")
+                logger.log(level: Self.quietAtCap(pending.delay), "\(t.logName): \(a.vm) still has \(a.id) after the detach's deadline; detaching again")
                 return true
             case (.detach, true):
                 // (Not inside the log line: swift-log evaluates a debug message only at debug level.)
                 let next = lookLater(key, t)
                 // A guest that never lets go (no hotplug driver, stopped in firmware) is looked at every
                 // 5 minutes until it does or the VM stops; said once, then only at debug level.
-                if pending.delay >= Self.lookCap {
-                    logger.debug("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
-                } else if next >= Self.lookCap {
+                if next >= Self.lookCap && pending.delay < Self.lookCap {
                     logger.info("\(t.logName): \(a.vm) still has \(a.id); its guest has not let go: looking again every \(Self.seconds(next)), logged at debug level only")
                 } else {
-                    logger.info("\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
+                    logger.log(level: Self.quietAtCap(pending.delay), "\(t.logName): \(a.vm) still has \(a.id); looking again in \(Self.seconds(next))")
                 }
             }
         } catch {
@@ -1158,6 +1158,12 @@ public actor Daemon {
             logger.warning("\(t.logName): cannot ask \(a.vm) whether it has \(a.id): \(error); asking again in \(Self.seconds(next))")
         }
         return false
+    }
+
+    /// The level of a line about a look or try `delay` seconds apart: debug once they come
+    /// every 5 minutes (a VM or guest that will not let go is not news every time).
+    static func quietAtCap(_ delay: Double, else level: Logger.Level = .info) -> Logger.Level {
+        delay >= lookCap ? .debug : level
     }
 
     /// Schedules the next look, twice as late as the last one (up to 5 minutes); returns its delay.
