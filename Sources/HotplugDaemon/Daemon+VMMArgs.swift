@@ -97,14 +97,14 @@ extension Daemon {
             reconcile(key)
         }
         do {
-            let record = try await binder.bind(d, previous: t.vfio)
-            t.vfio = record
+            let record = try await bindToVFIO(t, d)
             logger.info("\(t.logName): on vfio-pci for the start of \(vm) (\(Self.groupText(record))) in \(ms(since: t.since))")
             return nil
         } catch {
             t.failed = true
             t.lastError = "\(error)"
             logger.error("\(t.logName): cannot go to vfio-pci for \(vm): \(error)")
+            await giveBackDriver(t)     // (only when the bind could not undo itself and kept its record)
             return "\(t.logName) cannot go to vfio-pci: \(error)"
         }
     }

@@ -437,6 +437,18 @@ public actor Daemon {
                 holder = heir
             }
             guard let t = holder else {
+                // A member the bind moved that is on no driver now: a bind or give-back cut short
+                // between its unbind and its probe (the daemon killed). Given back with the record
+                // (before, the record was deleted and the device stayed with no driver).
+                if let cut = record.members.first(where: { m in !m.wasOnVFIO && tracked(pci: m.address).map { $0.pciDriver == nil } == true }) {
+                    do {
+                        try await binder.restore(record)
+                        logger.info("pci \(record.device): its VFIO record is of a bind or give-back cut short (\(cut.address) on no driver): IOMMU group \(record.group) given back to its drivers")
+                    } catch {
+                        logger.error("pci \(record.device): its VFIO record is of a bind or give-back cut short (\(cut.address) on no driver), and giving IOMMU group \(record.group) back failed: \(error); the record stays")
+                    }
+                    continue
+                }
                 let now = tracked(pci: record.device).map { "now on \($0.pciDriver ?? "no driver")" } ?? "gone"
                 logger.info("pci \(record.device): stale VFIO record deleted (the device is \(now))")
                 do { try store.remove(record.device) } catch { logger.warning("pci \(record.device): \(error)") }
@@ -1001,6 +1013,8 @@ public actor Daemon {
                     endGuestWait(t)
                     logger.error("\(t.logName): attach to \(vm) failed: \(error)")
                     await deauthorizeAfterVM(t, vm: vm)
+                    // (A bind that failed and could not undo itself kept its record: the group goes back.)
+                    await giveBackDriver(t)
                     return
                 }
             } else if t.attachment == nil && t.target == nil {
@@ -1211,14 +1225,27 @@ public actor Daemon {
                 // the device off vfio-pci: a give-back that did not finish; bound again.)
                 await binder.firstProbesOver(d)
                 guard t.target == backend.name else { return nil }
-                let record = try await binder.bind(d, previous: t.vfio)
-                t.vfio = record
+                let record = try await bindToVFIO(t, d)
                 logger.info("\(t.logName): on vfio-pci (\(Self.groupText(record))) in \(ms(since: t.since))")
             }
             guard t.target == backend.name else { return nil }
             return try await backend.attachPCI(d)
         case .input(let d):
             return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
+        }
+    }
+
+    /// Binds the device (and its IOMMU group) to vfio-pci, with its record in `t.vfio`; also
+    /// when the bind fails and its rollback does not finish, so that giving the group back
+    /// can still finish it.
+    func bindToVFIO(_ t: Tracked, _ d: PCIDevice) async throws(VFIOError) -> BindRecord {
+        do {
+            let record = try await binder.bind(d, previous: t.vfio)
+            t.vfio = record
+            return record
+        } catch {
+            if let kept = error.keptRecord { t.vfio = kept }
+            throw error
         }
     }
 
@@ -1283,9 +1310,11 @@ public actor Daemon {
         "IOMMU group \(record.group), \(record.members.count) device\(record.members.count == 1 ? "" : "s")"
     }
 
-    /// A device of `t`'s IOMMU group that is in a VM or going to one.
+    /// A device of `t`'s IOMMU group that is in a VM or going to one (a mate whose attach
+    /// failed is going nowhere until something changes: before, it kept the group on vfio-pci
+    /// with no VM after the others left).
     func groupMateInUse(_ t: Tracked) -> Tracked? {
-        groupMates(of: t).first { $0.attachment != nil || $0.target != nil }
+        groupMates(of: t).first { $0.attachment != nil || ($0.target != nil && !$0.failed) }
     }
 
     func ms(since: Deadline) -> String {
@@ -1302,6 +1331,9 @@ public actor Daemon {
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
+            // A bind or give-back in progress finishes first: cut between a device's unbind and its
+            // probe, it would be left with no driver. (Each step has its own deadline.)
+            await binder.quiesce()
             await stopAPI()
             authorizer.release(logger)
             loop.stop()

@@ -176,6 +176,11 @@ public actor VFIOBinder {
                 // All back as before this bind: the record is what it was before it.
                 if previous?.device != record.device { forget(record) }
                 if let previous { save(previous) }
+            } else {
+                // Some members stay moved: the caller keeps the record (it is stored too), and
+                // gives them back with it. Before, only the store had it: the next bind, reading
+                // the group as it was left, recorded vfio-pci as what they had, for good.
+                failure.keptRecord = record
             }
             throw failure
         }
@@ -190,6 +195,12 @@ public actor VFIOBinder {
         do { try store.save(record) } catch {
             logger.warning("\(record.device): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(record.group) back to its drivers")
         }
+    }
+
+    /// Returns once no bind or give-back is running (those asked before this call are over).
+    public func quiesce() async {
+        await lock.acquire()
+        lock.release()
     }
 
     /// Deletes the stored record of a bind whose devices need nothing more

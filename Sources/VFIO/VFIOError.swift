@@ -52,6 +52,9 @@ public struct VFIOError: Error, Sendable, Hashable, CustomStringConvertible {
     /// rollback after a failed bind, or the rest of a restore. Empty when every
     /// member went back to the driver it had.
     public var cleanupFailures: [VFIOError]
+    /// A bind whose rollback did not finish: its record (what each member had before), kept
+    /// in the store, so that the group can still be given back later. Nil otherwise.
+    public var keptRecord: BindRecord?
 
     /// An error of `step` for `device`.
     public init(device: String, step: Step, cause: Cause, cleanupFailures: [VFIOError] = []) {

@@ -506,7 +506,7 @@ struct VFIORestartTests {
         #expect(dir.files() == [])
     }
 
-    @Test("a bind whose rollback does not finish keeps its record, written before anything moved, of what each member had")
+    @Test("a bind whose rollback does not finish keeps its record, written before anything moved, of what each member had, and hands it to the caller; bound again with it and restored, both are back")
     func failedRollbackKeepsRecord() async throws {
         let dir = try TempFolder()
         defer { dir.done() }
@@ -522,6 +522,16 @@ struct VFIORestartTests {
         let (records, problems) = BindRecordStore(directory: dir.path).load()
         #expect(problems == [])
         #expect(records.map(\.members) == [[.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")]])
+        // The caller gets it too (the daemon keeps it). Bound again with it, what each member had
+        // first stays recorded (before, the caller had none: the next bind recorded the group as it
+        // was left, the audio function on no driver), and the restore gives both back.
+        let kept = try #require(e?.keptRecord, "the error carries no record")
+        #expect(kept == records.first)
+        let again = try await lab.binder.bind(try lab.device(gpu), previous: kept)
+        #expect(again.members == kept.members)
+        try await lab.binder.restore(again)
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == "snd_hda_intel")
+        #expect(dir.files() == [])
     }
 
     @Test("a rolled-back bind writes no record")

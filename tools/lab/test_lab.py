@@ -1210,6 +1210,19 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.assertBackOnE1000e(addr)
         lab.check("! test -e %s/%s.json" % (VFIO_RECORDS, addr))
         self.assertNotLog(r"(error|critical) [^\n]*pci %s" % re.escape(addr))
+        # A daemon killed between the NIC's unbind and its probe (a bind cut short): on no driver,
+        # driver_override vfio-pci, its record there. The next daemon gives it back to e1000e
+        # (before, it deleted the record as stale and the NIC stayed with no driver).
+        self.assertEqual(lab.stop_vhotplug(), 0, self.diag())
+        lab.write_file("%s/%s.json" % (VFIO_RECORDS, addr), json.dumps(record))
+        dev = "/sys/bus/pci/devices/%s" % addr
+        lab.check("echo vfio-pci > %s/driver_override && echo %s > %s/driver/unbind" % (dev, addr, dev))
+        self.assertEqual(self.driver(addr), "")
+        self.start(config=NO_PCI_RULES, what="daemon: start with the record of a bind cut short")
+        lab.wait_log(r"pci %s: its VFIO record is of a bind or give-back cut short \(%s on no driver\): IOMMU group %d given back"
+                     % (re.escape(addr), re.escape(addr), group), since=self.mark, timeout=30)
+        self.assertBackOnE1000e(addr)
+        lab.check("! test -e %s/%s.json" % (VFIO_RECORDS, addr))
         lab.vm_start("vm1")
 
     def test_6_vm_restart_gets_the_e1000e_back(self):
