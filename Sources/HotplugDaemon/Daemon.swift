@@ -421,7 +421,9 @@ public actor Daemon {
         guard let store = binder.store else { return }
         let (records, problems) = store.load()
         for p in problems { logger.warning("VFIO record ignored: \(p)") }
-        for var record in records {
+        // Devices whose own record a handed-over one was merged into: theirs is done.
+        var merged: Set<String> = []
+        for var record in records where !merged.contains(record.device) {
             /// The followed PCI device at `address` when it was on vfio-pci as the first pass read it.
             func onVFIOAtStart(_ address: String) -> Tracked? {
                 tracked(pci: address).flatMap { $0.pciDriver == VFIOBinder.vfioDriver ? $0 : nil }
@@ -431,7 +433,11 @@ public actor Daemon {
                case .pci(let d) = heir.device {
                 // The device is off vfio-pci (or gone) and a member is still on it: a bind or a
                 // give-back cut short (the daemon killed meanwhile). That member takes the record.
-                guard let next = await binder.handOver(record, to: d.address, merging: nil) else { continue }
+                // Merged with the heir's own record (read already, or still to come in this loop: before,
+                // it was ignored, and then put back over the merged one, which lost what the group had).
+                let own = heir.vfio ?? records.first { $0.device == d.address }
+                merged.insert(d.address)
+                guard let next = await binder.handOver(record, to: d.address, merging: own) else { continue }
                 logger.info("pci \(record.device): its VFIO record goes to \(heir.device.logName), still on vfio-pci")
                 record = next
                 holder = heir

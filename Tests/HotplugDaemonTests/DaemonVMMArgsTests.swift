@@ -273,8 +273,9 @@ struct DaemonVMMArgsTests {
         try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci for the start of vm1", from: mark)
     }
 
-    @Test("a start after a bind cut short (the GPU back on nouveau, its audio function still on vfio-pci): the audio function takes the GPU's record and goes back to snd_hda_intel")
-    func bindCutShortAtStart() async throws {
+    @Test("a start after a bind cut short (the GPU back on nouveau, its audio function still on vfio-pci): the audio function takes the GPU's record and goes back to snd_hda_intel; also when it has a record of its own (made while the group was on vfio-pci), read after the GPU's",
+          arguments: [false, true])
+    func bindCutShortAtStart(audioHasItsOwn: Bool) async throws {
         let rig = try await VMMArgsRig()
         let kernel = try rig.gpuWithPlayedKernel()
         defer { kernel.stop() }
@@ -291,6 +292,14 @@ struct DaemonVMMArgsTests {
             device: gpu, group: 2,
             members: [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")],
             groupNode: "/dev/vfio/2"))
+        if audioHasItsOwn {
+            // Before, it was put back over the merged record: nothing to give back, the audio function stayed on vfio-pci.
+            try BindRecordStore(directory: tb.root + "/vhotplug-vfio").save(BindRecord(
+                device: audio, group: 2,
+                members: [.init(address: gpu, originalDriver: "vfio-pci", wasOnVFIO: true),
+                          .init(address: audio, originalDriver: "vfio-pci", wasOnVFIO: true)],
+                groupNode: "/dev/vfio/2"))
+        }
         try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", atomically: false, encoding: .utf8)
         kernelWrite("/bus/pci/drivers/snd_hda_intel/unbind", audio)
         try kernel.waitFor("unbind \(audio) from snd_hda_intel")
