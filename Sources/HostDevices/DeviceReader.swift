@@ -226,8 +226,8 @@ public final class DeviceReader {
     /// interface has its folder.
     private func configuration(_ a: AttributeReader) -> String? {
         guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }), !config.isEmpty,
-              let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ Int($0.trimmingWhitespace()) })
-        else { return nil }
+              let count = (try? a.optionalString("bNumInterfaces")).flatMap({ $0 }).flatMap({ UInt8($0.trimmingWhitespace()) }).map(Int.init)
+        else { return nil }   // (a u8: a negative count, from a malformed sysfs, made `0..<count` trap)
         let sysName = lastComponent(a.device)
         let prefix = sysName.hasPrefix("usb") ? "\(sysName.dropFirst(3))-0:" : sysName + ":"
         // Interfaces are numbered 0 ..< bNumInterfaces (USB 2.0 9.6.5): look for each by name;

@@ -178,6 +178,13 @@ struct TestbedReadTests {
             #expect(g.vendorId == 0x046d && g.productId == 0xc52b && g.bus == 3 && g.devnum == 4 && g.deviceClass == 9)
         }
         #expect(KernelUSBFields(product: nil, type: nil, busnum: nil, devnum: nil) == KernelUSBFields(uevent: nil))
+        // A malformed interface count (a kernel prints a u8) is a device not configured yet, not a crash.
+        for count in ["-1", "256", "x"] {
+            let odd = usbAttributes(vendor: "1111", product: "3333", devnum: "10", extra: [("bNumInterfaces", count)])
+            let added = tb.addDevice(subsystem: "usb", name: "3-4", attributes: odd, properties: uevent)
+            #expect(r.readUSBIfConfigured(sysPath: String(added.dropFirst(4))) == nil, "bNumInterfaces \(count)")
+            tb.remove(added)
+        }
 
         let k = KernelUSBFields(uevent: "MAJOR=189\nPRODUCT=1d6b/2/601\nTYPE=9/0/1\nBUSNUM=001\nDEVNUM=001\n")
         #expect(k.vendorId == 0x1d6b && k.productId == 2 && k.bcdDevice == 0x601 && k.deviceClass == 9 && k.busnum == 1)
