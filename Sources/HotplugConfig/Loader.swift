@@ -34,7 +34,7 @@ public enum ConfigurationLoader {
     /// - Throws: ``ConfigurationError``; for bytes that are not UTF-8 it points at the first bad byte.
     public static func parse(bytes: [UInt8], file: String = "<config>") throws -> Configuration {
         if let offset = firstInvalidUTF8Offset(bytes) {
-            let (line, column) = position(ofOffset: offset, in: bytes)
+            let (line, column) = TextPosition.of(offset: offset, in: bytes)
             throw ConfigurationError(diagnostics: [Diagnostic(
                 file: file, line: line, column: column, path: "",
                 message: "the file is not valid UTF-8: invalid byte 0x\(hex(UInt32(bytes[offset]), width: 2).lowercased()); configuration files must be UTF-8 text")])
@@ -120,20 +120,5 @@ public enum ConfigurationLoader {
                 return min(offset, max(0, bytes.count - 1))
             }
         }
-    }
-
-    /// 1-based line and column (in scalars) of a byte offset.
-    static func position(ofOffset offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
-        var line = 1, column = 1
-        let start = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? min(3, offset) : 0
-        for b in bytes[start..<max(start, min(offset, bytes.count))] {
-            if b == 0x0A {
-                line += 1
-                column = 1
-            } else if b & 0xC0 != 0x80 {
-                column += 1
-            }
-        }
-        return (line, column)
     }
 }

@@ -144,15 +144,14 @@ public struct JSONParser {
 
     private mutating func advance() {
         guard index < bytes.count else { return }
-        let b = bytes[index]
+        TextPosition.move(&line, &column, past: index, in: bytes)
         index += 1
-        if b == UInt8(ascii: "\n") {
-            line += 1
-            column = 1
-        } else if b & 0xC0 != 0x80 {
-            // Count Unicode scalars: continuation bytes do not start a column.
-            column += 1
-        }
+    }
+
+    /// True at a JSON5 line terminator (LF, CR, U+2028, U+2029): where a `//` comment ends.
+    private func atLineTerminator() -> Bool {
+        guard let b = peek() else { return false }
+        return b == 0x0A || b == 0x0D || (b == 0xE2 && peek(1) == 0x80 && (peek(2) == 0xA8 || peek(2) == 0xA9))
     }
 
     private func fail(_ message: String) -> JSONSyntaxError {
@@ -193,7 +192,7 @@ public struct JSONParser {
             case UInt8(ascii: "/"):
                 let startLine = line, startColumn = column
                 if peek(1) == UInt8(ascii: "/") {
-                    while let c = peek(), c != 0x0A { advance() }
+                    while peek() != nil, !atLineTerminator() { advance() }
                 } else if peek(1) == UInt8(ascii: "*") {
                     advance(); advance()
                     var closed = false
@@ -395,11 +394,9 @@ public struct JSONParser {
             end += 1
         }
         if end < bytes.count, bytes[end] == quote {
-            var scalars = 0
-            for k in index ..< end where bytes[k] & 0xC0 != 0x80 { scalars += 1 }
             let text = String(decoding: bytes[index ..< end], as: UTF8.self)
-            column += scalars + 1
-            index = end + 1
+            // Past the closing quote (a U+2028 or U+2029 in the string starts a line).
+            while index <= end { advance() }
             return text
         }
         var buffer: [UInt8] = []
@@ -568,6 +565,37 @@ public struct JSONParser {
             advance()
         }
         return String(decoding: buffer, as: UTF8.self)
+    }
+}
+
+// MARK: - Positions
+
+/// 1-based lines and columns (columns count Unicode scalars) as UTF-8 text is read byte by
+/// byte. JSON5's line terminators each end a line: LF, CR, CRLF (one line break), U+2028
+/// and U+2029.
+public enum TextPosition {
+    /// Moves `line` and `column` past `bytes[i]`.
+    @inline(__always)
+    public static func move(_ line: inout Int, _ column: inout Int, past i: Int, in bytes: [UInt8]) {
+        let b = bytes[i]
+        let lineEnds = b == 0x0A
+            || (b == 0x0D && (i + 1 == bytes.count || bytes[i + 1] != 0x0A)) // a CR of CRLF: the LF ends the line
+            || ((b == 0xA8 || b == 0xA9) && i >= 2 && bytes[i - 1] == 0x80 && bytes[i - 2] == 0xE2)
+        if lineEnds {
+            line += 1
+            column = 1
+        } else if b & 0xC0 != 0x80 {
+            // Count Unicode scalars: continuation bytes do not start a column.
+            column += 1
+        }
+    }
+
+    /// The line and column of byte `offset` (from the start, or after an initial byte order mark).
+    public static func of(offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
+        var line = 1, column = 1
+        let start = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? min(3, offset) : 0
+        for i in start..<max(start, min(offset, bytes.count)) { move(&line, &column, past: i, in: bytes) }
+        return (line, column)
     }
 }
 

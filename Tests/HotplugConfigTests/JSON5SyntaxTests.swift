@@ -74,6 +74,21 @@ struct JSON5SyntaxTests {
         #expect(d.path == "$.vms")
     }
 
+    @Test("bare CR, U+2028 and U+2029 end a line as LF does (JSON5's line terminators); CRLF is one line break")
+    func otherLineTerminators() throws {
+        for br in ["\r", "\u{2028}", "\u{2029}", "\r\n", "\n"] {
+            let name = br.unicodeScalars.map { "U+" + hex($0.value, width: 4) }.joined(separator: " ")
+            let d = try singleError("{" + br + "  \"vms\": []," + br + "  \"x\": 1" + br + "}" + br)
+            #expect(d.position == "3:3", "\(name)")
+            // A // comment ends there too.
+            let c = try singleError("{ // note" + br + "  \"vms\": 5" + br + "}")
+            #expect(c.position == "2:10" && c.path == "$.vms", "\(name): \(c)")
+        }
+        // Inside a string, U+2028 (allowed there by JSON5) starts a line too.
+        let all = errors("{\"vms\": \"a\u{2028}b\", \"x\": 1}")
+        #expect(all.map(\.position) == ["1:9", "2:5"])
+    }
+
     @Test("a tab counts as one column")
     func tabsCountAsOneColumn() throws {
         let d = try singleError("{\n\t\"vms\": 5}")

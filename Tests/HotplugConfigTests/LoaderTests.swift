@@ -64,6 +64,8 @@ struct LoaderTests {
             (Array("{\"é\": ".utf8) + [0xC0, 0x80] + Array("}".utf8), "1:7"), // overlong NUL, after a 2-byte scalar
             ([0xED, 0xA0, 0x80], "1:1"),                        // an encoded surrogate
             (Array("{\n\n".utf8) + [0xFF], "3:1"),
+            (Array("{\r\r\n".utf8) + [0xFF], "3:1"),             // a bare CR and a CRLF: two line breaks
+            (Array("{\u{2028}é".utf8) + [0xFF], "2:2"),
         ]
         for (bytes, position) in cases {
             do {
