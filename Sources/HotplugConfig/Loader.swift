@@ -81,12 +81,23 @@ public enum ConfigurationLoader {
         func errnoText(_ code: Int32) -> String {
             "\(String(cString: strerror(code))) (errno \(code))"
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // Without waiting: opening a FIFO to read waits for a writer (a daemon's reload
+        // would hold its event loop). What is not a regular file is refused before any read.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         if fd < 0 {
             let code = errno
             throw failure("cannot open configuration file \(quoted(path, limit: 200)): \(errnoText(code))")
         }
         defer { close(fd) }
+        var info = stat()
+        if fstat(fd, &info) != 0 {
+            let code = errno
+            throw failure("cannot read configuration file \(quoted(path, limit: 200)): \(errnoText(code))")
+        }
+        if info.st_mode & S_IFMT != S_IFREG {
+            throw failure("cannot read configuration file \(quoted(path, limit: 200)): not a regular file (\(fileKind(info.st_mode)))")
+        }
+        // A regular file's reads ignore O_NONBLOCK: it is read as it is.
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -103,6 +114,18 @@ public enum ConfigurationLoader {
             }
         }
         return result
+    }
+
+    /// What a file that is not a regular file is, for messages: `a FIFO`, `a directory`.
+    static func fileKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: "a directory"
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        default: "file type 0o\(String(mode & S_IFMT, radix: 8))"
+        }
     }
 
     /// The offset of the first byte that does not belong to valid UTF-8, or nil.

@@ -40,7 +40,30 @@ struct LoaderTests {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let d = try loadError(dir.path)
-        #expect(d.message == "cannot read configuration file \"\(dir.path)\": Is a directory (errno 21)")
+        #expect(d.message == "cannot read configuration file \"\(dir.path)\": not a regular file (a directory)")
+    }
+
+    @Test("a FIFO, or a device, is refused at once: opening a FIFO to read would wait for a writer")
+    func notARegularFile() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let fifo = dir.appendingPathComponent("fifo.conf").path
+        try #require(mkfifo(fifo, 0o600) == 0)
+        // A load blocked in open() is let go after 5 s (a writer comes and goes), so that a
+        // load that waits fails this test rather than hanging it.
+        DispatchQueue.global().async {
+            for _ in 0..<100 {
+                let fd = open(fifo, O_WRONLY | O_NONBLOCK)
+                if fd >= 0 { close(fd); return }
+                usleep(50_000)
+            }
+        }
+        let start = Date()
+        let d = try loadError(fifo)
+        #expect(d.message == "cannot read configuration file \"\(fifo)\": not a regular file (a FIFO)")
+        #expect(d.description == "\(fifo): error: cannot read configuration file \"\(fifo)\": not a regular file (a FIFO)")
+        #expect(Date().timeIntervalSince(start) < 2)
+        #expect(try loadError("/dev/null").message == "cannot read configuration file \"/dev/null\": not a regular file (a character device)")
     }
 
     @Test("a file that is not UTF-8: points at the first bad byte")
