@@ -36,17 +36,29 @@ public struct Diagnostic: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// The error every ``ConfigurationLoader`` entry point throws: all the problems
-/// found in one configuration, in file order.
+/// The error every ``ConfigurationLoader`` entry point throws: the problems found in one
+/// configuration, in file order; past ``ConfigurationLoader/maximumReportedErrors``, only counted.
 public struct ConfigurationError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// The problems, sorted by line and column; never empty when thrown.
+    /// The problems reported, sorted by line and column; never empty when thrown.
     public var diagnostics: [Diagnostic]
+    /// How many more problems were found after those (not reported).
+    public var omitted: Int
 
     /// Creates an error from its diagnostics.
-    public init(diagnostics: [Diagnostic]) {
+    public init(diagnostics: [Diagnostic], omitted: Int = 0) {
         self.diagnostics = diagnostics
+        self.omitted = omitted
     }
 
-    /// One diagnostic per line.
-    public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+    /// Every problem found: those reported and those omitted.
+    public var count: Int { diagnostics.count + omitted }
+
+    /// One diagnostic per line; then, when some were left out, `FILE: N more errors not shown`.
+    public var description: String {
+        var lines = diagnostics.map(\.description)
+        if omitted > 0 {
+            lines.append("\(diagnostics.first?.file ?? "<config>"): \(omitted) more error\(omitted == 1 ? "" : "s") not shown")
+        }
+        return lines.joined(separator: "\n")
+    }
 }

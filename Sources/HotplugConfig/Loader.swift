@@ -13,6 +13,10 @@ public enum ConfigurationLoader {
     /// Configuration files larger than this are refused (16 MiB).
     public static let maximumFileSize = 16 << 20
 
+    /// At most this many errors are reported, the first in the file; the others are counted
+    /// (``ConfigurationError/omitted``).
+    public static let maximumReportedErrors = 100
+
     /// Loads the configuration file at `path`.
     ///
     /// - Throws: ``ConfigurationError`` when the file cannot be read, is not
@@ -58,20 +62,13 @@ public enum ConfigurationLoader {
             validator.error(line: issue.line, column: issue.column, path: issue.path, issue.message)
         }
         let configuration = validator.configuration(root)
-        let diagnostics = sortedByPosition(validator.diagnostics)
-        guard diagnostics.isEmpty, let configuration else {
-            throw ConfigurationError(diagnostics: diagnostics.isEmpty
+        guard validator.diagnostics.isEmpty, let configuration else {
+            let reported = validator.reported(limit: maximumReportedErrors)
+            throw ConfigurationError(diagnostics: reported.isEmpty
                 ? [Diagnostic(file: file, line: root.line, column: root.column, path: "$", message: "invalid configuration")]
-                : diagnostics)
+                : reported, omitted: validator.diagnostics.count - reported.count)
         }
         return configuration
-    }
-
-    /// Stable sort by line, then column.
-    private static func sortedByPosition(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
-        diagnostics.enumerated().sorted { a, b in
-            (a.element.line, a.element.column, a.offset) < (b.element.line, b.element.column, b.offset)
-        }.map(\.element)
     }
 
     private static func readFile(_ path: String) throws(ConfigurationError) -> [UInt8] {

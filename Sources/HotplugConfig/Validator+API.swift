@@ -63,13 +63,14 @@ extension ConfigValidator {
         if elements.isEmpty {
             error(m.value, path: path, "allowedVms must name at least one VM")
         }
+        var listed = Set<String>()
         for (i, node) in elements.enumerated() {
             let itemPath = appendingIndex(path, i)
             guard case .string(let name) = node.value else {
                 error(node, path: itemPath, "expected a VM name (a string), found \(node.foundDescription)")
                 continue
             }
-            if options.allowedVms.contains(name) {
+            if !listed.insert(name).inserted {
                 error(node, path: itemPath, "VM \(quoted(name)) is listed twice in allowedVms")
                 continue
             }

@@ -73,35 +73,52 @@ enum ObjectKind {
     }
 }
 
-/// Case-insensitive Levenshtein distance; nil when it is certainly more than `limit`.
+/// Case-insensitive Levenshtein distance; nil when it is more than `limit`. Only the band
+/// |i - j| <= limit of the table is worked out (the rest is more than `limit` anyway): the
+/// work grows with the words' length times the limit, not with the square of their length.
 func editDistance(_ a: String, _ b: String, limit: Int) -> Int? {
     let x = Array(a.lowercased().unicodeScalars), y = Array(b.lowercased().unicodeScalars)
-    if abs(x.count - y.count) > limit { return nil }
-    if x.isEmpty { return y.count }
-    if y.isEmpty { return x.count }
-    var previous = Array(0...y.count)
-    var current = [Int](repeating: 0, count: y.count + 1)
-    for i in 1...x.count {
-        current[0] = i
-        var rowMin = i
-        for j in 1...y.count {
+    let n = x.count, m = y.count
+    if abs(n - m) > limit { return nil }
+    if n == 0 || m == 0 { return max(n, m) }
+    let beyond = limit + 1
+    var previous = [Int](repeating: beyond, count: m + 1)
+    for j in 0...min(m, limit) { previous[j] = j }
+    var current = [Int](repeating: beyond, count: m + 1)
+    for i in 1...n {
+        let lo = max(1, i - limit), hi = min(m, i + limit)
+        // Left of the band (column 0 while it is in reach), and right of it below: beyond.
+        current[lo - 1] = lo == 1 && i <= limit ? i : beyond
+        var rowMin = current[lo - 1]
+        for j in lo...hi {
             let cost = x[i - 1] == y[j - 1] ? 0 : 1
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-            rowMin = min(rowMin, current[j])
+            let v = min(previous[j - 1] + cost, previous[j] + 1, current[j - 1] + 1, beyond)
+            current[j] = v
+            rowMin = min(rowMin, v)
         }
+        if hi < m { current[hi + 1] = beyond }
         if rowMin > limit { return nil }
         swap(&previous, &current)
     }
-    let d = previous[y.count]
+    let d = previous[m]
     return d <= limit ? d : nil
 }
 
+/// The longest word (in characters) that gets a suggestion: no typo of a key or a VM name is
+/// longer, and it keeps the work of each suggestion small.
+let longestSuggestedWord = 64
+
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo:
 /// a case-only difference, or at most 2 edits and at most a third of the candidate.
+/// None for a word longer than `longestSuggestedWord` characters.
 func closestMatch(_ word: String, among candidates: [String]) -> String? {
+    let limit = 2
+    // A character is at most 4 UTF-8 bytes: the byte counts rule out the long ones at no cost.
+    let longestBytes = 4 * (longestSuggestedWord + limit)
+    guard word.utf8.count <= longestBytes, word.unicodeScalars.count <= longestSuggestedWord else { return nil }
     var best: (String, Int)?
-    for candidate in candidates {
-        guard let d = editDistance(word, candidate, limit: 2) else { continue }
+    for candidate in candidates where candidate.utf8.count <= longestBytes {
+        guard let d = editDistance(word, candidate, limit: limit) else { continue }
         guard d == 0 || d * 3 <= candidate.count else { continue }
         if best == nil || d < (best?.1 ?? Int.max) { best = (candidate, d) }
     }
@@ -138,6 +155,9 @@ struct KnownVM {
 struct ConfigValidator {
     let file: String
     var diagnostics: [Diagnostic] = []
+    /// The "did you mean" of a diagnostic (by its index in `diagnostics`), worked out only if
+    /// it is reported (`reported(limit:)`): its candidates may be every VM of the file.
+    var suggestions: [Int: (word: String, candidates: [String])] = [:]
 
     init(file: String) {
         self.file = file
@@ -151,6 +171,21 @@ struct ConfigValidator {
 
     mutating func error(_ node: JSONNode, path: String, _ message: String) {
         error(line: node.line, column: node.column, path: path, message)
+    }
+
+    /// The first `limit` diagnostics in file order (by line, then column; stable), with their
+    /// suggestions.
+    func reported(limit: Int) -> [Diagnostic] {
+        let sorted = diagnostics.enumerated().sorted { a, b in
+            (a.element.line, a.element.column, a.offset) < (b.element.line, b.element.column, b.offset)
+        }
+        return sorted.prefix(limit).map { index, diagnostic in
+            var d = diagnostic
+            if let s = suggestions[index], let match = closestMatch(s.word, among: s.candidates) {
+                d.message += "; did you mean \(quoted(match))?"
+            }
+            return d
+        }
     }
 
     // MARK: - Objects
@@ -371,15 +406,15 @@ struct ConfigValidator {
                               key: String = "targetVm") -> KnownVM? {
         if let vm = context.known[name] { return vm }
         var message = "unknown VM \(quoted(name)) in \(key)"
+        let listed = 10
         if context.names.isEmpty {
             message += " (no VMs are defined; add them under \"vms\")"
         } else {
-            message += " (defined VMs: " + context.names.map { quoted($0) }.joined(separator: ", ") + ")"
-        }
-        if let suggestion = closestMatch(name, among: context.names) {
-            message += "; did you mean \(quoted(suggestion))?"
+            message += " (defined VMs: " + context.names.prefix(listed).map { quoted($0) }.joined(separator: ", ")
+                + (context.names.count > listed ? " and \(context.names.count - listed) more)" : ")")
         }
         error(node, path: path, message)
+        suggestions[diagnostics.count - 1] = (name, context.names)
         return nil
     }
 

@@ -210,7 +210,7 @@ func loadConfiguration(_ path: String) throws -> Configuration {
         return try ConfigurationLoader.load(path: path)
     } catch let error as ConfigurationError {
         writeStderr(error.description + "\n")
-        let n = error.diagnostics.count
+        let n = error.count
         writeStderr("vhotplug: \(path): \(n) error\(n == 1 ? "" : "s") in the configuration\n")
         throw ExitCode(2)
     }
@@ -373,7 +373,7 @@ struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhotplug check",
         abstract: "Validate a configuration file and print a summary",
-        discussion: "Exit code 0 when the configuration is valid, 2 when it is not (every error is printed).")
+        discussion: "Exit code 0 when the configuration is valid, 2 when it is not (its errors are printed: the first 100, then how many more).")
 
     @Option(name: [.short, .long], help: "Path to the configuration file")
     var config: String

@@ -161,6 +161,21 @@ struct CheckCommandTests {
         #expect(r.stdout.isEmpty)
     }
 
+    @Test("150 errors: the first 100 in file order, then how many more, then the count of all")
+    func manyErrors() throws {
+        let path = scratchPath("many") + ".conf"
+        let names = (0..<150).map { "\"x\($0)\"" }.joined(separator: ", ")
+        try #"{"usbPassthrough": [{"allowedVms": [\#(names)], "allow": [{"vendorId": "046d"}]}], "vms": [{"name": "vm1", "type": "qemu", "socket": "/tmp/x"}]}"#
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let r = try run([Repository.vhotplug, "check", "-c", path])
+        #expect(r.status == 2)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        #expect(lines.count == 102)
+        #expect(lines.prefix(100).allSatisfy { $0.contains(": error: unknown VM \"x") })
+        #expect(lines.suffix(2) == ["\(path): 50 more errors not shown", "vhotplug: \(path): 150 errors in the configuration"])
+    }
+
     @Test("the daemon command line rejects a bad configuration with exit 2 too")
     func daemonBadConfig() throws {
         let r = try run([Repository.vhotplug, "-c", "/nonexistent/vhotplug.conf"])
