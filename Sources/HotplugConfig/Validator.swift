@@ -325,9 +325,10 @@ struct ConfigValidator {
 
         // VMs first, so rule sets can be checked against them.
         var known: [String: KnownVM] = [:]
+        var sockets: [String: (name: String?, line: Int)] = [:]
         for (node, path) in array(top, "vms") {
             guard let view = object(node, path: path, kind: .vm, what: "a VM") else { continue }
-            if let vm = vmDefinition(view, known: &known) { config.vms.append(vm) }
+            if let vm = vmDefinition(view, known: &known, sockets: &sockets) { config.vms.append(vm) }
         }
         let namesInFileOrder = known.values.sorted { ($0.line, $0.column) < ($1.line, $1.column) }.map(\.name)
         let context = VMContext(known: known, names: namesInFileOrder)
@@ -366,7 +367,10 @@ struct ConfigValidator {
         var names: [String]
     }
 
-    mutating func vmDefinition(_ view: ObjectView, known: inout [String: KnownVM]) -> VMDefinition? {
+    /// One VM of `vms`; `known` (by name) and `sockets` (the VM, by name when it has a valid
+    /// one, and line of each socket) gather the VMs before it, for duplicates.
+    mutating func vmDefinition(_ view: ObjectView, known: inout [String: KnownVM],
+                               sockets: inout [String: (name: String?, line: Int)]) -> VMDefinition? {
         let errorsBefore = diagnostics.count
         require(view, "name", what: "the VM's name, used by targetVm")
         require(view, "type", what: "\"qemu\" or \"crosvm\"")
@@ -384,8 +388,17 @@ struct ConfigValidator {
                 error(m.value, path: appendingKey(view.path, "type"), message)
             }
         }
-        if let socket, let m = view.member("socket"), let problem = Self.socketPathProblem(socket) {
-            error(m.value, path: appendingKey(view.path, "socket"), "VM socket \(problem)")
+        if let socket, let m = view.member("socket") {
+            if let problem = Self.socketPathProblem(socket) {
+                error(m.value, path: appendingKey(view.path, "socket"), "VM socket \(problem)")
+            } else if let first = sockets[socket] {
+                // Events on a socket would all be credited to the first VM.
+                let owner = first.name.map { "VM \(quoted($0)) (line \(first.line))" } ?? "the VM on line \(first.line)"
+                error(m.value, path: appendingKey(view.path, "socket"), "VM socket \(quoted(socket)) is already the socket of \(owner)")
+            } else {
+                let valid = name.flatMap { $0.isEmpty || known[$0] != nil ? nil : $0 }
+                sockets[socket] = (valid, view.line)
+            }
         }
         if let name, let m = view.member("name") {
             if name.isEmpty {

@@ -36,8 +36,8 @@ func errors(_ text: String, file: String = "<config>",
 }
 
 /// Parses `text`, which must fail with exactly one diagnostic; returns it.
-func singleError(_ text: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) throws -> Diagnostic {
-    let all = errors(text, sourceLocation: sourceLocation)
+func singleError(_ text: String, file: String = "<config>", sourceLocation: Testing.SourceLocation = #_sourceLocation) throws -> Diagnostic {
+    let all = errors(text, file: file, sourceLocation: sourceLocation)
     try #require(all.count == 1, "expected one diagnostic, got: \(all.map(\.description))", sourceLocation: sourceLocation)
     return all[0]
 }

@@ -362,6 +362,22 @@ struct ReferenceValidationTests {
         #expect(d.path == "$.vms[1].name")
     }
 
+    @Test("two VMs with one socket: an error at the second one's socket, naming the first VM and its line")
+    func duplicateSocket() throws {
+        let d = try singleError(Sample.vms([
+            #"{"name": "vm1", "type": "qemu", "socket": "/run/vm.qmp"}"#,
+            #"{"name": "vm2", "type": "crosvm", "socket": "/run/vm.qmp"}"#,
+            #"{"name": "vm3", "type": "qemu", "socket": "/run/vm3.qmp"}"#,
+        ]), file: "a.conf")
+        #expect(d.description == #"a.conf:4:49: error: VM socket "/run/vm.qmp" is already the socket of VM "vm1" (line 3) (at $.vms[1].socket)"#)
+        // The first VM's name is wrong: the message gives its line alone.
+        let unnamed = errors(Sample.vms([
+            #"{"name": "", "type": "qemu", "socket": "/run/vm.qmp"}"#,
+            #"{"name": "vm2", "type": "qemu", "socket": "/run/vm.qmp"}"#,
+        ]))
+        #expect(unnamed.map(\.message) == ["VM name must not be empty", #"VM socket "/run/vm.qmp" is already the socket of the VM on line 3"#])
+    }
+
     @Test("an empty VM name")
     func emptyVMName() throws {
         let d = try singleError(Sample.vms([#"{"name": "", "type": "qemu", "socket": "/s"}"#]))
