@@ -150,7 +150,7 @@ extension ConfigValidator {
     mutating func general(_ view: ObjectView) -> GeneralSettings {
         var settings = GeneralSettings()
         settings.persistency = bool(view, "persistency") ?? true
-        settings.statePath = nonEmptyPath(view, "statePath") ?? GeneralSettings.defaultStatePath
+        settings.statePath = absolutePath(view, "statePath") ?? GeneralSettings.defaultStatePath
         settings.crosvm = nonEmptyPath(view, "crosvm")
         if let m = view.member("api"),
            let api = object(m.value, path: appendingKey(view.path, "api"), kind: .api, what: "the control API settings") {
@@ -172,6 +172,16 @@ extension ConfigValidator {
         return s
     }
 
+    /// A path that must be absolute: relative, it would depend on the daemon's working folder.
+    mutating func absolutePath(_ view: ObjectView, _ key: String) -> String? {
+        guard let s = nonEmptyPath(view, key) else { return nil }
+        if !s.hasPrefix("/"), let m = view.member(key) {
+            error(m.value, path: appendingKey(view.path, key), "expected an absolute path, found \(quoted(s))")
+            return nil
+        }
+        return s
+    }
+
     /// Why `path` cannot name a Unix socket, or nil: empty, a NUL character, or longer than
     /// the 107 bytes of `sun_path` (the kernel's limit, which would cut it short).
     static func socketPathProblem(_ path: String) -> String? {
@@ -185,9 +195,14 @@ extension ConfigValidator {
     mutating func apiSettings(_ view: ObjectView) -> APISettings {
         var api = APISettings()
         api.enable = bool(view, "enable") ?? true
-        if view.has("transports") {
+        if let m = view.member("transports") {
             api.transports = []
-            for (node, path) in array(view, "transports") {
+            let items = array(view, "transports")
+            if items.isEmpty, case .array = m.value.value {
+                error(m.value, path: appendingKey(view.path, "transports"),
+                      #"transports must name at least one transport: "unix", "vsock" or "tcp" (to turn the API off, set "enable": false)"#)
+            }
+            for (node, path) in items {
                 guard case .string(let s) = node.value, let t = APITransport(rawValue: s) else {
                     var message = "expected \"unix\", \"vsock\" or \"tcp\", found \(node.foundDescription)"
                     if case .string(let s) = node.value,
@@ -204,12 +219,9 @@ extension ConfigValidator {
                 api.transports.append(t)
             }
         }
-        api.unixSocket = nonEmptyPath(view, "unixSocket") ?? APISettings.defaultUnixSocket
-        if api.unixSocket.hasPrefix("/"), let m = view.member("unixSocket"), let problem = Self.socketPathProblem(api.unixSocket) {
+        api.unixSocket = absolutePath(view, "unixSocket") ?? APISettings.defaultUnixSocket
+        if let m = view.member("unixSocket"), let problem = Self.socketPathProblem(api.unixSocket) {
             error(m.value, path: appendingKey(view.path, "unixSocket"), "unixSocket \(problem)")
-        }
-        if !api.unixSocket.hasPrefix("/"), let m = view.member("unixSocket") {
-            error(m.value, path: appendingKey(view.path, "unixSocket"), "expected an absolute path, found \(quoted(api.unixSocket))")
         }
         api.unixSocketUser = nonEmptyPath(view, "unixSocketUser")
         api.unixSocketGroup = nonEmptyPath(view, "unixSocketGroup")

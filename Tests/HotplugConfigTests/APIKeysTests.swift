@@ -186,6 +186,22 @@ struct APIKeysTests {
         #expect(all.count == 9)
     }
 
+    @Test("an empty transports list is refused, as an empty allowedVms is (the API would be on, with no listener)")
+    func noTransports() throws {
+        let d = try singleError(#"{"general": {"api": {"transports": []}}}"#)
+        #expect(d.message == #"transports must name at least one transport: "unix", "vsock" or "tcp" (to turn the API off, set "enable": false)"#)
+        #expect(d.path == "$.general.api.transports")
+        #expect(d.position == "1:36")
+    }
+
+    @Test("a relative statePath is refused, as a relative unixSocket is (it would depend on the daemon's working folder)")
+    func relativeStatePath() throws {
+        let d = try singleError(#"{"general": {"statePath": "state/v.state"}}"#)
+        #expect(d.message == #"expected an absolute path, found "state/v.state""#)
+        #expect(d.path == "$.general.statePath")
+        #expect(d.position == "1:27")
+    }
+
     @Test("vsock without allowedCids is refused")
     func vsockNeedsCids() throws {
         let d = try singleError(#"{"general": {"api": {"transports": ["vsock"]}}}"#)
