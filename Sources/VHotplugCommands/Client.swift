@@ -492,7 +492,11 @@ struct Listen: ParsableCommand {
         commandName: "vhotplug listen", abstract: "Print the daemon's notifications as they come (reconnects on its own)")
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Print each notification as its JSON line") var json = false
-    @Option(help: "Seconds between reconnection attempts") var retry: Double = 1
+    @Option(help: "Seconds between reconnection attempts (a finite number above 0; at least 0.05 s are waited)") var retry: Double = 1
+
+    func validate() throws {
+        guard retry > 0, retry.isFinite else { throw ValidationError("--retry must be a finite number of seconds above 0, not \(retry)") }
+    }
 
     func run() throws {
         // It runs until stopped: whatever mask or handlers it inherited, SIGTERM and SIGINT end it.
@@ -528,7 +532,7 @@ struct Listen: ParsableCommand {
                 announcedWait = true
             }
             // A client's back-off between reconnection attempts (the daemon may be restarting).
-            usleep(useconds_t(max(0.05, retry) * 1_000_000))
+            sleep(seconds: max(0.05, retry))
         }
     }
 
@@ -544,6 +548,21 @@ struct Listen: ParsableCommand {
         var text = name + (e.text("vm").map { " \($0)" } ?? "") + ": " + subject
         if let allowed = e.text("allowed_vms") { text += "; allowed VMs: \(allowed)" }
         return String(JSONText.string(text).rendered().dropFirst().dropLast())
+    }
+}
+
+/// Sleeps `seconds` (finite, not negative), however long: a day at a time, so that a
+/// timespec holds it (usleep's 32-bit microseconds overflow past 4294 s). A signal handled
+/// meanwhile does not cut it short.
+func sleep(seconds: Double) {
+    var left = seconds
+    while left > 0 {
+        let chunk = min(left, 86_400)
+        let whole = chunk.rounded(.down)
+        var request = timespec(tv_sec: Int(whole), tv_nsec: Int((chunk - whole) * 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0, errno == EINTR { request = remaining }
+        left -= chunk
     }
 }
 

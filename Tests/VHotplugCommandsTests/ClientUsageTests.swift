@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import Testing
+import VHotplugTestSupport
+@testable import VHotplugCommands
+
+/// The message ArgumentParser prints for what `parse` refuses; nil when it is accepted.
+func refusal<C: ParsableArguments>(_ type: C.Type, _ args: [String]) -> String? {
+    do {
+        _ = try type.parse(args)
+        return nil
+    } catch {
+        #expect(type.exitCode(for: error) == .validationFailure, "\(args): exit \(type.exitCode(for: error).rawValue)")
+        return type.message(for: error)
+    }
+}
+
+/// The client run as a process that must end by itself (killed after 10 s otherwise: 137).
+func client(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    try run(["/usr/bin/timeout", "-s", "KILL", "10", Repository.vhotplug] + args)
+}
+
+@Suite("The client's options: bad usage is refused, exit 64")
+struct ClientUsageTests {
+    @Test("listen --retry: seconds above 0, finite; nan, inf, 0 and negative numbers are refused")
+    func retryValues() {
+        for bad in ["nan", "inf", "-inf", "0", "-5", "-0.5"] {
+            #expect(refusal(Listen.self, ["--retry=\(bad)"])?.hasPrefix("--retry must be a finite number of seconds above 0, not ") == true, "\(bad)")
+        }
+        for good in ["0.01", "1", "5000", "1e9"] {
+            #expect(refusal(Listen.self, ["--retry", good]) == nil, "\(good)")
+        }
+        #expect(refusal(Listen.self, ["--retry", "nan"]) == "--retry must be a finite number of seconds above 0, not nan")
+    }
+
+    @Test("listen --retry nan: exit 64 with the message (before, it polled every 50 ms forever)")
+    func retryExit() throws {
+        let r = try client(["listen", "-u", scratchPath("none") + ".sock", "--retry", "nan"])
+        #expect(r.status == 64, "\(r.stderr)")
+        #expect(r.stderr.contains("--retry must be a finite number of seconds above 0, not nan"), "\(r.stderr)")
+    }
+
+    @Test("listen --retry 5000: waits that long between attempts, does not crash (usleep's microseconds overflowed past 4294 s)")
+    func longRetry() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Repository.vhotplug)
+        p.arguments = ["listen", "-u", scratchPath("none") + ".sock", "--retry", "5000"]
+        p.environment = cleanEnvironment()
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        // Its first attempt fails at once; then it sleeps.
+        let deadline = Date().addingTimeInterval(10)
+        var said = ""
+        while !said.contains("retrying every"), Date() < deadline, p.isRunning {
+            said += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        usleep(500_000)
+        #expect(p.isRunning, "\(said)")
+        #expect(said.contains("retrying every 5000.0 s"), "\(said)")
+        p.terminate()
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGTERM)
+    }
+}
