@@ -46,10 +46,11 @@ struct ConnectionOptions: ParsableArguments {
         return withUnsafeMutablePointer(to: &cid) { ioctl(fd, 0x7B9, $0) } == 0 ? cid : nil
     }
 
-    @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IP address)")
+    @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IPv4 address, or localhost)")
     var host: String = "127.0.0.1"
 
-    @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port"), .customLong("net-port")], help: "TCP or vsock port of the API")
+    @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port"), .customLong("net-port")],
+            help: "TCP (1-65535) or vsock (0-4294967295) port of the API")
     var port: Int = 2000
 
     @Option(name: [.customShort("c", allowingJoined: true), .long], help: "vsock CID of the host")
@@ -62,6 +63,27 @@ struct ConnectionOptions: ParsableArguments {
         if let t = transportOption, !["unix", "tcp", "vsock"].contains(t) {
             throw ValidationError("--transport must be unix, tcp or vsock, not \(quoted(t))")
         }
+        if let problem = addressProblem { throw ValidationError(problem) }
+    }
+
+    /// `--host` as an IPv4 address (`localhost` is 127.0.0.1); nil when it is not one.
+    var ipv4Host: in_addr? {
+        var a = in_addr()
+        return inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &a) == 1 ? a : nil
+    }
+
+    /// What is wrong with `--host` and `--api-port` for the transport in use (bad usage), or nil.
+    var addressProblem: String? {
+        switch transport {
+        case "tcp":
+            if ipv4Host == nil { return "--host must be an IPv4 address (or localhost), not \(quoted(host))" }
+            if !(1...65535).contains(port) { return "--api-port must be from 1 to 65535 over TCP, not \(port)" }
+        case "vsock":
+            if !(0...0xFFFF_FFFF).contains(port) { return "--api-port must be from 0 to 4294967295 over vsock, not \(port)" }
+        default:
+            break
+        }
+        return nil
     }
 
     var address: String {
@@ -74,22 +96,21 @@ struct ConnectionOptions: ParsableArguments {
 
     /// Connects (blocking, with a deadline on each reply).
     func connect(replyTimeout: Int = 120) throws(ClientError) -> APIConnection {
+        // Checked by validate() already (exit 64); here for a caller that did not parse.
+        if let problem = addressProblem { throw ClientError(problem) }
         let fd: Int32
         switch transport {
         case "tcp":
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
-            guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &a.sin_addr) == 1 else {
-                close(fd)
-                throw ClientError("--host must be an IPv4 address, not \(quoted(host))")
-            }
+            a.sin_port = in_port_t(UInt16(clamping: port).bigEndian)
+            a.sin_addr = ipv4Host ?? in_addr()
             try Self.connect(fd, &a, MemoryLayout<sockaddr_in>.size, address)
         case "vsock":
             fd = socket(40, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             // struct sockaddr_vm: family, reserved, port, cid, zero.
-            var a: (UInt16, UInt16, UInt32, UInt32, UInt32) = (40, 0, UInt32(truncatingIfNeeded: port), cid, 0)
+            var a: (UInt16, UInt16, UInt32, UInt32, UInt32) = (40, 0, UInt32(clamping: port), cid, 0)
             try Self.connect(fd, &a, 16, address)
         default:
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -63,4 +63,33 @@ struct ClientUsageTests {
         p.waitUntilExit()
         #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGTERM)
     }
+
+    @Test("-p/--api-port: 1-65535 over TCP, 0-4294967295 over vsock; nothing wraps")
+    func portValues() {
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-p", "67537"]) == "--api-port must be from 1 to 65535 over TCP, not 67537")
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-p", "0"]) == "--api-port must be from 1 to 65535 over TCP, not 0")
+        #expect(refusal(ConnectionOptions.self, ["-ttcp", "-p-1"]) == "--api-port must be from 1 to 65535 over TCP, not -1")
+        #expect(refusal(ConnectionOptions.self, ["-t", "vsock", "--api-port", "4294967296"]) == "--api-port must be from 0 to 4294967295 over vsock, not 4294967296")
+        #expect(refusal(ConnectionOptions.self, ["-t", "vsock", "--net-port=-1"]) == "--api-port must be from 0 to 4294967295 over vsock, not -1")
+        for ok in [["-t", "tcp", "-p", "1"], ["-t", "tcp", "-p", "65535"], ["-t", "vsock", "-p", "0"], ["-t", "vsock", "-p", "4294967295"]] {
+            #expect(refusal(ConnectionOptions.self, ok) == nil, "\(ok)")
+        }
+    }
+
+    @Test("-s/--host: an IPv4 address or localhost over TCP")
+    func hostValues() {
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", "1.2.3"]) == #"--host must be an IPv4 address (or localhost), not "1.2.3""#)
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "--host", "::1"]) == #"--host must be an IPv4 address (or localhost), not "::1""#)
+        for ok in ["127.0.0.1", "localhost", "10.0.0.2"] { #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", ok]) == nil, "\(ok)") }
+    }
+
+    @Test("a bad host or port, the global options first as vhotplugcli takes them: exit 64 and the message, no connection tried")
+    func addressExit() throws {
+        let host = try client(["-t", "tcp", "-s", "1.2.3", "usb", "list"])
+        #expect(host.status == 64, "\(host.stderr)")
+        #expect(host.stderr.contains(#"--host must be an IPv4 address (or localhost), not "1.2.3""#), "\(host.stderr)")
+        let port = try client(["-t", "tcp", "-p", "67537", "usb", "list"])
+        #expect(port.status == 64, "\(port.stderr)")
+        #expect(port.stderr.contains("--api-port must be from 1 to 65535 over TCP, not 67537"), "\(port.stderr)")
+    }
 }
