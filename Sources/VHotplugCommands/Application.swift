@@ -47,9 +47,10 @@ public enum Entry {
     }
 }
 
-/// `-c CONFIG [-a] [-d]` and their long forms, when that is all there is; nil for
-/// anything else (help, version, unknown or repeated options), which `Application`
-/// parses and reports.
+/// `-c CONFIG [-a] [-d]` and their long forms, when that is all there is (`-c` may have its
+/// value joined, `-cFILE` or `-c=FILE`, as argparse takes it); nil for anything else, which
+/// `Application` parses: help and version are printed there, unknown options and missing
+/// values reported, and a repeated option takes its last value (as argparse does).
 struct DaemonArguments: Equatable {
     var config: String
     var attachConnected = false
@@ -70,6 +71,11 @@ struct DaemonArguments: Equatable {
             case _ where a.hasPrefix("--config="):
                 guard config == nil, a.count > "--config=".count else { return nil }
                 config = String(a.dropFirst("--config=".count))
+            case _ where a.hasPrefix("-c") && a.count > 2:
+                // -cFILE; -c=FILE is FILE, as argparse reads it.
+                let value = a.dropFirst(2)
+                guard config == nil, value != "=" else { return nil }
+                config = String(value.hasPrefix("=") ? value.dropFirst() : value)
             case "-a", "--attach-connected", "--no-attach-connected":
                 guard attach == nil else { return nil }
                 attach = a != "--no-attach-connected"
@@ -137,7 +143,7 @@ public struct Application: ParsableCommand {
         version: version
     )
 
-    @Option(name: [.short, .long], help: "Path to the configuration file")
+    @Option(name: [.customShort("c", allowingJoined: true), .long], help: "Path to the configuration file")
     var config: String?
 
     @Flag(name: [.customShort("a"), .customLong("attach-connected")], inversion: .prefixedNo,
@@ -375,7 +381,7 @@ struct Check: ParsableCommand {
         abstract: "Validate a configuration file and print a summary",
         discussion: "Exit code 0 when the configuration is valid, 2 when it is not (its errors are printed: the first 100, then how many more).")
 
-    @Option(name: [.short, .long], help: "Path to the configuration file")
+    @Option(name: [.customShort("c", allowingJoined: true), .long], help: "Path to the configuration file")
     var config: String
 
     func run() throws {

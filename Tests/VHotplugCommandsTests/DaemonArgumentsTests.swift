@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import JSONKit
+import VHotplugTestSupport
 @testable import VHotplugCommands
 
 /// The daemon's command line read without ArgumentParser: exactly the seed's forms;
@@ -18,6 +19,26 @@ struct DaemonArgumentsTests {
                 == DaemonArguments(config: "x", attachConnected: true, debug: false))
         #expect(DaemonArguments(["--no-attach-connected", "-c", "x", "-d"])
                 == DaemonArguments(config: "x", attachConnected: false, debug: true))
+    }
+
+    @Test("-c with its value joined, as argparse takes it: -cFILE and -c=FILE")
+    func joinedConfig() throws {
+        #expect(DaemonArguments(["-c/etc/v.conf"]) == DaemonArguments(config: "/etc/v.conf"))
+        #expect(DaemonArguments(["-a", "-cx.conf", "-d"]) == DaemonArguments(config: "x.conf", attachConnected: true, debug: true))
+        #expect(DaemonArguments(["-c=x.conf"]) == DaemonArguments(config: "x.conf"))
+        // The fallback (a repeated -c, for one: the last wins, as with argparse) takes them too, and check.
+        #expect(try Application.parse(["-cx.conf", "-cy.conf"]).config == "y.conf")
+        #expect(try Application.parse(["-c", "x.conf", "-c=y.conf"]).config == "y.conf")
+        #expect(try Check.parse(["-cx.conf"]).config == "x.conf")
+    }
+
+    @Test("the daemon started with -cFILE reads FILE (before: exit 64)")
+    func joinedConfigRuns() throws {
+        let r = try run([Repository.vhotplug, "-c/nonexistent/v.conf"])
+        #expect(r.status == 2, "\(r.stderr)")
+        #expect(r.stderr.contains(#"cannot open configuration file "/nonexistent/v.conf""#), "\(r.stderr)")
+        let check = try run([Repository.vhotplug, "check", "-c" + Repository.root + "/data/vhotplug.conf"])
+        #expect(check.status == 0, "\(check.stderr)")
     }
 
     @Test("the reference client's global options before the subcommand, in every form argparse takes, move after it")
