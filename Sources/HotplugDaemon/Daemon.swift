@@ -26,16 +26,22 @@ public struct DaemonOptions: Sendable {
     /// Where the record of each device moved to vfio-pci is kept (`/run/vhotplug/vfio`):
     /// a restarted daemon gives such devices back to their drivers from there.
     public var vfioRecordDirectory: String
+    /// Where the `authorized_default` values from before USB authorization are kept while it is
+    /// on (`/run/vhotplug/usb-authorized-default`): a daemon that restarts after a crash writes
+    /// those back at its stop, not the 0s the crashed one left.
+    public var authorizationRecordPath: String
 
     public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
                 crosvmPath: String = "crosvm", interfaceWait: Double = 5,
-                vfioRecordDirectory: String = BindRecordStore.defaultDirectory) {
+                vfioRecordDirectory: String = BindRecordStore.defaultDirectory,
+                authorizationRecordPath: String = "/run/vhotplug/usb-authorized-default") {
         self.configPath = configPath
         self.attachConnected = attachConnected
         self.sysfsRoot = sysfsRoot
         self.crosvmPath = crosvmPath
         self.interfaceWait = interfaceWait
         self.vfioRecordDirectory = vfioRecordDirectory
+        self.authorizationRecordPath = authorizationRecordPath
     }
 }
 
@@ -216,7 +222,7 @@ public actor Daemon {
         }
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
         self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, inspectFacts: false)
-        self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO())
+        self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO(), recordPath: options.authorizationRecordPath)
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
     }

@@ -132,7 +132,13 @@ public struct StateFile: Sendable {
 
     /// Writes the state atomically; the folder is created when missing.
     public func save(_ state: DaemonState) throws(StateFileError) {
-        let dir = directory
+        try Self.writeAtomically(state.json.rendered(pretty: true) + "\n", to: path)
+    }
+
+    /// Writes `text` to `path` atomically (a temporary file in the same folder, fsync, rename,
+    /// fsync of the folder); the folder is created when missing.
+    static func writeAtomically(_ text: String, to path: String) throws(StateFileError) {
+        let dir = StateFile(path: path).directory
         // Each missing folder on the way, from the top (`mkdir -p`).
         var missing: [String] = []
         var d = dir
@@ -147,7 +153,7 @@ public struct StateFile: Sendable {
         let temp = "\(path).tmp-\(getpid())"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw StateFileError("cannot create \(temp): \(String(cString: strerror(errno)))") }
-        var text = state.json.rendered(pretty: true) + "\n"
+        var text = text
         var failure: String?
         text.withUTF8 { buf in
             var off = 0

@@ -26,10 +26,42 @@ struct USBAuthorizer {
     private var usbcoreBefore: String?
     /// Set between `engage` and `release`.
     private(set) var engaged = false
+    /// A file that keeps `saved` while engaged (one `VALUE PATH` line each), so that a daemon
+    /// started after a crash knows the values from before: the files say 0 by then. Nil: none.
+    let recordPath: String?
 
-    init(sysfs: Sysfs, io: any SysfsIO) {
+    init(sysfs: Sysfs, io: any SysfsIO, recordPath: String? = nil) {
         self.sysfs = sysfs
         self.io = io
+        self.recordPath = recordPath
+    }
+
+    /// The values an earlier daemon saved and did not write back (it was killed), by path.
+    private func recorded(_ logger: Logger) -> [String: String] {
+        guard let recordPath, let text = try? io.read(recordPath) else { return [:] }
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let space = line.firstIndex(of: " ") else { continue }
+            values[String(line[line.index(after: space)...])] = String(line[..<space])
+        }
+        if !values.isEmpty {
+            logger.warning("USB authorization: an earlier vhotplug did not restore authorized_default (killed?): the values from before it (\(recordPath)) are the ones to write back")
+        }
+        return values
+    }
+
+    /// Keeps `saved` in the record file (written whole, then renamed); deleted when empty.
+    private func record(_ logger: Logger) {
+        guard let recordPath else { return }
+        if saved.isEmpty {
+            unlink(recordPath)
+            return
+        }
+        do throws(StateFileError) {
+            try StateFile.writeAtomically(saved.map { "\($0.value) \($0.path)\n" }.joined(), to: recordPath)
+        } catch {
+            logger.warning("USB authorization: cannot keep the values from before (\(error)): a vhotplug killed now could not write them back")
+        }
     }
 
     var usbcorePath: String { sysfs.path("/module/usbcore/parameters/authorized_default") }
@@ -47,11 +79,13 @@ struct USBAuthorizer {
     mutating func engage(_ logger: Logger) {
         let again = engaged
         engaged = true
+        let earlier = again ? [:] : recorded(logger)
         var done: [String] = []
         for path in rootHubFiles() + [usbcorePath] where !saved.contains(where: { $0.path == path }) {
             let before: String
             do {
-                before = try io.read(path).trimmingSpaces()
+                let now = try io.read(path).trimmingSpaces()
+                before = earlier[path] ?? now
             } catch {
                 // usbcore's parameter is absent when usbcore is built in without sysfs parameters.
                 if error.errno == ENOENT && path == usbcorePath { continue }
@@ -63,6 +97,7 @@ struct USBAuthorizer {
             saved.append((path, before))
             done.append(path.hasPrefix(sysfs.path("/bus/")) ? String(path.split(separator: "/").dropLast().last ?? "") : "usbcore")
         }
+        record(logger)
         if again && done.isEmpty { return } // a reload: nothing new
         logger.info("USB authorization: new USB devices are not authorized on the host (authorized_default = 0 on \(done.isEmpty ? "nothing" : done.joined(separator: ", ")))")
     }
@@ -76,6 +111,7 @@ struct USBAuthorizer {
         guard !saved.contains(where: { $0.path == path }) else { return }
         guard write("0", to: path, logger) else { return }
         saved.append((path, usbcoreBefore.map { $0 == "-1" ? "1" : $0 } ?? "1"))
+        record(logger)
     }
 
     /// Writes back every `authorized_default` as it was (stop, or the feature turned off).
@@ -88,6 +124,7 @@ struct USBAuthorizer {
         }
         saved = []
         usbcoreBefore = nil
+        record(logger)
         logger.info("USB authorization: authorized_default restored (\(done.isEmpty ? "nothing to restore" : done.joined(separator: ", ")))")
     }
 

@@ -182,6 +182,13 @@ public struct Application: ParsableCommand {
                 logger.warning("VHOTPLUG_VFIO_RECORDS=\(records) ignored: expected an absolute folder path (\(options.vfioRecordDirectory) holds the VFIO records)")
             }
         }
+        if let record = getenv("VHOTPLUG_AUTHORIZATION_RECORD").map({ String(cString: $0) }) {
+            if record.hasPrefix("/") {
+                options.authorizationRecordPath = record
+            } else {
+                logger.warning("VHOTPLUG_AUTHORIZATION_RECORD=\(record) ignored: expected an absolute file path (\(options.authorizationRecordPath) keeps the authorized_default values from before)")
+            }
+        }
         let daemon = Daemon(options: options, configuration: configuration, loop: loop, logger: logger)
         let failure = StartFailure()
         // On the loop from the first job: the global executor (and its worker-pool

@@ -25,6 +25,7 @@ public final class DaemonProcess: @unchecked Sendable {
             env["LD_PRELOAD"] = try umockdevPreload()
             // The testbed's own VFIO records (the host's /run/vhotplug/vfio is left alone).
             env["VHOTPLUG_VFIO_RECORDS"] = testbed.root + "/vhotplug-vfio"
+            env["VHOTPLUG_AUTHORIZATION_RECORD"] = testbed.root + "/usb-authorized-default"
         }
         for (k, v) in extra { env[k] = v }
         process.executableURL = URL(fileURLWithPath: Repository.vhotplug)
