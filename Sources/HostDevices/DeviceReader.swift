@@ -328,28 +328,36 @@ public final class DeviceReader {
             busType: busType,
             vendorId: UInt16(try parent.optionalHex("id/vendor") ?? 0),
             productId: UInt16(try parent.optionalHex("id/product") ?? 0),
-            hasUSBAncestor: hasAncestor(of: parentPath, inSubsystem: "usb"),
+            hasUSBAncestor: hasUSBAncestor(parentPath),
             kinds: caps.kinds(busType: busType), pathTag: pathTag(of: parentPath))
     }
 
     /// True when an input event device (`/devices/.../inputN/eventM`) hangs below a USB
     /// device: USB rules decide for it, and it need not be read. A few `readlink`s.
     public func inputHasUSBAncestor(sysPath: String) -> Bool {
-        hasAncestor(of: parentFolder(sysPath), inSubsystem: "usb")
+        hasUSBAncestor(parentFolder(sysPath))
+    }
+
+    /// Below a USB device, and not through a Bluetooth link: a classic Bluetooth keyboard
+    /// (hidp, `.../1-10:1.0/bluetooth/hci0/hci0:3/0005:046D:B342.0001/input/inputN`) is no
+    /// part of the USB adapter that carries its radio, which stays on the host (before, it was
+    /// taken for the adapter's, and no rule could send it anywhere; the reference's test is
+    /// udev's ID_BUS, "bluetooth" there).
+    private func hasUSBAncestor(_ sysPath: String) -> Bool {
+        var path = Substring(sysPath)
+        while let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            path = path[..<slash]
+            switch Sysfs.linkName(sysfs.path(String(path)) + "/subsystem") {
+            case "usb": return true
+            case "bluetooth": return false
+            default: continue
+            }
+        }
+        return false
     }
 
     private func parentFolder(_ path: String) -> String {
         String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-    }
-
-    /// True when a folder above `sysPath` belongs to `subsystem` (its `subsystem` link).
-    private func hasAncestor(of sysPath: String, inSubsystem subsystem: String) -> Bool {
-        var path = Substring(sysPath)
-        while let slash = path.lastIndex(of: "/"), slash != path.startIndex {
-            path = path[..<slash]
-            if Sysfs.linkName(sysfs.path(String(path)) + "/subsystem") == subsystem { return true }
-        }
-        return false
     }
 
     /// A short tag of where the device hangs: the path below `/devices/` up to the

@@ -25,7 +25,7 @@ enum ObjectKind {
         case .api: return Self.apiKeys
         case .usbEntry: return Self.usbMatchKeys + ["removable", "description", "disable"]
         case .pciEntry: return Self.pciMatchKeys + ["description", "disable"]
-        case .evdev: return ["disable", "pcieBusPrefix", "targetVm"]
+        case .evdev: return ["disable", "enable", "pcieBusPrefix", "targetVm"]
         case .vm: return ["name", "type", "socket"]
         case .usbAuthorization: return Self.usbAuthorizationKeys
         }
@@ -514,7 +514,8 @@ struct ConfigValidator {
 
     mutating func evdev(_ view: ObjectView, context: VMContext) -> EvdevPassthrough? {
         let errorsBefore = diagnostics.count
-        let disable = bool(view, "disable") ?? false
+        // `"enable": false` is the reference's other spelling of `"disable": true`.
+        let disable = (bool(view, "disable") ?? false) || !(bool(view, "enable") ?? true)
         if !disable {
             require(view, "targetVm", what: "the QEMU VM that gets the input devices")
         }

@@ -38,6 +38,49 @@ struct TestbedReadTests {
         #expect(text.contains("1-4: devnum: expected a number up to 255"))
     }
 
+    @Test("a classic Bluetooth keyboard below a USB Bluetooth adapter is not a USB device's input: evdev rules decide it; a USB keyboard's input is")
+    func bluetoothKeyboard() async throws {
+        let tb = await Testbed.make()
+        try tb.add(file: "\(Fixtures.dir)/bluetooth.umockdev")
+        let link = "/devices/pci0000:00/0000:00:14.0/usb1/1-10/1-10:1.0/bluetooth/hci0/hci0:3"
+        try tb.add(record: """
+            P: \(link)
+            E: SUBSYSTEM=bluetooth
+            E: DEVTYPE=link
+
+            P: \(link)/0005:046D:B342.0001
+            E: SUBSYSTEM=hid
+            E: HID_ID=0005:0000046D:0000B342
+
+            P: \(link)/0005:046D:B342.0001/input/input25
+            E: SUBSYSTEM=input
+            A: capabilities/abs=0\\n
+            A: capabilities/ev=120013\\n
+            A: capabilities/key=402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe\\n
+            A: capabilities/rel=0\\n
+            A: capabilities/sw=0\\n
+            A: id/bustype=0005\\n
+            A: id/product=b342\\n
+            A: id/vendor=046d\\n
+            A: name=Logitech K380 Keyboard\\n
+            A: properties=0\\n
+
+            P: \(link)/0005:046D:B342.0001/input/input25/event7
+            N: input/event7
+            E: SUBSYSTEM=input
+            E: DEVNAME=/dev/input/event7
+            A: dev=13:71\\n
+
+            """)
+        let r = reader(tb)
+        let event = link + "/0005:046D:B342.0001/input/input25/event7"
+        #expect(!r.inputHasUSBAncestor(sysPath: event))
+        guard case .input(let k) = try r.read(sysPath: event, subsystem: "input") else { Issue.record("not input"); return }
+        #expect(!k.hasUSBAncestor && k.busType == 5 && k.kinds.contains(.keyboard), "\(k)")
+        // (The adapter's own folders stay below USB.)
+        #expect(r.inputHasUSBAncestor(sysPath: "/devices/pci0000:00/0000:00:14.0/usb1/1-10/1-10:1.0/input/input3/event3"))
+    }
+
     @Test("a device that vanishes while being read is an error for it")
     func vanished() async throws {
         let tb = await Testbed.make()

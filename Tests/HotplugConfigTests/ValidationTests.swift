@@ -491,6 +491,10 @@ struct ReferenceValidationTests {
         let noTarget = try ConfigurationLoader.parse(Sample.evdev(#"{"disable": true}"#))
         #expect(noTarget.evdevPassthrough == EvdevPassthrough(disable: true, pcieBusPrefix: nil, targetVm: "",
                                                                location: .init(line: 3, column: 23, path: "$.evdevPassthrough")))
+        // The reference's spelling: "enable" (before, an unknown key).
+        #expect(try ConfigurationLoader.parse(Sample.evdev(#"{"enable": false}"#)).evdevPassthrough?.disable == true)
+        let on = try ConfigurationLoader.parse(Sample.evdev(#"{"enable": true, "targetVm": "vm1", "pcieBusPrefix": "rp"}"#))
+        #expect(on.evdevPassthrough?.disable == false && on.evdevPassthrough?.targetVm == "vm1")
     }
 
     @Test("enabled evdev passthrough needs a targetVm")
