@@ -156,10 +156,13 @@ public final class DeviceReader {
         let manufacturer = try a.optionalString("manufacturer"), product = try a.optionalString("product")
         let serial = try a.optionalString("serial"), speed = inspectFacts ? try a.optionalString("speed") : nil
         var interfaces: [USBInterface]
-        if config == nil, (try a.optionalString("authorized"))?.trimmingWhitespace() == "0" {
-            // Not configured because not authorized (USB authorization): no interface folders
-            // will come until it is, and libusb has no active configuration to read; its
-            // descriptors say what it has.
+        if config == nil {
+            // Not configured: not authorized (USB authorization), or no configuration set (the
+            // kernel refused them all for lack of bus power, or leaves it to a udev rule or
+            // usb_modeswitch). No interface folders come until it is, and libusb has no active
+            // configuration to read: its descriptors say what it has. (Before, such a device
+            // read after the interface wait had no interfaces, and an interface rule never
+            // matched it, not even once it was configured.)
             interfaces = descriptorInterfaces(dir: dir)
         } else if let known = libusb()?.interfaces(bus: bus, devnum: devnum, configuration: config) {
             switch known {

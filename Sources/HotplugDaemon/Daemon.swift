@@ -967,6 +967,9 @@ public actor Daemon {
                 let attempted = t.device
                 do {
                     await authorizeForVM(t, vm: vm)
+                    // Replugged during the authorization's write (150-260 ms): the new device is
+                    // authorized and attached in the next round, not attached unauthorized now.
+                    guard t.present, t.device == attempted else { continue }
                     guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
                     leaveThroughIfRetired(t, backend, vm: vm)

@@ -403,6 +403,19 @@ struct DaemonUSBTests {
         #expect(!d.log.contains { $0.contains("no rule matches") && $0.contains("usb 1-2 ") })
     }
 
+    @Test("a device left with no configuration (none set by the kernel) is decided on its descriptors after the interface wait, and attached")
+    func unconfiguredDecidedOnDescriptors() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon(environment: ["VHOTPLUG_INTERFACE_WAIT": "0.5"])
+        try addReceiverBus(rig)
+        try rig.tb.add(record: try receiverRecords(0, interfaces: false)
+            .replacingOccurrences(of: "A: bConfigurationValue=1\\n", with: "A: bConfigurationValue=\\n"))
+        try d.waitFor("usb 1-2: interfaces incomplete after 0.5 s; deciding on what is known")
+        // Before: "none: no rule matches" (no interfaces), for good.
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+    }
+
     /// The controller and root hubs of the receiver's fixture, without the receiver.
     func addReceiverBus(_ rig: Rig) throws {
         let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
