@@ -40,9 +40,16 @@ struct Inspect: ParsableCommand {
         if !sysNames.isEmpty {
             let wanted = Set(sysNames.map { $0.hasPrefix("/dev/input/") ? String($0.dropFirst(11)) : $0 })
             devices = devices.filter { wanted.contains($0.sysName) || ($0.pciShortAddress.map(wanted.contains) ?? false) }
-            failures = failures.filter { f in wanted.contains { f.device.hasSuffix("/" + $0) } }
+            // A failure is of a wanted device when it names it, or its PCI address in domain 0000,
+            // or the folder it lies in (an event device's errors name its parent `inputN`). Before,
+            // those two were taken for "no such device", hiding why it could not be read.
+            func of(_ f: DeviceReadError, _ w: String) -> Bool {
+                f.device.hasSuffix("/" + w) || f.device.hasSuffix("/0000:" + w)
+                    || Sysfs.exists(reader.sysfs.path(f.device) + "/" + w)
+            }
+            failures = failures.filter { f in wanted.contains { of(f, $0) } }
             let found = Set(devices.flatMap { [$0.sysName] + ($0.pciShortAddress.map { [$0] } ?? []) })
-            let missing = wanted.subtracting(found).filter { w in !failures.contains { $0.device.hasSuffix("/" + w) } }
+            let missing = wanted.subtracting(found).filter { w in !failures.contains { of($0, w) } }
             if !missing.isEmpty {
                 writeStderr("vhotplug inspect: no such device: \(missing.sorted().joined(separator: ", "))\n")
                 throw ExitCode(1)

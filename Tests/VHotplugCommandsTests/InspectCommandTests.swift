@@ -117,6 +117,21 @@ struct InspectCommandTests {
         #expect(r.stderr.contains("no such device: 9-9"))
     }
 
+    @Test("a named device that cannot be read says why (an event device whose input's name is not UTF-8), not 'no such device'")
+    func namedDeviceUnreadable() throws {
+        let umockdevRun = try requireProgram("umockdev-run", package: "umockdev")
+        let text = try String(contentsOfFile: "\(fixtureDir)/ps2-keyboard.umockdev", encoding: .utf8)
+        let broken = text.replacingOccurrences(of: "A: name=AT Translated Set 2 keyboard\\n", with: "H: name=4B6579FF626F6172640A")
+        #expect(broken != text)
+        let file = scratchPath("inspect-broken") + ".umockdev"
+        try broken.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let r = try run([umockdevRun, "-d", file, "--", Repository.vhotplug, "inspect", "event0"])
+        #expect(r.status == 1)
+        #expect(!r.stderr.contains("no such device"), "\(r.stderr)")
+        #expect(r.stderr.contains("cannot read") && r.stderr.contains("input0") && r.stderr.contains("name"), "\(r.stderr)")
+    }
+
     @Test("inspect runs as an ordinary user (as nobody when the tests run as root)")
     func ordinaryUser() throws {
         let umockdevRun = try requireProgram("umockdev-run", package: "umockdev")
