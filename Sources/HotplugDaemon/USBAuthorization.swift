@@ -97,8 +97,8 @@ struct USBAuthorizer {
             saved.append((path, before))
             done.append(path.hasPrefix(sysfs.path("/bus/")) ? String(path.split(separator: "/").dropLast().last ?? "") : "usbcore")
         }
+        if again && done.isEmpty { return } // a reload: nothing new (nor to keep)
         record(logger)
-        if again && done.isEmpty { return } // a reload: nothing new
         logger.info("USB authorization: new USB devices are not authorized on the host (authorized_default = 0 on \(done.isEmpty ? "nothing" : done.joined(separator: ", ")))")
     }
 
