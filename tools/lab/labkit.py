@@ -1088,13 +1088,37 @@ class Lab:
         wait_event: {"event": "DEVICE_DELETED", "data": {"device": "x"}, "timeout": 10}
         keeps the connection until that event arrives; the reply is then
         {"return": ..., "event": ...}. Raises QMPError on a QMP error."""
-        r = self.agent.call("qmp", timeout=timeout + 10, socket="%s/%s-obs.qmp" % (GUEST_RUN, vm),
-                            execute=execute, arguments=arguments, timeout_s=timeout, wait_event=wait_event)
+        try:
+            r = self.agent.call("qmp", timeout=timeout + 10, socket="%s/%s-obs.qmp" % (GUEST_RUN, vm),
+                                execute=execute, arguments=arguments, timeout_s=timeout, wait_event=wait_event)
+        except LabError as e:
+            if "no answer within" not in str(e):
+                raise
+            raise LabError("%s\n----- where %s's QEMU is stuck -----\n%s\n-----"
+                           % (e, vm, self.stuck_qemu(vm))) from e
         if "error" in r:
             raise QMPError(r["error"].get("class"), r["error"].get("desc"), execute)
         if wait_event:
             return r
         return r.get("return")
+
+    def stuck_qemu(self, vm):
+        """What an inner VM's QEMU, and the daemon, are doing in the guest kernel (each
+        thread's state, wait channel and kernel stack) and the guest kernel's last lines:
+        said when the QEMU leaves its observer monitor unanswered."""
+        script = r"""
+show() { for t in /proc/$1/task/*; do
+  echo "$2 task $(basename $t) $(cat $t/comm 2>/dev/null) $(sed -n 's/^State:\s*//p' $t/status 2>/dev/null) wchan=$(cat $t/wchan 2>/dev/null)"
+  sed 's/^/    /' $t/stack 2>/dev/null | head -25; done; }
+p=$(cat %s/%s.pid 2>/dev/null); [ -n "$p" ] && show $p qemu || echo "no pid file for %s"
+for d in $(pgrep -x vhotplug); do show $d vhotplug; done
+dmesg | tail -40
+""" % (GUEST_RUN, vm, vm)
+        try:
+            rc, out, err = self.run(script, timeout=20)
+            return (out + err)[-12000:]
+        except LabError as e:
+            return "(could not look: %s)" % e
 
     def inner_peripherals(self, vm):
         """{id: type} of the inner VM's devices with ids (qom-list /machine/peripheral)."""
