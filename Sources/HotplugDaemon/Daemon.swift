@@ -123,8 +123,11 @@ final class Tracked: @unchecked Sendable {
     /// The attach failed for a reason other than the VM being down: not retried
     /// until something changes (replug, VM restart, reload).
     var failed = false {
-        didSet { if !failed { attachRetried = false } } // something changed: a fresh try, with its one retry
+        didSet { if !failed { attachRetried = false; waitsForPort = nil } } // something changed: a fresh try, with its one retry
     }
+    /// The attach failed for want of a free port in this VM (root ports, crosvm's USB ports):
+    /// tried again when a device leaves that VM.
+    var waitsForPort: String?
     /// When the event that started the current work arrived (latency in logs).
     var since: Deadline
     /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
@@ -854,8 +857,21 @@ public actor Daemon {
         // A PCI device that left a VM on the way (it may be in another now): devices waiting
         // for a member of their group to leave look again.
         if case .pci = t.device, before != nil, t.attachment != before { wakeGroupWaiters() }
+        // Its port in that VM is free: a device that found the VM's ports full tries again.
+        if let b = before, t.attachment != b { wakePortWaiters(vm: b.vm) }
         reconciled(key)
         trimSoon()
+    }
+
+    /// A device left `vm`: the devices whose attach there failed for want of a free port
+    /// are tried again (before, they waited for a replug, a reload or the VM's restart).
+    func wakePortWaiters(vm: String) {
+        for (key, o) in devices where o.waitsForPort == vm && o.failed && !o.busy && o.present {
+            logger.info("\(o.logName): a device left \(vm); attaching again")
+            o.failed = false
+            o.since = .now()
+            reconcile(key)
+        }
     }
 
     /// Half a second after the last VM operation, the allocator gives its free pages
@@ -1011,12 +1027,15 @@ public actor Daemon {
                     } else {
                         t.failed = true
                         t.lastError = "\(error)"
+                        // (No port free: tried again when a device leaves that VM.)
+                        if error.isPortsFull { t.waitsForPort = vm }
+                        let then = error.isPortsFull ? "; tried again when a device leaves \(vm)" : ""
                         if let w = t.guestWait {
                             let waited = Self.seconds(Deadline.now().seconds(since: w.since))
-                            logger.error("\(t.logName): attach to \(vm) failed: \(error); gave up waiting for its guest after \(waited) (\(w.tries + 1) tries)")
+                            logger.error("\(t.logName): attach to \(vm) failed: \(error); gave up waiting for its guest after \(waited) (\(w.tries + 1) tries)\(then)")
                             endGuestWait(t)
                         } else {
-                            logger.error("\(t.logName): attach to \(vm) failed: \(error)")
+                            logger.error("\(t.logName): attach to \(vm) failed: \(error)\(then)")
                         }
                     }
                     await deauthorizeAfterVM(t, vm: vm)

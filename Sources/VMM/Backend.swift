@@ -64,6 +64,20 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
         return false
     }
 
+    /// True when the VM had no free port for the device: QEMU no free pcie-root-port (for a
+    /// PCI or input device), crosvm `no_available_port` with its ports of that kind taken.
+    /// A port that frees (a device leaving that VM) lets the attach work.
+    public var isPortsFull: Bool {
+        switch self {
+        case .unsupported(_, let detail): detail.hasPrefix(VMError.noFreeRootPort)
+        case .commandFailed(_, _, let errorClass, _): errorClass == "no_available_port"
+        default: false
+        }
+    }
+
+    /// The start of QEMU's refusal for want of a root port.
+    public static let noFreeRootPort = "no free pcie-root-port"
+
     /// True when the VM did not answer some step in time (it says nothing of what it holds).
     public var isTimeout: Bool {
         if case .timeout = self { return true }

@@ -376,7 +376,7 @@ public actor QEMUBackend: VMBackend {
         let described = ports.sorted().map { p in
             used.contains("/machine/peripheral/\(p)/\(p)") ? "\(p) (in use)" : keptForEvdev(p) ? "\(p) (kept for input devices)" : p
         }
-        throw .unsupported(vm: name, detail: "no free pcie-root-port" + (prefix.map { " with an id starting with \"\($0)\"" } ?? "")
+        throw .unsupported(vm: name, detail: VMError.noFreeRootPort + (prefix.map { " with an id starting with \"\($0)\"" } ?? "")
                            + " for \(what); its root ports: " + (described.isEmpty ? "none" : described.joined(separator: ", ")))
     }
 

@@ -269,6 +269,37 @@ struct DaemonCrosvmTests {
         #expect(try vm1.list() == "devices")
     }
 
+    @Test("crosvm's USB 2 ports all taken: the attach fails, and is tried again when a device leaves the VM (before: until a replug)")
+    func portsFullTriedAgain() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let config = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("; listening (")
+        // Ports 1-7 taken by hand (USB 2 device descriptors: 18 bytes, bcdUSB 2.00, 1234:000N).
+        for i in 1...7 {
+            let node = vm.dir + "/u2-\(i)"
+            let descriptor: [UInt8] = [18, 1, 0x00, 0x02, 0, 0, 0, 64, 0x34, 0x12, UInt8(i), 0, 0, 1, 0, 0, 0, 1]
+            try Data(descriptor).write(to: URL(fileURLWithPath: node))
+            #expect(try vm.cli("attach", "00:00:00:00", node) == "ok \(i)")
+        }
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 8")
+        let mark = d.mark
+        try tb.add(record: receiverRecords(1, port: 3))
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attach to vm2 failed: VM vm2: usb attach /dev/bus/usb/001/005 failed: "
+                      + "no_available_port: \"no free USB port for 1-3 (8 of crosvm's 16 in use)", from: mark)
+        try d.waitFor("all ports for this kind of device are taken (8 for USB 2, 8 for USB 3)\"; tried again when a device leaves vm2", from: mark)
+        tb.unplug(receiverPath)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": detached from vm2 (8)", from: mark)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": a device left vm2; attaching again", from: mark)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 8", from: mark)
+        #expect(try vm.list().hasSuffix(" 8 046d c52b"))
+    }
+
     @Test("a crosvm usb detach killed at its deadline after it freed the port, which another device got since: the first device replugged does not detach it")
     func detachKilledAfterFreeing() async throws {
         let tb = await Testbed.make()
