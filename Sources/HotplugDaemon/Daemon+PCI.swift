@@ -57,16 +57,8 @@ extension Daemon {
             changed.append(key)
         }
 
-        for address in plan.leaders where plan.conflict == nil {
-            guard let o = byAddress[address] else { continue }
-            let mine = plan.followers.filter { $0.value == address }.keys.sorted()
-            guard !mine.isEmpty || !plan.bridges.isEmpty else { continue }
-            var note = "IOMMU group \(group) goes with it (pciIommuAddAll): "
-                + (mine.isEmpty ? "no other device" : mine.map { "pci \($0)" }.joined(separator: ", "))
-            if !plan.bridges.isEmpty {
-                note += "; left on the host: " + plan.bridges.map { "pci \($0)" }.joined(separator: ", ")
-                    + " (PCI bridges are never passed through)"
-            }
+        for address in plan.leaders {
+            guard let o = byAddress[address], let note = plan.note(leader: address, group: group) else { continue }
             if o.groupNote != note {
                 o.groupNote = note
                 logger.info("\(o.logName): \(note)")

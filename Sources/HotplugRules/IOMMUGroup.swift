@@ -17,6 +17,21 @@ public struct IOMMUGroupPlan: Sendable, Hashable {
     public var conflict: String?
 
     public init() {}
+
+    /// What a leader's group does with it, as the daemon logs it and `inspect` shows it
+    /// (nil: not a leader, or it takes nothing and no bridge stays behind).
+    public func note(leader address: String, group: Int) -> String? {
+        guard conflict == nil, leaders.contains(address) else { return nil }
+        let mine = followers.filter { $0.value == address }.keys.sorted()
+        guard !mine.isEmpty || !bridges.isEmpty else { return nil }
+        var note = "IOMMU group \(group) goes with it (pciIommuAddAll): "
+            + (mine.isEmpty ? "no other device" : mine.map { "pci \($0)" }.joined(separator: ", "))
+        if !bridges.isEmpty {
+            note += "; left on the host: " + bridges.map { "pci \($0)" }.joined(separator: ", ")
+                + " (PCI bridges are never passed through)"
+        }
+        return note
+    }
 }
 
 extension Matcher {

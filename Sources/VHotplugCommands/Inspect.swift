@@ -37,6 +37,7 @@ struct Inspect: ParsableCommand {
         if kinds.isEmpty { kinds = .all }
         let reader = DeviceReader()
         var (devices, failures) = reader.enumerate(kinds)
+        let read = devices
         if !sysNames.isEmpty {
             let wanted = Set(sysNames.map { $0.hasPrefix("/dev/input/") ? String($0.dropFirst(11)) : $0 })
             devices = devices.filter { wanted.contains($0.sysName) || ($0.pciShortAddress.map(wanted.contains) ?? false) }
@@ -55,7 +56,7 @@ struct Inspect: ParsableCommand {
                 throw ExitCode(1)
             }
         }
-        let records = inspectRecords(devices, matcher: matcher)
+        let records = inspectRecords(devices, matcher: matcher, among: read)
         if json {
             writeStdout(JSONText.array(records.map(\.json)).rendered(pretty: true) + "\n")
         } else {

@@ -8,10 +8,39 @@ import HotplugRules
 public struct InspectRecord: Sendable {
     public var device: HostDevice
     public var decision: Decision?
+    /// `pciIommuAddAll`: what the device's IOMMU group does to it, as the daemon would.
+    public var group: GroupRole?
 
-    public init(device: HostDevice, decision: Decision?) {
+    public init(device: HostDevice, decision: Decision?, group: GroupRole? = nil) {
         self.device = device
         self.decision = decision
+        self.group = group
+    }
+
+    /// A PCI device's part in its IOMMU group's plan (Matcher.iommuGroupPlan).
+    public enum GroupRole: Sendable, Hashable {
+        /// Matched with pciIommuAddAll: the note says what goes with it.
+        case leads(note: String)
+        /// No rule of its own: it goes wherever the leader goes.
+        case follows(leader: String, vm: String?)
+        /// Two VMs ask for the group: none of it is attached.
+        case conflict(String)
+
+        var summary: String {
+            switch self {
+            case .leads(let note): note
+            case .follows(let leader, let vm): "goes with pci \(leader) into \(vm ?? "no VM") (its IOMMU group; pciIommuAddAll)"
+            case .conflict(let text): "not attached: \(text)"
+            }
+        }
+
+        var json: JSONText {
+            switch self {
+            case .leads(let note): .object([("leads", .string(note))])
+            case .follows(let leader, let vm): .object([("follows", .string(leader)), ("targetVm", .optional(vm))])
+            case .conflict(let text): .object([("conflict", .string(text))])
+            }
+        }
     }
 
     public var subsystem: String {
@@ -50,6 +79,7 @@ public struct InspectRecord: Sendable {
         } else {
             members.append(("decision", .null))
         }
+        if let group { members.append(("iommuGroupPlan", group.json)) }
         return .object(members)
     }
 
@@ -100,6 +130,7 @@ public struct InspectRecord: Sendable {
         if let decision {
             lines.append((subsystem == "usb" ? "    " : "\t") + "-> " + decision.summary)
         }
+        if let group { lines.append("\t-> " + group.summary) }
         return lines.joined(separator: "\n")
     }
 
@@ -115,15 +146,42 @@ public struct InspectRecord: Sendable {
     }
 }
 
-/// Builds the records of `inspect`, deciding each device when a matcher is given.
-public func inspectRecords(_ devices: [HostDevice], matcher: Matcher?) -> [InspectRecord] {
-    devices.map { device in
-        let decision: Decision?
+/// Builds the records of `inspect`, deciding each device when a matcher is given, with
+/// each PCI device's part in its IOMMU group's `pciIommuAddAll` plan; the plan is made over
+/// `all` (every device read: a device shown alone still follows a mate not shown).
+public func inspectRecords(_ devices: [HostDevice], matcher: Matcher?, among all: [HostDevice]? = nil) -> [InspectRecord] {
+    func decide(_ device: HostDevice) -> Decision? {
         switch device {
-        case .usb(let d): decision = matcher?.decide(d)
-        case .pci(let d): decision = matcher?.decide(d)
-        case .input(let d): decision = matcher?.decide(d)
+        case .usb(let d): matcher?.decide(d)
+        case .pci(let d): matcher?.decide(d)
+        case .input(let d): matcher?.decide(d)
         }
-        return InspectRecord(device: device, decision: decision)
+    }
+    // The groups' plans (with a matcher only): member address -> its role.
+    var roles: [String: InspectRecord.GroupRole] = [:]
+    if matcher != nil {
+        var groups: [Int: [(device: PCIDevice, decision: Decision)]] = [:]
+        for case .pci(let d) in all ?? devices {
+            if let g = d.iommuGroup, let decision = decide(.pci(d)) { groups[g, default: []].append((d, decision)) }
+        }
+        for (group, members) in groups where members.count > 1 {
+            let plan = Matcher.iommuGroupPlan(members)
+            let vmOf = Dictionary(members.map { ($0.device.address, $0.decision.targetVm) }, uniquingKeysWith: { a, _ in a })
+            for m in members {
+                let a = m.device.address
+                if let conflict = plan.conflict {
+                    roles[a] = .conflict(conflict)
+                } else if let leader = plan.followers[a] {
+                    roles[a] = .follows(leader: leader, vm: vmOf[leader] ?? nil)
+                } else if let note = plan.note(leader: a, group: group) {
+                    roles[a] = .leads(note: note)
+                }
+            }
+        }
+    }
+    return devices.map { device in
+        var role: InspectRecord.GroupRole?
+        if case .pci(let d) = device { role = roles[d.address] }
+        return InspectRecord(device: device, decision: decide(device), group: role)
     }
 }

@@ -110,6 +110,42 @@ struct InspectCommandTests {
         #expect(r.stdout.contains("with 0000:01:00.1"))
     }
 
+    @Test("with -c, pciIommuAddAll: the GPU's group mate (its audio function, no rule of its own) goes with it, even shown alone; a rule for the mate to another VM: none of the group")
+    func iommuGroupPlan() throws {
+        let config = scratchPath("inspect-group") + ".conf"
+        func write(audioTo vm: String?) throws {
+            let audio = vm.map { #", {"targetVm": "\#($0)", "allow": [{"address": "0000:01:00.1"}]}"# } ?? ""
+            try """
+                {"pciPassthrough": [{"targetVm": "gui", "pciIommuAddAll": true, "allow": [{"vendorId": "10de", "deviceClass": 3}]}\(audio)],
+                 "vms": [{"name": "gui", "type": "qemu", "socket": "/run/gui.sock"}, {"name": "net", "type": "qemu", "socket": "/run/net.sock"}]}
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        try write(audioTo: nil)
+        let r = try inspectUnderUmockdev("pci-gpu-audio", ["inspect", "--json", "--pci", "-c", config])
+        #expect(r.status == 0, "\(r.stderr)")
+        let all = try records(r.stdout)
+        let audio = try #require(all["pci/0000:01:00.1"])
+        #expect((audio["decision"] as? [String: Any])?["targetVm"] is NSNull)
+        let plan = try #require(audio["iommuGroupPlan"] as? [String: Any], "\(audio)")
+        #expect(plan["follows"] as? String == "0000:01:00.0")
+        #expect(plan["targetVm"] as? String == "gui")
+        let gpu = try #require(all["pci/0000:01:00.0"]?["iommuGroupPlan"] as? [String: Any])
+        #expect(gpu["leads"] as? String == "IOMMU group 2 goes with it (pciIommuAddAll): pci 0000:01:00.1")
+        #expect(all["pci/0000:00:01.0"]?["iommuGroupPlan"] == nil)       // alone in its group
+        // Shown alone, the audio function still follows the GPU.
+        let human = try inspectUnderUmockdev("pci-gpu-audio", ["inspect", "-c", config, "01:00.1"])
+        #expect(human.status == 0, "\(human.stderr)")
+        #expect(human.stdout.contains("-> none: no rule matches"), "\(human.stdout)")
+        #expect(human.stdout.contains("-> goes with pci 0000:01:00.0 into gui (its IOMMU group; pciIommuAddAll)"), "\(human.stdout)")
+        // A rule sends the audio function to another VM: the group cannot be in two VMs.
+        try write(audioTo: "net")
+        let conflict = try inspectUnderUmockdev("pci-gpu-audio", ["inspect", "-c", config, "01:00.0"])
+        #expect(conflict.status == 0, "\(conflict.stderr)")
+        #expect(conflict.stdout.contains("-> not attached: IOMMU group 2: pci 0000:01:00.0 goes to gui"), "\(conflict.stdout)")
+        #expect(conflict.stdout.contains("so none of it is attached"), "\(conflict.stdout)")
+    }
+
     @Test("an unknown device name fails with exit code 1")
     func unknownDevice() throws {
         let r = try inspectUnderUmockdev("usb-hub", ["inspect", "9-9"])
