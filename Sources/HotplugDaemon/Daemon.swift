@@ -30,6 +30,9 @@ public struct DaemonOptions: Sendable {
     /// on (`/run/vhotplug/usb-authorized-default`): a daemon that restarts after a crash writes
     /// those back at its stop, not the 0s the crashed one left.
     public var authorizationRecordPath: String
+    /// Where the ports vhotplug attached in each crosvm VM are kept (`/run/vhotplug/crosvm`, a
+    /// file a VM): a restarted daemon knows them from ports the user attached by hand.
+    public var crosvmRecordDirectory: String = "/run/vhotplug/crosvm"
 
     public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
                 crosvmPath: String = "crosvm", interfaceWait: Double = 5,
@@ -316,7 +319,8 @@ public actor Daemon {
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: crosvmProgram(configuration),
-                                                  loop: loop, logger: logger, timeout: crosvmTimeout)
+                                                  loop: loop, logger: logger, timeout: crosvmTimeout,
+                                                  recordPath: options.crosvmRecordDirectory + "/" + vm.name + ".ports")
                 }
             }
             watcher?.watch(vm.socket)

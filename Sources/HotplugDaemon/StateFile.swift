@@ -1,5 +1,6 @@
 import JSONKit
 import Logging
+import Reactor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -135,49 +136,13 @@ public struct StateFile: Sendable {
         try Self.writeAtomically(state.json.rendered(pretty: true) + "\n", to: path)
     }
 
-    /// Writes `text` to `path` atomically (a temporary file in the same folder, fsync, rename,
-    /// fsync of the folder); the folder is created when missing.
+    /// Writes `text` to `path` atomically (`AtomicFile`); the folder is created when missing.
     static func writeAtomically(_ text: String, to path: String) throws(StateFileError) {
-        let dir = StateFile(path: path).directory
-        // Each missing folder on the way, from the top (`mkdir -p`).
-        var missing: [String] = []
-        var d = dir
-        while access(d, F_OK) != 0, d != "/", d != "." {
-            missing.append(d)
-            guard let slash = d.lastIndex(of: "/") else { break }
-            d = slash == d.startIndex ? "/" : String(d[..<slash])
-        }
-        for m in missing.reversed() where mkdir(m, 0o755) != 0 && errno != EEXIST {
-            throw StateFileError("cannot create \(m): \(String(cString: strerror(errno)))")
-        }
-        let temp = "\(path).tmp-\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw StateFileError("cannot create \(temp): \(String(cString: strerror(errno)))") }
-        var text = text
-        var failure: String?
-        text.withUTF8 { buf in
-            var off = 0
-            while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    failure = "cannot write \(temp): \(String(cString: strerror(errno)))"
-                    return
-                }
-                off += n
-            }
-        }
-        if failure == nil, fsync(fd) != 0 { failure = "fsync \(temp): \(String(cString: strerror(errno)))" }
-        close(fd)
-        if failure == nil, rename(temp, path) != 0 { failure = "cannot rename \(temp) to \(path): \(String(cString: strerror(errno)))" }
-        if let failure {
-            unlink(temp)
-            throw StateFileError(failure)
-        }
-        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            fsync(dfd)
-            close(dfd)
+        do throws(FileWriteError) {
+            try AtomicFile.makeFolders(StateFile(path: path).directory)
+            try AtomicFile.write(Array(text.utf8), to: path)
+        } catch {
+            throw StateFileError("cannot \(error.call) \(error.path): \(String(cString: strerror(error.errno)))")
         }
     }
 }

@@ -5,6 +5,7 @@ import Musl
 #endif
 import HostDevices
 import JSONKit
+import Reactor
 
 /// A call of the record store that failed: which call, on which path, the errno.
 public struct BindRecordStoreError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -52,37 +53,11 @@ public struct BindRecordStore: Sendable {
         let address = record.device
         guard Self.isAddress(address) else { throw BindRecordStoreError(call: "name", path: address, errno: EINVAL) }
         try makeDirectory(directory)
-        let final = path(for: address)
-        let temporary = directory + "/." + address + ".json.tmp"
-        let bytes = Array((Self.encode(record).rendered(pretty: true) + "\n").utf8)
-        var fd: Int32
-        repeat { fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw BindRecordStoreError(call: "open", path: temporary, errno: errno) }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, $0.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = errno
-                close(fd)
-                unlink(temporary)
-                throw BindRecordStoreError(call: "write", path: temporary, errno: e)
-            }
-            written += n
+        do throws(FileWriteError) {
+            try AtomicFile.write(Array((Self.encode(record).rendered(pretty: true) + "\n").utf8), to: path(for: address), mode: 0o600)
+        } catch {
+            throw BindRecordStoreError(call: error.call, path: error.path, errno: error.errno)
         }
-        if fsync(fd) != 0 {
-            let e = errno
-            close(fd)
-            unlink(temporary)
-            throw BindRecordStoreError(call: "fsync", path: temporary, errno: e)
-        }
-        close(fd)
-        if rename(temporary, final) != 0 {
-            let e = errno
-            unlink(temporary)
-            throw BindRecordStoreError(call: "rename", path: final, errno: e)
-        }
-        syncDirectory()
     }
 
     /// Deletes the record of `address`; a record that is not there is already gone.

@@ -175,20 +175,18 @@ public struct Application: ParsableCommand {
             throw ExitCode(1)
         }
         var options = DaemonOptions(configPath: config, attachConnected: attachConnected)
-        if let records = getenv("VHOTPLUG_VFIO_RECORDS").map({ String(cString: $0) }) {
-            if records.hasPrefix("/") {
-                options.vfioRecordDirectory = records
-            } else {
-                logger.warning("VHOTPLUG_VFIO_RECORDS=\(records) ignored: expected an absolute folder path (\(options.vfioRecordDirectory) holds the VFIO records)")
-            }
+        // Tests keep the daemon's records in their testbed (the host's /run/vhotplug is left alone).
+        func absolutePath(_ variable: String, _ current: String, _ what: String) -> String {
+            guard let value = getenv(variable).map({ String(cString: $0) }) else { return current }
+            if value.hasPrefix("/") { return value }
+            logger.warning("\(variable)=\(value) ignored: expected an absolute path (\(current) \(what))")
+            return current
         }
-        if let record = getenv("VHOTPLUG_AUTHORIZATION_RECORD").map({ String(cString: $0) }) {
-            if record.hasPrefix("/") {
-                options.authorizationRecordPath = record
-            } else {
-                logger.warning("VHOTPLUG_AUTHORIZATION_RECORD=\(record) ignored: expected an absolute file path (\(options.authorizationRecordPath) keeps the authorized_default values from before)")
-            }
-        }
+        options.vfioRecordDirectory = absolutePath("VHOTPLUG_VFIO_RECORDS", options.vfioRecordDirectory, "holds the VFIO records")
+        options.authorizationRecordPath = absolutePath("VHOTPLUG_AUTHORIZATION_RECORD", options.authorizationRecordPath,
+                                                       "keeps the authorized_default values from before")
+        options.crosvmRecordDirectory = absolutePath("VHOTPLUG_CROSVM_RECORDS", options.crosvmRecordDirectory,
+                                                     "holds the ports vhotplug attached in crosvm VMs")
         let daemon = Daemon(options: options, configuration: configuration, loop: loop, logger: logger)
         let failure = StartFailure()
         // On the loop from the first job: the global executor (and its worker-pool

@@ -83,14 +83,84 @@ public actor CrosvmBackend: VMBackend {
     ///   - socketPath: the VM's control socket (`crosvm run -s SOCKET`).
     ///   - crosvmPath: the crosvm program (from the configuration; `crosvm` on PATH by default).
     ///   - timeout: seconds for each crosvm run before it is killed.
+    ///   - recordPath: where the ports this backend attached are kept for a restarted daemon (nil: not kept).
     public init(name: String, socketPath: String, crosvmPath: String = "crosvm", loop: EventLoop, logger: Logger,
-                timeout: Double = 5) {
+                timeout: Double = 5, recordPath: String? = nil) {
         self.name = name
         self.socketPath = socketPath
         self.crosvmPath = crosvmPath
         self.loop = loop
         self.logger = logger
         self.timeout = timeout
+        self.recordPath = recordPath
+    }
+
+    // MARK: The record of ports
+
+    /// `crosvm usb list` gives each port's vendor and product only: the user's ports and
+    /// vhotplug's look alike. What this backend attached is kept in a file (on /run), with
+    /// the VM's socket it was attached through (its device and inode: a new crosvm process
+    /// binds a new socket, and has none of the old one's devices), so that a restarted daemon
+    /// finds its own ports with where on the host their devices are, and treats them as
+    /// QEMU's ids are treated (a device its rules now send nowhere leaves; a port whose device
+    /// left the host is freed), and leaves the user's alone.
+    ///
+    /// Lines: `crosvm-ports 1 DEV INO`, then `PORT VENDOR PRODUCT BUS DEVNUM SYSNAME` each.
+    private let recordPath: String?
+    /// What the file holds now (it is written only when that changes).
+    private var recorded: String?
+    /// The record has been read (at the first list of this backend).
+    private var recordRead = false
+
+    /// The VM socket's device and inode, or nil when it cannot be seen.
+    private func socketIdentity() -> String? {
+        var st = stat()
+        guard stat(socketPath, &st) == 0 else { return nil }
+        return "\(st.st_dev) \(st.st_ino)"
+    }
+
+    /// The ports the record holds for the VM's present socket (none for another socket).
+    private func readRecord() -> [Int: Attachment] {
+        guard let recordPath, let text = AtomicFile.read(recordPath) else { return [:] }
+        let lines = text.split(separator: "\n")
+        guard let head = lines.first, let identity = socketIdentity(), head == "crosvm-ports 1 " + identity else {
+            logger.debug("VM \(name): the port record \(recordPath) is of another crosvm process; not used")
+            return [:]
+        }
+        var ports: [Int: Attachment] = [:]
+        for line in lines.dropFirst() {
+            let f = line.split(separator: " ")
+            guard f.count == 6, let port = Int(f[0]), (1...16).contains(port), let vendor = UInt16(f[1], radix: 16),
+                  let product = UInt16(f[2], radix: 16), let bus = Int(f[3]), let devnum = Int(f[4]) else { continue }
+            ports[port] = Attachment(vm: name, kind: .usb, id: String(port), hostKey: String(f[5]),
+                                     usbVendor: vendor, usbProduct: product, usbBus: bus, usbAddress: devnum)
+        }
+        return ports
+    }
+
+    /// Writes the ports this backend holds (removes the file when there are none).
+    private func saveRecord() {
+        guard let recordPath else { return }
+        let lines = holders.keys.sorted().compactMap { port -> String? in
+            guard let a = holders[port], !a.hostKey.isEmpty, let v = a.usbVendor, let p = a.usbProduct,
+                  let bus = a.usbBus, let devnum = a.usbAddress else { return nil }
+            return "\(port) \(hex4(v)) \(hex4(p)) \(bus) \(devnum) \(a.hostKey)"
+        }
+        let text = lines.isEmpty ? nil : socketIdentity().map { "crosvm-ports 1 \($0)\n" + lines.map { $0 + "\n" }.joined() }
+        guard text != recorded else { return }
+        do throws(FileWriteError) {
+            if let text {
+                if let slash = recordPath.lastIndex(of: "/"), slash != recordPath.startIndex {
+                    try AtomicFile.makeFolders(String(recordPath[..<slash]), mode: 0o700)
+                }
+                try AtomicFile.write(Array(text.utf8), to: recordPath)
+            } else if unlink(recordPath) != 0 && errno != ENOENT {
+                throw FileWriteError(call: "unlink", path: recordPath, errno: errno)
+            }
+            recorded = text
+        } catch {
+            logger.warning("VM \(name): cannot keep the record of its ports: \(error); a restarted vhotplug takes them for the user's")
+        }
     }
 
     // MARK: Attach
@@ -176,6 +246,7 @@ public actor CrosvmBackend: VMBackend {
         holders[port] = a
         unsure.remove(port)
         released[port] = nil
+        saveRecord()
         return a
     }
 
@@ -305,7 +376,7 @@ public actor CrosvmBackend: VMBackend {
     /// The port is empty now, as far as this backend knows.
     private func freed(_ port: Int) {
         knownPorts.remove(port)
-        holders[port] = nil
+        if holders.removeValue(forKey: port) != nil { saveRecord() }
         unsure.remove(port)
     }
 
@@ -345,12 +416,19 @@ public actor CrosvmBackend: VMBackend {
         await lock.acquire()
         defer { lock.release() }
         let listed = try await list()
+        if !recordRead {
+            // What an earlier run attached through this socket (a port of this run's stays its own).
+            recordRead = true
+            holders.merge(readRecord()) { mine, _ in mine }
+        }
         knownPorts = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 >= 16 })
         // (A new crosvm process behind the same socket has none of the old one's devices.)
         holders = holders.filter { port, holder in
             port >= 16 || listed.contains { $0.id == String(port) && $0.sameDevice(as: holder) }
         }
-        return listed
+        saveRecord()
+        // A port this backend filled says which device it holds (its host port and address).
+        return listed.map { a in Int(a.id).flatMap { holders[$0] } ?? a }
     }
 
     private func list() async throws(VMError) -> [Attachment] {

@@ -300,6 +300,38 @@ struct DaemonCrosvmTests {
         #expect(try vm.list().hasSuffix(" 8 046d c52b"))
     }
 
+    @Test("restart after the rules changed: the port vhotplug attached (its record) is detached, though crosvm's list looks like the port the user attached by hand with an identical receiver, which stays")
+    func restartKnowsItsOwnPorts() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let rules = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d", "port": 2}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        var d = try DaemonProcess(arguments: ["-c", rules], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")       // 1-2: the rule's
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 1")
+        try tb.add(record: receiverRecords(1, port: 3))                  // 1-3: no rule; the user attaches it
+        try d.waitFor("usb 1-3 046d:c52b")
+        #expect(try vm.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/005") == "ok 2")
+        d.stop()
+        let record = try String(contentsOfFile: tb.root + "/vhotplug-crosvm/vm2.ports", encoding: .utf8)
+        #expect(record.hasPrefix("crosvm-ports 1 ") && record.hasSuffix("\n1 046d c52b 1 4 1-2\n"), "\(record)")
+        // No rule for the receivers now: the daemon's own port goes, the user's stays.
+        let none = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "abcd"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        d = try DaemonProcess(arguments: ["-c", none], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": found in VM vm2 as 1")
+        try d.waitFor("VM vm2: port 2 holds usb 1-")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": detached from vm2 (1)")
+        #expect(try vm.list() == "devices 2 046d c52b")
+        d.stop()
+        #expect(!FileManager.default.fileExists(atPath: tb.root + "/vhotplug-crosvm/vm2.ports"), "no port of vhotplug's left: no record")
+    }
+
     @Test("a crosvm usb detach killed at its deadline after it freed the port, which another device got since: the first device replugged does not detach it")
     func detachKilledAfterFreeing() async throws {
         let tb = await Testbed.make()

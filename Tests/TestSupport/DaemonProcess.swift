@@ -26,6 +26,7 @@ public final class DaemonProcess: @unchecked Sendable {
             // The testbed's own VFIO records (the host's /run/vhotplug/vfio is left alone).
             env["VHOTPLUG_VFIO_RECORDS"] = testbed.root + "/vhotplug-vfio"
             env["VHOTPLUG_AUTHORIZATION_RECORD"] = testbed.root + "/usb-authorized-default"
+            env["VHOTPLUG_CROSVM_RECORDS"] = testbed.root + "/vhotplug-crosvm"
         }
         for (k, v) in extra { env[k] = v }
         process.executableURL = URL(fileURLWithPath: Repository.vhotplug)

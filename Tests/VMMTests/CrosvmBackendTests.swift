@@ -162,7 +162,7 @@ struct CrosvmBackendTests {
         #expect(CrosvmAnswer.parse("no_such_thing\n") == .unknown("no_such_thing"))
     }
 
-    @Test("attach returns crosvm's port; list sees it by vendor:product; detach; detach again is fine")
+    @Test("attach returns crosvm's port; list sees it by vendor:product, as the device this backend put there (a port attached by hand: vendor:product only); detach; detach again is fine")
     func roundTrip() async throws {
         let vm = try CrosvmVM()
         let host = try LoopHost()
@@ -173,10 +173,13 @@ struct CrosvmBackendTests {
         #expect(a.usbVendor == 0x046d && a.usbProduct == 0xc52b)
         #expect(try vm.cli("list") == "devices 1 046d c52b")
 
+        #expect(try vm.cli("attach", "00:00:00:00", try vm.node("by-hand", vendor: 0x1234, product: 0x0001)) == "ok 2")
         let listed = try await b.listAttached()
-        #expect(listed == [VMAttachment(vm: "vm1", kind: .usb, id: "1", hostKey: "", usbVendor: 0x046d, usbProduct: 0xc52b)])
+        #expect(listed == [a, VMAttachment(vm: "vm1", kind: .usb, id: "2", hostKey: "", usbVendor: 0x1234, usbProduct: 0x0001)])
 
         try await b.detach(a)
+        #expect(try vm.cli("list") == "devices 2 1234 0001")
+        #expect(try vm.cli("detach", "2") == "ok 2")
         #expect(try vm.cli("list") == "devices")
         #expect(try await b.listAttached().isEmpty)
         try await b.detach(a)                      // crosvm: no_such_device; already detached
