@@ -122,6 +122,7 @@ public actor CrosvmBackend: VMBackend {
     /// The ports the record holds for the VM's present socket (none for another socket).
     private func readRecord() -> [Int: Attachment] {
         guard let recordPath, let text = AtomicFile.read(recordPath) else { return [:] }
+        recorded = text // (one of another process is removed at the next save)
         let lines = text.split(separator: "\n")
         guard let head = lines.first, let identity = socketIdentity(), head == "crosvm-ports 1 " + identity else {
             logger.debug("VM \(name): the port record \(recordPath) is of another crosvm process; not used")

@@ -332,6 +332,26 @@ struct DaemonCrosvmTests {
         #expect(!FileManager.default.fileExists(atPath: tb.root + "/vhotplug-crosvm/vm2.ports"), "no port of vhotplug's left: no record")
     }
 
+    @Test("a port record of another crosvm process (another socket) is not used: the port is left in place as the user's may be, and the record goes")
+    func portRecordOfAnotherProcess() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        #expect(try vm.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/004") == "ok 1")
+        let record = tb.root + "/vhotplug-crosvm/vm2.ports"
+        try FileManager.default.createDirectory(atPath: tb.root + "/vhotplug-crosvm", withIntermediateDirectories: true)
+        try "crosvm-ports 1 1 1\n1 046d c52b 1 4 1-2\n".write(toFile: record, atomically: true, encoding: .utf8)
+        let config = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "abcd"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("VM vm2: port 1 holds usb 1-2 046d:c52b")
+        d.stop()
+        #expect(try vm.list() == "devices 1 046d c52b")
+        #expect(!FileManager.default.fileExists(atPath: record))
+    }
+
     @Test("a crosvm usb detach killed at its deadline after it freed the port, which another device got since: the first device replugged does not detach it")
     func detachKilledAfterFreeing() async throws {
         let tb = await Testbed.make()
