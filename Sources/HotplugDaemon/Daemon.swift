@@ -743,10 +743,11 @@ public actor Daemon {
         if let t = devices[sysPath] {
             // Replugged while its detach was still running.
             if let record = t.vfio {
-                // What the old bind recorded was of the device that left: the new one is bound afresh.
+                // What the old bind recorded was of the device that left: the new one is bound afresh,
+                // and a group mate the old bind moved keeps the record (before, it was forgotten, and
+                // the mate stayed on vfio-pci for good).
                 t.vfio = nil
-                let binder = self.binder
-                Task(executorPreference: loop) { await binder.forget(record) }
+                Task(executorPreference: loop) { await self.passOn(record, leaving: t) }
             }
             t.device = device
             t.driverNow = nil
@@ -1300,19 +1301,7 @@ public actor Daemon {
         guard let record = t.vfio, t.attachment == nil else { return }
         guard t.present else {
             t.vfio = nil // unplugged from the host: nothing to give back of it
-            // Its record also says what its group mates had before the bind: a mate still here
-            // takes it over, and gives the group back when it is free (at once when it is).
-            let heir = groupMates(of: t).first { m in
-                guard case .pci(let d) = m.device else { return false }
-                return record.members.contains { $0.address == d.address && !$0.wasOnVFIO }
-            }
-            guard let heir, case .pci(let d) = heir.device else {
-                await binder.forget(record)
-                return
-            }
-            heir.vfio = await binder.handOver(record, to: d.address, merging: heir.vfio)
-            logger.info("\(t.logName): left the host; \(heir.device.logName) keeps the record of \(Self.groupText(record)) (what its devices had before vfio-pci)")
-            if let key = Self.key(heir.device), devices[key] === heir { reconcile(key) }
+            await passOn(record, leaving: t)
             return
         }
         // The group goes back as a whole: not while another of its devices is in a VM
@@ -1336,6 +1325,24 @@ public actor Daemon {
         for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil {
             if let key = Self.key(o.device), devices[key] === o { reconcile(key) }
         }
+    }
+
+    /// The record of a device that left the host (unplugged, or replugged as a new device)
+    /// also says what its group mates had before the bind: a mate still here that the bind
+    /// moved takes it over, and gives the group back when it is free (at once when it is).
+    /// With no such mate, the record is forgotten.
+    func passOn(_ record: BindRecord, leaving t: Tracked) async {
+        let heir = groupMates(of: t).first { m in
+            guard case .pci(let d) = m.device else { return false }
+            return record.members.contains { $0.address == d.address && !$0.wasOnVFIO }
+        }
+        guard let heir, case .pci(let d) = heir.device else {
+            await binder.forget(record)
+            return
+        }
+        heir.vfio = await binder.handOver(record, to: d.address, merging: heir.vfio)
+        logger.info("\(t.logName): left the host; \(heir.device.logName) keeps the record of \(Self.groupText(record)) (what its devices had before vfio-pci)")
+        if let key = Self.key(heir.device), devices[key] === heir { reconcile(key) }
     }
 
     /// The other followed PCI devices of `t`'s IOMMU group.
