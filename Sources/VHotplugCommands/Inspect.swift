@@ -15,7 +15,7 @@ struct Inspect: ParsableCommand {
             SYSNAME selects devices: a USB name (1-2.3), a PCI address (0000:00:14.3) or an event node (event3).
             """)
 
-    @Option(name: [.short, .long], help: "Configuration whose rules decide each device")
+    @Option(name: [.customShort("c", allowingJoined: true), .long], help: "Configuration whose rules decide each device")
     var config: String?
 
     @Flag(help: "Print a JSON array for tools")

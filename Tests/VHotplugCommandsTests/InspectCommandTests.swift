@@ -138,6 +138,11 @@ struct InspectCommandTests {
         #expect(human.status == 0, "\(human.stderr)")
         #expect(human.stdout.contains("-> none: no rule matches"), "\(human.stdout)")
         #expect(human.stdout.contains("-> goes with pci 0000:01:00.0 into gui (its IOMMU group; pciIommuAddAll)"), "\(human.stdout)")
+        // The configuration's path joined to -c, as the daemon's command line and argparse take it.
+        for joined in ["-c" + config, "-c=" + config] {
+            let j = try inspectUnderUmockdev("pci-gpu-audio", ["inspect", joined, "01:00.1"])
+            #expect(j.status == 0 && j.stdout == human.stdout, "\(joined): \(j.stderr)")
+        }
         // A rule sends the audio function to another VM: the group cannot be in two VMs.
         try write(audioTo: "net")
         let conflict = try inspectUnderUmockdev("pci-gpu-audio", ["inspect", "-c", config, "01:00.0"])
