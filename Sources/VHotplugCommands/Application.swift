@@ -17,7 +17,9 @@ public enum Entry {
     ]
 
     public static func main() {
-        let raw = Array(CommandLine.arguments.dropFirst())
+        var raw = Array(CommandLine.arguments.dropFirst())
+        // The daemon's long options abbreviated, as argparse takes them (`--conf`, `--attach`).
+        if !raw.contains(where: { subcommands[$0] != nil || $0 == "help" }) { raw = expandingAbbreviations(raw) }
         // The daemon first: its plain command line touches no ArgumentParser type
         // (not even the subcommands' table), so that library's pages stay unmapped.
         if let daemon = DaemonArguments(raw) { runDaemon(daemon) }
@@ -92,6 +94,26 @@ struct DaemonArguments: Equatable {
         self.attachConnected = attach ?? false
         self.debug = debug ?? false
     }
+}
+
+/// The daemon's long options given by a unique prefix (`--conf FILE`, `--attach`, `--no-d`), as
+/// the seed's argparse takes them, spelled out; an ambiguous one (`--no`) is left for the parser
+/// to refuse. Nothing after `--`.
+func expandingAbbreviations(_ args: [String]) -> [String] {
+    let options = ["--config", "--attach-connected", "--no-attach-connected", "--debug", "--no-debug", "--help", "--version"]
+    var out: [String] = []
+    for (i, a) in args.enumerated() {
+        if a == "--" { return out + args[i...] }
+        guard a.hasPrefix("--"), a.count > 2 else { out.append(a); continue }
+        let name = a.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        let matches = options.filter { $0.hasPrefix(name) }
+        if matches.count == 1, let full = matches.first, full != name {
+            out.append(full + a.dropFirst(name.count))
+        } else {
+            out.append(a)
+        }
+    }
+    return out
 }
 
 /// `vhotplug -t tcp -p 2000 usb list` (the reference client's order): connection

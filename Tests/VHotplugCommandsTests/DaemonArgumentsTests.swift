@@ -32,6 +32,20 @@ struct DaemonArgumentsTests {
         #expect(try Check.parse(["-cx.conf"]).config == "x.conf")
     }
 
+    @Test("long options abbreviated to a unique prefix, as argparse takes them; an ambiguous one is left to be refused")
+    func abbreviations() throws {
+        #expect(expandingAbbreviations(["--conf", "x", "--attach", "--deb"]) == ["--config", "x", "--attach-connected", "--debug"])
+        #expect(expandingAbbreviations(["--con=x", "--no-a", "--no-d"]) == ["--config=x", "--no-attach-connected", "--no-debug"])
+        #expect(expandingAbbreviations(["--no", "--vers", "--he"]) == ["--no", "--version", "--help"])
+        #expect(expandingAbbreviations(["-c", "x", "--", "--conf"]) == ["-c", "x", "--", "--conf"])
+        let r = try run([Repository.vhotplug, "--conf", "/nonexistent/v.conf", "--attach"])
+        #expect(r.status == 2, "\(r.stderr)")
+        #expect(r.stderr.contains(#"cannot open configuration file "/nonexistent/v.conf""#), "\(r.stderr)")
+        let version = try run([Repository.vhotplug, "--vers"])
+        #expect(version.status == 0 && version.stdout.contains(Application.version), "\(version.stderr)")
+        #expect(try run([Repository.vhotplug, "--no", "-c", "x"]).status == 64)
+    }
+
     @Test("the daemon started with -cFILE reads FILE (before: exit 64)")
     func joinedConfigRuns() throws {
         let r = try run([Repository.vhotplug, "-c/nonexistent/v.conf"])
