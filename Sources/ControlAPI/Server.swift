@@ -298,10 +298,18 @@ public actor ControlServer {
                 drop(c, reason: "read failed: \(String(cString: strerror(errno)))")
                 return
             }
+            // The input held no newline (every complete line was taken): only the new bytes are
+            // searched, and the lines taken are removed at once at the end. (Before, each line
+            // moved the rest of the buffer and each read searched it all again: a client sending
+            // empty lines, or a long line a byte at a time, cost the loop time quadratic in its reads.)
+            var from = c.input.count
+            var taken = 0
             c.input.append(contentsOf: chunk[0..<n])
-            while let nl = c.input.firstIndex(of: 0x0A) {
-                var line = c.input[..<nl]
-                c.input.removeSubrange(...nl)
+            defer { if !c.closed { c.input.removeFirst(taken) } }
+            while let nl = Self.newline(in: c.input, from: from) {
+                var line = c.input[taken..<nl]
+                taken = nl + 1
+                from = taken
                 if line.last == 0x0D { line = line.dropLast() }
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
                 if line.count > limits.maxLineBytes { return tooLong(c) }
@@ -317,7 +325,15 @@ public actor ControlServer {
                     if c.closed { return }
                 }
             }
-            if c.input.count > limits.maxLineBytes { return tooLong(c) }
+            if c.input.count - taken > limits.maxLineBytes { return tooLong(c) }
+        }
+    }
+
+    /// The index of the first newline in `bytes` at or after `from`, or nil.
+    static func newline(in bytes: [UInt8], from: Int) -> Int? {
+        bytes.withUnsafeBufferPointer { b in
+            guard from < b.count, let base = b.baseAddress, let p = memchr(base + from, 0x0A, b.count - from) else { return nil }
+            return UnsafeRawPointer(base).distance(to: UnsafeRawPointer(p))
         }
     }
 

@@ -138,6 +138,18 @@ struct ServerTests {
 
     }
 
+    @Test("a flood of empty lines (8 MiB, read 16 KiB at a time) is skipped, and the request after it answered on the same connection")
+    func emptyLineFlood() async throws {
+        let rig = try await ServerRig()
+        let c = try APIClient(path: rig.path)
+        // (Before, each line taken moved the rest of the input buffer: about 1 s of the server's loop
+        // per MiB of newlines, for any client; now a search with memchr and one removal per read.
+        // Measured by hand, not here: a test asserts what happens, not how fast.)
+        try c.send(String(repeating: "\n", count: 8 << 20) + "\r\n \t\n" + #"{"action": "usb_list"}"# + "\n")
+        #expect(try c.readObject(timeout: 60)["result"] as? String == "ok")
+        #expect(await rig.server.connectionCount == 1)
+    }
+
     @Test("a client that shuts its side after its requests (as socat and nc do) still gets all that was queued for it, then the end")
     func halfClose() async throws {
         var limits = ServerLimits()
