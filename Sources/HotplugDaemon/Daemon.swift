@@ -31,7 +31,7 @@ public struct DaemonOptions: Sendable {
     /// those back at its stop, not the 0s the crashed one left.
     public var authorizationRecordPath: String
     /// Where the ports vhotplug attached in each crosvm VM are kept (`/run/vhotplug/crosvm`, a
-    /// file a VM): a restarted daemon knows them from ports the user attached by hand.
+    /// file a VM and socket): a restarted daemon knows them from ports the user attached by hand.
     public var crosvmRecordDirectory: String = "/run/vhotplug/crosvm"
 
     public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
@@ -172,6 +172,9 @@ public actor Daemon {
     var backends: [String: any VMBackend] = [:]
     /// VMs known to be down (their socket refuses): devices wait for the socket to appear.
     var vmDown: Set<String> = []
+    /// How many times a device left each VM (a port may have freed): an attach refused for want
+    /// of a port while this moved is tried again at once.
+    var portsFreed: [String: Int] = [:]
     let reader: DeviceReader
     /// Moves PCI devices (their whole IOMMU group) to vfio-pci and back.
     let binder: VFIOBinder
@@ -320,7 +323,7 @@ public actor Daemon {
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: crosvmProgram(configuration),
                                                   loop: loop, logger: logger, timeout: crosvmTimeout,
-                                                  recordPath: options.crosvmRecordDirectory + "/" + vm.name + ".ports")
+                                                  recordPath: options.crosvmRecordDirectory + "/" + CrosvmBackend.recordFileName(vm: vm.name, socket: vm.socket))
                 }
             }
             watcher?.watch(vm.socket)
@@ -592,7 +595,6 @@ public actor Daemon {
                 // would fail the re-add while QEMU still grabs the node).
                 guard case .input(let d) = t.device else { return false }
                 return a.hostKey.hasPrefix("event") ? d.sysName == a.hostKey : DeviceIds.evdevKey(d) == a.hostKey
-                return false
             }
         }
     }
@@ -747,7 +749,7 @@ public actor Daemon {
                 // and a group mate the old bind moved keeps the record (before, it was forgotten, and
                 // the mate stayed on vfio-pci for good).
                 t.vfio = nil
-                Task(executorPreference: loop) { await self.passOn(record, leaving: t) }
+                Task(executorPreference: loop) { await self.passOn(record, leaving: t, replugged: true) }
             }
             t.device = device
             t.driverNow = nil
@@ -868,15 +870,40 @@ public actor Daemon {
         trimSoon()
     }
 
-    /// A device left `vm`: the devices whose attach there failed for want of a free port
-    /// are tried again (before, they waited for a replug, a reload or the VM's restart).
+    /// A device left `vm`: the first device whose attach there failed for want of a free port,
+    /// and for which the VM now has one, is tried again (before, they waited for a replug, a
+    /// reload or the VM's restart). The VM is asked first, so that a device that still could not
+    /// get a port (the one freed is of another kind: a USB port, a root port kept for input
+    /// devices, crosvm's USB 2 ports for a USB 3 device) is not moved to vfio-pci, or authorized
+    /// on the host, for nothing. One that is busy (in its failure's clean-up) runs again.
     func wakePortWaiters(vm: String) {
-        for (key, o) in devices where o.waitsForPort == vm && o.failed && !o.busy && o.present {
+        portsFreed[vm, default: 0] &+= 1
+        let waiters = devices.filter { $0.value.waitsForPort == vm && $0.value.failed && $0.value.present }
+        guard !waiters.isEmpty, let backend = backends[vm] else { return }
+        let keys = waiters.keys.sorted()
+        Task(executorPreference: loop) { await self.wakeFirstPortWaiter(keys, vm: vm, backend: backend) }
+    }
+
+    func wakeFirstPortWaiter(_ keys: [String], vm: String, backend: any VMBackend) async {
+        for key in keys {
+            guard let o = devices[key], o.waitsForPort == vm, o.failed, o.present else { continue }
+            if await backend.hasFreePort(for: o.device, busPrefix: evdevPrefix(o)) == false {
+                logger.debug("\(o.logName): a device left \(vm), but no port it can take is free there")
+                continue
+            }
+            guard devices[key] === o, o.waitsForPort == vm, o.failed, o.present else { continue }
             logger.info("\(o.logName): a device left \(vm); attaching again")
             o.failed = false
             o.since = .now()
             reconcile(key)
+            return // (one port freed: the next waiter waits for the next departure)
         }
+    }
+
+    /// The root ports an input device may take (`pcieBusPrefix`).
+    func evdevPrefix(_ t: Tracked) -> String? {
+        guard case .input = t.device else { return nil }
+        return t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix
     }
 
     /// Half a second after the last VM operation, the allocator gives its free pages
@@ -986,6 +1013,7 @@ public actor Daemon {
                     return
                 }
                 let attempted = t.device
+                let freedBefore = portsFreed[vm, default: 0]
                 do {
                     await authorizeForVM(t, vm: vm)
                     // Replugged during the authorization's write (150-260 ms): the new device is
@@ -1026,6 +1054,10 @@ public actor Daemon {
                         // Unplugged (or replugged) while its attach ran: no failure; the loop looks again.
                         logger.info("\(t.logName): left the host during its attach to \(vm) (\(error))")
                         await deauthorizeAfterVM(t, vm: vm)
+                        continue
+                    } else if error.isPortsFull, portsFreed[vm, default: 0] != freedBefore {
+                        // A device left the VM while this attach ran: its port may be free now.
+                        logger.info("\(t.logName): \(vm) had no free port, and a device has left it since; attaching again")
                         continue
                     } else if error.isGuestNotReady, waitForGuest(key, t, vm: vm) {
                         t.lastError = "\(error); vhotplug tries again while the guest boots"
@@ -1270,7 +1302,7 @@ public actor Daemon {
             guard t.target == backend.name else { return nil }
             return try await backend.attachPCI(d)
         case .input(let d):
-            return try await backend.attachEvdev(d, busPrefix: t.decision.options.pcieBusPrefix ?? configuration.evdevPassthrough?.pcieBusPrefix)
+            return try await backend.attachEvdev(d, busPrefix: evdevPrefix(t))
         }
     }
 
@@ -1298,7 +1330,13 @@ public actor Daemon {
     /// Gives a PCI device (and its group) back to the drivers it had, as libvirt's
     /// managed mode does, once it is in no VM and is going to none.
     func giveBackDriver(_ t: Tracked) async {
-        guard let record = t.vfio, t.attachment == nil else { return }
+        guard t.attachment == nil else { return }
+        guard let record = t.vfio else {
+            // Nothing of its own to give back (a device replugged while its detach ran handed its
+            // old record to a mate, which held the group while this one was still in the VM).
+            releaseMates(of: t)
+            return
+        }
         guard t.present else {
             t.vfio = nil // unplugged from the host: nothing to give back of it
             await passOn(record, leaving: t)
@@ -1320,8 +1358,13 @@ public actor Daemon {
             logger.error("\(t.logName): cannot give the device back to its driver: \(error)")
             return
         }
-        // A group mate kept on vfio-pci for this device can go back now, in its own task (a
-        // reconcile; one that is running looks again), so that nothing else moves it meanwhile.
+        releaseMates(of: t)
+    }
+
+    /// A group mate kept on vfio-pci for `t` (it held a record, and `t` was in a VM) can go back
+    /// now, in its own task (a reconcile; one that is running looks again), so that nothing else
+    /// moves it meanwhile.
+    func releaseMates(of t: Tracked) {
         for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil {
             if let key = Self.key(o.device), devices[key] === o { reconcile(key) }
         }
@@ -1331,7 +1374,7 @@ public actor Daemon {
     /// also says what its group mates had before the bind: a mate still here that the bind
     /// moved takes it over, and gives the group back when it is free (at once when it is).
     /// With no such mate, the record is forgotten.
-    func passOn(_ record: BindRecord, leaving t: Tracked) async {
+    func passOn(_ record: BindRecord, leaving t: Tracked, replugged: Bool = false) async {
         let heir = groupMates(of: t).first { m in
             guard case .pci(let d) = m.device else { return false }
             return record.members.contains { $0.address == d.address && !$0.wasOnVFIO }
@@ -1341,7 +1384,7 @@ public actor Daemon {
             return
         }
         heir.vfio = await binder.handOver(record, to: d.address, merging: heir.vfio)
-        logger.info("\(t.logName): left the host; \(heir.device.logName) keeps the record of \(Self.groupText(record)) (what its devices had before vfio-pci)")
+        logger.info("\(t.logName): \(replugged ? "plugged again while it left its VM" : "left the host"); \(heir.device.logName) keeps the record of \(Self.groupText(record)) (what its devices had before vfio-pci)")
         if let key = Self.key(heir.device), devices[key] === heir { reconcile(key) }
     }
 

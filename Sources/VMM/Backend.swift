@@ -142,6 +142,9 @@ public protocol VMBackend: Actor {
     func detach(_ attachment: Attachment) async throws(VMError)
     /// What vhotplug attached to this VM earlier (its ids / ports), for resync after restarts.
     func listAttached() async throws(VMError) -> [Attachment]
+    /// Whether the VM has a free port `device` could take now (`busPrefix`: an input device's
+    /// root ports); nil when it cannot tell. Asked before trying again an attach that found none.
+    func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool?
     /// Removes an attachment `listAttached` returned that stands for no device: only while it
     /// is still the one listed (not one an attach put under the same id since). True when removed.
     func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool
@@ -169,6 +172,8 @@ extension VMBackend {
     }
 
     public nonisolated func attachment(for device: HostDevice) -> Attachment? { nil }
+
+    public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? { nil }
 
     public func removeStale(_ attachment: Attachment) async throws(VMError) -> Bool {
         try await detach(attachment)

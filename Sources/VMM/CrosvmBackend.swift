@@ -112,6 +112,32 @@ public actor CrosvmBackend: VMBackend {
     /// The record has been read (at the first list of this backend).
     private var recordRead = false
 
+    /// The record's file name for a VM and its socket: `vm2@%2Frun%2Fvm2.sock.ports` (`/` and `%`
+    /// escaped). A reload that gives the VM another socket gives it another file: the backend of
+    /// the old socket, kept until its devices have left, writes its own.
+    public static func recordFileName(vm: String, socket: String) -> String {
+        func escaped(_ s: String) -> String {
+            var out = ""
+            for c in s {
+                switch c {
+                case "%": out += "%25"
+                case "/": out += "%2F"
+                default: out.append(c)
+                }
+            }
+            return out
+        }
+        return escaped(vm) + "@" + escaped(socket) + ".ports"
+    }
+
+    /// What an earlier run attached through this socket, merged once into `holders` (a port of
+    /// this run's stays its own), before the first list or the first write of the record.
+    private func readRecordOnce() {
+        guard !recordRead else { return }
+        recordRead = true
+        holders.merge(readRecord()) { mine, _ in mine }
+    }
+
     /// The VM socket's device and inode, or nil when it cannot be seen.
     private func socketIdentity() -> String? {
         var st = stat()
@@ -142,6 +168,7 @@ public actor CrosvmBackend: VMBackend {
     /// Writes the ports this backend holds (removes the file when there are none).
     private func saveRecord() {
         guard let recordPath else { return }
+        readRecordOnce()
         let lines = holders.keys.sorted().compactMap { port -> String? in
             guard let a = holders[port], !a.hostKey.isEmpty, let v = a.usbVendor, let p = a.usbProduct,
                   let bus = a.usbBus, let devnum = a.usbAddress else { return nil }
@@ -397,6 +424,31 @@ public actor CrosvmBackend: VMBackend {
         return try await stillHolds(attachment, port: port, list: true)
     }
 
+    /// A USB device: whether a port of its kind is free. The kind is crosvm's: USB 3 when the
+    /// device descriptor's bcdUSB has 0x0300 set (its first bytes, read from the device node as
+    /// crosvm reads them), ports 9-16, of which `usb list` never shows 16, taken as held when 9-15
+    /// are, as an attach refused then is; USB 2 ports 1-8 otherwise. Nil when it cannot tell.
+    public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? {
+        guard case .usb(let d) = device, let bcdUSB = Self.bcdUSB(d.devnode) else { return nil }
+        await lock.acquire()
+        defer { lock.release() }
+        guard let listed = try? await list() else { return nil }
+        let held = Set(listed.compactMap { Int($0.id) })
+        let ports = bcdUSB & 0x0300 == 0x0300 ? 9...15 : 1...8
+        return ports.contains { !held.contains($0) }
+    }
+
+    /// bcdUSB of the device descriptor a USB device node starts with, or nil.
+    static func bcdUSB(_ node: String) -> UInt16? {
+        let fd = open(node, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var b = [UInt8](repeating: 0, count: 4)
+        let n = b.withUnsafeMutableBytes { read(fd, $0.baseAddress!, 4) }
+        guard n == 4, b[1] == 1 else { return nil } // (bDescriptorType 1: a device descriptor)
+        return UInt16(b[2]) | UInt16(b[3]) << 8
+    }
+
     // MARK: List
 
     /// `crosvm usb list SOCKET`: every occupied port, with the vendor and
@@ -417,11 +469,7 @@ public actor CrosvmBackend: VMBackend {
         await lock.acquire()
         defer { lock.release() }
         let listed = try await list()
-        if !recordRead {
-            // What an earlier run attached through this socket (a port of this run's stays its own).
-            recordRead = true
-            holders.merge(readRecord()) { mine, _ in mine }
-        }
+        readRecordOnce()
         knownPorts = Set(listed.compactMap { Int($0.id) }).union(knownPorts.filter { $0 >= 16 })
         // (A new crosvm process behind the same socket has none of the old one's devices.)
         holders = holders.filter { port, holder in

@@ -337,6 +337,23 @@ public actor QEMUBackend: VMBackend {
         evdevPortPrefixes = prefixes.filter { !$0.isEmpty }
     }
 
+    /// A PCI or input device: whether a root port it may take is free (USB: nil, QEMU's USB
+    /// buses are not looked at).
+    public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? {
+        let prefix: String?
+        switch device {
+        case .usb: return nil
+        case .pci: prefix = nil
+        case .input: prefix = busPrefix
+        }
+        do {
+            _ = try await nextFreeRootPort(prefix: prefix)
+            return true
+        } catch {
+            return error.isPortsFull ? false : nil
+        }
+    }
+
     /// The root port the next PCI or evdev attach would use.
     public func nextFreeRootPort(prefix: String?) async throws(VMError) -> String {
         try await session { (qmp) throws(VMError) in try await freeRootPort(qmp, prefix: prefix, for: "a device") }

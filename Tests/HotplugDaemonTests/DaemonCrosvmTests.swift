@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMM
 import VHotplugTestSupport
 
 /// A crosvm VM played by the repository's double, with `crosvm` on PATH for the daemon.
@@ -300,6 +301,45 @@ struct DaemonCrosvmTests {
         #expect(try vm.list().hasSuffix(" 8 046d c52b"))
     }
 
+    @Test("ports full: a device leaving whose port the waiting device cannot take (USB 3 for a USB 2 device) does not set it going again (before, a futile attach); one leaving with the right kind of port does, for one waiting device of two")
+    func portsFullRightKindOnly() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let config = try vm.config("""
+            {"usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}, {"vendorId": "0781"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: ["PATH": vm.path])
+        try d.waitFor("; listening (")
+        for i in 1...7 {
+            let node = vm.dir + "/u2-\(i)"
+            try Data([18, 1, 0x00, 0x02, 0, 0, 0, 64, 0x34, 0x12, UInt8(i), 0, 0, 1, 0, 0, 0, 1]).write(to: URL(fileURLWithPath: node))
+            #expect(try vm.cli("attach", "00:00:00:00", node) == "ok \(i)")
+        }
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")          // 1-2: port 8, the last USB 2 port
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 8")
+        // The flash drive of usb-disk.umockdev (2-2, USB 3: port 9), without the controller and hubs already there.
+        let disk = try String(contentsOfFile: fixtures + "/usb-disk.umockdev", encoding: .utf8).components(separatedBy: "\n\n")
+            .filter { $0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb2/2-2") }
+        try tb.add(record: disk.joined(separator: "\n\n") + "\n")
+        try d.waitFor("usb 2-2 0781:5581 \"SanDisk\" \"Ultra\": attached to vm2 as 9")
+        let mark = d.mark
+        try tb.add(record: receiverRecords(1, port: 3))                      // 1-3 and 1-4: no USB 2 port left
+        try tb.add(record: receiverRecords(2, port: 4))
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attach to vm2 failed", from: mark)
+        try d.waitFor("usb 1-4 046d:c52b \"Logitech\" \"USB Receiver\": attach to vm2 failed", from: mark)
+        tb.unplug("/sys/devices/pci0000:00/0000:00:14.0/usb2/2-2")
+        try d.waitFor("detached from vm2 (9)", from: mark)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": a device left vm2, but no port it can take is free there", from: mark)
+        try d.waitFor("usb 1-4 046d:c52b \"Logitech\" \"USB Receiver\": a device left vm2, but no port it can take is free there", from: mark)
+        tb.unplug(receiverPath)
+        try d.waitFor("usb 1-3 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 8", from: mark)
+        d.stop()
+        let since = Array(d.log.dropFirst(mark))
+        #expect(since.filter { $0.contains("attach to vm2 failed") }.count == 2, "\(since)")      // one each, none after
+        #expect(!since.contains { $0.contains("usb 1-4") && $0.contains("attaching again") }, "\(since)")
+    }
+
     @Test("restart after the rules changed: the port vhotplug attached (its record) is detached, though crosvm's list looks like the port the user attached by hand with an identical receiver, which stays")
     func restartKnowsItsOwnPorts() async throws {
         let tb = await Testbed.make()
@@ -316,7 +356,9 @@ struct DaemonCrosvmTests {
         try d.waitFor("usb 1-3 046d:c52b")
         #expect(try vm.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/005") == "ok 2")
         d.stop()
-        let record = try String(contentsOfFile: tb.root + "/vhotplug-crosvm/vm2.ports", encoding: .utf8)
+        let recordFile = tb.root + "/vhotplug-crosvm/" + CrosvmBackend.recordFileName(vm: "vm2", socket: vm.socket)
+        #expect(recordFile.hasSuffix("/vm2@" + vm.socket.replacingOccurrences(of: "/", with: "%2F") + ".ports"))
+        let record = try String(contentsOfFile: recordFile, encoding: .utf8)
         #expect(record.hasPrefix("crosvm-ports 1 ") && record.hasSuffix("\n1 046d c52b 1 4 1-2\n"), "\(record)")
         // No rule for the receivers now: the daemon's own port goes, the user's stays.
         let none = try vm.config("""
@@ -329,7 +371,7 @@ struct DaemonCrosvmTests {
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": detached from vm2 (1)")
         #expect(try vm.list() == "devices 2 046d c52b")
         d.stop()
-        #expect(!FileManager.default.fileExists(atPath: tb.root + "/vhotplug-crosvm/vm2.ports"), "no port of vhotplug's left: no record")
+        #expect(!FileManager.default.fileExists(atPath: recordFile), "no port of vhotplug's left: no record")
     }
 
     @Test("a port record of another crosvm process (another socket) is not used: the port is left in place as the user's may be, and the record goes")
@@ -338,7 +380,7 @@ struct DaemonCrosvmTests {
         let vm = try CrosvmVM()
         try tb.add(file: fixtures + "/logitech-unifying.umockdev")
         #expect(try vm.cli("attach", "00:00:00:00", tb.root + "/dev/bus/usb/001/004") == "ok 1")
-        let record = tb.root + "/vhotplug-crosvm/vm2.ports"
+        let record = tb.root + "/vhotplug-crosvm/" + CrosvmBackend.recordFileName(vm: "vm2", socket: vm.socket)
         try FileManager.default.createDirectory(atPath: tb.root + "/vhotplug-crosvm", withIntermediateDirectories: true)
         try "crosvm-ports 1 1 1\n1 046d c52b 1 4 1-2\n".write(toFile: record, atomically: true, encoding: .utf8)
         let config = try vm.config("""
