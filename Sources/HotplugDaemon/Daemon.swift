@@ -1350,7 +1350,8 @@ public actor Daemon {
         }
         do {
             try await binder.restore(record)
-            t.vfio = nil
+            // (A mate's record handed over meanwhile, merged with this one, stays.)
+            if t.vfio == record { t.vfio = nil }
             let drivers = record.members.filter { !$0.wasOnVFIO }
                 .map { "\($0.address) -> \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
             logger.info("\(t.logName): back on its host driver (\(drivers.isEmpty ? "its group stays as it was before vhotplug" : drivers))")

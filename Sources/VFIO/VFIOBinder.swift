@@ -217,8 +217,12 @@ public actor VFIOBinder {
     /// the bind, and without it they would stay on vfio-pci for good. The new record holds
     /// the members still on the host (and those of `own`, `address`'s own record, which it
     /// replaces); it is stored under `address` and the old one deleted. nil (and both deleted)
-    /// when none of them has anything to go back to.
-    public func handOver(_ record: BindRecord, to address: String, merging own: BindRecord?) -> BindRecord? {
+    /// when none of them has anything to go back to. It waits for a bind or give-back running
+    /// (the heir's own give-back would otherwise delete, when it ends, the record made here
+    /// under the heir's address).
+    public func handOver(_ record: BindRecord, to address: String, merging own: BindRecord?) async -> BindRecord? {
+        await lock.acquire()
+        defer { lock.release() }
         let here = record.members.filter { m in
             m.address != record.device && ((try? io.exists(devicePath(m.address))) ?? false)
         }
