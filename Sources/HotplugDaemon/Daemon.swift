@@ -339,7 +339,8 @@ public actor Daemon {
         // A VM that a reload removed, or whose socket or type changed, still holds what was
         // attached to it: each such device leaves through the backend that attached it.
         for (name, old) in backends where next[name] !== old {
-            for t in devices.values where t.attachment?.vm == name { t.leaveVia = old }
+            // (One that a reload before retired keeps the backend that has it.)
+            for t in devices.values where t.attachment?.vm == name && t.leaveVia == nil { t.leaveVia = old }
         }
         let fresh = next.filter { backends[$0.key] !== $0.value }.keys.sorted()
         backends = next
@@ -506,8 +507,11 @@ public actor Daemon {
         let listed: [Attachment]
         do {
             listed = try await backend.listAttached()
+            // A reload meanwhile gave the VM another backend: what this one listed is not of it.
+            guard backends[vm] === backend else { return }
             vmDown.remove(vm)
         } catch {
+            guard backends[vm] === backend else { return }
             if error.isNotRunning {
                 vmDown.insert(vm)
                 logger.info("VM \(vm) is not running; its devices will follow when it starts")
@@ -1031,7 +1035,11 @@ public actor Daemon {
                     }
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
-                    if error.isNotRunning {
+                    if error.isNotRunning, backends[vm] !== backend {
+                        // The backend a reload retired meanwhile: its process is gone, which says
+                        // nothing of the VM's new socket (before, the VM was taken as down for good).
+                        continue
+                    } else if error.isNotRunning {
                         vmDown.insert(vm)
                         endGuestWait(t)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")

@@ -107,6 +107,24 @@ struct DaemonEvdevPCITests {
         #expect(try qemu.attachedIds() == [])
     }
 
+    @Test("two reloads while a detach waits for the guest: vm1 to another QEMU, then back: the looks still ask the QEMU that has the device (before, the second reload sent them to the other one, which said it had let go)")
+    func secondReloadKeepsTheBackendThatHasIt() async throws {
+        let rig = try await WifiLeavingVM1()
+        let (d, wifi) = (rig.d, WifiLeavingVM1.wifi)
+        let next = try QEMUInstance(name: "next", testbed: rig.tb, extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1"])
+        defer { next.stop() }
+        for q in [next, rig.qemu] {
+            try "{\(WifiLeavingVM1.vms(q))}".write(toFile: rig.config, atomically: true, encoding: .utf8)
+            let mark = d.mark
+            d.signal(SIGHUP)
+            try d.waitFor("configuration reloaded", from: mark)
+        }
+        let mark = d.mark
+        let r = try d.waitFor(anyOf: ["\(wifi): vm1 let go of", "\(wifi): vm1 still has", "went with it"], from: mark, timeout: 20)
+        #expect(r.text == "\(wifi): vm1 still has", "\(d.log[mark...])")
+        #expect(try rig.qemu.attachedIds() == ["vhp-pci-0000-00-14.3"])
+    }
+
     @Test("a detach waiting for the guest of a VM that a reload moved to another QEMU: when the old QEMU dies, a look finds it gone and the device goes on to the new one")
     func lookFindsTheVMGone() async throws {
         let rig = try await WifiLeavingVM1()
