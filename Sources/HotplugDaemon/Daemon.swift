@@ -191,6 +191,11 @@ public actor Daemon {
     /// Called once the first pass over connected devices is done (systemd READY=1).
     var onReady: (() -> Void)?
     var stopping = false
+    /// The start is over (the first pass has found what the VMs have): a SIGHUP before that
+    /// is kept for then (`reloadAfterStart`), so that a reload does not reconcile devices whose
+    /// attachments are not known yet (a crosvm port attached twice, a bind before its record).
+    var started = false
+    var reloadAfterStart = false
     /// The pending `malloc_trim` (see `trimSoon`).
     var trimTimer: TimerToken?
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
@@ -283,13 +288,20 @@ public actor Daemon {
         watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
+        let logger = self.logger
+        watcher?.warn = { logger.warning("\($0)") }
         makeBackends()
         loadState()
         try await openAPI()
         await firstPass()
         await serveAPI()
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
+        started = true
         onReady?()
+        if reloadAfterStart {
+            reloadAfterStart = false
+            await reload()
+        }
     }
 
     // MARK: Configuration and VMs
@@ -1424,6 +1436,11 @@ public actor Daemon {
     func signal(_ signo: Int32) async {
         switch signo {
         case SIGHUP:
+            guard started else {
+                if !reloadAfterStart { logger.info("SIGHUP while starting: the configuration is reloaded once the start is over") }
+                reloadAfterStart = true
+                return
+            }
             await reload()
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")

@@ -57,6 +57,9 @@ public final class PathWatcher {
     /// only a target that changed is reported.
     private var exists: [String: Bool] = [:]
     private let handler: (String, Bool) -> Void
+    /// Told when a folder cannot be watched (out of inotify watches, no permission): the
+    /// appearance of a socket there would go unnoticed.
+    public var warn: ((String) -> Void)?
 
     /// `handler(path, created)` runs on the loop's thread for each target path
     /// that is created (true) or deleted (false); after the kernel dropped events
@@ -110,7 +113,11 @@ public final class PathWatcher {
         let mask = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF)
         // The kernel gives the watch of a folder already watched under another spelling.
         let wd = inotify_add_watch(fd, dir, mask)
-        if wd >= 0 { folders[wd, default: []].append(dir) }
+        if wd >= 0 {
+            folders[wd, default: []].append(dir)
+        } else {
+            warn?("cannot watch \(dir) for \(path) (inotify: \(String(cString: strerror(errno)))): its appearance goes unnoticed until a reload or restart")
+        }
     }
 
     /// The folder of `path`; `.` for a name alone (a path relative to the working folder).
@@ -144,8 +151,12 @@ public final class PathWatcher {
                 }
                 if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
                     // A watched folder went away by itself (a watch this object removed
-                    // is already forgotten: its IN_IGNORED is not a reason to re-arm).
-                    if folders.removeValue(forKey: wd) != nil { rearm = true }
+                    // is already forgotten: its IN_IGNORED is not a reason to re-arm). A folder
+                    // moved away keeps its watch in the kernel: it is removed.
+                    if folders.removeValue(forKey: wd) != nil {
+                        rearm = true
+                        if mask & UInt32(IN_MOVE_SELF) != 0 { inotify_rm_watch(fd, wd) }
+                    }
                     continue
                 }
                 let created = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0

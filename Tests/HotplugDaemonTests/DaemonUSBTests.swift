@@ -297,6 +297,24 @@ struct DaemonUSBTests {
         #expect(!d.log[mark...].contains { $0.contains("VM vm1 is not running") }, "\(d.log[mark...])")
     }
 
+    @Test("a SIGHUP during the start (the first pass waits for a stopped QEMU's greeting) is kept until the start is over: the reload runs after 'listening', and the receiver is attached once")
+    func sighupDuringStart() async throws {
+        let rig = try await Rig()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d", "-a"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0")
+        d.signal(SIGHUP)
+        let kept = try d.waitFor("SIGHUP while starting: the configuration is reloaded once the start is over")
+        kill(rig.qemu.pid, SIGCONT)
+        let listening = try d.waitFor("; listening (", from: kept)
+        try d.waitFor("configuration reloaded", from: listening)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(d.log.filter { $0.contains("\"execute\":\"device_add\"") }.count == 1, "\(d.log)")
+    }
+
     @Test("SIGHUP follows what the daemon's events missed: a replug at a port, a new device, an unplug")
     func reloadFindsMissedEvents() async throws {
         let rig = try await Rig()
