@@ -175,6 +175,9 @@ public actor Daemon {
     /// How many times a device left each VM (a port may have freed): an attach refused for want
     /// of a port while this moved is tried again at once.
     var portsFreed: [String: Int] = [:]
+    /// Some device may wait for a port (set with any `waitsForPort`; cleared by a departure that
+    /// finds none): a departure looks through the devices only then.
+    var mayWaitForPort = false
     let reader: DeviceReader
     /// Moves PCI devices (their whole IOMMU group) to vfio-pci and back.
     let binder: VFIOBinder
@@ -894,7 +897,9 @@ public actor Daemon {
     /// on the host, for nothing. One that is busy (in its failure's clean-up) runs again.
     func wakePortWaiters(vm: String) {
         portsFreed[vm, default: 0] &+= 1
+        guard mayWaitForPort else { return } // (every unplug comes here: no look through the devices)
         let waiters = devices.filter { $0.value.waitsForPort == vm && $0.value.failed && $0.value.present }
+        if waiters.isEmpty, !devices.values.contains(where: { $0.waitsForPort != nil }) { mayWaitForPort = false }
         guard !waiters.isEmpty, let backend = backends[vm] else { return }
         let keys = waiters.keys.sorted()
         Task(executorPreference: loop) { await self.wakeFirstPortWaiter(keys, vm: vm, backend: backend) }
@@ -1085,7 +1090,7 @@ public actor Daemon {
                         t.failed = true
                         t.lastError = "\(error)"
                         // (No port free: tried again when a device leaves that VM.)
-                        if error.isPortsFull { t.waitsForPort = vm }
+                        if error.isPortsFull { t.waitsForPort = vm; mayWaitForPort = true }
                         let then = error.isPortsFull ? "; tried again when a device leaves \(vm)" : ""
                         if let w = t.guestWait {
                             let waited = Self.seconds(Deadline.now().seconds(since: w.since))

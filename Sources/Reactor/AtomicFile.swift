@@ -4,8 +4,8 @@ import Glibc
 import Musl
 #endif
 
-/// A call of `AtomicFile` that failed: which call (`mkdir`, `open`, `write`, `fsync`,
-/// `rename`), on which path, the errno.
+/// A call of `AtomicFile` (or of a store built on it) that failed: which call (`mkdir`, `open`,
+/// `write`, `fsync`, `rename`, `unlink`; `name`: a key that cannot name a file), on which path, the errno.
 public struct FileWriteError: Error, Sendable, Hashable, CustomStringConvertible {
     public var call: String
     public var path: String
@@ -17,7 +17,10 @@ public struct FileWriteError: Error, Sendable, Hashable, CustomStringConvertible
         self.errno = errno
     }
 
-    public var description: String { "\(call) \(path): \(String(cString: strerror(errno))) (errno \(errno))" }
+    public var description: String {
+        if call == "name" { return "\(path): not a name a record file can have" }
+        return "\(call) \(path): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
 }
 
 /// Files that a crash leaves whole: the old content or the new one, never half of either.

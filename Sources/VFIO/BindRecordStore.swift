@@ -7,24 +7,9 @@ import HostDevices
 import JSONKit
 import Reactor
 
-/// A call of the record store that failed: which call, on which path, the errno.
-public struct BindRecordStoreError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// `mkdir`, `open`, `write`, `fsync`, `rename`, `unlink`, or `name` (an address that cannot name a file).
-    public var call: String
-    public var path: String
-    public var errno: Int32
-
-    public init(call: String, path: String, errno: Int32) {
-        self.call = call
-        self.path = path
-        self.errno = errno
-    }
-
-    public var description: String {
-        if call == "name" { return "\(path): not a PCI address, no record file is named after it" }
-        return "\(call) \(path): \(String(cString: strerror(errno))) (errno \(errno))"
-    }
-}
+/// A call of the record store that failed: which call (`mkdir`, `open`, `write`, `fsync`,
+/// `rename`, `unlink`, or `name`: an address that cannot name a file), on which path, the errno.
+public typealias BindRecordStoreError = FileWriteError
 
 /// The bind records of devices vhotplug moved to vfio-pci, one file per device
 /// (`DIRECTORY/<address>.json`), so that a restarted (or crashed) vhotplug can
@@ -53,11 +38,7 @@ public struct BindRecordStore: Sendable {
         let address = record.device
         guard Self.isAddress(address) else { throw BindRecordStoreError(call: "name", path: address, errno: EINVAL) }
         try makeDirectory(directory)
-        do throws(FileWriteError) {
-            try AtomicFile.write(Array((Self.encode(record).rendered(pretty: true) + "\n").utf8), to: path(for: address), mode: 0o600)
-        } catch {
-            throw BindRecordStoreError(call: error.call, path: error.path, errno: error.errno)
-        }
+        try AtomicFile.write(Array((Self.encode(record).rendered(pretty: true) + "\n").utf8), to: path(for: address), mode: 0o600)
     }
 
     /// Deletes the record of `address`; a record that is not there is already gone.
