@@ -139,8 +139,7 @@ public struct StateFile: Sendable {
     /// Writes `text` to `path` atomically (`AtomicFile`); the folder is created when missing.
     static func writeAtomically(_ text: String, to path: String) throws(StateFileError) {
         do throws(FileWriteError) {
-            try AtomicFile.makeFolders(StateFile(path: path).directory)
-            try AtomicFile.write(Array(text.utf8), to: path)
+            try AtomicFile.write(Array(text.utf8), to: path, folderMode: 0o755)
         } catch {
             throw StateFileError("cannot \(error.call) \(error.path): \(String(cString: strerror(error.errno)))")
         }

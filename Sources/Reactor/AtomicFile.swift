@@ -28,9 +28,11 @@ public struct FileWriteError: Error, Sendable, Hashable, CustomStringConvertible
 public enum AtomicFile {
     /// Writes `bytes` to `path`: a temporary file in the same folder (`.NAME.tmp`, hidden),
     /// `fsync`, `rename` over `path`, `fsync` of the folder (best effort: usually a tmpfs).
-    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws(FileWriteError) {
+    /// `folderMode`: the folder, and each missing one above it, is made first with that mode.
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644, folderMode: mode_t? = nil) throws(FileWriteError) {
         let slash = path.lastIndex(of: "/")
         let folder = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        if let folderMode { try makeFolders(folder, mode: folderMode) }
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let temporary = (folder == "/" ? "" : folder) + "/." + name + ".tmp"
         var fd: Int32

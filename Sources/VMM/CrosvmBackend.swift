@@ -178,10 +178,7 @@ public actor CrosvmBackend: VMBackend {
         guard text != recorded else { return }
         do throws(FileWriteError) {
             if let text {
-                if let slash = recordPath.lastIndex(of: "/"), slash != recordPath.startIndex {
-                    try AtomicFile.makeFolders(String(recordPath[..<slash]), mode: 0o700)
-                }
-                try AtomicFile.write(Array(text.utf8), to: recordPath)
+                try AtomicFile.write(Array(text.utf8), to: recordPath, folderMode: 0o700)
             } else if unlink(recordPath) != 0 && errno != ENOENT {
                 throw FileWriteError(call: "unlink", path: recordPath, errno: errno)
             }
