@@ -63,6 +63,50 @@ extension Daemon: ControlService {
         await api.server?.stop()
     }
 
+    /// A reload's `general`: the state file and the API's listeners follow the new settings
+    /// (`previous`: those in force before). The API's listeners are replaced only when its
+    /// settings changed; their connections close (clients connect again). Listeners that
+    /// cannot be made leave the previous ones in force, as a rejected configuration would.
+    func reloadGeneral(previous: GeneralSettings) async {
+        let general = configuration.general
+        if general.persistency != previous.persistency || general.statePath != previous.statePath {
+            if general.persistency {
+                // What the daemon knows now is written there (not what an earlier run left in it).
+                api.stateFile = StateFile(path: general.statePath)
+                logger.info("state: kept in \(general.statePath) from now on")
+                saveState()
+            } else {
+                api.stateFile = nil
+                logger.info("state: no longer kept (general.persistency is false)")
+            }
+        }
+        guard general.api != previous.api else { return }
+        if let old = api.server {
+            await old.stop()
+            api.server = nil
+            logger.info("API: its settings changed; the previous listeners and their connections are closed")
+        }
+        if general.api.enable && !stopping {
+            do {
+                try await openAPI()
+            } catch {
+                logger.error("API: cannot apply the new settings (\(error)); the previous ones stay in force")
+                configuration.general.api = previous.api
+                do {
+                    try await openAPI()
+                } catch {
+                    logger.error("API: off: the previous listeners cannot be made again either (\(error))")
+                }
+            }
+            await serveAPI()
+        } else if !general.api.enable {
+            logger.info("API: off (general.api)")
+        }
+        // No client listens on the new listeners yet: devices waiting for a choice go where they
+        // go when nobody listens (a client that connects is asked about the next ones).
+        if !api.selecting.isEmpty { await lastListenerGone() }
+    }
+
     // MARK: Hooks from the engine
 
     /// Where a device that appears (or whose rules changed) should go: nowhere when the

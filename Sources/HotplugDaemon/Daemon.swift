@@ -195,10 +195,13 @@ public actor Daemon {
     var onReady: (() -> Void)?
     var stopping = false
     /// The start is over (the first pass has found what the VMs have): a SIGHUP before that
-    /// is kept for then (`reloadAfterStart`), so that a reload does not reconcile devices whose
+    /// is kept for then (`reloadPending`), so that a reload does not reconcile devices whose
     /// attachments are not known yet (a crosvm port attached twice, a bind before its record).
     var started = false
-    var reloadAfterStart = false
+    /// A SIGHUP came during the start or during a reload: one more reload follows it.
+    var reloadPending = false
+    /// A reload is under way (it waits for the API's listeners): reloads run one at a time.
+    var reloading = false
     /// The pending `malloc_trim` (see `trimSoon`).
     var trimTimer: TimerToken?
     /// The control API: server, state file, the user's choices (Daemon+API.swift).
@@ -301,10 +304,7 @@ public actor Daemon {
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         started = true
         onReady?()
-        if reloadAfterStart {
-            reloadAfterStart = false
-            await reload()
-        }
+        if reloadPending { await reloadInTurn() }
     }
 
     // MARK: Configuration and VMs
@@ -1442,11 +1442,11 @@ public actor Daemon {
         switch signo {
         case SIGHUP:
             guard started else {
-                if !reloadAfterStart { logger.info("SIGHUP while starting: the configuration is reloaded once the start is over") }
-                reloadAfterStart = true
+                if !reloadPending { logger.info("SIGHUP while starting: the configuration is reloaded once the start is over") }
+                reloadPending = true
                 return
             }
-            await reload()
+            await reloadInTurn()
         default:
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
@@ -1457,6 +1457,21 @@ public actor Daemon {
             authorizer.release(logger)
             loop.stop()
         }
+    }
+
+    /// Reloads one at a time: a SIGHUP during a reload is followed by one more (for any number
+    /// of them), which reads the file as it is then.
+    func reloadInTurn() async {
+        guard !reloading else {
+            reloadPending = true
+            return
+        }
+        reloading = true
+        repeat {
+            reloadPending = false
+            await reload()
+        } while reloadPending && !stopping
+        reloading = false
     }
 
     /// SIGHUP: a valid new configuration replaces the old; devices whose
@@ -1472,6 +1487,7 @@ public actor Daemon {
         let followedInput = matcher.decidesInputDevices
         let authorizationWasActive = authorization != nil
         let crosvmChanged = crosvmProgram(next) != crosvmProgram(configuration)
+        let previousGeneral = configuration.general
         configuration = next
         matcher = Matcher(next)
         let fresh = makeBackends()
@@ -1513,6 +1529,7 @@ public actor Daemon {
             reconcile(key)
         }
         reloadAuthorization(wasActive: authorizationWasActive)
+        await reloadGeneral(previous: previousGeneral)
         // A VM that is new, or has another socket or type, is looked at afresh: what was known
         // of its old socket says nothing (its new one may be there already, with no inotify event
         // to come).

@@ -282,6 +282,55 @@ struct DaemonAPITests {
         #expect(!lines.contains { $0["event"] as? String == "usb_select_vm" }, "\(lines)")
     }
 
+    @Test("a reload applies general: the API moves to another socket (the old one's connections close), the state file moves, API settings that cannot be applied leave the previous listeners, then the API turns off")
+    func reloadAppliesGeneral() async throws {
+        let rig = try await APIRig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        let applet = try APIClient(path: rig.socket)
+        #expect(try applet.request(#"{"action": "enable_notifications"}"#)["result"] as? String == "ok")
+        let moved = rig.qemu.dir + "/api2.sock", state2 = rig.qemu.dir + "/state2"
+        func reload(general: String, until text: String) throws -> Int {
+            try """
+                {
+                  "usbPassthrough": [{"targetVm": "vm1", "tag": "mouse", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}],
+                  "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"}],
+                  "general": \(general),
+                }
+                """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+            let mark = d.mark
+            d.signal(SIGHUP)
+            return try d.waitFor(text, from: mark)
+        }
+        func cli(_ path: String, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try run([Repository.vhotplug] + args + ["--path", path])
+        }
+
+        _ = try reload(general: #"{"api": {"unixSocket": "\#(moved)", "unixSocketMode": "0666"}, "statePath": "\#(state2)"}"#,
+                       until: "API: listening on \(moved)")
+        #expect(d.log.contains { $0.contains("state: kept in \(state2) from now on") })
+        #expect(!FileManager.default.fileExists(atPath: rig.socket), "the old socket file is removed")
+        #expect(try applet.readLine() == nil, "the old listener's connection is closed")
+        #expect(try cli(moved, ["usb", "detach", "--tag", "mouse"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try String(contentsOfFile: state2, encoding: .utf8).contains("usb:046d:c52b:"), "the mark is kept in the new state file")
+
+        // A group that does not exist: the new listener cannot be made; the previous one is made again.
+        let bad = rig.qemu.dir + "/api3.sock"
+        let refused = try reload(general: #"{"api": {"unixSocket": "\#(bad)", "unixSocketGroup": "no-such-group-vhp"}, "statePath": "\#(state2)"}"#,
+                                 until: "API: cannot apply the new settings (unixSocketGroup: no group named \"no-such-group-vhp\"); the previous ones stay in force")
+        _ = try d.waitFor("API: listening on \(moved)", from: refused)
+        #expect(!FileManager.default.fileExists(atPath: bad))
+        #expect(try cli(moved, ["usb", "attach", "--tag", "mouse"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+
+        _ = try reload(general: #"{"api": {"enable": false, "unixSocket": "\#(moved)"}, "persistency": false}"#, until: "API: off (general.api)")
+        #expect(d.log.contains { $0.contains("state: no longer kept (general.persistency is false)") })
+        #expect(!FileManager.default.fileExists(atPath: moved))
+        #expect(try cli(moved, ["usb", "list"]).status != 0)
+    }
+
     @Test("out of descriptors: the API's accept fails, said once for the whole streak, with back-off; once a descriptor is free, clients are served again")
     func acceptFailuresBackOff() async throws {
         let rig = try await APIRig()
