@@ -25,6 +25,9 @@ public struct Bitmap: Sendable, Hashable {
     }
 
     public func any(_ range: Range<Int>) -> Bool { range.contains { has($0) } }
+
+    /// How many of the bits in `range` are set.
+    public func count(_ range: Range<Int>) -> Int { range.reduce(0) { $0 + (has($1) ? 1 : 0) } }
 }
 
 /// The capability bitmaps of one input device.
@@ -56,6 +59,10 @@ public struct InputCapabilities: Sendable, Hashable {
                BTN_DIGI = 0x140, BTN_TOOL_PEN = 0x140, BTN_TOUCH = 0x14a, BTN_STYLUS = 0x14b,
                BTN_TOOL_FINGER = 0x145, BTN_TRIGGER_HAPPY = 0x2c0, BTN_TRIGGER_HAPPY40 = 0x2e7,
                KEY_OK = 0x160, BTN_DPAD_UP = 0x220, KEY_ALS_TOGGLE = 0x230
+    /// One key of each of ten groups a keyboard has and a joystick rarely does (LEFTCTRL, CAPSLOCK,
+    /// NUMLOCK, INSERT, MUTE, CALC, FILE, MAIL, PLAYPAUSE, BRIGHTNESSDOWN): udev's and libinput's
+    /// sign of a keyboard that claims joystick buttons.
+    static let wellKnownKeyboardKeys = [29, 58, 69, 110, 113, 140, 144, 155, 164, 224]
     static let INPUT_PROP_POINTER = 0x00, INPUT_PROP_DIRECT = 0x01, INPUT_PROP_POINTING_STICK = 0x05,
                INPUT_PROP_ACCELEROMETER = 0x06
 
@@ -83,15 +90,15 @@ public struct InputCapabilities: Sendable, Hashable {
             if hasMT && abs.has(Self.ABS_MT_SLOT) && abs.has(Self.ABS_MT_SLOT - 1) { hasMT = false }
             let isDirect = properties.has(Self.INPUT_PROP_DIRECT)
             let hasTouch = key.has(Self.BTN_TOUCH)
-            let hasPadButtons = key.has(Self.BTN_0) && key.has(Self.BTN_1) && !hasRel
-            let hasWheel = rel.has(Self.REL_WHEEL) || rel.has(Self.REL_HWHEEL)
+            let hasPadButtons = key.has(Self.BTN_0) && key.has(Self.BTN_1) && !key.has(Self.BTN_TOOL_PEN)
+            let hasWheel = ev.has(Self.EV_REL) && (rel.has(Self.REL_WHEEL) || rel.has(Self.REL_HWHEEL))
             // A mouse with many buttons runs into the joystick range: skip those.
-            let joystickButtons = !key.has(Self.BTN_JOYSTICK - 1)
-                && (key.any(Self.BTN_JOYSTICK..<Self.BTN_DIGI)
-                    || key.any(Self.BTN_TRIGGER_HAPPY..<(Self.BTN_TRIGGER_HAPPY40 + 1))
-                    || key.any(Self.BTN_DPAD_UP..<(Self.BTN_DPAD_UP + 4)))
-            let joystickAxes = abs.any(Self.ABS_RX..<Self.ABS_PRESSURE)
-            let joystick = joystickButtons || joystickAxes
+            let joystickButtons = key.has(Self.BTN_JOYSTICK - 1) ? 0
+                : key.count(Self.BTN_JOYSTICK..<Self.BTN_DIGI)
+                    + key.count(Self.BTN_TRIGGER_HAPPY..<(Self.BTN_TRIGGER_HAPPY40 + 1))
+                    + key.count(Self.BTN_DPAD_UP..<(Self.BTN_DPAD_UP + 4))
+            let joystickAxes = abs.count(Self.ABS_RX..<Self.ABS_PRESSURE)
+            let joystick = joystickButtons > 0 || joystickAxes > 0
             var isTablet = false, isTouchpad = false, isMouse = false, isTouchscreen = false, isJoystick = false
             if hasAbsCoordinates {
                 if stylusOrPen { isTablet = true }
@@ -110,6 +117,15 @@ public struct InputCapabilities: Sendable, Hashable {
             if hasPadButtons && hasWheel && !hasRel { isTablet = true }
             if !isTablet && !isTouchpad && !isJoystick && hasMouseButton && (hasRel || !hasAbsCoordinates) {
                 isMouse = true
+            }
+            // Un-detection (after the mouse test, as udev does it): a keyboard with stray joystick
+            // buttons (4 or more of the well-known keys), fewer than 2 joystick buttons and axes
+            // together, or a tablet pad's buttons and wheel is not a joystick.
+            if isJoystick {
+                let keyboardKeys = hasKeys ? Self.wellKnownKeyboardKeys.count(where: key.has) : 0
+                if keyboardKeys >= 4 || joystickButtons + joystickAxes < 2 || (hasWheel && hasPadButtons) {
+                    isJoystick = false
+                }
             }
             if isMouse { kinds.insert(.mouse) }
             if isTouchpad { kinds.insert(.touchpad) }

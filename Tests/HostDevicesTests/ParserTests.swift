@@ -226,6 +226,26 @@ struct InputKindTests {
     @Test("joystick axes and buttons")
     func joystick() {
         #expect(caps(ev: "1b", key: "ffff00000000 0 0 0 0", abs: "3003f").kinds == [.joystick])
+        // Two joystick buttons and no axis (a gamepad's buttons alone): still a joystick.
+        #expect(caps(ev: "3", key: "3000000000000 0 0 0 0").kinds == [.joystick])
+    }
+
+    @Test("joystick un-detection as udev does it: a keyboard with stray joystick buttons, one button, a tablet pad")
+    func notAJoystick() {
+        // The AT keyboard above (8 of the 10 well-known keys) also claiming BTN_TRIGGER..BTN_BASE: a keyboard.
+        let keyboard = caps(ev: "120013", key: "3f00000000 402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe")
+        #expect(keyboard.kinds == [.key, .keyboard])
+        // Three of the well-known keys (LEFTCTRL, CAPSLOCK, NUMLOCK; the first word is not full) with
+        // the same buttons: a joystick that has a few keys.
+        let threeKeys = caps(ev: "3", key: "3f00000000 0 0 20 400000020000000")
+        #expect(threeKeys.kinds == [.joystick, .key])
+        // One joystick button and nothing else: not a joystick (udev tags it as neither).
+        #expect(caps(ev: "3", key: "1000000000000 0 0 0 0").kinds == [])
+        // One axis (ABS_RX) alone: the same.
+        #expect(caps(ev: "9", abs: "8").kinds == [])
+        // A tablet pad: BTN_0, BTN_1, a wheel and two axes in the joystick range (RX, RY); no relative X/Y.
+        let pad = caps(ev: "f", key: "3 0 0 0 0", rel: "100", abs: "18")
+        #expect(pad.kinds == [.tablet])
     }
 }
 
