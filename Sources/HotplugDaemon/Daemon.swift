@@ -1529,7 +1529,6 @@ public actor Daemon {
             reconcile(key)
         }
         reloadAuthorization(wasActive: authorizationWasActive)
-        await reloadGeneral(previous: previousGeneral)
         // A VM that is new, or has another socket or type, is looked at afresh: what was known
         // of its old socket says nothing (its new one may be there already, with no inotify event
         // to come).
@@ -1539,6 +1538,9 @@ public actor Daemon {
             guard let path = backends[name]?.socketPath, access(path, F_OK) == 0 else { continue }
             Task(executorPreference: loop) { await self.socketChanged(path, created: true) }
         }
+        // Last: the API's switch waits (for the old listeners to close), and the rest of a
+        // reload is done without a wait, as one step of the loop.
+        await reloadGeneral(previous: previousGeneral)
     }
 }
 
