@@ -380,8 +380,14 @@ public actor QEMUBackend: VMBackend {
         }
         var used: Set<String> = []
         for d in devices {
-            if let bus = try? await qmp.execute("qom-get", [("path", .string(d)), ("property", .string("parent_bus"))]).stringValue {
-                used.insert(bus)
+            // A device QEMU refuses to say of (gone meanwhile) is on no port; a timeout or a broken
+            // connection fails the attach as it is (before, it was lost here, and the device_add
+            // failed on the closed connection).
+            do throws(VMError) {
+                if let bus = try await qmp.execute("qom-get", [("path", .string(d)), ("property", .string("parent_bus"))]).stringValue {
+                    used.insert(bus)
+                }
+            } catch .commandFailed {
             }
         }
         // A PCI device (no prefix) leaves the ports of evdev's prefixes to input devices.

@@ -71,4 +71,19 @@ struct QEMUPCITests {
         let e2 = await #expect(throws: VMError.self) { try await backend.attachEvdev(absent, busPrefix: nil) }
         #expect(e2?.description.contains("Could not open '/dev/input/event999'") == true)
     }
+
+    @Test("a QEMU that stops answering while the root ports are looked at: the attach fails with the timeout of that step (before, the timeout was swallowed and the device_add failed on the closed connection, as a protocol error)")
+    func portScanTimeout() async throws {
+        let server = try FakeQMPServer(.replies([
+            #"{"return": {}, "id": 1}"# + "\n",
+            #"{"return": [{"name": "ep1", "type": "child<pcie-root-port>"}], "id": 2}"# + "\n",
+            #"{"return": [], "id": 3}"# + "\n",
+            "", // qom-get ep1 parent_bus: no answer
+        ]))
+        let host = try LoopHost()
+        let backend = QEMUBackend(name: "vm1", socketPath: server.path, loop: host.loop, logger: logger, timeout: 0.3)
+        let e = await #expect(throws: VMError.self) { try await backend.attachEvdev(keyboard, busPrefix: "ep") }
+        #expect(e == .timeout(vm: "vm1", step: "qom-get"))
+        #expect(!server.received.contains { $0.contains("device_add") })
+    }
 }
