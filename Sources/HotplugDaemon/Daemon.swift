@@ -131,6 +131,9 @@ final class Tracked: @unchecked Sendable {
     /// The attach failed for want of a free port in this VM (root ports, crosvm's USB ports):
     /// tried again when a device leaves that VM.
     var waitsForPort: String?
+    /// Woken by a departure from this VM to take the port it freed (`wakeFirstPortWaiter`): if it
+    /// does not take it (its attach failed otherwise, or it left), the next waiter is woken.
+    var wokenForPort: String?
     /// When the event that started the current work arrived (latency in logs).
     var since: Deadline
     /// A PCI device vhotplug moved to vfio-pci: the drivers to give back.
@@ -885,6 +888,11 @@ public actor Daemon {
         if case .pci = t.device, before != nil, t.attachment != before { wakeGroupWaiters() }
         // Its port in that VM is free: a device that found the VM's ports full tries again.
         if let b = before, t.attachment != b { wakePortWaiters(vm: b.vm) }
+        // Woken for a freed port, and it did not take it: the port is still free for the next waiter.
+        if let vm = t.wokenForPort {
+            t.wokenForPort = nil
+            if t.attachment?.vm != vm, t.waitsForPort != vm { wakePortWaiters(vm: vm, departed: false) }
+        }
         reconciled(key)
         trimSoon()
     }
@@ -895,8 +903,9 @@ public actor Daemon {
     /// get a port (the one freed is of another kind: a USB port, a root port kept for input
     /// devices, crosvm's USB 2 ports for a USB 3 device) is not moved to vfio-pci, or authorized
     /// on the host, for nothing. One that is busy (in its failure's clean-up) runs again.
-    func wakePortWaiters(vm: String) {
-        portsFreed[vm, default: 0] &+= 1
+    /// (`departed` false: no device left, the port a woken waiter did not take is offered again.)
+    func wakePortWaiters(vm: String, departed: Bool = true) {
+        if departed { portsFreed[vm, default: 0] &+= 1 }
         guard mayWaitForPort else { return } // (every unplug comes here: no look through the devices)
         let waiters = devices.filter { $0.value.waitsForPort == vm && $0.value.failed && $0.value.present }
         if waiters.isEmpty, !devices.values.contains(where: { $0.waitsForPort != nil }) { mayWaitForPort = false }
@@ -916,8 +925,9 @@ public actor Daemon {
             logger.info("\(o.logName): a device left \(vm); attaching again")
             o.failed = false
             o.since = .now()
+            o.wokenForPort = vm
             reconcile(key)
-            return // (one port freed: the next waiter waits for the next departure)
+            return // (one port freed: the next waiter waits for the next departure, or for this one not to take it)
         }
     }
 

@@ -143,3 +143,52 @@ struct DaemonEvdevPCITests {
         try d.waitFor("\(wifi): attach to vm1 failed: 0000:00:14.3: check: the vfio-pci driver is not loaded", from: mark)
     }
 }
+
+/// The PS/2 keyboard of ps2-keyboard.umockdev (serio0, input0, event0) as another one: serio `serio`,
+/// input device and event node `number` (the fixture's i8042 must be there; its power button is input1).
+func ps2Keyboard(serio: Int, number: Int) throws -> String {
+    let text = try String(contentsOfFile: fixtures + "/ps2-keyboard.umockdev", encoding: .utf8)
+    let records = text.components(separatedBy: "\n\n").filter { $0.contains("/i8042/serio0") }
+    return records.joined(separator: "\n\n")
+        .replacingOccurrences(of: "serio0", with: "serio\(serio)")
+        .replacingOccurrences(of: "input0", with: "input\(number)")
+        .replacingOccurrences(of: "event0", with: "event\(number)")
+        .replacingOccurrences(of: "MINOR=64", with: "MINOR=\(64 + number)")
+        .replacingOccurrences(of: "dev=13:64", with: "dev=13:\(64 + number)") + "\n"
+}
+
+@Suite("Input devices waiting for a root port, a real QEMU and umockdev", .serialized)
+struct DaemonPortWaitTests {
+    @Test("two input devices wait for vm1's only evdev port; when it frees, the first waiter's attach fails for another reason (QEMU refuses its node): the port is still free, and the second waiter is tried (before, it waited for another departure)")
+    func nextWaiterAfterAFailedRetry() async throws {
+        let tb = await Testbed.make()
+        try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        // ep1 holds the fixture's keyboard under vhotplug's id, as an earlier run would have left it.
+        let qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=ep1,chassis=1",
+                                                             "-device", "virtio-rng-pci,id=vhp-evdev-input0-event0,bus=ep1"])
+        let config = qemu.dir + "/vhotplug.conf"
+        try """
+            {"evdevPassthrough": {"targetVm": "vm1", "pcieBusPrefix": "ep"},
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-input0-event0")
+        try d.waitFor("; listening (")
+        for (serio, n) in [(1, 5), (2, 6)] {
+            try tb.add(record: try ps2Keyboard(serio: serio, number: n))
+            try d.waitFor("input event\(n) \"AT Translated Set 2 keyboard\": attach to vm1 failed: VM vm1: no free pcie-root-port with an id starting with \"ep\" for /dev/input/event\(n); its root ports: ep1 (in use); tried again when a device leaves vm1")
+        }
+        // The keyboard in ep1 leaves; the paused guest lets go of it at a reset.
+        var mark = d.mark
+        tb.unplug("/sys/devices/platform/i8042/serio0")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": detach from vm1 failed", from: mark)
+        _ = try qemu.observe("system_reset")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": vm1 let go of vhp-evdev-input0-event0 after the detach's deadline", from: mark)
+        // The first waiter gets its turn, and QEMU refuses umockdev's node...
+        try d.waitFor("input event5 \"AT Translated Set 2 keyboard\": a device left vm1; attaching again", from: mark)
+        mark = try d.waitFor("input event5 \"AT Translated Set 2 keyboard\": attach to vm1 failed: VM vm1: device_add failed: GenericError: \"/dev/input/event5: is not an evdev device\"", from: mark)
+        // ...so ep1 is still free: the next waiter is tried on it.
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event6","id":"vhp-evdev-input6-event6","bus":"ep1""#, from: mark)
+        #expect(try qemu.attachedIds() == [])
+    }
+}
