@@ -557,11 +557,43 @@ public actor Daemon {
                 do {
                     if try await !backend.removeStale(a) {
                         logger.info("VM \(vm): \(a.id) holds another device since it was listed; left in place")
+                    } else if a.kind != .usb, backend.type == .qemu {
+                        // Not waited for: its root port frees when the guest lets go, which a device
+                        // waiting for a port there learns from these looks.
+                        lookAtStale(a, vm: vm, backend: backend, after: unplugTimeout)
                     }
                 } catch {
                     logger.warning("VM \(vm): cannot remove \(a.id): \(error)")
                 }
             }
+        }
+    }
+
+    /// A stale PCI or input device asked to leave `vm` (`resync`, not waited for) holds its root
+    /// port until the guest lets go: the VM is asked `delay` seconds later whether it still has it,
+    /// then twice as late each time (up to 5 minutes); once it is gone, it counts as a departure
+    /// (devices waiting for a port there try again). The looks end with the VM's backend.
+    func lookAtStale(_ a: Attachment, vm: String, backend: any VMBackend, after delay: Double) {
+        loop.schedule(at: .after(delay)) { [self] in
+            Task(executorPreference: self.loop) { await self.staleLook(a, vm: vm, backend: backend, delay: delay) }
+        }
+    }
+
+    func staleLook(_ a: Attachment, vm: String, backend: any VMBackend, delay: Double) async {
+        guard !stopping, backends[vm] === backend, !vmDown.contains(vm) else { return }
+        let held: Bool
+        do throws(VMError) {
+            held = try await backend.holds(a)
+        } catch {
+            guard !error.isNotRunning else { return }
+            held = true // asked again later
+        }
+        guard backends[vm] === backend else { return }
+        if held {
+            lookAtStale(a, vm: vm, backend: backend, after: min(delay * 2, Self.lookCap))
+        } else {
+            logger.info("VM \(vm): stale \(a.id) has left")
+            wakePortWaiters(vm: vm)
         }
     }
 

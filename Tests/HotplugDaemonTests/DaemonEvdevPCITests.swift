@@ -191,4 +191,26 @@ struct DaemonPortWaitTests {
         try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event6","id":"vhp-evdev-input6-event6","bus":"ep1""#, from: mark)
         #expect(try qemu.attachedIds() == [])
     }
+
+    @Test("a restarted daemon removes a stale input device from vm1's only evdev port without waiting for the guest; the keyboard it then cannot place is tried again once the guest lets go of the stale one (before, nothing noticed: it waited for another departure)")
+    func staleRemovalFreesAPort() async throws {
+        let tb = await Testbed.make()
+        try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        // ep1 holds an input device an earlier run attached, of a keyboard no longer on the host.
+        let qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=ep1,chassis=1",
+                                                             "-device", "virtio-rng-pci,id=vhp-evdev-input9-event9,bus=ep1"])
+        let config = qemu.dir + "/vhotplug.conf"
+        try """
+            {"evdevPassthrough": {"targetVm": "vm1", "pcieBusPrefix": "ep"},
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: ["-a", "-c", config, "-d"], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        try d.waitFor("VM vm1: removing stale vhp-evdev-input9-event9 (its device is gone)")
+        // The paused guest does not let go of it: the keyboard finds no port.
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": attach to vm1 failed: VM vm1: no free pcie-root-port with an id starting with \"ep\" for /dev/input/event0; its root ports: ep1 (in use); tried again when a device leaves vm1")
+        let mark = d.mark
+        _ = try qemu.observe("system_reset")
+        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": a device left vm1; attaching again", from: mark)
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-input0-event0","bus":"ep1""#, from: mark)
+    }
 }
