@@ -580,7 +580,7 @@ public actor Daemon {
     }
 
     func staleLook(_ a: Attachment, vm: String, backend: any VMBackend, delay: Double) async {
-        guard !stopping, backends[vm] === backend, !vmDown.contains(vm) else { return }
+        guard !stopping, backends[vm] === backend, !vmDown.contains(vm), !attachedAgain(a) else { return }
         let held: Bool
         do throws(VMError) {
             held = try await backend.holds(a)
@@ -595,6 +595,12 @@ public actor Daemon {
             logger.info("VM \(vm): stale \(a.id) has left")
             wakePortWaiters(vm: vm)
         }
+    }
+
+    /// Whether a device vhotplug follows is in `a`'s VM under its id now (a PCI device back at the
+    /// same address): the stale one's looks end, as what they would find is that device.
+    func attachedAgain(_ a: Attachment) -> Bool {
+        devices.values.contains { $0.attachment?.vm == a.vm && $0.attachment?.id == a.id }
     }
 
     /// A USB device on the host with the vendor and product of an attachment crosvm listed.
