@@ -1109,18 +1109,21 @@ public actor Daemon {
                         endGuestWait(t)
                         logger.info("\(t.logName): VM \(vm) is not running; waiting for it")
                     } else if error.isAttachUnanswered || (error.isTimeout && t.vfio != nil && attempted.isPCI),
-                              t.present, t.device == attempted, let a = backend.attachment(for: attempted) {
+                              let a = backend.attachment(for: attempted) {
                         // QEMU may still add it (a vfio-pci device is open in QEMU meanwhile: giving
                         // it back to its driver now would make the kernel's unbind wait for QEMU, on
                         // the daemon's thread). It is taken as attached until the VM says. So is a
                         // device on vfio-pci that a VM which did not answer before the device_add may
-                        // hold all the same (it started with it: vmm_args).
+                        // hold all the same (it started with it: vmm_args). One unplugged or replugged
+                        // meanwhile too: once the VM says it has it, it is taken out (before, it was
+                        // forgotten, and a device_add QEMU finished late stayed in the VM).
                         let delay = a.kind == .pci ? pciAttachTimeout : qmpTimeout
                         t.attachment = a
                         leaveThroughIfRetired(t, backend, vm: vm)
                         t.unanswered = .init(operation: .attach, delay: delay)
                         t.lastError = "\(error); taken as attached while QEMU may still be adding it"
-                        logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(delay))")
+                        let left = t.present && t.device == attempted ? "" : "; it left the host meanwhile: taken out once \(vm) says it has it"
+                        logger.warning("\(t.logName): attach to \(vm): \(error); taken as attached, asking \(vm) again in \(Self.seconds(delay))\(left)")
                         scheduleLook(key, t)
                         return
                     } else if !t.present || t.device != attempted {

@@ -557,6 +557,28 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("a device unplugged while QEMU has not answered its device_add (QEMU stopped): taken as attached until QEMU says, then nothing of it is left in the VM (before, it was forgotten, and a device_add QEMU finished late stayed)")
+    func unpluggedDuringUnansweredAttach() async throws {
+        let rig = try await Rig()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        let d = try rig.daemon(["-a"], environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
+        let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
+        try d.waitFor(#"qmp vm1 -> {"execute":"device_add""#)
+        rig.unplugReceiver()
+        try d.waitFor("\(name): unplugged")
+        try d.waitFor("\(name): attach to vm1: VM vm1: no answer to device_add usb-host 1-2 in time; taken as attached, asking vm1 again in 2 s; it left the host meanwhile: taken out once vm1 says it has it")
+        let mark = d.mark
+        kill(rig.qemu.pid, SIGCONT)
+        // The device_del goes out once QEMU runs (it has let go of the old connection by then: the
+        // device_add of it is done or dropped, here dropped): the reply settles it. (A look that
+        // finds nothing, had the device_del not been sent, settles it the same.)
+        try d.waitFor(anyOf: ["\(name): detached from vm1 (vhp-usb-1-2)", #"qmp vm1 <- {"return": []"#], from: mark, timeout: 30)
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(!d.log.contains { $0.contains("left the host during its attach") })
+    }
+
     @Test("a detach that fails before QEMU may have had it (QEMU stopped: no greeting): asked again later, and sent again while QEMU still has the device")
     func detachFailedIsTriedAgain() async throws {
         let rig = try await Rig()
