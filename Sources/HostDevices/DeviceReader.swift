@@ -148,6 +148,7 @@ public final class DeviceReader {
         let productId = try either(k.productId) { () throws(DeviceReadError) in UInt16(try a.hex("idProduct")) }
         let (port, portPath) = try Self.ports(sysName: sysName, device: sysPath)
         let deviceClass = try either(k.deviceClass) { () throws(DeviceReadError) in try a.byteHex("bDeviceClass") }
+        let bcdDevice = try either(k.bcdDevice) { () throws(DeviceReadError) in UInt16(try a.optionalHex("bcdDevice") ?? 0) }
         // Interface folders are `1-2:1.0`; a root hub's (`usb1`) are `1-0:1.0`.
         let interfacePrefix = portPath.isEmpty ? "\(bus)-0" : sysName
         let config: Int?
@@ -164,7 +165,8 @@ public final class DeviceReader {
             // read after the interface wait had no interfaces, and an interface rule never
             // matched it, not even once it was configured.)
             interfaces = descriptorInterfaces(dir: dir)
-        } else if let known = libusb()?.interfaces(bus: bus, devnum: devnum, configuration: config) {
+        } else if let known = libusb()?.interfaces(bus: bus, devnum: devnum, vendor: vendorId, product: productId,
+                                                   release: bcdDevice, configuration: config) {
             switch known {
             case .success(let list):
                 // libusb gives every alternate setting; sysfs says which one is in force.
@@ -197,7 +199,7 @@ public final class DeviceReader {
         let isHub = USBDevice.isHub(deviceClass: deviceClass, interfaces: interfaces)
         return USBDevice(
             sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
-            vendorId: vendorId, productId: productId, bcdDevice: try either(k.bcdDevice) { () throws(DeviceReadError) in UInt16(try a.optionalHex("bcdDevice") ?? 0) },
+            vendorId: vendorId, productId: productId, bcdDevice: bcdDevice,
             deviceClass: deviceClass, deviceSubclass: try either(k.deviceSubclass) { () throws(DeviceReadError) in try a.byteHex("bDeviceSubClass") },
             deviceProtocol: try either(k.deviceProtocol) { () throws(DeviceReadError) in try a.byteHex("bDeviceProtocol") },
             manufacturer: manufacturer, product: product, serial: serial,

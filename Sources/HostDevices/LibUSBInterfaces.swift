@@ -70,8 +70,18 @@ public final class LibUSBSnapshot {
     /// libusb does not know the device. libusb takes the descriptor from the ones it read
     /// when the device came (libusb_get_active_config_descriptor would read sysfs's
     /// bConfigurationValue twice more to learn what the caller already knows).
-    public func interfaces(bus: Int, devnum: Int, configuration: Int?) -> Result<[Interface], DeviceReadError>? {
+    /// `vendor`, `product`, `release`: the device's IDs and bcdDevice as sysfs says. libusb's
+    /// entry at bus:devnum is taken only when its device descriptor says the same: libusb's
+    /// list may still hold a device that has left (it hears no departure without udevd, or
+    /// when its socket overflowed), and addresses come again (a controller registered again
+    /// starts them over; they wrap after 127). Before, such a device's interfaces were given
+    /// to the new one (a USB disk taken for the HID mouse that had had its address).
+    public func interfaces(bus: Int, devnum: Int, vendor: UInt16, product: UInt16, release: UInt16,
+                           configuration: Int?) -> Result<[Interface], DeviceReadError>? {
         guard let dev = device(bus: bus, devnum: devnum) else { return nil }
+        var descriptor = libusb_device_descriptor()
+        guard libusb_get_device_descriptor(dev, &descriptor) == 0, descriptor.idVendor == vendor,
+              descriptor.idProduct == product, descriptor.bcdDevice == release else { return nil }
         guard let value = configuration.flatMap(UInt8.init(exactly:)) else { return .success([]) } // not configured (yet)
         var config: UnsafeMutablePointer<libusb_config_descriptor>?
         let rc = libusb_get_config_descriptor_by_value(dev, value, &config)

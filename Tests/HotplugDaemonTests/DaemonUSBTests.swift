@@ -602,4 +602,35 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == [])
         print("detachFailedIsTriedAgain: QEMU \(outcome.text == ran ? "ran" : "dropped") the device_del of the closed connection")
     }
+
+    @Test("libusb's list missed a departure (no udevd, or its socket overflowed): another device at the same bus and address is read on its own interfaces, not the departed one's")
+    func staleLibUSBDevice() async throws {
+        let rig = try await Rig()
+        // The receiver (bus 1, address 4) is there when the daemon's libusb first lists the devices.
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let d = try rig.daemon()
+        // Neither the daemon's monitor nor its libusb hears the receiver go and a USB disk come
+        // at another port with the same address (a controller registered again starts its
+        // addresses over; a bus's addresses wrap after 127 plugs).
+        let held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        #expect(held.count == 2)
+        rig.unplugReceiver()
+        let text = try String(contentsOfFile: fixtures + "/usb-disk.umockdev", encoding: .utf8)
+        let base = "P: /devices/pci0000:00/0000:00:14.0/usb2/2-2"
+        let disk = text.components(separatedBy: "\n\n").filter { $0.hasPrefix(base + "\n") || $0.hasPrefix(base + "/2-2:1.0\n") }
+            .joined(separator: "\n\n")
+            .replacingOccurrences(of: "usb2/2-2", with: "usb1/1-3").replacingOccurrences(of: "/2-2:", with: "/1-3:")
+            .replacingOccurrences(of: "bus/usb/002/003", with: "bus/usb/001/004")
+            .replacingOccurrences(of: "BUSNUM=002", with: "BUSNUM=001").replacingOccurrences(of: "DEVNUM=003", with: "DEVNUM=004")
+            .replacingOccurrences(of: "busnum=2\\n", with: "busnum=1\\n").replacingOccurrences(of: "devnum=3\\n", with: "devnum=4\\n")
+            .replacingOccurrences(of: "devpath=2\\n", with: "devpath=3\\n")
+        try rig.tb.add(record: disk + "\n")
+        rig.tb.releaseListeners(held)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        // Before: read with the receiver's interfaces (libusb's entry for 1:4), taken for a HID mouse.
+        try d.waitFor("usb 1-3 0781:5581 \"SanDisk\" \"Ultra\": none: no rule matches", from: mark)
+        #expect(!d.log[mark...].contains { $0.contains("usb 1-3") && $0.contains("vm1") }, "\(d.log[mark...])")
+    }
 }
