@@ -165,6 +165,10 @@ public final class DeviceReader {
             // read after the interface wait had no interfaces, and an interface rule never
             // matched it, not even once it was configured.)
             interfaces = descriptorInterfaces(dir: dir)
+            // libusb is not asked about it: its hotplug messages are handled all the same. With
+            // usbAuthorization every new device is read here, and before, they were handled only
+            // at the start (the first pass): each device that left stayed in libusb's memory.
+            self.libusb?.handleEvents()
         } else if let known = libusb()?.interfaces(bus: bus, devnum: devnum, vendor: vendorId, product: productId,
                                                    release: bcdDevice, configuration: config) {
             switch known {

@@ -19,13 +19,18 @@ public final class LibUSBContext {
 
     deinit { libusb_exit(context) }
 
-    /// The devices libusb knows now. libusb's hotplug thread queues a message per
-    /// arrival and departure that only event handling frees: handle them here,
-    /// without waiting, so a long-running daemon does not grow.
+    /// The devices libusb knows now (its hotplug messages handled first).
     public func snapshot() -> LibUSBSnapshot {
+        handleEvents()
+        return LibUSBSnapshot(self)
+    }
+
+    /// libusb's hotplug thread queues a message per arrival and departure (the departure's
+    /// holding the device that left) that only event handling frees: handled here, without
+    /// waiting, so a long-running daemon does not grow.
+    public func handleEvents() {
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         _ = libusb_handle_events_timeout_completed(context, &zero, nil)
-        return LibUSBSnapshot(self)
     }
 }
 

@@ -160,6 +160,26 @@ struct DaemonAuthorizationTests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("devices decided on their descriptors (unauthorized) still let libusb free what it keeps of devices that left: its hotplug messages are handled at each such read, not only at reads of configured devices (before, never again after the start: one device kept for each plug, for months)")
+    func libusbMessagesHandled() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        // libusb's debug log says when it frees a device ("destroy device BUS.ADDRESS").
+        let d = try rig.daemon(environment: ["LIBUSB_DEBUG": "4"])
+        let stays = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": stays unauthorized on the host"
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor(stays)
+        let mark = d.mark
+        rig.tb.unplug("/sys" + receiverDevpath)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": unplugged", from: mark)
+        // libusb's own thread has heard of the departure (it queues its message for event handling).
+        try d.waitFor("udev hotplug event. action: remove.", from: mark)
+        let again = d.mark
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor(stays, from: again)
+        try d.waitFor("destroy device 1.4", from: mark, timeout: 10)
+    }
+
     @Test("a hostAllow device is authorized when it arrives")
     func hostAllowAuthorized() async throws {
         let rig = try await AuthRig()
