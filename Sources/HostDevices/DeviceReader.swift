@@ -219,6 +219,15 @@ public final class DeviceReader {
         configuration(AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)) != nil
     }
 
+    /// True when a USB device's active configuration is set but not every one of its
+    /// interfaces has its folder yet: the kernel is configuring it (it has just been plugged).
+    public func usbInterfacesComing(sysPath: String) -> Bool {
+        let a = AttributeReader.opened(dir: sysfs.path(sysPath), device: sysPath)
+        guard let config = (try? a.optionalString("bConfigurationValue")).flatMap({ $0 }),
+              !config.trimmingWhitespace().isEmpty else { return false }
+        return configuration(a) == nil
+    }
+
     /// Reads a USB device once `usbConfigured` holds, through the folder that check opened
     /// (one open and one `bConfigurationValue` read fewer than the check and `read` apart);
     /// nil while the configuration or an interface is not there yet. `event`: what the

@@ -427,8 +427,17 @@ public actor Daemon {
         let (found, failures) = reader.enumerate(followedKinds)
         for f in failures { logger.warning("cannot read \(f)") }
         let now = Deadline.now()
+        // USB devices the kernel is still configuring (plugged as the daemon starts): decided
+        // once their interfaces have come, as after their add event. (Before, one was decided
+        // on the interfaces there were, and its interfaces' events were not waited for: a
+        // receiver read with its keyboard interface alone was never taken for the mouse it is.)
+        var arriving: [String] = []
         for device in found {
             guard let key = Self.key(device) else { continue }
+            if case .usb = device, reader.usbInterfacesComing(sysPath: key) {
+                arriving.append(key)
+                continue
+            }
             let t = Tracked(device: device, decision: decide(device), since: now)
             devices[key] = t
             if options.attachConnected { t.want = initialWant(key, t) }
@@ -444,6 +453,7 @@ public actor Daemon {
             }
         }
         for key in devices.keys.sorted() { reconcile(key) }
+        for key in arriving where devices[key] == nil { deviceAdded(key, at: now) }
     }
 
     /// The records an earlier run left of devices it moved to vfio-pci: each

@@ -633,4 +633,25 @@ struct DaemonUSBTests {
         try d.waitFor("usb 1-3 0781:5581 \"SanDisk\" \"Ultra\": none: no rule matches", from: mark)
         #expect(!d.log[mark...].contains { $0.contains("usb 1-3") && $0.contains("vm1") }, "\(d.log[mark...])")
     }
+
+    @Test("a device whose interfaces are still coming when the daemon starts (plugged as it starts) is decided once they are there, not on the first of them")
+    func interfacesComingAtStart() async throws {
+        let rig = try await Rig()
+        try addReceiverBus(rig)
+        // Configured, with its first interface (the keyboard's) only; libusb does not know it
+        // (no descriptors: as a device plugged after libusb listed the devices, without udevd).
+        let records = try receiverRecords(0).components(separatedBy: "\n\n")
+        let device = records.filter { $0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2\n") }
+            .map { $0.split(separator: "\n").filter { !$0.hasPrefix("H: descriptors=") }.joined(separator: "\n") }
+        let first = records.filter { $0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0") }
+        let rest = records.filter { $0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.") && !$0.hasPrefix("P: /devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0") }
+        try rig.tb.add(record: (device + first).joined(separator: "\n\n") + "\n")
+        let d = try rig.daemon()
+        // Its other interfaces come, with their events.
+        try rig.tb.add(record: rest.joined(separator: "\n\n") + "\n")
+        // Before: decided at start on the keyboard interface alone ("none: no rule matches"), for good.
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0 \"Input for vm1\", allow[0] \"HID mouse\")")
+        // Sent to vm1 (QEMU's libusb, which has no descriptors of it either, cannot take it here).
+        try d.waitFor(#""execute":"device_add","arguments":{"driver":"usb-host","id":"vhp-usb-1-2""#)
+    }
 }
