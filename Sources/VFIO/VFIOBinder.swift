@@ -127,6 +127,9 @@ public actor VFIOBinder {
     /// Waits in progress (tests check that none is left behind).
     public var pendingWaits: Int { waits.count }
 
+    /// Operations (binds, give-backs, hand-overs) waiting for the one running (tests).
+    public var queuedOperations: Int { lock.queued }
+
     // MARK: Bind
 
     /// Moves every endpoint of `device`'s IOMMU group to vfio-pci and waits for

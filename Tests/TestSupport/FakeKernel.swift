@@ -163,9 +163,31 @@ public final class FakeKernel: @unchecked Sendable {
         }
     }
 
+    /// Writes kept waiting, unacted on, by the suffix of the file written (`hold`).
+    private let held = Mutex<[String: DispatchSemaphore]>([:])
+
+    /// From now on, a write to a file whose path ends with `suffix` (`vfio-pci/unbind`) waits
+    /// until `release(suffix)`: the code under test is then in the middle of that step. The
+    /// log gets `held FILE ADDRESS` (e.g. "held unbind 0000:01:00.1") when one arrives.
+    public func hold(_ suffix: String) {
+        held.withLock { $0[suffix] = DispatchSemaphore(value: 0) }
+    }
+
+    /// Lets the writes `hold(suffix)` keeps go on, and the next ones through.
+    public func release(_ suffix: String) {
+        held.withLock { $0.removeValue(forKey: suffix) }?.signal()
+    }
+
     private func handle(_ path: String, _ address: String, _ events: EventSink) {
         let file = (path as NSString).lastPathComponent
         let driver = ((path as NSString).deletingLastPathComponent as NSString).lastPathComponent
+        if let gate = held.withLock({ gates in gates.first { path.hasSuffix($0.key) }?.value }) {
+            lock.withLock { $0.append("held \(file) \(address)") }
+            changed.lock()
+            changed.broadcast()
+            changed.unlock()
+            gate.wait()
+        }
         lock.withLock { log in
             switch file {
             case "drivers_probe": probe(address, &log, events)

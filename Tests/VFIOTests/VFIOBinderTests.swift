@@ -1,5 +1,6 @@
 import DeviceModel
 import Foundation
+import Synchronization
 import HostDevices
 import Testing
 import VFIO
@@ -490,6 +491,44 @@ struct VFIORestartTests {
         let onVFIO = BindRecord(device: gpu, group: 2, members: [.init(address: audio, originalDriver: "vfio-pci", wasOnVFIO: true)],
                                 groupNode: record.groupNode)
         #expect(await lab.binder.handOver(onVFIO, to: audio, merging: nil) == nil)
+    }
+
+    @Test("a hand-over to a mate whose own give-back is running waits for it: the record it stores under the mate outlives that give-back (before, the give-back's end deleted it, and the group's drivers were forgotten)")
+    func handOverWaitsForGiveBack() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        let store = BindRecordStore(directory: dir.path + "/vfio")
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev", store: store)
+        defer { lab.stop() }
+        let binder = lab.binder
+        let record = try await binder.bind(try lab.device(gpu))
+        // The audio function's own record, as if its own attach had bound it.
+        let own = BindRecord(device: audio, group: 2, members: [.init(address: audio, originalDriver: "snd_hda_intel")],
+                             groupNode: record.groupNode)
+        try store.save(own)
+        // Its give-back is in the middle of its unbind from vfio-pci...
+        lab.kernel.hold("vfio-pci/unbind")
+        let giveBack = Task { try await binder.restore(own) }
+        try lab.kernel.waitFor("held unbind \(audio)")
+        // ...when the GPU leaves the host and hands its record over to it.
+        lab.testbed.remove("/sys/devices/pci0000:00/0000:00:01.0/\(gpu)")
+        let done = Atomic<Bool>(false)
+        let handOver = Task {
+            let next = await binder.handOver(record, to: audio, merging: own)
+            done.store(true, ordering: .releasing)
+            return next
+        }
+        // The hand-over waits behind the give-back (the old code did not: it finished now).
+        let deadline = Date().addingTimeInterval(20)
+        while await binder.queuedOperations == 0 && !done.load(ordering: .acquiring) && Date() < deadline { await Task.yield() }
+        let ranDuringGiveBack = done.load(ordering: .acquiring)
+        #expect(!ranDuringGiveBack, "the hand-over ran during the give-back")
+        lab.kernel.release("vfio-pci/unbind")
+        try await giveBack.value
+        let next = try #require(await handOver.value)
+        #expect(next.device == audio && next.members.map(\.address) == [audio])
+        #expect(dir.files("/vfio") == ["\(audio).json"], "the hand-over's record is there, the GPU's gone")
+        #expect(lab.driver(audio) == "snd_hda_intel")
     }
 
     @Test("a failed restore keeps the record for another try; forget deletes it")
