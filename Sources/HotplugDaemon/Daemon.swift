@@ -282,18 +282,8 @@ public actor Daemon {
         if monitor.filterError != 0 {
             logger.warning("cannot filter uevents in the kernel (SO_ATTACH_FILTER: \(String(cString: strerror(monitor.filterError)))): each is read and dropped after a look")
         }
+        // (Its events wait in its socket until the first pass has read the devices: `followEvents`.)
         self.monitor = monitor
-        loop.watch(monitor.fd) { [self] in
-            // One event per wake-up, handled at once on the loop's thread (this actor's
-            // executor): the work it starts (a VM's reply) runs before the next event
-            // is read, and epoll (level-triggered) comes back for the rest.
-            if let e = monitor.receive() {
-                let time = Deadline.now()
-                self.assumeIsolated { $0.handle(e, at: time) }
-            }
-            // Events were lost, and the ones queued before the loss are all handled.
-            if monitor.takeOverflow() { self.assumeIsolated { $0.eventsLost() } }
-        }
         watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
@@ -443,6 +433,11 @@ public actor Daemon {
             if options.attachConnected { t.want = initialWant(key, t) }
             if options.attachConnected || t.decision.targetVm != nil { logDecision(t) }
         }
+        // Events from here on: one that came since the monitor opened is of a device read above
+        // (a repeated add) or of one plugged since. Before, the start's waits (the API's listeners)
+        // let such an event start an attach whose device the loop above then followed afresh:
+        // two attaches of one device.
+        followEvents()
         await adoptBindRecords()
         engageAuthorization()
         // Each VM is asked at the same time: a VM that does not answer costs its
@@ -454,6 +449,22 @@ public actor Daemon {
         }
         for key in devices.keys.sorted() { reconcile(key) }
         for key in arriving where devices[key] == nil { deviceAdded(key, at: now) }
+    }
+
+    /// Handles the monitor's events from now on.
+    func followEvents() {
+        guard let monitor else { return }
+        loop.watch(monitor.fd) { [self] in
+            // One event per wake-up, handled at once on the loop's thread (this actor's
+            // executor): the work it starts (a VM's reply) runs before the next event
+            // is read, and epoll (level-triggered) comes back for the rest.
+            if let e = monitor.receive() {
+                let time = Deadline.now()
+                self.assumeIsolated { $0.handle(e, at: time) }
+            }
+            // Events were lost, and the ones queued before the loss are all handled.
+            if monitor.takeOverflow() { self.assumeIsolated { $0.eventsLost() } }
+        }
     }
 
     /// The records an earlier run left of devices it moved to vfio-pci: each
