@@ -200,7 +200,9 @@ public final class DeviceReader {
                 interfaces[k].driver = Sysfs.linkName(ifDir + "/driver")
             }
         }
-        let isHub = USBDevice.isHub(deviceClass: deviceClass, interfaces: interfaces)
+        // Unconfigured: a hub only if every configuration says so (USB authorization authorizes hubs).
+        let isHub = config == nil ? descriptorsSayHub(dir: dir, deviceClass: deviceClass)
+                                  : USBDevice.isHub(deviceClass: deviceClass, interfaces: interfaces)
         return USBDevice(
             sysName: sysName, sysPath: sysPath, bus: bus, devnum: devnum, port: port, portPath: portPath,
             vendorId: vendorId, productId: productId, bcdDevice: bcdDevice,

@@ -36,6 +36,32 @@ public enum USBDescriptors {
         }
         return out.sorted { $0.interfaceNumber < $1.interfaceNumber }
     }
+
+    /// The class of every interface descriptor of every configuration, each alternate setting
+    /// included: what the kernel may configure once the device is authorized (it may take
+    /// another configuration than the first, an interface's first alternate setting when it has
+    /// no setting 0). Each configuration is walked over its `wTotalLength`, as the kernel
+    /// parses it: a malformed descriptor ends only its own configuration's walk, and a
+    /// configuration header inside a configuration is passed over. Nil when the bytes do not
+    /// hold a device descriptor followed by configurations.
+    public static func everyInterfaceClass(_ bytes: [UInt8]) -> [UInt8]? {
+        guard bytes.count >= 18, bytes[0] >= 18, bytes[1] == 1 else { return nil }
+        var classes: [UInt8] = []
+        var start = Int(bytes[0])
+        while start < bytes.count {
+            guard start + 4 <= bytes.count, bytes[start] >= 9, bytes[start + 1] == 2 else { return nil }
+            let end = min(bytes.count, start + max(Int(bytes[start + 2]) | Int(bytes[start + 3]) << 8, 9))
+            var i = start + Int(bytes[start])
+            while i + 2 <= end {
+                let length = Int(bytes[i])
+                guard length >= 2, i + length <= end else { break }
+                if bytes[i + 1] == 4 && length >= 9 { classes.append(bytes[i + 5]) }
+                i += length
+            }
+            start = end
+        }
+        return classes
+    }
 }
 
 extension DeviceReader {
@@ -45,6 +71,17 @@ extension DeviceReader {
         let a = AttributeReader(dir: sysfs.path(sysPath), device: sysPath)
         guard let text = (try? a.optionalString("authorized")).flatMap({ $0 }) else { return nil }
         return text.trimmingWhitespace() != "0"
+    }
+
+    /// True when an unconfigured device is a hub in whatever the kernel may configure once it is
+    /// authorized: every interface descriptor of every configuration (every alternate setting)
+    /// is a hub's, or it has none and its device class is 9. A device that says "hub" only in part
+    /// (its first configuration, alternate setting 0) would be authorized as a hub and configured
+    /// as a keyboard. False when the descriptors cannot be read.
+    func descriptorsSayHub(dir: String, deviceClass: UInt8) -> Bool {
+        guard case .success(let bytes) = Sysfs.readBytes(dir + "/descriptors", limit: 64 * 1024),
+              let classes = USBDescriptors.everyInterfaceClass(bytes) else { return false }
+        return classes.isEmpty ? deviceClass == 9 : classes.allSatisfy { $0 == 9 }
     }
 
     /// Interfaces of an unconfigured, unauthorized device, from its `descriptors` file.

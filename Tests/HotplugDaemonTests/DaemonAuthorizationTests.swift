@@ -67,6 +67,25 @@ struct AuthRig {
     }
 }
 
+extension AuthRig {
+    /// Plugs, at the receiver's port and as an unauthorized device, one of device class 9 whose
+    /// `descriptors` are `descriptors` (hex; their device descriptor says how many configurations).
+    func plugUnauthorizedHubClass(descriptors hex: String) throws {
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let device = text.components(separatedBy: "\n\n").first { $0.hasPrefix("P: " + receiverDevpath + "\n") }!
+        let configurations = Int(hex.dropFirst(34).prefix(2), radix: 16) ?? 1
+        let record = device.split(separator: "\n")
+            .filter { !$0.hasPrefix("L: driver=") && !$0.hasPrefix("E: DRIVER=") && !$0.hasPrefix("H: descriptors=") && !$0.hasPrefix("N: ") }
+            .joined(separator: "\n")
+            .replacingOccurrences(of: "A: authorized=1\\n", with: "A: authorized=0\\n")
+            .replacingOccurrences(of: "A: bConfigurationValue=1\\n", with: "A: bConfigurationValue=\\n")
+            .replacingOccurrences(of: "A: bDeviceClass=00\\n", with: "A: bDeviceClass=09\\n")
+            .replacingOccurrences(of: "A: bNumConfigurations=1\\n", with: "A: bNumConfigurations=\(configurations)\\n")
+            .replacingOccurrences(of: "E: TYPE=0/0/0", with: "E: TYPE=9/0/1")
+        try tb.add(record: record + "\nH: descriptors=" + hex + "\n")
+    }
+}
+
 let receiverDevpath = "/devices/pci0000:00/0000:00:14.0/usb1/1-2"
 
 @Suite("usbAuthorization: the daemon with umockdev and a real QEMU", .serialized)
@@ -178,6 +197,51 @@ struct DaemonAuthorizationTests {
         try rig.plugUnauthorizedReceiver()
         try d.waitFor(stays, from: again)
         try d.waitFor("destroy device 1.4", from: mark, timeout: 10)
+    }
+
+    /// A keyboard that says "hub" where vhotplug reads and "keyboard" where the kernel looks,
+    /// once authorized: its device class is 9 and the first configuration's interfaces (alternate
+    /// setting 0) are a hub's, but the kernel would configure a HID keyboard interface.
+    static let fakeHubs: [(String, String)] = [
+        // Two configurations: the kernel prefers the second (a UAC3 one; or the first draws more
+        // than the port gives), whose interface 1 is a keyboard.
+        ("two configurations", "12010002090001406D042BC5111200010002"
+            + "09021900010100E0FA" + "090400000109000000" + "0705810301000C"
+            + "09021B00020200A032" + "090400000001013000" + "090401000003010100"),
+        // Interface 1 has no alternate setting 0: the kernel takes its first one, a keyboard.
+        ("an interface without alternate setting 0", "12010002090001406D042BC5111200010001"
+            + "09021B00020100A032" + "090400000009000000" + "090401010003010100"),
+        // A configuration header inside the configuration: the kernel skips it and goes on.
+        ("a configuration header inside the configuration", "12010002090001406D042BC5111200010001"
+            + "09022400020100A032" + "090400000009000000" + "090209000000000000" + "090401000003010100"),
+    ]
+
+    @Test("a device that says \"hub\" only in part (its first configuration, alternate setting 0) is no hub: it stays unauthorized (before, it was authorized as a hub, and the kernel configured its keyboard)",
+          arguments: 0..<fakeHubs.count)
+    func fakeHubStaysUnauthorized(_ index: Int) async throws {
+        let (what, hex) = Self.fakeHubs[index]
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        let d = try rig.daemon()
+        try rig.plugUnauthorizedHubClass(descriptors: hex)
+        let outcome = try d.waitFor(anyOf: ["usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": stays unauthorized on the host",
+                                            "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host"])
+        #expect(outcome.text.hasSuffix("stays unauthorized on the host"), "\(what): \(d.log)")
+        #expect(!d.log.contains { $0.contains("a hub: devices behind it must enumerate") }, "\(what)")
+        #expect(d.stop() == 0)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0", "\(what)")
+    }
+
+    @Test("a hub (every interface of its one configuration a hub's) is authorized when it arrives")
+    func hubAuthorized() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
+        let d = try rig.daemon()
+        // (usb-hub.umockdev's hub, with a second alternate setting, multi-TT, as many hubs have.)
+        try rig.plugUnauthorizedHubClass(descriptors: "1201000209000140E305080660600001000109022900010100E032"
+                                         + "0904000001090000000705810301000C" + "0904000101090200000705810301000C")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host (a hub: devices behind it must enumerate)")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
     }
 
     @Test("a hostAllow device is authorized when it arrives")
