@@ -439,6 +439,8 @@ public actor Daemon {
         // two attaches of one device.
         followEvents()
         await adoptBindRecords()
+        // (Off: what an earlier daemon, killed while it was on, left at 0 is written back.)
+        if authorization == nil { authorizer.restoreRecorded(logger) }
         engageAuthorization()
         // Each VM is asked at the same time: a VM that does not answer costs its
         // own deadline once, not one per VM before it.

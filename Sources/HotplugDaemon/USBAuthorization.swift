@@ -36,18 +36,32 @@ struct USBAuthorizer {
         self.recordPath = recordPath
     }
 
-    /// The values an earlier daemon saved and did not write back (it was killed), by path.
-    private func recorded(_ logger: Logger) -> [String: String] {
-        guard let recordPath, let text = try? io.read(recordPath) else { return [:] }
-        var values: [String: String] = [:]
+    /// The values an earlier daemon saved and did not write back (it was killed), in its order.
+    private func recorded(_ logger: Logger) -> [(path: String, value: String)] {
+        guard let recordPath, let text = try? io.read(recordPath) else { return [] }
+        var values: [(path: String, value: String)] = []
         for line in text.split(separator: "\n") {
             guard let space = line.firstIndex(of: " ") else { continue }
-            values[String(line[line.index(after: space)...])] = String(line[..<space])
+            let path = String(line[line.index(after: space)...])
+            values.removeAll { $0.path == path }
+            values.append((path, String(line[..<space])))
         }
         if !values.isEmpty {
             logger.warning("USB authorization: an earlier vhotplug did not restore authorized_default (killed?): the values from before it (\(recordPath)) are the ones to write back")
         }
         return values
+    }
+
+    /// Start with the feature off: the values an earlier daemon (killed while it was on) kept
+    /// are written back now, and its record deleted. Nothing else would: the files say 0.
+    mutating func restoreRecorded(_ logger: Logger) {
+        guard !engaged else { return }
+        let earlier = recorded(logger)
+        guard !earlier.isEmpty else { return }
+        saved = earlier
+        usbcoreBefore = nil
+        engaged = true
+        release(logger)
     }
 
     /// Keeps `saved` in the record file (written whole, then renamed); deleted when empty.
@@ -79,7 +93,7 @@ struct USBAuthorizer {
     mutating func engage(_ logger: Logger) {
         let again = engaged
         engaged = true
-        let earlier = again ? [:] : recorded(logger)
+        let earlier = again ? [:] : Dictionary(recorded(logger), uniquingKeysWith: { $1 })
         var done: [String] = []
         for path in rootHubFiles() + [usbcorePath] where !saved.contains(where: { $0.path == path }) {
             let before: String

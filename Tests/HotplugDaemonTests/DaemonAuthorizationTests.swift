@@ -127,6 +127,26 @@ struct DaemonAuthorizationTests {
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
     }
 
+    @Test("a daemon killed with authorized_default at 0, restarted with usbAuthorization off: it writes back the values from before at its start (before, they stayed 0 with nothing to restore them)")
+    func defaultsRestoredAfterAKillWhenOff() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        let first = try rig.daemon()
+        try first.waitFor("USB authorization: new USB devices are not authorized on the host")
+        kill(first.process.processIdentifier, SIGKILL)
+        first.process.waitUntilExit()
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "0")
+        try rig.write(auth: #"{"enable": false}"#)
+        let second = try rig.daemon()
+        #expect(second.log.contains { $0.contains("USB authorization: an earlier vhotplug did not restore authorized_default") }, "\(second.log)")
+        #expect(second.log.contains { $0.contains("USB authorization: authorized_default restored (usb1 = 1, usb2 = 1)") }, "\(second.log)")
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+        #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
+        #expect(!FileManager.default.fileExists(atPath: rig.tb.root + "/usb-authorized-default"))
+        #expect(second.stop() == 0)
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+    }
+
     @Test("an API listener that cannot be made stops the start before any device is touched: exit 1, authorized_default as it was, nothing attached")
     func apiFailureTouchesNothing() async throws {
         let rig = try await AuthRig(receiver: true)
