@@ -895,7 +895,12 @@ public actor Daemon {
                 deviceRemoved(sysPath)
             }
             switch subsystem {
-            case "usb": deviceAdded(sysPath, at: now)
+            case "usb":
+                // A root hub whose add event was lost: its 0 is usbcore's, not a value from before.
+                if devices[sysPath] == nil, let name = sysPath.split(separator: "/").last, name.hasPrefix("usb") {
+                    authorizer.rootHubAdded(sysPath, logger)
+                }
+                deviceAdded(sysPath, at: now)
             case "pci": admit(sysPath, subsystem: "pci", since: now)
             default:
                 if matcher.decidesInputDevices, !reader.inputHasUSBAncestor(sysPath: sysPath) {

@@ -147,6 +147,39 @@ struct DaemonAuthorizationTests {
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
     }
 
+    @Test("a controller whose add event the daemon missed (events lost), found by a rescan (a reload): its authorized_default is written back at the stop as usbcore would have given it (before, the 0 it had from usbcore was taken as its value from before)")
+    func rootHubFoundByRescan() async throws {
+        let rig = try await AuthRig()
+        let usbcore = rig.tb.sysRoot + "/module/usbcore/parameters"
+        try FileManager.default.createDirectory(atPath: usbcore, withIntermediateDirectories: true)
+        try "-1\n".write(toFile: usbcore + "/authorized_default", atomically: false, encoding: .utf8)
+        try rig.write(auth: #"{"enable": true}"#)
+        let d = try rig.daemon()
+        try d.waitFor("USB authorization: new USB devices are not authorized on the host (authorized_default = 0 on usb1, usb2, usbcore)")
+        // A third root hub, with the 0 usbcore gives it now; the daemon gets no event of it.
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        let records = text.components(separatedBy: "\n\n").filter {
+            $0.hasPrefix("P: " + AuthRig.usb1 + "\n") || $0.hasPrefix("P: " + AuthRig.usb1 + "/1-0:1.0\n")
+        }
+        #expect(records.count == 2)
+        let usb3 = records.joined(separator: "\n\n")
+            .replacingOccurrences(of: "/usb1", with: "/usb3").replacingOccurrences(of: "1-0:1.0", with: "3-0:1.0")
+            .replacingOccurrences(of: "bus/usb/001/", with: "bus/usb/003/").replacingOccurrences(of: "BUSNUM=001", with: "BUSNUM=003")
+            .replacingOccurrences(of: "A: busnum=1\\n", with: "A: busnum=3\\n")
+            .replacingOccurrences(of: "A: authorized_default=1\\n", with: "A: authorized_default=0\\n")
+        let held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        try rig.tb.add(record: usb3 + "\n")
+        rig.tb.releaseListeners(held)
+        #expect(!d.log.contains { $0.contains("usb usb3") })
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("usb usb3 1d6b:0002", from: mark)
+        #expect(d.stop() == 0)
+        #expect(d.log.contains { $0.contains("USB authorization: authorized_default restored (usb1 = 1, usb2 = 1, usbcore = -1, usb3 = 1)") }, "\(d.log)")
+        #expect(rig.attribute(AuthRig.usb1.replacingOccurrences(of: "/usb1", with: "/usb3"), "authorized_default") == "1")
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+    }
+
     @Test("an API listener that cannot be made stops the start before any device is touched: exit 1, authorized_default as it was, nothing attached")
     func apiFailureTouchesNothing() async throws {
         let rig = try await AuthRig(receiver: true)
