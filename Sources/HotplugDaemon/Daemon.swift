@@ -414,6 +414,9 @@ public actor Daemon {
     /// Reads every connected device, finds what the VMs already have from an
     /// earlier run (their ids), removes stale ids, and with `-a` attaches the rest.
     func firstPass() async {
+        // New devices off the host before the connected ones are read: one plugged meanwhile is
+        // read with them (and de-authorized by `deauthorizeUnmatched`), or arrives unauthorized.
+        if authorization != nil { authorizer.engage(logger) }
         let (found, failures) = reader.enumerate(followedKinds)
         for f in failures { logger.warning("cannot read \(f)") }
         let now = Deadline.now()

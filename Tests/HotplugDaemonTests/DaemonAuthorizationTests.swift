@@ -381,6 +381,44 @@ struct DaemonAuthorizationTests {
         #expect(!d.log.contains { $0.contains("usb usb1") && $0.contains("de-authorized") })
     }
 
+    @Test("deauthorizeUnmatched: a device plugged during the start, after the connected devices were read and before authorized_default was 0 (authorized by the kernel), is de-authorized too (before, it was taken as a new device, and stayed authorized)")
+    func deauthorizeUnmatchedPluggedDuringStart() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true, "deauthorizeUnmatched": true}"#, allow: #"{"vendorId": "1234"}"#)
+        // usb1's authorized_default is a FIFO: the daemon's read of it waits for this test.
+        let file = rig.tb.sysRoot + AuthRig.usb1 + "/authorized_default"
+        unlink(file)
+        #expect(mkfifo(file, 0o644) == 0)
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb)
+        let w = open(file, O_WRONLY | O_CLOEXEC)   // returns once the daemon opens it to read
+        #expect(w >= 0)
+        // Plugged now, authorized by the kernel (authorized_default is still 1).
+        let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
+        try rig.tb.add(record: text.components(separatedBy: "\n\n").filter { $0.hasPrefix("P: " + receiverDevpath) }.joined(separator: "\n\n") + "\n")
+        #expect(write(w, "1\n", 2) == 2)
+        close(w)
+        // The daemon writes its 0: read it, then usb1's file is a plain one again.
+        let r = open(file, O_RDONLY | O_CLOEXEC)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        var got: [UInt8] = []
+        while true {
+            let n = read(r, &buffer, buffer.count)
+            if n <= 0 { break }
+            got += buffer[0..<n]
+        }
+        close(r)
+        #expect(String(decoding: got, as: UTF8.self) == "0")
+        unlink(file)
+        try "0\n".write(toFile: file, atomically: false, encoding: .utf8)
+        try d.waitFor("; listening (")
+        let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
+        let outcome = try d.waitFor(anyOf: ["\(name): de-authorized on the host (deauthorizeUnmatched", "\(name): none"])
+        #expect(outcome.text.contains("de-authorized"), "\(d.log)")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
+        #expect(d.stop() == 0)
+        #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
+    }
+
     @Test("turned off by a reload: authorized_default written back, the device kept off the host authorized")
     func reloadTurnsItOff() async throws {
         let rig = try await AuthRig()
