@@ -416,7 +416,7 @@ public actor Daemon {
     func firstPass() async {
         // New devices off the host before the connected ones are read: one plugged meanwhile is
         // read with them (and de-authorized by `deauthorizeUnmatched`), or arrives unauthorized.
-        if authorization != nil { authorizer.engage(logger) }
+        if authorization != nil && !stopping { authorizer.engage(logger) }
         let (found, failures) = reader.enumerate(followedKinds)
         for f in failures { logger.warning("cannot read \(f)") }
         let now = Deadline.now()
@@ -1291,8 +1291,13 @@ public actor Daemon {
             case (.attach, false):
                 t.attachment = nil
                 // Wanted elsewhere now (an API request, a reload), replugged or unplugged
-                // meanwhile: not this attach's failure; the loop does what is wanted now.
-                guard t.target == a.vm, t.present, a.stands(for: t.device) else { return true }
+                // meanwhile: not this attach's failure; the loop does what is wanted now. Going
+                // nowhere, it is off the host again (usbAuthorization: authorized for this attach),
+                // as after a detach; before, it stayed authorized.
+                guard t.target == a.vm, t.present, a.stands(for: t.device) else {
+                    if t.target == nil { await deauthorizeAfterVM(t, vm: a.vm) }
+                    return true
+                }
                 if !t.attachRetried {
                     // QEMU answers now, and dropped or refused the device_add (it discards what
                     // a client that left had queued): once more, with QEMU's own answer this time.

@@ -214,7 +214,8 @@ extension Daemon {
     /// Start (and a reload that keeps or turns the feature on): new devices off the
     /// host, then each connected device as the settings say.
     func engageAuthorization() {
-        guard let auth = authorization else { return }
+        // (Not after a SIGTERM during the start: its release has run, and would not run again.)
+        guard let auth = authorization, !stopping else { return }
         authorizer.engage(logger)
         for t in devices.values where t.present {
             guard case .usb(let d) = t.device, let authorized = reader.usbAuthorized(sysPath: d.sysPath) else { continue }
