@@ -106,22 +106,34 @@ private final class RunningProcess {
             exited = true
             if continuation == nil {
                 _ = reap() // killed at its deadline (`fail`), gone only now
-            } else {
+            } else if open.isEmpty {
                 finishIfDone(loop)
+            } else {
+                // All it wrote is in the pipes: read to there, not to their end, which a child of
+                // its own still holding them (a wrapper's background job) would put off until the
+                // deadline (the answer lost for a timeout).
+                for fd in Array(open) where continuation != nil && open.contains(fd) { drain(fd, loop, toEnd: true) }
             }
         }
         timer = loop.schedule(at: deadline) { [self] in fail(loop, LoopError.timeout) }
     }
 
-    private func drain(_ fd: Int32, _ loop: EventLoop) {
+    /// Reads what `fd` has; with `toEnd` (the program has exited) everything it has now, and
+    /// closes it then even if it is not at its end.
+    private func drain(_ fd: Int32, _ loop: EventLoop, toEnd: Bool = false) {
         var buf = [UInt8](repeating: 0, count: 4096)
-        let n = read(fd, &buf, buf.count)
-        if n > 0 {
-            output[fd, default: []] += buf[0..<n]
-            if output.values.reduce(0, { $0 + $1.count }) > 1 << 20 { fail(loop, LoopError.system("output", EFBIG)) }
-            return
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n > 0 {
+                output[fd, default: []] += buf[0..<n]
+                if output.values.reduce(0, { $0 + $1.count }) > 1 << 20 { fail(loop, LoopError.system("output", EFBIG)); return }
+                if toEnd { continue }
+                return
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN && !toEnd { return }
+            break
         }
-        if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
         loop.unwatch(fd)
         close(fd)
         open.remove(fd)

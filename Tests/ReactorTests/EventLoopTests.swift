@@ -228,6 +228,25 @@ struct EventLoopTests {
         #expect(await a.pendingTimers() == 0)
     }
 
+    @Test("a program that exits while a child of its own still holds its output: its answer and status, not a timeout")
+    func processGrandchildHoldsPipe() async throws {
+        let host = try LoopHost()
+        let pidFile = scratchPath("vhp-grandchild") + ".pid"
+        defer { unlink(pidFile) }
+        let r: Result<ProcessResult, any Error>
+        do {
+            r = .success(try await LoopProbe(host.loop).run(["sh", "-c", "echo ok 3; sleep 30 & echo $! > \(pidFile); exit 0"], within: 3))
+        } catch {
+            r = .failure(error)
+        }
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, SIGKILL)
+        }
+        let result = try r.get()
+        #expect(result.status == 0)
+        #expect(result.stdout == "ok 3\n")
+    }
+
     @Test("a missing program is an error naming it")
     func missing() async throws {
         let host = try LoopHost()
