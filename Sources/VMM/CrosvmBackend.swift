@@ -76,6 +76,9 @@ public actor CrosvmBackend: VMBackend {
     /// Ports crosvm kept for a refused attach that could not be freed then, with what they
     /// held: freed at the next try, or after the attach that succeeds.
     private var unfreed: [Int: Attachment] = [:]
+    /// Port 16, which `usb list` never shows, was last freed by a detach of this backend (and not
+    /// filled by an attach of it since): a USB 3 device can take it with ports 9-15 held.
+    private var sixteenFree = false
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
@@ -269,6 +272,7 @@ public actor CrosvmBackend: VMBackend {
                            usbVendor: device.vendorId, usbProduct: device.productId, usbBus: device.bus, usbAddress: device.devnum)
         knownPorts.insert(port)
         holders[port] = a
+        if port == 16 { sixteenFree = false }
         unsure.remove(port)
         released[port] = nil
         saveRecord()
@@ -305,7 +309,10 @@ public actor CrosvmBackend: VMBackend {
         // Or when the other USB 3 ports (9-15) are all held: after a restart vhotplug knows nothing
         // of port 16, but a guest that took 7 USB 3 devices is up and crosvm gives the lowest free
         // port first, so port 16 is taken too (not remembered: it is a guess from this list).
-        if (9...15).allSatisfy(inUse.contains) { inUse.insert(16) }
+        if (9...15).allSatisfy(inUse.contains) {
+            inUse.insert(16)
+            sixteenFree = false // (crosvm would have given it: filled by hand since)
+        }
         return inUse
     }
 
@@ -372,9 +379,11 @@ public actor CrosvmBackend: VMBackend {
         switch answer {
         case .ok:
             freed(port)
+            if port == 16 { sixteenFree = true }
             logger.debug("VM \(name): crosvm detached port \(port)")
         case .noSuchDevice, .noSuchPort:
             freed(port)
+            if port == 16 { sixteenFree = true }
             logger.debug("VM \(name): port \(port) was already empty (\(answer.word))")
         case .noAvailablePort, .failedToOpenDevice, .failedToInitHostDevice, .devices, .cliError, .unknown:
             throw unexpected(command, answer, result)
@@ -424,15 +433,16 @@ public actor CrosvmBackend: VMBackend {
     /// A USB device: whether a port of its kind is free. The kind is crosvm's: USB 3 when the
     /// device descriptor's bcdUSB has 0x0300 set (its first bytes, read from the device node as
     /// crosvm reads them), ports 9-16, of which `usb list` never shows 16, taken as held when 9-15
-    /// are, as an attach refused then is; USB 2 ports 1-8 otherwise. Nil when it cannot tell.
+    /// are, as an attach refused then is (unless a detach of this backend's freed it since); USB 2 ports 1-8 otherwise. Nil when it cannot tell.
     public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? {
         guard case .usb(let d) = device, let bcdUSB = Self.bcdUSB(d.devnode) else { return nil }
         await lock.acquire()
         defer { lock.release() }
         guard let listed = try? await list() else { return nil }
         let held = Set(listed.compactMap { Int($0.id) })
-        let ports = bcdUSB & 0x0300 == 0x0300 ? 9...15 : 1...8
-        return ports.contains { !held.contains($0) }
+        let usb3 = bcdUSB & 0x0300 == 0x0300
+        let ports = usb3 ? 9...15 : 1...8
+        return ports.contains { !held.contains($0) } || (usb3 && sixteenFree)
     }
 
     /// bcdUSB of the device descriptor a USB device node starts with, or nil.

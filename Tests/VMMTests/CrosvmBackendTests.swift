@@ -235,6 +235,27 @@ struct CrosvmBackendTests {
         _ = try await b.attachUSB(usbDevice(19, node: last, vendor: 0x2000, product: 9))
     }
 
+    @Test("USB 3 ports 9-15 held and port 16, which usb list never shows, freed by this backend's own detach: a USB 3 device has a free port (a device waiting for one is set going)")
+    func port16FreedByOwnDetach() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        let b = backend(vm, host)
+        var on16: VMAttachment?
+        for i in 1...8 {
+            let node = try vm.node("u3-\(i)", vendor: 0x2000, product: UInt16(i), bcdUSB: 0x0300)
+            let a = try await b.attachUSB(usbDevice(10 + i, node: node, vendor: 0x2000, product: UInt16(i)))
+            if a.id == "16" { on16 = a }
+        }
+        let waiting = usbDevice(19, node: try vm.node("u3-9", vendor: 0x2000, product: 9, bcdUSB: 0x0300), vendor: 0x2000, product: 9)
+        let e = await failure { () async throws(VMError) in _ = try await b.attachUSB(waiting) }
+        #expect(e?.isPortsFull == true)
+        #expect(await b.hasFreePort(for: .usb(waiting), busPrefix: nil) == false)
+        try await b.detach(try #require(on16))
+        #expect(await b.hasFreePort(for: .usb(waiting), busPrefix: nil) == true)
+        #expect(try await b.attachUSB(waiting).id == "16")
+        #expect(await b.hasFreePort(for: .usb(waiting), busPrefix: nil) == false)
+    }
+
     @Test("after a restart, every USB 3 port held (16 unlisted): a USB 3 attach is refused as ports full, not as a guest still booting")
     func portsExhaustedAfterRestart() async throws {
         let vm = try CrosvmVM()
