@@ -43,7 +43,9 @@ extension EventLoop {
         for s in [SIGHUP, SIGTERM, SIGINT, SIGPIPE, SIGCHLD] { sigaddset(&defaults, s) }
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // In a process group of its own, which its deadline kills whole (`fail`).
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
         var pid: pid_t = 0
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
@@ -163,6 +165,9 @@ private final class RunningProcess {
         if let timer { loop.cancel(timer) }
         for fd in open { loop.unwatch(fd); close(fd) }
         open.removeAll()
+        // With the children it started (not reaped, it keeps its group's id): a wrapper script's
+        // crosvm left running would hold the device and finish its request later, unseen.
+        kill(-pid, SIGKILL)
         kill(pid, SIGKILL)
         // A killed process is gone within a millisecond or so, and is reaped here; one inside an
         // uninterruptible kernel wait (opening a USB node whose device lock a stuck reset holds)

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Reactor
 import Testing
@@ -245,6 +246,25 @@ struct EventLoopTests {
         let result = try r.get()
         #expect(result.status == 0)
         #expect(result.stdout == "ok 3\n")
+    }
+
+    @Test("a program killed at its deadline goes with the children it started (a wrapper's crosvm that would finish its request later)")
+    func processTimeoutKillsChildren() async throws {
+        let host = try LoopHost()
+        let pidFile = scratchPath("vhp-grandchild") + ".pid"
+        defer { unlink(pidFile) }
+        await #expect(throws: LoopError.timeout) {
+            try await LoopProbe(host.loop).run(["sh", "-c", "sleep 30 & echo $! > \(pidFile); wait"], within: 2)
+        }
+        let text = try String(contentsOfFile: pidFile, encoding: .utf8)
+        let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        let pidfd = vh_pidfd_open(pid)
+        guard pidfd >= 0 else { return } // gone (and reaped) already
+        defer { close(pidfd) }
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        let gone = poll(&p, 1, 10_000) == 1
+        if !gone { kill(pid, SIGKILL) }
+        #expect(gone, "the child of the killed program still runs")
     }
 
     @Test("a missing program is an error naming it")
