@@ -14,7 +14,8 @@ public struct ProcessResult: Sendable, Hashable {
 extension EventLoop {
     /// Runs a program without a shell (`argv[0]` is a path, or a name looked up
     /// on PATH), following its output and exit through the loop (pipes and a
-    /// pidfd). At the deadline it is killed and `.timeout` is thrown.
+    /// pidfd). At the deadline it is killed and `.timeout` is thrown. Of each of its
+    /// streams, the last MiB is kept.
     public func runProcess(_ argv: [String], deadline: Deadline) async throws -> ProcessResult {
         precondition(!argv.isEmpty && inLoop)
         var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
@@ -128,7 +129,9 @@ private final class RunningProcess {
             let n = read(fd, &buf, buf.count)
             if n > 0 {
                 output[fd, default: []] += buf[0..<n]
-                if output.values.reduce(0, { $0 + $1.count }) > 1 << 20 { fail(loop, LoopError.system("output", EFBIG)); return }
+                // Past the limit only the last part is kept (the answer is printed last); the program
+                // runs on: killed, it might have done its work unseen (crosvm, a device attached).
+                if let kept = output[fd], kept.count > 2 * Self.limit { output[fd]?.removeFirst(kept.count - Self.limit) }
                 if toEnd { continue }
                 return
             }
@@ -141,6 +144,9 @@ private final class RunningProcess {
         open.remove(fd)
         finishIfDone(loop)
     }
+
+    /// Bytes of each stream kept: its last ones.
+    static let limit = 1 << 20
 
     private func reap() -> Int32 {
         var status: Int32 = 0
@@ -155,8 +161,8 @@ private final class RunningProcess {
         if let timer { loop.cancel(timer) }
         let status = reap()
         c.resume(returning: ProcessResult(status: EventLoop.exitCode(status),
-                                          stdout: String(decoding: output[outFd] ?? [], as: UTF8.self),
-                                          stderr: String(decoding: output[errFd] ?? [], as: UTF8.self)))
+                                          stdout: String(decoding: (output[outFd] ?? []).suffix(Self.limit), as: UTF8.self),
+                                          stderr: String(decoding: (output[errFd] ?? []).suffix(Self.limit), as: UTF8.self)))
     }
 
     private func fail(_ loop: EventLoop, _ error: LoopError) {

@@ -526,6 +526,25 @@ struct CrosvmBackendTests {
         #expect(try vm.cli("list") == "devices")
     }
 
+    @Test("a crosvm that logs more than 1 MiB around its answer: the answer is read, the device taken as attached (not left on a port the backend does not know)",
+          arguments: ["stderr", "stdout"])
+    func hugeOutput(stream: String) async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        // 2.2 MB of log lines: on stderr after crosvm's run (it has attached the device), on stdout
+        // before it (its answer stays last).
+        let flood = "yes '[crosvm] a debug line of the USB provider' | head -n 50000"
+        let chatty = try script(vm.dir, "chatty", stream == "stderr" ? "\"\(crosvmDouble)\" \"$@\"; \(flood) >&2"
+                                                                   : "\(flood); exec \"\(crosvmDouble)\" \"$@\"")
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
+        let b = backend(vm, host, crosvm: chatty)
+        let a = try await b.attachUSB(dev)
+        #expect(a.id == "1")
+        #expect(try await b.listAttached() == [a])
+        try await b.detach(a)
+        #expect(try vm.cli("list") == "devices")
+    }
+
     @Test("unknown output, or a non-zero exit without an answer: clear errors")
     func oddCrosvm() async throws {
         let vm = try CrosvmVM()
