@@ -396,7 +396,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         armedFor = nil
         timersChanged = true
         let due = timers.filter { $0.value.deadline <= now }.sorted { $0.value.deadline < $1.value.deadline }
-        for (id, _) in due { timers[id] = nil }
-        for (_, t) in due { t.fire() }
+        // Each is taken out as it fires: one cancelled meanwhile by the callback of another
+        // (both due in this pass) is gone, and does not fire.
+        for (id, _) in due { timers.removeValue(forKey: id)?.fire() }
     }
 }

@@ -33,6 +33,27 @@ actor LoopProbe {
         return box.order
     }
 
+    /// Two timers due at the same instant (the loop fires both in one pass), each cancelling
+    /// the other when it fires: whichever fires first, the other must not. A third, later,
+    /// ends the wait. Returns what fired, the third's 3 last.
+    func cancelledByATimerDueWithIt() async -> [Int] {
+        let box = Box()
+        let loop = self.loop
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            final class Tokens: @unchecked Sendable { var all: [Int: TimerToken] = [:] }
+            let tokens = Tokens()
+            let at = Deadline.after(0.01)
+            for (mine, other) in [(1, 2), (2, 1)] {
+                tokens.all[mine] = loop.schedule(at: at) {
+                    box.order.append(mine)
+                    if let t = tokens.all[other] { loop.cancel(t) }
+                }
+            }
+            loop.schedule(at: .after(0.05)) { box.order.append(3); c.resume() }
+        }
+        return box.order
+    }
+
     /// A blocking call on a helper thread (it waits for a byte on `fd`); meanwhile a
     /// timer on the loop writes that byte, which only works if the loop is free.
     /// Returns (the call ran off the loop, the caller resumed on the loop).
@@ -202,6 +223,15 @@ struct EventLoopTests {
     func timers() async throws {
         let host = try LoopHost()
         #expect(await LoopProbe(host.loop).timerOrder() == [1, 2, 3])
+    }
+
+    @Test("a timer cancelled by the callback of a timer due in the same pass never fires")
+    func cancelledInTheSamePass() async throws {
+        let host = try LoopHost()
+        let probe = LoopProbe(host.loop)
+        let fired = await probe.cancelledByATimerDueWithIt()
+        #expect(fired == [1, 3] || fired == [2, 3])
+        #expect(await probe.pendingTimers() == 0)
     }
 
     @Test("the timerfd is set once before the loop waits: a timer scheduled and cancelled in one turn costs no system call")
