@@ -173,6 +173,11 @@ public final class QMPClient {
     private var nextId = 1
     /// Events received while waiting for replies, oldest first.
     public private(set) var events: [(name: String, data: JSONNode?)] = []
+    /// The length of each kept event's line, and their sum (bounded by `maxEventBytes`).
+    private var eventBytes: [Int] = []
+    private var keptBytes = 0
+    /// The length of the line `receive` returned last.
+    private var lineBytes = 0
     /// Longest line accepted from QEMU (query-pci on a big VM is well below).
     static let maxLine = 4 << 20
     /// Bytes one read asks for: 1 KiB on the stack (a larger temporary buffer is a malloc for
@@ -363,6 +368,7 @@ public final class QMPClient {
     public func waitForEvent(_ name: String, deadline: Deadline, where match: (JSONNode?) -> Bool) async throws(VMError) -> JSONNode? {
         if !negotiated { try await finishOpen() }
         if let i = events.firstIndex(where: { $0.name == name && match($0.data) }) {
+            keptBytes -= eventBytes.remove(at: i)
             return events.remove(at: i).data
         }
         guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
@@ -377,17 +383,39 @@ public final class QMPClient {
         }
     }
 
-    /// Keeps an event for a later `waitForEvent`; past 256 the oldest go (a QEMU that sends
-    /// events without end cannot grow the daemon).
+    /// Keeps an event for a later `waitForEvent`; past 256, or past `maxEventBytes` of lines,
+    /// the oldest go, and an event larger than that alone is not kept (a QEMU that sends
+    /// events without end, or large ones, cannot grow the daemon).
     private func keep(_ name: String, _ data: JSONNode?) {
-        if events.count >= Self.maxEvents { events.removeFirst(events.count - Self.maxEvents + 1) }
+        let size = lineBytes
+        guard size <= Self.maxEventBytes else {
+            logger.debug("qmp \(vm): not keeping a \(size)-byte event \(quoted(name))")
+            return
+        }
+        var drop = 0
+        while drop < events.count && (events.count - drop >= Self.maxEvents || keptBytes + size > Self.maxEventBytes) {
+            keptBytes -= eventBytes[drop]
+            drop += 1
+        }
+        if drop > 0 {
+            events.removeFirst(drop)
+            eventBytes.removeFirst(drop)
+        }
         events.append((name, data))
+        eventBytes.append(size)
+        keptBytes += size
     }
 
     static let maxEvents = 256
+    /// Bytes of lines the kept events may hold (a parsed event takes tens of times its line).
+    static let maxEventBytes = 1 << 20
 
     /// Drops the events received so far.
-    public func clearEvents() { events.removeAll() }
+    public func clearEvents() {
+        events.removeAll()
+        eventBytes.removeAll()
+        keptBytes = 0
+    }
 
     /// Whether the connection is open and QEMU has not closed its end (a QEMU that exited):
     /// one `poll` of the socket, without waiting. A Unix socket reports its peer's close
@@ -447,6 +475,7 @@ public final class QMPClient {
                 scanned = 0
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
                 logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
+                lineBytes = line.count
                 if let message = QMPMessage.fastPath(line) { return message }
                 var parser = JSONParser(bytes: line)
                 guard let node = try? parser.parseDocument(), let message = QMPMessage.from(node) else {

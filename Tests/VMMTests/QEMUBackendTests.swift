@@ -80,6 +80,28 @@ struct QMPPeerTests {
         #expect(kept <= QMPClient.maxEvents)
     }
 
+    @Test("events kept are bounded in bytes too: a peer that sends large events keeps only the newest within the budget")
+    func largeEventsBounded() async throws {
+        // 40 events of 64 KiB (2.5 MiB of lines) before the reply, then a small one: what is kept
+        // fits in QMPClient.maxEventBytes, the newest last.
+        let big = #"{"event": "BIG", "data": {"blob": ""# + String(repeating: "x", count: 64 << 10) + #""}}"# + "\n"
+        let server = try FakeQMPServer(.replies([
+            #"{"return": {}, "id": 1}"# + "\n",
+            String(repeating: big, count: 40)
+                + #"{"event": "DEVICE_DELETED", "data": {"device": "vhp-usb-1-2"}}"# + "\n"
+                + #"{"return": {"status": "running", "running": true}, "id": 2}"# + "\n",
+        ]))
+        let host = try LoopHost()
+        let names = try await OnLoop(host.loop).run { loop -> [String] in
+            let c = QMPClient(vm: "vm1", path: server.path, loop: loop, logger: logger, timeout: 5)
+            try await c.open()
+            try await c.execute("query-status")
+            return c.events.map(\.name)
+        }
+        #expect(names.count <= QMPClient.maxEventBytes / big.utf8.count + 1)
+        #expect(names.last == "DEVICE_DELETED")
+    }
+
     @Test("the reply to qmp_capabilities before the greeting: taken, and the command after it answered")
     func replyBeforeGreeting() async throws {
         let server = try FakeQMPServer(.replyBeforeGreeting(#"{"return": {"status": "running", "running": true}, "id": 2}"# + "\n"))
