@@ -145,6 +145,19 @@ public func isPlainTextByte(_ b: UInt8) -> Bool {
     b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\")
 }
 
+/// Text a peer sent (a QMP line) for a debug log: as it is, but for control characters (C0,
+/// DEL, C1, the line and paragraph separators), written as their JSON escapes. A line that is
+/// not JSON cannot put raw bytes into the log: a terminal's escape sequences, a forged line.
+public func loggableLine(_ bytes: some Collection<UInt8>) -> String {
+    let text = String(decoding: bytes, as: UTF8.self)
+    guard text.utf8.contains(where: { $0 < 0x20 || $0 >= 0x7F }) else { return text }
+    var out = ""
+    for scalar in text.unicodeScalars {
+        if scalar == "\"" || scalar == "\\" { out.unicodeScalars.append(scalar) } else { appendEscaped(scalar, to: &out) }
+    }
+    return out
+}
+
 /// Appends one scalar as a JSON string holds it (see `jsonEscape`).
 func appendEscaped(_ scalar: Unicode.Scalar, to out: inout String) {
     if let e = jsonEscape(scalar) {

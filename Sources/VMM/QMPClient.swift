@@ -474,7 +474,7 @@ public final class QMPClient {
                 buffer.removeSubrange(...nl)
                 scanned = 0
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return nil }
-                logger.debug("qmp \(vm) <- \(String(decoding: line.prefix(2000), as: UTF8.self))")
+                logger.debug("qmp \(vm) <- \(loggableLine(line.prefix(2000)))")
                 lineBytes = line.count
                 if let message = QMPMessage.fastPath(line) { return message }
                 var parser = JSONParser(bytes: line)

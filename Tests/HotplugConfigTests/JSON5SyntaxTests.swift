@@ -359,6 +359,15 @@ struct JSON5SyntaxTests {
         #expect(d.path == "$.usbPassthrough[0].allow[0].vendorId")
     }
 
+    @Test("a peer's line for the debug log: JSON as it is; control characters (ESC, CR, C1, U+2028) escaped")
+    func loggableLines() {
+        let json = #"{"return": [{"name": "vhp-usb-1-2", "type": "child<usb-host>"}], "id": 2}"#
+        #expect(loggableLine(Array(json.utf8)) == json)
+        #expect(loggableLine(Array("{\"a\": \"é\"}".utf8)) == "{\"a\": \"é\"}")
+        let hostile = Array("x\u{1B}[2Jy\r\nz\u{9B}w\u{2028}".utf8) + [0xFF]
+        #expect(loggableLine(hostile) == #"x\u001B[2Jy\r\nz\u009Bw\u2028\#u{FFFD}"#)
+    }
+
     @Test("deep nesting is an error, not a stack overflow")
     func deepNesting() throws {
         let arrays = try singleError(String(repeating: "[", count: 100_000))
