@@ -107,7 +107,10 @@ private final class RunningProcess {
         loop.watch(pidfd) { [self] in
             loop.unwatch(pidfd)
             exited = true
-            if continuation == nil {
+            // (`self.`: the parameter of the same name is never nil. Before, a process killed at its
+            // deadline that took longer than `fail`'s wait to die was never reaped: a zombie and its
+            // pidfd, for the daemon's life.)
+            if self.continuation == nil {
                 _ = reap() // killed at its deadline (`fail`), gone only now
             } else if open.isEmpty {
                 finishIfDone(loop)
@@ -115,7 +118,7 @@ private final class RunningProcess {
                 // All it wrote is in the pipes: read to there, not to their end, which a child of
                 // its own still holding them (a wrapper's background job) would put off until the
                 // deadline (the answer lost for a timeout).
-                for fd in Array(open) where continuation != nil && open.contains(fd) { drain(fd, loop, toEnd: true) }
+                for fd in Array(open) where self.continuation != nil && open.contains(fd) { drain(fd, loop, toEnd: true) }
             }
         }
         timer = loop.schedule(at: deadline) { [self] in fail(loop, LoopError.timeout) }
