@@ -782,7 +782,7 @@ public actor Daemon {
         // Interfaces come with their own events: wait for them (with a deadline).
         logger.debug("usb \(sysPath.split(separator: "/").last ?? ""): configuration or interfaces not there yet; waiting for their events")
         let timer = loop.schedule(at: .after(options.interfaceWait)) { [self] in
-            Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath) }
+            Task(executorPreference: self.loop) { await self.pendingTimedOut(sysPath, waitingSince: time) }
         }
         pendingUSB[sysPath] = (time, timer, event)
         // The socket filter now keeps interfaces' events; one that was queued before it
@@ -802,8 +802,10 @@ public actor Daemon {
         admit(sysPath, subsystem: "usb", since: p.since, read: read)
     }
 
-    func pendingTimedOut(_ sysPath: String) {
-        guard let p = pendingUSB.removeValue(forKey: sysPath) else { return }
+    /// `waitingSince`: the event of the wait whose timer fired. A wait begun since (a repeated add,
+    /// a replug, handled between the timer and this task) is not ended by it.
+    func pendingTimedOut(_ sysPath: String, waitingSince: Deadline) {
+        guard pendingUSB[sysPath]?.since == waitingSince, let p = pendingUSB.removeValue(forKey: sysPath) else { return }
         logger.info("usb \(sysPath.split(separator: "/").last ?? ""): interfaces incomplete after \(options.interfaceWait) s; deciding on what is known")
         admit(sysPath, subsystem: "usb", since: p.since)
     }
