@@ -50,11 +50,8 @@ test-unit: deps
 	@# socket holds bytes (vhotplug asks for 8 MiB), not a count.
 	@if [ "$$(id -u)" = 0 ] && [ "$$(cat /proc/sys/net/unix/max_dgram_qlen)" -lt 8192 ]; then \
 		echo 8192 > /proc/sys/net/unix/max_dgram_qlen; fi
-	@# One test at a time: umockdev's testbed is process-wide, and suites running side by side
-	@# (a daemon's timing beside another suite's QEMU and testbed) made rare failures.
-	umockdev-wrapper $(SWIFT) test --skip-build --skip VFIOTests --no-parallel
-	@# The VFIO tests play the kernel with FIFOs in their testbed, without umockdev's preload.
-	$(SWIFT) test --skip-build --filter VFIOTests
+	@# Two processes side by side, one test at a time in each (tools/test-unit.sh says why).
+	SWIFT="$(SWIFT)" tools/test-unit.sh
 
 test-lab: deps
 	$(SWIFT) build
