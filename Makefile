@@ -71,7 +71,9 @@ fuzz: deps
 	tools/fuzz/run.sh $(FUZZ_SECONDS)
 
 test-fuzz: deps
-	tools/fuzz/run.sh $(FUZZ_TEST_SECONDS)
+	@# Built without optimization: 27 s to build instead of 92 here, for about a quarter of
+	@# the executions a second (thousands in 5 s). `make fuzz` builds with -O.
+	FUZZ_OPT=-Onone tools/fuzz/run.sh $(FUZZ_TEST_SECONDS)
 
 clean:
 	rm -rf .build
