@@ -1197,8 +1197,8 @@ public actor Daemon {
                     await giveBackDriver(t)
                     return
                 }
-            } else if t.attachment == nil && t.target == nil {
-                // Nowhere to go: a PCI device goes back to the driver it had.
+            } else if t.attachment == nil && (t.target == nil || t.failed) {
+                // Nowhere to go (or its attach failed): a PCI device goes back to the driver it had.
                 await giveBackDriver(t)
                 return
             } else {
@@ -1480,7 +1480,9 @@ public actor Daemon {
     /// now, in its own task (a reconcile; one that is running looks again), so that nothing else
     /// moves it meanwhile.
     func releaseMates(of t: Tracked) {
-        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && o.target == nil {
+        // (A mate whose attach failed too: before, it was left out, and when it had failed first,
+        // while `t` was still going to its VM, its group stayed on vfio-pci with no VM for good.)
+        for o in groupMates(of: t) where o.vfio != nil && o.attachment == nil && (o.target == nil || o.failed) {
             if let key = Self.key(o.device), devices[key] === o { reconcile(key) }
         }
     }

@@ -311,6 +311,28 @@ struct DaemonVMMArgsTests {
         #expect(rig.driver(audio) == "snd_hda_intel" && rig.driver(gpu) == "nouveau", "kernel: \(kernel.log)")
     }
 
+    @Test("pciIommuAddAll: the GPU and its audio function both fail to attach to vm1 (QEMU refuses them): the group goes back to its host drivers, none of it stays on vfio-pci")
+    func groupBackWhenAllFail() async throws {
+        let rig = try await VMMArgsRig()
+        let kernel = try rig.gpuWithPlayedKernel()
+        defer { kernel.stop() }
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        try """
+            {"pciPassthrough": [{"targetVm": "vm1", "pciIommuAddAll": true, "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qmpPath)"}],
+             "general": {"api": {"unixSocket": "\(rig.socket)"}, "persistency": false}}
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        let qemu = try rig.qemu()
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d", "-a"], testbed: rig.tb)
+        // The testbed's devices are no real ones for QEMU: each device_add vfio-pci fails.
+        try d.waitFor("pci \(gpu) 10de:1f06: attach to vm1 failed: ")
+        try d.waitFor("pci \(audio) 10de:10f9: attach to vm1 failed: ")
+        // Before, the GPU (failed first, while its audio function was still going to vm1) stayed on vfio-pci for good.
+        try d.waitFor("back on its host driver (\(gpu) -> nouveau, \(audio) -> snd_hda_intel)")
+        #expect(rig.driver(gpu) == "nouveau" && rig.driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        #expect(try qemu.attachedIds() == [])
+    }
+
     @Test("a PCI device for the VM on a host without vfio-pci: vmm_args fails saying so, the device stays on its driver")
     func pciWithoutVFIO() async throws {
         let rig = try await VMMArgsRig(pci: true)
