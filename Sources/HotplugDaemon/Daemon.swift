@@ -523,7 +523,10 @@ public actor Daemon {
             }
             t.vfio = record
             let drivers = record.members.map { "\($0.address) from \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
-            if let vm = t.decision.targetVm, backends[vm] != nil {
+            // Where a device connected now goes: the user's detach and choice of VM (the state file)
+            // count. (Before, the rule's first VM: a device the user had detached, or put in another
+            // allowed VM, went to that one.)
+            if let key = Self.key(t.device), let vm = initialWant(key, t), backends[vm] != nil {
                 t.want = vm
                 logger.info("\(t.logName): on vfio-pci from an earlier run (\(drivers)); still for \(vm)")
             } else if let vm = leaderVM(of: t), backends[vm] != nil {

@@ -311,6 +311,53 @@ struct DaemonVMMArgsTests {
         #expect(rig.driver(audio) == "snd_hda_intel" && rig.driver(gpu) == "nouveau", "kernel: \(kernel.log)")
     }
 
+    @Test("a start with the GPU on vfio-pci from an earlier run (its record kept) that the user detached, or moved to vm2 (the state file): it goes back to nouveau, or is for vm2, not for the rule's first VM",
+          arguments: [false, true])
+    func adoptedRecordKeepsUserChoice(chosenVm2: Bool) async throws {
+        let rig = try await VMMArgsRig()
+        let kernel = try rig.gpuWithPlayedKernel()
+        defer { kernel.stop() }
+        let tb = rig.tb
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        let state = rig.dir + "/state.json"
+        try (chosenVm2 ? #"{"version": 1, "chosen_vms": {"pci:0000:01:00.0": "vm2"}}"# : #"{"version": 1, "disconnected": ["pci:0000:01:00.0"]}"#)
+            .write(toFile: state, atomically: true, encoding: .utf8)
+        try """
+            {"pciPassthrough": [{"allowedVms": ["vm1", "vm2"], "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qmpPath)"}, {"name": "vm2", "type": "qemu", "socket": "\(rig.dir)/vm2.qmp"}],
+             "general": {"api": {"unixSocket": "\(rig.socket)"}, "statePath": "\(state)"}}
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        func kernelWrite(_ path: String, _ text: String) {
+            let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
+            _ = text.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        // What an earlier run left: the group on vfio-pci, the GPU's record.
+        try BindRecordStore(directory: tb.root + "/vhotplug-vfio").save(BindRecord(
+            device: gpu, group: 2,
+            members: [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")],
+            groupNode: "/dev/vfio/2"))
+        for (address, driver) in [(gpu, "nouveau"), (audio, "snd_hda_intel")] {
+            try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(address)/driver_override", atomically: false, encoding: .utf8)
+            kernelWrite("/bus/pci/drivers/\(driver)/unbind", address)
+            try kernel.waitFor("unbind \(address) from \(driver)")
+            kernelWrite("/bus/pci/drivers_probe", address)
+            try kernel.waitFor("bind \(address) to vfio-pci")
+        }
+        let d = try rig.daemon()
+        if chosenVm2 {
+            // Before, the rule's first VM: a GPU the user had put in vm2 was moved to vm1 by a restart.
+            try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci from an earlier run (\(gpu) from nouveau, \(audio) from snd_hda_intel); still for vm2")
+            try d.waitFor("pci \(gpu) 10de:1f06: VM vm2 is not running; waiting for it")
+        } else {
+            // Before, it was for vm1 again, and stayed on vfio-pci waiting for it.
+            try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci from an earlier run (\(gpu) from nouveau, \(audio) from snd_hda_intel); no VM takes it now")
+            try d.waitFor("pci \(gpu) 10de:1f06: back on its host driver")
+            #expect(rig.driver(gpu) == "nouveau" && rig.driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+        }
+        #expect(!d.log.contains { $0.contains("still for vm1") || $0.contains("vm1 is not running; waiting") }, "\(d.log)")
+    }
+
     @Test("pciIommuAddAll: the GPU and its audio function both fail to attach to vm1 (QEMU refuses them): the group goes back to its host drivers, none of it stays on vfio-pci")
     func groupBackWhenAllFail() async throws {
         let rig = try await VMMArgsRig()
