@@ -42,7 +42,9 @@ extension Daemon {
             if let leader {
                 want = byAddress[leader]?.want
             } else if o.follows != nil {
-                want = nil // it followed a device that no longer leads (rule gone, unplugged)
+                // It followed a device that no longer leads (rule gone, unplugged): nowhere, unless a
+                // rule of its own takes it now (a reload set its `want` for that; before, it was dropped).
+                want = o.decision.reason == .matched ? o.want : nil
             } else {
                 continue
             }

@@ -46,6 +46,22 @@ struct DaemonIOMMUGroupTests {
         try d.waitFor("\(Self.audio): no longer goes with pci 0000:01:00.0 (pciIommuAddAll): it left the host", from: mark)
     }
 
+    @Test("a reload gives the audio function a rule of its own for vm1, where its group goes: it still goes to vm1 (before, it was sent nowhere)")
+    func followerGetsOwnRule() async throws {
+        let (_, qemu, d) = try await start(#"{"description": "GPU", "targetVm": "vm1", "pciIommuAddAll": true, "allow": [{"address": "0000:01:00.0"}]}"#)
+        try d.waitFor("\(Self.audio): attach to vm1 failed: ")
+        let config = qemu.dir + "/vhotplug.conf"
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        try text.replacingOccurrences(of: #""pciPassthrough": ["#,
+                                      with: #""pciPassthrough": [{"description": "Audio", "targetVm": "vm1", "allow": [{"address": "0000:01:00.1"}]}, "#)
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("\(Self.audio): vm1 (rule set 0 \"Audio\", allow[0])", from: mark)
+        try d.waitFor("\(Self.audio): attach to vm1 failed: ", from: mark)
+    }
+
     @Test("without pciIommuAddAll the audio function stays out of the VM (only the GPU tries)")
     func noAddAll() async throws {
         let (_, qemu, d) = try await start(#"{"targetVm": "vm1", "allow": [{"address": "0000:01:00.0"}]}"#)
