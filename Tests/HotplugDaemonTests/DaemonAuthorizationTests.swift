@@ -23,6 +23,15 @@ struct AuthRig {
     }
 
     /// HID mice to vm1 (or `allow`), with `auth` as the usbAuthorization object.
+    /// A daemon with the feature on, killed (SIGKILL) once it has set authorized_default to 0.
+    func killedWithDefaultsAtZero() throws {
+        try write(auth: #"{"enable": true}"#)
+        let first = try daemon()
+        try first.waitFor("USB authorization: new USB devices are not authorized on the host")
+        kill(first.process.processIdentifier, SIGKILL)
+        first.process.waitUntilExit()
+    }
+
     func write(auth: String, allow: String = #"{"interfaceClass": 3, "interfaceProtocol": 2, "description": "HID mouse"}"#) throws {
         try """
             {
@@ -108,11 +117,7 @@ struct DaemonAuthorizationTests {
     @Test("a daemon killed with authorized_default at 0: the next one writes back the values from before the first, not its 0s")
     func defaultsRestoredAfterAKill() async throws {
         let rig = try await AuthRig()
-        try rig.write(auth: #"{"enable": true}"#)
-        let first = try rig.daemon()
-        try first.waitFor("USB authorization: new USB devices are not authorized on the host")
-        kill(first.process.processIdentifier, SIGKILL)
-        first.process.waitUntilExit()
+        try rig.killedWithDefaultsAtZero()
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "0")   // what a killed daemon leaves
         let second = try rig.daemon()
         #expect(second.log.contains { $0.contains("USB authorization: an earlier vhotplug did not restore authorized_default") })
@@ -130,11 +135,7 @@ struct DaemonAuthorizationTests {
     @Test("a daemon killed with authorized_default at 0, restarted with usbAuthorization off: it writes back the values from before at its start (before, they stayed 0 with nothing to restore them)")
     func defaultsRestoredAfterAKillWhenOff() async throws {
         let rig = try await AuthRig()
-        try rig.write(auth: #"{"enable": true}"#)
-        let first = try rig.daemon()
-        try first.waitFor("USB authorization: new USB devices are not authorized on the host")
-        kill(first.process.processIdentifier, SIGKILL)
-        first.process.waitUntilExit()
+        try rig.killedWithDefaultsAtZero()
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "0")
         try rig.write(auth: #"{"enable": false}"#)
         let second = try rig.daemon()

@@ -56,6 +56,22 @@ struct VMMArgsRig {
     /// The driver a PCI device of the testbed is bound to.
     func driver(_ address: String) -> String? { FakeKernel.linkName(tb.sysRoot + "/bus/pci/devices/\(address)/driver") }
 
+    /// A write to the played kernel's files, as the binder makes it.
+    func kernelWrite(_ path: String, _ text: String) {
+        let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+
+    /// Moves `address` from `driver` to vfio-pci through the played kernel, as a bind does it.
+    func moveToVFIO(_ address: String, from driver: String, _ kernel: FakeKernel) throws {
+        try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(address)/driver_override", atomically: false, encoding: .utf8)
+        kernelWrite("/bus/pci/drivers/\(driver)/unbind", address)
+        try kernel.waitFor("unbind \(address) from \(driver)")
+        kernelWrite("/bus/pci/drivers_probe", address)
+        try kernel.waitFor("bind \(address) to vfio-pci")
+    }
+
     /// `vhotplug vmm args ARGS --path SOCKET`.
     func vmmArgs(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         try run([Repository.vhotplug, "vmm", "args"] + args + ["--path", socket])
@@ -281,12 +297,6 @@ struct DaemonVMMArgsTests {
         defer { kernel.stop() }
         let tb = rig.tb
         let gpu = "0000:01:00.0", audio = "0000:01:00.1"
-        /// A write to the played kernel's files, as the binder makes it.
-        func kernelWrite(_ path: String, _ text: String) {
-            let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
-            _ = text.withCString { write(fd, $0, strlen($0)) }
-            close(fd)
-        }
         // What a daemon killed in the middle of a bind left: the audio function moved, its record written.
         try BindRecordStore(directory: tb.root + "/vhotplug-vfio").save(BindRecord(
             device: gpu, group: 2,
@@ -300,11 +310,7 @@ struct DaemonVMMArgsTests {
                           .init(address: audio, originalDriver: "vfio-pci", wasOnVFIO: true)],
                 groupNode: "/dev/vfio/2"))
         }
-        try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(audio)/driver_override", atomically: false, encoding: .utf8)
-        kernelWrite("/bus/pci/drivers/snd_hda_intel/unbind", audio)
-        try kernel.waitFor("unbind \(audio) from snd_hda_intel")
-        kernelWrite("/bus/pci/drivers_probe", audio)
-        try kernel.waitFor("bind \(audio) to vfio-pci")
+        try rig.moveToVFIO(audio, from: "snd_hda_intel", kernel)
         let d = try rig.daemon()
         try d.waitFor("pci \(gpu): its VFIO record goes to pci \(audio) 10de:10f9, still on vfio-pci")
         try d.waitFor("pci \(audio) 10de:10f9: back on its host driver (\(audio) -> snd_hda_intel)")
@@ -327,23 +333,12 @@ struct DaemonVMMArgsTests {
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qmpPath)"}, {"name": "vm2", "type": "qemu", "socket": "\(rig.dir)/vm2.qmp"}],
              "general": {"api": {"unixSocket": "\(rig.socket)"}, "statePath": "\(state)"}}
             """.write(toFile: rig.config, atomically: true, encoding: .utf8)
-        func kernelWrite(_ path: String, _ text: String) {
-            let fd = vh_open_direct(tb.sysRoot + path, O_WRONLY | O_CLOEXEC)
-            _ = text.withCString { write(fd, $0, strlen($0)) }
-            close(fd)
-        }
         // What an earlier run left: the group on vfio-pci, the GPU's record.
         try BindRecordStore(directory: tb.root + "/vhotplug-vfio").save(BindRecord(
             device: gpu, group: 2,
             members: [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")],
             groupNode: "/dev/vfio/2"))
-        for (address, driver) in [(gpu, "nouveau"), (audio, "snd_hda_intel")] {
-            try "vfio-pci".write(toFile: tb.sysRoot + "/bus/pci/devices/\(address)/driver_override", atomically: false, encoding: .utf8)
-            kernelWrite("/bus/pci/drivers/\(driver)/unbind", address)
-            try kernel.waitFor("unbind \(address) from \(driver)")
-            kernelWrite("/bus/pci/drivers_probe", address)
-            try kernel.waitFor("bind \(address) to vfio-pci")
-        }
+        for (address, driver) in [(gpu, "nouveau"), (audio, "snd_hda_intel")] { try rig.moveToVFIO(address, from: driver, kernel) }
         let d = try rig.daemon()
         if chosenVm2 {
             // Before, the rule's first VM: a GPU the user had put in vm2 was moved to vm1 by a restart.
