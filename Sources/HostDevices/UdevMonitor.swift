@@ -159,7 +159,7 @@ public final class UdevMonitor: @unchecked Sendable {
         let action = text(udev_device_get_action(dev)) ?? ""
         let devtype = text(udev_device_get_devtype(dev)) ?? ""
         var usb: KernelUSBFields?
-        if action == "add" && devtype == "usb_device" {
+        if (action == "add" || action == "remove") && devtype == "usb_device" {
             func property(_ key: String) -> UnsafePointer<CChar>? { udev_device_get_property_value(dev, key) }
             usb = KernelUSBFields(product: property("PRODUCT"), type: property("TYPE"),
                                   busnum: property("BUSNUM"), devnum: property("DEVNUM"))

@@ -711,6 +711,17 @@ public actor Daemon {
                 let devicePath = e.devtype == "usb_device" ? e.sysPath : parent(e.sysPath)
                 if pendingUSB[devicePath] != nil { checkPending(devicePath) }
             case ("usb_device", "remove"):
+                if let gone = e.usb?.devnum, let here = reader.usbAddress(sysPath: e.sysPath), here != gone {
+                    // The remove of the device that was at this port before the one there now, which was
+                    // read already (by a rescan or the start, before this event was handled); before, that
+                    // one was taken as unplugged, detached, and attached again at its own add event.
+                    if let t = devices[e.sysPath], t.present, case .usb(let d) = t.device, d.devnum != here {
+                        deviceRemoved(e.sysPath) // (what is followed there is neither: a third device)
+                    } else {
+                        logger.info("usb \(e.sysName): the remove event of an earlier device there (address \(gone)); the one at address \(here) stays")
+                    }
+                    return
+                }
                 deviceRemoved(e.sysPath)
             default:
                 break

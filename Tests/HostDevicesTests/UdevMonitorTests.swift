@@ -102,7 +102,7 @@ struct UdevMonitorTests {
         #expect(monitor.dropped == (inKernel ? 1 : 5))
     }
 
-    @Test("a USB device's add event carries its bus, address, IDs and class from its properties; other events do not")
+    @Test("a USB device's add and remove events carry its bus, address, IDs and class from their properties; other events do not")
     func usbFieldsOfAdd() async throws {
         let tb = await Testbed.make()
         let usb = tb.addDevice(subsystem: "usb", name: "2-4", attributes: usbAttributes(),
@@ -126,10 +126,15 @@ struct UdevMonitorTests {
         let addedBare = try #require(monitor.receive())
         let partial = try #require(addedBare.usb)
         #expect(!partial.isComplete && partial.vendorId == 0x046d && partial.busnum == nil)
+        // A remove says which address left (a remove of an earlier device at that port is told apart).
         tb.uevent(usb, "remove")
         #expect(poll(&p, 1, 5000) == 1)
         let removed = try #require(monitor.receive())
-        #expect(removed.action == "remove" && removed.usb == nil)
+        #expect(removed.action == "remove" && removed.usb?.devnum == 17 && removed.usb?.busnum == 2)
+        tb.uevent(usb, "change")
+        #expect(poll(&p, 1, 5000) == 1)
+        let changed = try #require(monitor.receive())
+        #expect(changed.action == "change" && changed.usb == nil)
     }
 
     /// The host's own kernel, not umockdev (which has no socket buffer to overflow): `change`

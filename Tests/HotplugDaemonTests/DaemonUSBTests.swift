@@ -557,6 +557,29 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == [])
     }
 
+    @Test("the remove event of the device that was at the port before the one there now (another address) leaves the present one in its VM (before, it was detached, and attached again at its own add event)")
+    func removeOfAnEarlierDevice() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        // The event says address 3 (umockdev takes its fields from the device's uevent file); sysfs says 4.
+        let ueventFile = rig.tb.root + receiverPath + "/uevent"
+        let uevent = try String(contentsOfFile: ueventFile, encoding: .utf8)
+        try #require(uevent.contains("DEVNUM=004"))
+        rig.tb.setAttribute(receiverPath, "uevent", bytes: Array(uevent.replacingOccurrences(of: "DEVNUM=004", with: "DEVNUM=003").utf8))
+        let mark = d.mark
+        rig.tb.uevent(receiverPath, "remove")
+        try d.waitFor("usb 1-2: the remove event of an earlier device there (address 3); the one at address 4 stays", from: mark)
+        rig.tb.setAttribute(receiverPath, "uevent", bytes: Array(uevent.utf8))
+        #expect(!d.log[mark...].contains { $0.contains("unplugged") || $0.contains("detached") }, "\(d.log)")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        // Its own remove event still detaches it.
+        let gone = d.mark
+        rig.unplugReceiver()
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": detached from vm1 (vhp-usb-1-2)", from: gone)
+    }
+
     @Test("a device unplugged while QEMU has not answered its device_add (QEMU stopped): taken as attached until QEMU says, then nothing of it is left in the VM (before, it was forgotten, and a device_add QEMU finished late stayed)")
     func unpluggedDuringUnansweredAttach() async throws {
         let rig = try await Rig()
