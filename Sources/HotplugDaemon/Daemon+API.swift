@@ -475,8 +475,10 @@ extension Daemon: ControlService {
                 t.want = target
                 t.failed = false
             } else {
-                guard let a = t.attachment, vm == nil || a.vm == vm, !t.decision.options.skipOnSuspend else { continue }
-                api.suspended[key] = a.vm
+                // Where it goes (not where it is): a device whose attach is still running is
+                // suspended too, and one on its way out of its VM (detached by the user) is not.
+                guard let target = t.want, vm == nil || target == vm, !t.decision.options.skipOnSuspend else { continue }
+                api.suspended[key] = target
                 t.want = nil
             }
             t.since = .now()

@@ -473,6 +473,29 @@ struct DaemonAPITests {
         try d.waitFor("API: resume USB: attaching 0 devices", from: mark)
     }
 
+    @Test("usb suspend while a device's attach is still running (QEMU stopped): the device does not end in the VM; resume gives it back")
+    func suspendDuringAttach() async throws {
+        let rig = try await APIRig()
+        // A QMP exchange waits as long as QEMU is stopped (no deadline during the test).
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "600"])
+        try d.waitFor("; listening (")
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        let mark = d.mark
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("qmp vm1 -> ", from: mark)
+        let suspend = Task.detached { try rig.cli(["usb", "suspend"]) }
+        try d.waitFor("API: suspend USB: detaching", from: mark)
+        kill(rig.qemu.pid, SIGCONT)
+        let reply = try await suspend.value
+        #expect(reply.status == 0, "\(reply)")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        #expect(try rig.qemu.attachedIds() == [])
+        let resume = try rig.cli(["usb", "resume"])
+        #expect(resume.status == 0, "\(resume)")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
     @Test("malformed, unknown, oversized requests and a client that never reads do not affect the daemon; strangers are refused")
     func robustness() async throws {
         let rig = try await APIRig()
