@@ -1618,10 +1618,14 @@ public actor Daemon {
                 // (A choice asked of the clients under the old rules is asked again if still open.)
                 api.selecting.remove(key)
                 // Where it is, when the new rules allow it there, as a restart would find it.
-                t.want = t.attachment.map { want(key, t, placedIn: $0.vm) } ?? initialWant(key, t)
+                // Suspended (usb_suspend/pci_suspend): it stays off; the resume decides, under the rules then in force.
+                let suspended = api.suspended[key] != nil && t.attachment == nil
+                t.want = suspended ? nil : t.attachment.map { want(key, t, placedIn: $0.vm) } ?? initialWant(key, t)
                 t.failed = false
                 t.since = .now()
-                if let vm = t.attachment?.vm, t.want == vm, vm != decision.targetVm {
+                if suspended {
+                    logger.info("\(t.logName): suspended; stays on the host until resumed (its rules now: \(decision.summary))")
+                } else if let vm = t.attachment?.vm, t.want == vm, vm != decision.targetVm {
                     logger.info("\(t.logName): \(decision.summary); stays in \(vm), which its rules allow too")
                 } else {
                     logDecision(t)

@@ -496,6 +496,24 @@ struct DaemonAPITests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
+    @Test("a reload that changes a suspended device's rules does not attach it before the resume")
+    func reloadWhileSuspended() async throws {
+        let rig = try await APIRig()
+        let d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.cli(["usb", "suspend"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == [])
+        try rig.write(ruleSets: #"[{"targetVm": "vm1", "tag": "receiver", "allow": [{"vendorId": "046d"}]}]"#)
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": suspended; stays on the host until resumed", from: mark)
+        #expect(!d.log[mark...].contains { $0.contains("attached to vm1") }, "\(d.log)")
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try rig.cli(["usb", "resume"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
     @Test("malformed, unknown, oversized requests and a client that never reads do not affect the daemon; strangers are refused")
     func robustness() async throws {
         let rig = try await APIRig()
