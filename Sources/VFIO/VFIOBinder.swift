@@ -405,6 +405,13 @@ public actor VFIOBinder {
             do throws(VFIOError) {
                 try await giveBack(m)
             } catch {
+                // A member that has left the host (its slot unplugged: the kernel removed it before
+                // its remove event came) has nothing to give back; before, that was an error, and the
+                // record was kept for a retry that could only fail again.
+                if (try? io.exists(devicePath(m.address))) == false {
+                    logger.info("\(m.address): left the host; nothing to give back (\(error.step))")
+                    continue
+                }
                 logger.error("\(m.address) could not go back to \(m.originalDriver ?? "no driver"): \(error)")
                 failures.append(error)
             }
