@@ -159,19 +159,27 @@ func ps2Keyboard(serio: Int, number: Int) throws -> String {
 
 @Suite("Input devices waiting for a root port, a real QEMU and umockdev", .serialized)
 struct DaemonPortWaitTests {
-    @Test("two input devices wait for vm1's only evdev port; when it frees, the first waiter's attach fails for another reason (QEMU refuses its node): the port is still free, and the second waiter is tried (before, it waited for another departure)")
-    func nextWaiterAfterAFailedRetry() async throws {
+    /// The PS/2 keyboard's testbed, a QEMU whose only evdev root port (ep1) holds an input device
+    /// under `held` (as an earlier run left it), and a daemon for it (`-d`, unplug deadline 0.5 s).
+    static func oneEvdevPort(held: String, daemonArguments: [String] = []) async throws -> (Testbed, QEMUInstance, DaemonProcess) {
         let tb = await Testbed.make()
         try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
-        // ep1 holds the fixture's keyboard under vhotplug's id, as an earlier run would have left it.
         let qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=ep1,chassis=1",
-                                                             "-device", "virtio-rng-pci,id=vhp-evdev-input0-event0,bus=ep1"])
+                                                             "-device", "virtio-rng-pci,id=\(held),bus=ep1"])
         let config = qemu.dir + "/vhotplug.conf"
         try """
             {"evdevPassthrough": {"targetVm": "vm1", "pcieBusPrefix": "ep"},
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        let d = try DaemonProcess(arguments: daemonArguments + ["-c", config, "-d"], testbed: tb,
+                                  environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        return (tb, qemu, d)
+    }
+
+    @Test("two input devices wait for vm1's only evdev port; when it frees, the first waiter's attach fails for another reason (QEMU refuses its node): the port is still free, and the second waiter is tried (before, it waited for another departure)")
+    func nextWaiterAfterAFailedRetry() async throws {
+        // ep1 holds the fixture's keyboard under vhotplug's id, as an earlier run would have left it.
+        let (tb, qemu, d) = try await Self.oneEvdevPort(held: "vhp-evdev-input0-event0")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-input0-event0")
         try d.waitFor("; listening (")
         for (serio, n) in [(1, 5), (2, 6)] {
@@ -194,17 +202,8 @@ struct DaemonPortWaitTests {
 
     @Test("a restarted daemon removes a stale input device from vm1's only evdev port without waiting for the guest; the keyboard it then cannot place is tried again once the guest lets go of the stale one (before, nothing noticed: it waited for another departure)")
     func staleRemovalFreesAPort() async throws {
-        let tb = await Testbed.make()
-        try tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         // ep1 holds an input device an earlier run attached, of a keyboard no longer on the host.
-        let qemu = try QEMUInstance(testbed: tb, extraArgs: ["-device", "pcie-root-port,id=ep1,chassis=1",
-                                                             "-device", "virtio-rng-pci,id=vhp-evdev-input9-event9,bus=ep1"])
-        let config = qemu.dir + "/vhotplug.conf"
-        try """
-            {"evdevPassthrough": {"targetVm": "vm1", "pcieBusPrefix": "ep"},
-             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"}]}
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-a", "-c", config, "-d"], testbed: tb, environment: ["VHOTPLUG_UNPLUG_TIMEOUT": "0.5"])
+        let (_, qemu, d) = try await Self.oneEvdevPort(held: "vhp-evdev-input9-event9", daemonArguments: ["-a"])
         try d.waitFor("VM vm1: removing stale vhp-evdev-input9-event9 (its device is gone)")
         // The paused guest does not let go of it: the keyboard finds no port.
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": attach to vm1 failed: VM vm1: no free pcie-root-port with an id starting with \"ep\" for /dev/input/event0; its root ports: ep1 (in use); tried again when a device leaves vm1")
