@@ -398,13 +398,24 @@ public actor Daemon {
             endGuestWait(t) // a new guest: tried at once, and waited for afresh
         }
         // The socket file exists from QEMU's bind(), a moment before its listen():
-        // a refused connection right now is retried, briefly and boundedly.
+        // a refused connection right now is retried, briefly and boundedly. A VM that just
+        // started may also be too busy to answer in time (QEMU setting up vfio devices under
+        // TCG): its list is asked for twice more before its devices are given back, as devices
+        // it was started with would otherwise be added again (QEMU refuses them as duplicates).
         var delay = 0.005
-        while true {
-            await resync(vm: vm)
-            guard vmDown.contains(vm), delay < 1, access(path, F_OK) == 0 else { break }
-            await loop.sleep(delay)
-            delay *= 2
+        var timeouts = 0
+        while !stopping {
+            let error = await resync(vm: vm)
+            if vmDown.contains(vm) {
+                guard delay < 1, access(path, F_OK) == 0 else { break }
+                await loop.sleep(delay)
+                delay *= 2
+            } else if case .timeout = error, timeouts < 2, access(path, F_OK) == 0 {
+                timeouts += 1
+                logger.info("VM \(vm): asking again for its devices before giving them back")
+            } else {
+                break
+            }
         }
         for (key, t) in devices where t.want == vm { reconcile(key) }
     }
@@ -548,24 +559,26 @@ public actor Daemon {
     }
 
     /// What the VM has of vhotplug's devices: matches them to the followed
-    /// devices, and removes what belongs to no device present.
-    func resync(vm: String) async {
-        guard let backend = backends[vm] else { return }
+    /// devices, and removes what belongs to no device present. Returns why the VM could not
+    /// be listed, or nil.
+    @discardableResult
+    func resync(vm: String) async -> VMError? {
+        guard let backend = backends[vm] else { return nil }
         let listed: [Attachment]
         do {
             listed = try await backend.listAttached()
             // A reload meanwhile gave the VM another backend: what this one listed is not of it.
-            guard backends[vm] === backend else { return }
+            guard backends[vm] === backend else { return nil }
             vmDown.remove(vm)
         } catch {
-            guard backends[vm] === backend else { return }
+            guard backends[vm] === backend else { return nil }
             if error.isNotRunning {
                 vmDown.insert(vm)
                 logger.info("VM \(vm) is not running; its devices will follow when it starts")
             } else {
                 logger.warning("VM \(vm): cannot list its devices: \(error)")
             }
-            return
+            return error
         }
         for a in listed {
             if let t = owner(of: a, in: vm) {
@@ -596,6 +609,7 @@ public actor Daemon {
                 }
             }
         }
+        return nil
     }
 
     /// A stale PCI or input device asked to leave `vm` (`resync`, not waited for) holds its root

@@ -297,6 +297,29 @@ struct DaemonUSBTests {
         #expect(!d.log[mark...].contains { $0.contains("VM vm1 is not running") }, "\(d.log[mark...])")
     }
 
+    @Test("a VM whose socket appears but which is too busy to answer its first list (QEMU stopped): asked again, its device is found there, and no device_add goes out (before: added again, refused as a duplicate)")
+    func busyVMListedAgain() async throws {
+        let rig = try await Rig()
+        let d = try rig.daemon(environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        // vm1's socket goes (the VM stopped, as the daemon sees it) and comes back from a QEMU
+        // that does not answer yet but has the receiver, as a VM started with it would.
+        let away = rig.qemu.dir + "/away.qmp"
+        kill(rig.qemu.pid, SIGSTOP)
+        defer { kill(rig.qemu.pid, SIGCONT) }
+        #expect(rename(rig.qemu.qmpPath, away) == 0)
+        try d.waitFor("VM vm1: socket removed")
+        let mark = d.mark
+        #expect(rename(away, rig.qemu.qmpPath) == 0)
+        try d.waitFor("VM vm1: cannot list its devices", from: mark)
+        kill(rig.qemu.pid, SIGCONT)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": found in VM vm1 as vhp-usb-1-2", from: mark)
+        #expect(d.log[mark...].contains { $0.contains("VM vm1: asking again for its devices before giving them back") })
+        #expect(!d.log[mark...].contains { $0.contains("\"execute\":\"device_add\"") }, "\(d.log[mark...])")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
     @Test("a SIGHUP during the start (the first pass waits for a stopped QEMU's greeting) is kept until the start is over: the reload runs after 'listening', and the receiver is attached once")
     func sighupDuringStart() async throws {
         let rig = try await Rig()
