@@ -82,11 +82,13 @@ extension Daemon {
         return byAddress[leader]?.decision.targetVm
     }
 
-    /// A member of `t`'s IOMMU group (present or leaving) that is in a VM other than `vm`, and that VM.
+    /// A member of `t`'s IOMMU group (present or leaving) that is in a VM other than `vm`, or on
+    /// its way to one, and that VM.
     func groupMateInOtherVM(_ t: Tracked, vm: String) -> (Tracked, String)? {
         guard case .pci(let d) = t.device, let group = d.iommuGroup else { return nil }
         for o in devices.values where o !== t {
-            guard case .pci(let od) = o.device, od.iommuGroup == group, let other = o.attachment?.vm, other != vm else { continue }
+            guard case .pci(let od) = o.device, od.iommuGroup == group, let other = o.attachment?.vm ?? o.attachingTo,
+                  other != vm else { continue }
             return (o, other)
         }
         return nil

@@ -143,6 +143,9 @@ final class Tracked: @unchecked Sendable {
     /// The backend the device's attachment was made through, when a reload retired it (the VM
     /// left the configuration, or its socket changed): the device leaves through it first.
     var leaveVia: (any VMBackend)?
+    /// The VM an attach of this device is on its way to (from its IOMMU group check to its end):
+    /// a group mate going to another VM meanwhile waits, as for a mate in that VM.
+    var attachingTo: String?
     /// `pciIommuAddAll`: the address of the group mate whose VM this device follows (Daemon+PCI.swift).
     var follows: String?
     /// `pciIommuAddAll`: why no device of its IOMMU group may be attached (two VMs asked for it).
@@ -1136,11 +1139,21 @@ public actor Daemon {
                 // group open there, and QEMU would refuse this one (the group busy), leaving it
                 // on vfio-pci in no VM. It waits, and goes once that member has left.
                 if let (mate, other) = groupMateInOtherVM(t, vm: vm) {
-                    let why = "waits for \(mate.logName) to leave \(other) (one IOMMU group) before it goes to \(vm)"
+                    let mateIs = mate.attachment == nil ? ", on its way to \(other), to get there and leave or to fail" : " to leave \(other)"
+                    let why = "waits for \(mate.logName)\(mateIs) (one IOMMU group) before it goes to \(vm)"
                     if t.lastError != why { logger.info("\(t.logName): \(why)") }
                     t.lastError = why
                     t.waitsForGroup = true
                     return
+                }
+                // Two members of one group sent to two VMs at the same moment: the second waits for
+                // this attach (before, both passed the check above, and the VM that came second
+                // refused its device for good, the group being busy in the other).
+                t.attachingTo = vm
+                defer {
+                    t.attachingTo = nil
+                    // It did not get there: a mate waiting for it looks again.
+                    if case .pci = t.device, t.attachment == nil { wakeGroupWaiters() }
                 }
                 let attempted = t.device
                 let freedBefore = portsFreed[vm, default: 0]

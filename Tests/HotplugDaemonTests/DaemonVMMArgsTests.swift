@@ -43,13 +43,17 @@ struct VMMArgsRig {
 
     /// The GPU and its audio function in the testbed, and the kernel's part of a rebind played
     /// there (its bind and unbind events go to the daemon through umockdev). Stop it at the end.
-    func gpuWithPlayedKernel(refusals: FakeKernel.Refusals = .init()) throws -> FakeKernel {
-        try tb.add(file: fixtures + "/pci-gpu-audio.umockdev")
-        let kernel = try FakeKernel(root: tb.root, refusals: refusals)
+    /// `probed`: each function's `bind` event follows, once the kernel is played, as the kernel sends
+    /// it at the end of the driver's probe (a daemon running then waits up to 10 s for a probe without it).
+    func gpuWithPlayedKernel(refusals: FakeKernel.Refusals = .init(), probed: Bool = false) throws -> FakeKernel {
+        let file = fixtures + "/pci-gpu-audio.umockdev"
         let tb = self.tb
+        try tb.add(file: file)
+        let kernel = try FakeKernel(root: tb.root, refusals: refusals)
         kernel.start { action, subsystem, devpath in
             if subsystem == "pci" { tb.uevent("/sys" + devpath, action) }
         }
+        if probed { try tb.probesOver(file: file) }
         return kernel
     }
 
@@ -226,6 +230,39 @@ struct DaemonVMMArgsTests {
         #expect(rig.driver(gpu) == "vfio-pci", "kernel: \(kernel.log)")
         #expect(!d.log.contains { $0.contains("back on its host driver") || $0.contains("attach to vm1 failed") }, "\(d.log)")
         withExtendedLifetime(vm) {}
+    }
+
+    @Test("the GPU to vm1 and its audio function (one IOMMU group) to vm2 at the same moment: the audio function waits while the GPU's attach is on its way, and goes once the GPU has failed to get there (before, both went, and vm2 refused its device for good)")
+    func groupMatesToTwoVMs() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        let gpu = "pci 0000:01:00.0 10de:1f06", audio = "pci 0000:01:00.1 10de:10f9"
+        let config = try String(contentsOfFile: rig.config, encoding: .utf8)
+        try config.replacingOccurrences(
+            of: #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}],"#,
+            with: #""pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "1f06"}]}, "#
+                + #"{"targetVm": "vm2", "allow": [{"address": "0000:01:00.1"}]}],"#)
+            .write(toFile: rig.config, atomically: true, encoding: .utf8)
+        let vm1 = try rig.qemu()
+        let vm2 = try QEMUInstance(name: "vm2", testbed: rig.tb, extraArgs: ["-device", "pcie-root-port,id=rp1,chassis=1"],
+                                   directory: rig.dir)
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
+                                  environment: ["VHOTPLUG_QMP_TIMEOUT": "2", "VHOTPLUG_PCI_ATTACH_TIMEOUT": "1"])
+        try d.waitFor("; listening (")
+        // vm1 does not answer: the GPU's attach stays on its way there for the QMP deadline.
+        kill(vm1.pid, SIGSTOP)
+        defer { kill(vm1.pid, SIGCONT) }
+        let kernel = try rig.gpuWithPlayedKernel(probed: true)
+        defer { kernel.stop() }
+        try d.waitFor("\(audio): waits for \(gpu), on its way to vm1, to get there and leave or to fail (one IOMMU group) before it goes to vm2")
+        try d.waitFor("\(gpu): attach to vm1: VM vm1: no answer to ")
+        #expect(!d.log.contains { $0.contains("qmp vm2 -> ") && $0.contains("device_add") }, "\(d.log)")
+        // vm1 answers: it has no GPU (no device_add reached it), and no root port for one. The GPU
+        // is not there, and the audio function goes to vm2 (whose QEMU refuses it: no real VFIO here).
+        let mark = d.mark
+        kill(vm1.pid, SIGCONT)
+        try d.waitFor("\(audio): attach to vm2 failed: ", from: mark)
+        #expect(d.log[mark...].contains { $0.contains("qmp vm2 -> ") && $0.contains("device_add") }, "\(d.log[mark...])")
+        withExtendedLifetime(vm2) {}
     }
 
     @Test("a GPU taken as attached to a silent vm1, whose IOMMU group a reload puts in conflict: when vm1's socket goes, the group goes back to its host drivers")

@@ -141,6 +141,12 @@ public final class Testbed: @unchecked Sendable {
     /// only; vhotplug waits for a new PCI device's first probe before rebinding it).
     public func addProbed(file: String) throws {
         try add(file: file)
+        try probesOver(file: file)
+    }
+
+    /// Sends the `bind` uevent of each PCI device of a umockdev file (added already) that has a
+    /// driver: the kernel's word that its driver's probe is over.
+    public func probesOver(file: String) throws {
         let text = try String(contentsOfFile: file, encoding: .utf8)
         for record in text.components(separatedBy: "\n\n") {
             let lines = record.split(separator: "\n")
