@@ -90,7 +90,7 @@ let package = Package(
 
         .target(name: "VHotplugTestSupport", dependencies: ["CUmockdev", "CLinux", "Reactor", .product(name: "Logging", package: "swift-log")],
                 path: "Tests/TestSupport"),
-        .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit"],
+        .testTarget(name: "HotplugConfigTests", dependencies: ["HotplugConfig", "JSONKit", "CLinux"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "HotplugDaemonTests", dependencies: ["VHotplugTestSupport", "HotplugDaemon", "HostDevices", "DeviceModel", "VFIO",
                                                               .product(name: "Logging", package: "swift-log")]),

@@ -3,7 +3,8 @@ import Foundation
 import Testing
 @testable import HotplugConfig
 
-/// Work that grows with the input stays linear; reports stay readable however many errors.
+/// Large input is validated, and reports stay readable however many errors. (How fast is not
+/// a test's to say: no test here times itself.)
 @Suite("Validation: large input")
 struct LargeInputTests {
     @Test("editDistance: Levenshtein within the limit, nil beyond it")
@@ -19,22 +20,18 @@ struct LargeInputTests {
         #expect(editDistance("abcdefgh", "cdefghXY", limit: 2) == nil)
     }
 
-    @Test("editDistance of two long words that differ at their end takes linear time")
+    @Test("editDistance of two long words that differ at their end")
     func editDistanceLong() {
         let stem = String(repeating: "a", count: 20_000)
-        let start = Date()
         #expect(editDistance(stem + "x", stem + "y", limit: 2) == 1)
-        #expect(Date().timeIntervalSince(start) < 1)
     }
 
-    @Test("a 20 KB targetVm next to a 20 KB VM name that differs at its end: no suggestion, at once")
+    @Test("a 20 KB targetVm next to a 20 KB VM name that differs at its end: no suggestion")
     func longNames() throws {
         let stem = String(repeating: "v", count: 20_000)
         let text = Sample.vms([#"{"name": "\#(stem)1", "type": "qemu", "socket": "/s"}"#])
             .replacingOccurrences(of: "\n}\n", with: ",\n  \"usbPassthrough\": [{\"targetVm\": \"\(stem)2\", \"allow\": [{\"vendorId\": \"046d\"}]}]\n}\n")
-        let start = Date()
         let d = try singleError(text)
-        #expect(Date().timeIntervalSince(start) < 2)
         #expect(d.message.hasPrefix("unknown VM \"vvvv") && !d.message.contains("did you mean"), "\(d.message.prefix(300))")
     }
 
@@ -49,11 +46,10 @@ struct LargeInputTests {
         #expect(d.message == "unknown VM \"vm13x\" in targetVm (defined VMs: \(first10) and 5 more); did you mean \"vm13\"?")
     }
 
-    @Test("20000 unknown names in allowedVms: the first 100 errors are reported, then how many more; quickly")
+    @Test("20000 unknown names in allowedVms: the first 100 errors are reported, then how many more")
     func manyUnknownNames() throws {
         let names = (0..<20_000).map { "\"x\($0)\"" }.joined(separator: ", ")
         let text = Sample.ruleSet(#"{"allowedVms": [\#(names)], "allow": [{"vendorId": "046d"}]}"#)
-        let start = Date()
         do {
             _ = try ConfigurationLoader.parse(text, file: "big.conf")
             Issue.record("accepted")
@@ -63,6 +59,5 @@ struct LargeInputTests {
             #expect(error.diagnostics.last?.path == "$.usbPassthrough[0].allowedVms[99]")
             #expect(error.description.split(separator: "\n").last == "big.conf: 19900 more errors not shown")
         }
-        #expect(Date().timeIntervalSince(start) < 5)
     }
 }

@@ -176,7 +176,6 @@ struct DaemonStormTests {
                   + "(\(Int(Double(s.events) / s.send)) events/s), settled \(String(format: "%.2f", s.settle)) s after the first")
         }
         print("storm: daemon RssAnon \(before) KiB after the first storm, \(after) KiB after the second")
-        #expect(first.send < 1.0 && second.send < 1.0, "a storm took more than a second to send")
         #expect(after - before <= 256, "anonymous memory grew by \(after - before) KiB over the second storm")
     }
 
