@@ -20,6 +20,14 @@ struct APIState {
     var suspended: [String: String] = [:]
     /// Requests waiting for a device's reconcile task to end.
     var idleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    /// The state file's writes, off the event loop (`saveState`): the state to write next (with its
+    /// file), whether a write runs, how many saves were asked and how many a finished write covers,
+    /// and who waits for theirs.
+    var stateQueued: (file: StateFile, state: DaemonState)?
+    var stateWriting = false
+    var stateAsked = 0
+    var stateDone = 0
+    var stateWaiters: [(upTo: Int, continuation: CheckedContinuation<Void, Never>)] = []
     /// pci.ids names looked up so far, by vendor and device ID (`lookUpPCINames`); nil: none there.
     var pciNames: [UInt32: (vendor: String?, device: String?)] = [:]
 }
@@ -39,9 +47,44 @@ extension Daemon: ControlService {
         }
     }
 
-    func saveState() {
+    /// Writes the state to its file, off the event loop (the write ends with two fsyncs, which a
+    /// busy disk can make last long: the loop goes on meanwhile). Writes run one at a time, each of
+    /// the state as it is when it starts; returns once a write that covers this call's state is over.
+    func saveState() async {
         guard let file = api.stateFile else { return }
-        do { try file.save(api.state) } catch { logger.error("cannot save the state: \(error)") }
+        api.stateAsked += 1
+        let mine = api.stateAsked
+        api.stateQueued = (file, api.state)
+        if !api.stateWriting {
+            api.stateWriting = true
+            Task(executorPreference: loop) { await self.writeQueuedStates() }
+        }
+        await stateWritten(upTo: mine)
+    }
+
+    /// The writer of `saveState`: writes what is queued until nothing is.
+    func writeQueuedStates() async {
+        while let (file, state) = api.stateQueued {
+            api.stateQueued = nil
+            let covers = api.stateAsked
+            let error = await loop.runBlocking { () -> StateFileError? in
+                do throws(StateFileError) { try file.save(state) } catch { return error }
+                return nil
+            }
+            if let error { logger.error("cannot save the state: \(error)") }
+            api.stateDone = covers
+            let ready = api.stateWaiters.filter { $0.upTo <= covers }
+            api.stateWaiters.removeAll { $0.upTo <= covers }
+            for w in ready { w.continuation.resume() }
+        }
+        api.stateWriting = false
+    }
+
+    /// Returns once the writes of the saves asked up to `upTo` (all so far: nil) are over.
+    func stateWritten(upTo: Int? = nil) async {
+        let target = upTo ?? api.stateAsked
+        guard api.stateDone < target else { return }
+        await withCheckedContinuation { api.stateWaiters.append((target, $0)) }
     }
 
     /// Opens the API's listeners when `general.api.enable`: before the first pass, so that a listener that cannot be
@@ -74,7 +117,7 @@ extension Daemon: ControlService {
                 // What the daemon knows now is written there (not what an earlier run left in it).
                 api.stateFile = StateFile(path: general.statePath)
                 logger.info("state: kept in \(general.statePath) from now on")
-                saveState()
+                await saveState()
             } else {
                 api.stateFile = nil
                 logger.info("state: no longer kept (general.persistency is false)")
@@ -404,7 +447,7 @@ extension Daemon: ControlService {
             logger.info("\(t.logName): attach to \(target) requested through the API")
             reconcile(key)
         }
-        saveState()
+        await saveState()
         await settle(wanted.map(\.0))
         // (An attach QEMU has not answered yet counts as not done: the daemon asks it later.)
         for (_, t, target) in wanted where t.attachment?.vm != target || t.unanswered != nil {
@@ -453,7 +496,7 @@ extension Daemon: ControlService {
             logger.info("\(t.logName): detach requested through the API; marked disconnected")
             reconcile(key)
         }
-        saveState()
+        await saveState()
         await settle(targets.map(\.key))
         for (_, t) in targets where t.attachment != nil {
             return failure("detach of \(t.logName) from \(t.attachment?.vm ?? "?")", t)

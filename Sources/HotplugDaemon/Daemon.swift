@@ -1586,6 +1586,7 @@ public actor Daemon {
             // probe, it would be left with no driver. (Each step has its own deadline.)
             await binder.quiesce()
             await stopAPI()
+            await stateWritten() // (a user's choice made just before is not lost)
             authorizer.release(logger)
             loop.stop()
         }
