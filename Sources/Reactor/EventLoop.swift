@@ -395,7 +395,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // The timerfd has expired: whatever it is set to next is a new setting.
         armedFor = nil
         timersChanged = true
-        let due = timers.filter { $0.value.deadline <= now }.sorted { $0.value.deadline < $1.value.deadline }
+        // Earliest first; those due at the same instant in the order they were scheduled.
+        let due = timers.filter { $0.value.deadline <= now }.sorted {
+            $0.value.deadline != $1.value.deadline ? $0.value.deadline < $1.value.deadline : $0.key < $1.key
+        }
         // Each is taken out as it fires: one cancelled meanwhile by the callback of another
         // (both due in this pass) is gone, and does not fire.
         for (id, _) in due { timers.removeValue(forKey: id)?.fire() }
