@@ -194,14 +194,7 @@ struct ServerTests {
         await #expect(throws: SocketError.self) { try await second.start(service: EchoService()) }
         await rig.server.stop()
         // A socket file nobody listens on (as a crashed daemon leaves it).
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
-            for (i, b) in rig.path.utf8.enumerated() { buf[i] = b }
-        }
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        close(fd)
+        close(try unixSocket(SOCK_STREAM, boundAt: rig.path))
         let third = ControlServer(settings: APISettings(enable: true, unixSocket: rig.path, unixSocketMode: 0o600), loop: rig.host.loop,
                                   logger: Logger(label: "t"))
         try await third.start(service: EchoService())

@@ -6,28 +6,12 @@ import VHotplugTestSupport
 
 @Suite("systemd's readiness protocol")
 struct SystemdNotifyTests {
-    /// A datagram socket bound at `path`, which nobody reads.
-    func receiver(_ path: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        try #require(fd >= 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
-            for (i, b) in path.utf8.enumerated() { buf[i] = b }
-        }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        try #require(bound == 0)
-        return fd
-    }
-
     @Test("a datagram reaches the socket; with no socket named, nothing is sent")
     func sends() throws {
         let dir = scratchPath("notify")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/notify.sock"
-        let fd = try receiver(path)
+        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
         defer { close(fd) }
         #expect(SystemdNotify.send("READY=1", socketPath: path))
         var buf = [UInt8](repeating: 0, count: 64)
@@ -41,16 +25,11 @@ struct SystemdNotifyTests {
         let dir = scratchPath("notify")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/notify.sock"
-        let fd = try receiver(path)
+        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
         defer { close(fd) }
         // Fill its queue: datagrams sent without waiting, from one socket after another (each
         // socket has its own send buffer), until a fresh socket finds no room for one more: the
         // receiver's queue holds `net.unix.max_dgram_qlen` datagrams.
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
-            for (i, b) in path.utf8.enumerated() { buf[i] = b }
-        }
         var fillers: [Int32] = []
         defer { for f in fillers { close(f) } }
         var full = false
@@ -59,11 +38,7 @@ struct SystemdNotifyTests {
             try #require(filler >= 0)
             fillers.append(filler)
             for n in 0..<100_000 {
-                let sent = withUnsafePointer(to: &addr) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(filler, "x", 1, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                    }
-                }
+                let sent = withUnixAddress(path) { sendto(filler, "x", 1, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), $0, $1) }
                 if sent < 0 {
                     try #require(errno == EAGAIN, "errno \(errno)")
                     if n == 0 { full = true; break fill }

@@ -71,16 +71,8 @@ public final class FakeQMPServer: @unchecked Sendable {
         // Bound and listening under another name, then renamed into place: a watcher of the
         // final path never sees a socket that refuses connections (bound, not yet listening).
         let path = final + ".new"
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
-            for (i, b) in path.utf8.prefix(buf.count - 1).enumerated() { buf[i] = b }
-        }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard ok == 0, listen(s, 4) == 0, rename(path, final) == 0 else { throw TestbedError(message: "fake QMP server: bind/listen failed") }
+        let s = try unixSocket(SOCK_STREAM, boundAt: path)
+        guard listen(s, 4) == 0, rename(path, final) == 0 else { throw TestbedError(message: "fake QMP server: listen failed") }
         fd = s
         self.path = final
         if case .neverAccept = behaviour {

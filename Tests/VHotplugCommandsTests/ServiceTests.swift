@@ -7,16 +7,7 @@ struct ServiceTests {
     /// A datagram socket standing for systemd's notification socket.
     func notifySocket() throws -> (fd: Int32, path: String) {
         let path = scratchPath("notify")
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
-            for (i, b) in path.utf8.enumerated() { buf[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw TestbedError(message: "bind \(path)") }
+        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         return (fd, path)
