@@ -46,6 +46,22 @@ actor LoopProbe {
         return box.order
     }
 
+    /// A read wait whose deadline comes in the same pass as its data: a timer due at the wait's
+    /// deadline, scheduled before it (so it fires first), writes a byte into the pipe. Returns
+    /// whether the wait ended readable (rather than timed out).
+    func readableAtItsDeadline() async -> Bool {
+        let (r, w) = makePipe()
+        defer { loop.forget(r); close(r); close(w) }
+        let at = Deadline.after(0.01)
+        loop.schedule(at: at) { _ = write(w, "x", 1) }
+        do {
+            try await loop.readable(r, deadline: at)
+            return true
+        } catch {
+            return false
+        }
+    }
+
     /// Two timers due at the same instant (the loop fires both in one pass), each cancelling
     /// the other when it fires: whichever fires first, the other must not. A third, later,
     /// ends the wait. Returns what fired, the third's 3 last.
@@ -242,6 +258,12 @@ struct EventLoopTests {
     func sameInstant() async throws {
         let host = try LoopHost()
         #expect(await LoopProbe(host.loop).sameInstantOrder() == Array(1...21))
+    }
+
+    @Test("data that came by a wait's deadline ends the wait as readable, though epoll has not said so yet (before: a timeout)")
+    func dataAtTheDeadline() async throws {
+        let host = try LoopHost()
+        #expect(await LoopProbe(host.loop).readableAtItsDeadline())
     }
 
     @Test("a timer cancelled by the callback of a timer due in the same pass never fires")
