@@ -7,8 +7,8 @@ import Glibc
 /// "RELOADING=1", "STOPPING=1", "STATUS=...") to the socket named by
 /// `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
 public enum SystemdNotify {
-    /// How long a send may wait for room in the receiver's queue (a systemd too busy to read it).
-    public static let sendTimeout = 1.0
+    /// Seconds a send may wait for room in the receiver's queue (a systemd too busy to read it).
+    public static let sendTimeout = 1
 
     /// Sends `state`; false when there is no socket to send to (not under systemd) or it failed,
     /// or found no room within `sendTimeout` (before, it could wait for good, on the event loop).
@@ -18,7 +18,7 @@ public enum SystemdNotify {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        var limit = timeval(tv_sec: Int(sendTimeout), tv_usec: Int((sendTimeout - sendTimeout.rounded(.down)) * 1e6))
+        var limit = timeval(tv_sec: sendTimeout, tv_usec: 0)
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         var addr = sockaddr_un()
         var name = path
