@@ -194,7 +194,7 @@ struct ServerTests {
         await #expect(throws: SocketError.self) { try await second.start(service: EchoService()) }
         await rig.server.stop()
         // A socket file nobody listens on (as a crashed daemon leaves it).
-        close(try unixSocket(SOCK_STREAM, boundAt: rig.path))
+        close(try unixSocket(.stream, boundAt: rig.path))
         let third = ControlServer(settings: APISettings(enable: true, unixSocket: rig.path, unixSocketMode: 0o600), loop: rig.host.loop,
                                   logger: Logger(label: "t"))
         try await third.start(service: EchoService())

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Reactor
 import Synchronization
@@ -11,7 +12,7 @@ struct SystemdNotifyTests {
         let dir = scratchPath("notify")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/notify.sock"
-        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
+        let fd = try unixSocket(.datagram, boundAt: path)
         defer { close(fd) }
         #expect(SystemdNotify.send("READY=1", socketPath: path))
         var buf = [UInt8](repeating: 0, count: 64)
@@ -25,7 +26,7 @@ struct SystemdNotifyTests {
         let dir = scratchPath("notify")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/notify.sock"
-        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
+        let fd = try unixSocket(.datagram, boundAt: path)
         defer { close(fd) }
         // Fill its queue: datagrams sent without waiting, from one socket after another (each
         // socket has its own send buffer), until a fresh socket finds no room for one more: the

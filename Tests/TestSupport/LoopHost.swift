@@ -71,7 +71,7 @@ public final class FakeQMPServer: @unchecked Sendable {
         // Bound and listening under another name, then renamed into place: a watcher of the
         // final path never sees a socket that refuses connections (bound, not yet listening).
         let path = final + ".new"
-        let s = try unixSocket(SOCK_STREAM, boundAt: path)
+        let s = try unixSocket(.stream, boundAt: path)
         guard listen(s, 4) == 0, rename(path, final) == 0 else { throw TestbedError(message: "fake QMP server: listen failed") }
         fd = s
         self.path = final

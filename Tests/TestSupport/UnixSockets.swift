@@ -1,6 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import CLinux
+import Foundation
 
 /// Calls `body` with `path` as a Unix socket address (cut to what `sun_path` holds) and its size.
 public func withUnixAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
@@ -14,9 +13,15 @@ public func withUnixAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>,
     }
 }
 
-/// A new Unix socket of `type` (`SOCK_STREAM`, `SOCK_DGRAM`) bound at `path`; the caller closes it.
-public func unixSocket(_ type: __socket_type, boundAt path: String) throws -> Int32 {
-    let fd = socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+/// What a Unix socket carries.
+public enum UnixSocketKind: Sendable {
+    case stream, datagram
+}
+
+/// A new Unix socket of `kind` bound at `path`; the caller closes it.
+public func unixSocket(_ kind: UnixSocketKind, boundAt path: String) throws -> Int32 {
+    let type = kind == .stream ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+    let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw TestbedError(message: "socket: errno \(errno)") }
     guard withUnixAddress(path, { bind(fd, $0, $1) }) == 0 else {
         let code = errno

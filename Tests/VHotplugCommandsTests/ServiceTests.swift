@@ -7,7 +7,7 @@ struct ServiceTests {
     /// A datagram socket standing for systemd's notification socket.
     func notifySocket() throws -> (fd: Int32, path: String) {
         let path = scratchPath("notify")
-        let fd = try unixSocket(SOCK_DGRAM, boundAt: path)
+        let fd = try unixSocket(.datagram, boundAt: path)
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         return (fd, path)
