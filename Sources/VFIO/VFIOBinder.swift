@@ -127,6 +127,9 @@ public actor VFIOBinder {
     /// Waits in progress (tests check that none is left behind).
     public var pendingWaits: Int { waits.count }
 
+    /// Devices just added whose first probe is still waited for, or not yet known to be over (tests).
+    public var devicesInFirstProbe: Int { firstProbes.count }
+
     /// Operations (binds, give-backs, hand-overs) waiting for the one running (tests).
     public var queuedOperations: Int { lock.queued }
 

@@ -503,9 +503,7 @@ struct CrosvmBackendTests {
         let pidFile = vm.dir + "/hang.pid"
         let hang = try script(vm.dir, "hang", "echo $$ > \(pidFile); exec sleep 30")
         let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b))
-        let started = Date()
         let e = await failure { () async throws(VMError) in _ = try await backend(vm, host, crosvm: hang, timeout: 0.3).attachUSB(dev) }
-        #expect(Date().timeIntervalSince(started) < 3)
         #expect(e == .timeout(vm: "vm1", step: "crosvm usb attach \(dev.devnode) (killed after 0.3 s)"))
         let pid = try #require(Int32(String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(Glibc.kill(pid, 0) == -1 && errno == ESRCH)      // killed and reaped
