@@ -76,6 +76,9 @@ public actor CrosvmBackend: VMBackend {
     /// Ports crosvm kept for a refused attach that could not be freed then, with what they
     /// held: freed at the next try, or after the attach that succeeds.
     private var unfreed: [Int: Attachment] = [:]
+    /// Devices (bus, address) whose attach was killed at its deadline while `usb list` could not
+    /// say either whether crosvm did it: their next attach looks at the list first.
+    private var attachUnknown: Set<[Int]> = []
     /// Port 16, which `usb list` never shows, was last freed by a detach of this backend (and not
     /// filled by an attach of it since): a USB 3 device can take it with ports 9-15 held.
     private var sixteenFree = false
@@ -206,6 +209,18 @@ public actor CrosvmBackend: VMBackend {
         let node = device.devnode
         let what = "\(device.sysName) (\(hex4(device.vendorId)):\(hex4(device.productId)), \(node))"
         let command = "usb attach \(node)"
+        let identity = [device.bus, device.devnum]
+        if attachUnknown.contains(identity) {
+            // An earlier attach of this device was killed, and crosvm could not list its ports then:
+            // a port that holds it now, which vhotplug did not fill, is that attach's; the device is
+            // not given a second one. (A list that fails again leaves it unknown.)
+            let listed = try await list()
+            attachUnknown.remove(identity)
+            if let port = unclaimedPorts(of: device, in: listed).first {
+                logger.warning("VM \(name): \(device.sysName) is on port \(port) since an attach killed at its deadline: taken as attached")
+                return attached(device, port: port)
+            }
+        }
         let answer: CrosvmAnswer, result: ProcessResult
         do throws(VMError) {
             (answer, result) = try await crosvm(["attach", "00:00:00:00", node, socketPath], step: command)
@@ -213,9 +228,13 @@ public actor CrosvmBackend: VMBackend {
             // Killed at the deadline, perhaps after crosvm attached it: a port that now holds this
             // device (its vendor and product) and that vhotplug did not fill is taken as its own,
             // so that the device is neither half-attached nor attached twice.
-            if let listed = try? await list(), let port = unclaimedPorts(of: device, in: listed).first {
-                logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
-                return attached(device, port: port)
+            do throws(VMError) {
+                if let port = unclaimedPorts(of: device, in: try await list()).first {
+                    logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
+                    return attached(device, port: port)
+                }
+            } catch {
+                attachUnknown.insert(identity)
             }
             throw .timeout(vm: vm, step: step)
         }

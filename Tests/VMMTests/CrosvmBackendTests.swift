@@ -524,6 +524,30 @@ struct CrosvmBackendTests {
         #expect(try vm.cli("list") == "devices")
     }
 
+    @Test("an attach killed at the deadline whose usb list is killed too (crosvm's control loop hung): the next attach of that device finds it on the port that attach gave it, and gives it no second port")
+    func killedAttachUnknown() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        // Attaches through the double, then hangs until it is killed; its list hangs while the flag file is there.
+        let flag = vm.dir + "/list-hangs"
+        FileManager.default.createFile(atPath: flag, contents: nil)
+        let slow = try script(vm.dir, "slow", """
+            if [ "$2" = attach ]; then "\(crosvmDouble)" "$@"; exec sleep 30; fi
+            if [ "$2" = list ] && [ -e "\(flag)" ]; then exec sleep 30; fi
+            exec "\(crosvmDouble)" "$@"
+            """)
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
+        let b = backend(vm, host, crosvm: slow, timeout: 0.5)
+        let e = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
+        #expect(e?.isTimeout == true, "\(String(describing: e))")
+        #expect(try vm.cli("list") == "devices 1 046d c52b")
+        // crosvm answers lists again; the device is tried again (a reload, say).
+        try FileManager.default.removeItem(atPath: flag)
+        let a = try await b.attachUSB(dev)
+        #expect(a.id == "1")
+        #expect(try vm.cli("list") == "devices 1 046d c52b")
+    }
+
     @Test("a crosvm that logs more than 1 MiB around its answer: the answer is read, the device taken as attached (not left on a port the backend does not know)",
           arguments: ["stderr", "stdout"])
     func hugeOutput(stream: String) async throws {
