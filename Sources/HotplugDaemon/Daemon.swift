@@ -86,12 +86,15 @@ final class Tracked: @unchecked Sendable {
     /// An explicit detach (the API's): sent even while an earlier one waits for the guest.
     var detachAgain = false
     /// The VM refused the attach because its guest had not started its USB driver yet (crosvm,
-    /// while the guest boots): the attach is tried again on a timer (`Daemon.waitForGuest`).
+    /// while the guest boots), or crosvm did not answer it in time: the attach is tried again
+    /// on a timer (`Daemon.waitForGuest`).
     var guestWait: GuestWait?
 
     struct GuestWait {
         /// The VM whose guest is waited for.
         var vm: String
+        /// Its last try's failure was crosvm's silence (killed at its deadline), not its guest.
+        var silent = false
         /// When it first refused.
         var since: Deadline
         /// Attaches it refused so far.
@@ -1167,7 +1170,8 @@ public actor Daemon {
                     leaveThroughIfRetired(t, backend, vm: vm)
                     t.attachRetried = false
                     if let w = t.guestWait {
-                        logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since)), once its guest took USB devices (\(w.tries) refused before)")
+                        let once = w.silent ? "once \(vm) answered (\(w.tries) tries before)" : "once its guest took USB devices (\(w.tries) refused before)"
+                        logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since)), \(once)")
                         endGuestWait(t)
                     } else {
                         logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since))")
@@ -1211,6 +1215,11 @@ public actor Daemon {
                         continue
                     } else if error.isGuestNotReady, waitForGuest(key, t, vm: vm) {
                         t.lastError = "\(error); vhotplug tries again while the guest boots"
+                    } else if error.isTimeout, backend.type == .crosvm, waitForGuest(key, t, vm: vm, silent: true) {
+                        // crosvm killed at its deadline (its VM's control loop busy or hung): tried again
+                        // as for a guest that boots; the next try finds the device on a port if this one
+                        // put it there after all. (Before, it failed until something changed.)
+                        t.lastError = "\(error); vhotplug tries again"
                     } else {
                         t.failed = true
                         t.lastError = "\(error)"
@@ -1219,7 +1228,8 @@ public actor Daemon {
                         let then = error.isPortsFull ? "; tried again when a device leaves \(vm)" : ""
                         if let w = t.guestWait {
                             let waited = Self.seconds(Deadline.now().seconds(since: w.since))
-                            logger.error("\(t.logName): attach to \(vm) failed: \(error); gave up waiting for its guest after \(waited) (\(w.tries + 1) tries)\(then)")
+                            let forWhat = w.silent ? "\(vm) to answer" : "its guest"
+                            logger.error("\(t.logName): attach to \(vm) failed: \(error); gave up waiting for \(forWhat) after \(waited) (\(w.tries + 1) tries)\(then)")
                             endGuestWait(t)
                         } else {
                             logger.error("\(t.logName): attach to \(vm) failed: \(error)\(then)")
@@ -1260,13 +1270,17 @@ public actor Daemon {
     /// time up to 30 s, until `guestWaitLimit` seconds after the first refusal. False when
     /// that time is over (the caller fails the device). No timer runs once the wait ends
     /// (`endGuestWait`: attached, failed, the device unplugged or sent elsewhere, the VM down).
-    func waitForGuest(_ key: String, _ t: Tracked, vm: String) -> Bool {
+    /// `silent`: crosvm did not answer the attach in time (it was killed at its deadline).
+    func waitForGuest(_ key: String, _ t: Tracked, vm: String, silent: Bool = false) -> Bool {
         var w = t.guestWait ?? .init(vm: vm, since: .now(), delay: Self.guestRetryFirst)
         let left = guestWaitLimit - Deadline.now().seconds(since: w.since)
         guard left >= 0.05 else { return false }
-        if t.guestWait == nil {
-            logger.info("\(t.logName): \(vm)'s guest does not take USB devices yet (its USB driver is not up); trying again for up to \(Self.seconds(guestWaitLimit))")
+        if t.guestWait == nil || w.silent != silent {
+            let why = silent ? "\(vm) did not answer the attach in time (crosvm killed at its deadline)"
+                             : "\(vm)'s guest does not take USB devices yet (its USB driver is not up)"
+            logger.info("\(t.logName): \(why); trying again for up to \(Self.seconds(guestWaitLimit))")
         }
+        w.silent = silent
         if let old = w.timer { loop.cancel(old) }
         let delay = min(w.delay, left)
         w.tries += 1

@@ -13,9 +13,9 @@ final class CrosvmVM: @unchecked Sendable {
     init(name: String = "vm2", _ extra: [String] = []) throws {
         dir = scratchPath("vhp-crosvm")
         try FileManager.default.createDirectory(atPath: dir + "/bin", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: dir + "/bin/crosvm", withDestinationPath: Repository.root + "/Tests/Doubles/crosvm")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/bin/crosvm", withDestinationPath: Self.double)
         socket = dir + "/\(name).sock"
-        process.executableURL = URL(fileURLWithPath: Repository.root + "/Tests/Doubles/crosvm")
+        process.executableURL = URL(fileURLWithPath: Self.double)
         process.arguments = ["run-double", socket] + extra
         process.environment = cleanEnvironment()
         let out = Pipe()
@@ -46,6 +46,23 @@ final class CrosvmVM: @unchecked Sendable {
     /// `PATH` with this VM's `crosvm` first, for the daemon.
     var path: String {
         dir + "/bin:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+    }
+
+    /// The repository's crosvm double.
+    static let double = Repository.root + "/Tests/Doubles/crosvm"
+
+    /// A configuration sending Logitech devices to this VM through a wrapper of the double: a
+    /// shell script in this VM's folder (`body`, which runs the double as `CrosvmVM.double`)
+    /// named by `general.crosvm`.
+    func configWithWrapper(_ body: String) throws -> String {
+        let wrapper = dir + "/wrapper"
+        try ("#!/bin/sh\n" + body).write(toFile: wrapper, atomically: true, encoding: .utf8)
+        guard chmod(wrapper, 0o755) == 0 else { throw TestbedError(message: "chmod \(wrapper)") }
+        return try config("""
+            {"general": {"crosvm": "\(wrapper)"},
+             "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
+             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+            """)
     }
 
     /// A configuration in this VM's folder: `text` with `$SOCKET` replaced by the socket's path.
@@ -110,7 +127,7 @@ struct DaemonCrosvmTests {
         #expect(try vm.list() == "devices 1 046d c52b")
     }
 
-    @Test("VHOTPLUG_CROSVM_TIMEOUT: a crosvm run that does not finish in that many seconds is killed, and the attach fails saying so")
+    @Test("VHOTPLUG_CROSVM_TIMEOUT: a crosvm run that does not finish in that many seconds is killed; the attach is tried again until VHOTPLUG_GUEST_WAIT is over, then fails saying so")
     func crosvmTimeout() async throws {
         let tb = await Testbed.make()
         let vm = try CrosvmVM()
@@ -126,14 +143,39 @@ struct DaemonCrosvmTests {
              "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
              "vms": [{"name": "vm2", "type": "crosvm", "socket": "\(vm.socket)"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.3"])
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.3", "VHOTPLUG_GUEST_WAIT": "1"])
         try d.waitFor("; listening (")
         let mark = d.mark
         try tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 did not finish within 0.3 s; killed it", from: mark, timeout: 4)
-        try d.waitFor("attach to vm2 failed: VM vm2: no answer to crosvm usb attach /dev/bus/usb/001/004 (killed after 0.3 s) in time",
-                      from: mark, timeout: 4)
+        try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 did not finish within 0.3 s; killed it", from: mark)
+        try d.waitFor("vm2 did not answer the attach in time (crosvm killed at its deadline); trying again for up to 1 s", from: mark)
+        try d.waitFor("attach to vm2 failed: VM vm2: no answer to crosvm usb ", from: mark)
+        try d.waitFor("; gave up waiting for vm2 to answer after ", from: mark)
         #expect(try vm.list() == "devices")
+    }
+
+    @Test("a crosvm whose attach and list hang (its control loop stuck) after it attached the device: tried again, and once crosvm answers, the device is found on the port it got, not given a second one (before: failed until a replug, a restart or a reload)")
+    func crosvmHungThenAnswers() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let flag = vm.dir + "/hung"
+        FileManager.default.createFile(atPath: flag, contents: nil)
+        // Attaches through the double, then hangs until it is killed; every run hangs while the flag is there.
+        let config = try vm.configWithWrapper("""
+            if [ "$2" = attach ] && [ -e "\(flag)" ]; then "\(CrosvmVM.double)" "$@"; exec sleep 30; fi
+            if [ -e "\(flag)" ]; then exec sleep 30; fi
+            exec "\(CrosvmVM.double)" "$@"
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.3"])
+        try d.waitFor("; listening (")
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("vm2 did not answer the attach in time (crosvm killed at its deadline); trying again")
+        #expect(try vm.list() == "devices 1 046d c52b")
+        // crosvm answers again.
+        try FileManager.default.removeItem(atPath: flag)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as 1 in ")
+        #expect(d.log.contains { $0.contains("once vm2 answered") })
+        #expect(try vm.list() == "devices 1 046d c52b")
     }
 
     /// A crosvm VM whose guest has not started its USB driver, the receiver's rules sending it
@@ -399,18 +441,9 @@ struct DaemonCrosvmTests {
         let tb = await Testbed.make()
         let vm = try CrosvmVM()
         // The first detach goes through the double, then hangs until the daemon kills it.
-        let slow = vm.dir + "/slow"
-        let double = Repository.root + "/Tests/Doubles/crosvm"
-        try """
-            #!/bin/sh
-            if [ "$2" = detach ] && [ ! -e "\(vm.dir)/detached" ]; then touch "\(vm.dir)/detached"; "\(double)" "$@"; exec sleep 30; fi
-            exec "\(double)" "$@"
-            """.write(toFile: slow, atomically: true, encoding: .utf8)
-        #expect(chmod(slow, 0o755) == 0)
-        let config = try vm.config("""
-            {"general": {"crosvm": "\(slow)"},
-             "usbPassthrough": [{"targetVm": "vm2", "allow": [{"vendorId": "046d"}]}],
-             "vms": [{"name": "vm2", "type": "crosvm", "socket": "$SOCKET"}]}
+        let config = try vm.configWithWrapper("""
+            if [ "$2" = detach ] && [ ! -e "\(vm.dir)/detached" ]; then touch "\(vm.dir)/detached"; "\(CrosvmVM.double)" "$@"; exec sleep 30; fi
+            exec "\(CrosvmVM.double)" "$@"
             """)
         let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "0.5"])
         try d.waitFor("; listening (")
