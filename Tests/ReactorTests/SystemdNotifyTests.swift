@@ -7,12 +7,15 @@ import VHotplugTestSupport
 
 @Suite("systemd's readiness protocol")
 struct SystemdNotifyTests {
+    /// A datagram socket standing for systemd's, which nobody reads, and its path.
+    func receiver() throws -> (fd: Int32, path: String) {
+        let path = scratchPath("notify")
+        return (try unixSocket(.datagram, boundAt: path), path)
+    }
+
     @Test("a datagram reaches the socket; with no socket named, nothing is sent")
     func sends() throws {
-        let dir = scratchPath("notify")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = dir + "/notify.sock"
-        let fd = try unixSocket(.datagram, boundAt: path)
+        let (fd, path) = try receiver()
         defer { close(fd) }
         #expect(SystemdNotify.send("READY=1", socketPath: path))
         var buf = [UInt8](repeating: 0, count: 64)
@@ -23,10 +26,7 @@ struct SystemdNotifyTests {
 
     @Test("a receiver whose queue is full (a systemd that does not read it): the send gives up, false, instead of waiting for good")
     func fullQueue() throws {
-        let dir = scratchPath("notify")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = dir + "/notify.sock"
-        let fd = try unixSocket(.datagram, boundAt: path)
+        let (fd, path) = try receiver()
         defer { close(fd) }
         // Fill its queue: datagrams sent without waiting, from one socket after another (each
         // socket has its own send buffer), until a fresh socket finds no room for one more: the
