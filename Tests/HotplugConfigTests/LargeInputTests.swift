@@ -3,8 +3,8 @@ import Foundation
 import Testing
 @testable import HotplugConfig
 
-/// Large input is validated, and reports stay readable however many errors. (How fast is not
-/// a test's to say: no test here times itself.)
+/// Large input is validated, and reports stay readable however many errors. (How fast is
+/// `tools/bench/large-config.py`'s to say: no test here times itself.)
 @Suite("Validation: large input")
 struct LargeInputTests {
     @Test("editDistance: Levenshtein within the limit, nil beyond it")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vhotplug benchmarks (release build). Prints one line per figure; README "Figures" quotes them.
 #  1. the matcher: one USB device decided against a 500-entry configuration;
-#  2. `vhotplug inspect --json` over 200 devices (a generated umockdev testbed on tmpfs);
+#  2. `vhotplug inspect --json` over 200 devices (a generated umockdev testbed on tmpfs), and
+#     `vhotplug check` on large configurations (large-config.py);
 #  3. the daemon with a real QEMU: hot-plug latency, CPU, idle, memory, start-up (see below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,8 @@ rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(f"inspect --json over {n} devices: median {statistics.median(samples):.1f} ms, "
       f"min {min(samples):.1f} ms, max {max(samples):.1f} ms, max resident {rss:.1f} MiB")
 PY
+
+python3 tools/bench/large-config.py "$bin/vhotplug"
 
 # 3. The daemon with a real QEMU (vhotplug-hotplug-bench, tools/bench/README.md): hot-plug latency
 #    observed through QEMU's second QMP monitor, CPU per cycle, idle wake-ups, memory, start-up,
