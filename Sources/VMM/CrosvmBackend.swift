@@ -216,10 +216,7 @@ public actor CrosvmBackend: VMBackend {
             // not given a second one. (A list that fails again leaves it unknown.)
             let listed = try await list()
             attachUnknown.remove(identity)
-            if let port = unclaimedPorts(of: device, in: listed).first {
-                logger.warning("VM \(name): \(device.sysName) is on port \(port) since an attach killed at its deadline: taken as attached")
-                return attached(device, port: port)
-            }
+            if let a = takeUnclaimedPort(of: device, in: listed, since: "since an attach killed at its deadline") { return a }
         }
         let answer: CrosvmAnswer, result: ProcessResult
         do throws(VMError) {
@@ -229,10 +226,8 @@ public actor CrosvmBackend: VMBackend {
             // device (its vendor and product) and that vhotplug did not fill is taken as its own,
             // so that the device is neither half-attached nor attached twice.
             do throws(VMError) {
-                if let port = unclaimedPorts(of: device, in: try await list()).first {
-                    logger.warning("VM \(name): crosvm \(command) was killed at its deadline, but \(device.sysName) is on port \(port): taken as attached")
-                    return attached(device, port: port)
-                }
+                let listed = try await list()
+                if let a = takeUnclaimedPort(of: device, in: listed, since: "though crosvm \(command) was killed at its deadline") { return a }
             } catch {
                 attachUnknown.insert(identity)
             }
@@ -296,6 +291,15 @@ public actor CrosvmBackend: VMBackend {
         released[port] = nil
         saveRecord()
         return a
+    }
+
+    /// An attach killed at its deadline may have gone through: the first listed port that holds a
+    /// device with `device`'s vendor and product, and that vhotplug did not fill, is taken as its
+    /// port (logged, with `since`).
+    private func takeUnclaimedPort(of device: USBDevice, in listed: [Attachment], since: String) -> Attachment? {
+        guard let port = unclaimedPorts(of: device, in: listed).first else { return nil }
+        logger.warning("VM \(name): \(device.sysName) is on port \(port) \(since): taken as attached")
+        return attached(device, port: port)
     }
 
     /// The listed ports that hold a device with `device`'s vendor and product and that no

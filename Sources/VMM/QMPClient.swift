@@ -171,10 +171,9 @@ public final class QMPClient {
     /// Reads that found nothing (EAGAIN), for the tests.
     private(set) var emptyReads = 0
     private var nextId = 1
-    /// Events received while waiting for replies, oldest first.
-    public private(set) var events: [(name: String, data: JSONNode?)] = []
-    /// The length of each kept event's line, and their sum (bounded by `maxEventBytes`).
-    private var eventBytes: [Int] = []
+    /// Events received while waiting for replies, oldest first, each with the length of its line.
+    public private(set) var events: [(name: String, data: JSONNode?, bytes: Int)] = []
+    /// The sum of the kept events' line lengths (bounded by `maxEventBytes`).
     private var keptBytes = 0
     /// The length of the line `receive` returned last.
     private var lineBytes = 0
@@ -368,8 +367,9 @@ public final class QMPClient {
     public func waitForEvent(_ name: String, deadline: Deadline, where match: (JSONNode?) -> Bool) async throws(VMError) -> JSONNode? {
         if !negotiated { try await finishOpen() }
         if let i = events.firstIndex(where: { $0.name == name && match($0.data) }) {
-            keptBytes -= eventBytes.remove(at: i)
-            return events.remove(at: i).data
+            let event = events.remove(at: i)
+            keptBytes -= event.bytes
+            return event.data
         }
         guard fd >= 0 else { throw .protocolError(vm: vm, detail: "not connected") }
         while true {
@@ -394,15 +394,13 @@ public final class QMPClient {
         }
         var drop = 0
         while drop < events.count && (events.count - drop >= Self.maxEvents || keptBytes + size > Self.maxEventBytes) {
-            keptBytes -= eventBytes[drop]
+            keptBytes -= events[drop].bytes
             drop += 1
         }
         if drop > 0 {
             events.removeFirst(drop)
-            eventBytes.removeFirst(drop)
         }
-        events.append((name, data))
-        eventBytes.append(size)
+        events.append((name, data, size))
         keptBytes += size
     }
 
@@ -413,7 +411,6 @@ public final class QMPClient {
     /// Drops the events received so far.
     public func clearEvents() {
         events.removeAll()
-        eventBytes.removeAll()
         keptBytes = 0
     }
 
