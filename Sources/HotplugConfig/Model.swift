@@ -50,6 +50,9 @@ public struct NamePattern: @unchecked Sendable, Hashable {
     public init(_ source: String) throws {
         self.source = source
         self.regex = RegexBox(try Regex(source).ignoresCase())
+        if let unknown = CharacterNames.firstUnknown(in: source) {
+            throw UnknownCharacterName(escape: unknown)
+        }
         self.literal = Self.literalForm(source)
     }
 
@@ -308,6 +311,15 @@ public struct Configuration: Sendable, Hashable {
 
     /// The VM of that name, if one is defined.
     public func vm(named name: String) -> VMDefinition? { vms.first { $0.name == name } }
+}
+
+/// A pattern's `\N{...}` that names no character (see `CharacterNames`).
+struct UnknownCharacterName: Error, CustomStringConvertible {
+    let escape: String
+    var description: String {
+        "\(escape) names no Unicode character: expected a character's name, as in " +
+            "\\N{LATIN SMALL LETTER E WITH ACUTE}, or its code point, as in \\N{U+E9}"
+    }
 }
 
 /// A compiled expression behind a reference (see `NamePattern.regex`).

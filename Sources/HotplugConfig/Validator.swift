@@ -581,7 +581,8 @@ func parsePCIAddress(_ text: String) -> Result<String, PCIAddressProblem> {
 
 /// A readable reason why `source` does not compile. NSRegularExpression's own
 /// error on Linux says only "The value is invalid", so ask Swift's Regex parser,
-/// whose messages say what was expected.
+/// whose messages say what was expected; a pattern it compiles may still name a
+/// character that does not exist (`\N{NOPE}`, `CharacterNames`).
 func regexErrorText(_ source: String) -> String {
     if #available(macOS 13, *) {
         do {
@@ -589,6 +590,9 @@ func regexErrorText(_ source: String) -> String {
         } catch {
             return String(describing: error)
         }
+    }
+    if let unknown = CharacterNames.firstUnknown(in: source) {
+        return String(describing: UnknownCharacterName(escape: unknown))
     }
     return "the Swift Regex engine rejects it"
 }

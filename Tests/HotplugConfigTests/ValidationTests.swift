@@ -317,6 +317,28 @@ struct FormatValidationTests {
         #expect(vendor.path == "$.usbPassthrough[0].allow[0].vendorName")
     }
 
+    @Test("a character name that names no character is an error, not a pattern that never matches")
+    func unknownCharacterName() throws {
+        // JSON "\\N{NOPE}" is the pattern \N{NOPE}, which Swift's Regex compiles and never matches.
+        let d = try singleError(Sample.usbEntry(#"{"productName": "Mouse\\N{NOPE}"}"#))
+        #expect(d.message == #"invalid regular expression "Mouse\\N{NOPE}": \N{NOPE} names no Unicode character: "# +
+                #"expected a character's name, as in \N{LATIN SMALL LETTER E WITH ACUTE}, or its code point, as in \N{U+E9}"#)
+        #expect(d.position == "4:21")
+        #expect(d.path == "$.usbPassthrough[0].allow[0].productName")
+        // A name only Unicode's aliases know never matches in Swift's Regex either.
+        let alias = try singleError(Sample.usbEntry(#"{"vendorName": "a[\\N{LINE FEED}]"}"#))
+        #expect(alias.message.hasPrefix(#"invalid regular expression "a[\\N{LINE FEED}]": \N{LINE FEED} names no"#))
+        // Real names, loosely written, and code points are kept, and match.
+        for source in [#"caf\N{LATIN SMALL LETTER E WITH ACUTE}"#, #"caf\N{latin_small_letter_e-with acute}"#,
+                       #"caf\N{U+E9}"#, #"[\N{CJK UNIFIED IDEOGRAPH-4E00}x]"#] {
+            let pattern = try NamePattern(source)
+            #expect(pattern.matches("Café Mouse") != source.contains("4E00"), "\(source)")
+        }
+        // An escaped backslash before N is no name.
+        #expect(try NamePattern(#"a\\N{NOPE}"#).matches(#"a\N{NOPE}"#))
+        #expect(CharacterNames.namedEscapes(in: #"a\\N{NOPE}b\N{SPACE}[\N{U+41}]"#) == ["SPACE", "U+41"])
+    }
+
     @Test("name patterns are case-insensitive and match anywhere")
     func namePatterns() throws {
         let config = try ConfigurationLoader.parse(Sample.usbEntry(#"{"vendorName": "logitech", "productName": "^USB .*receiver$"}"#))
