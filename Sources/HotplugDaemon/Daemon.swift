@@ -89,6 +89,11 @@ final class Tracked: @unchecked Sendable {
     /// while the guest boots), or crosvm did not answer it in time: the attach is tried again
     /// on a timer (`Daemon.waitForGuest`).
     var guestWait: GuestWait?
+    /// A crosvm attach of this device was killed at its deadline (crosvm's control loop busy or
+    /// hung): whether it went through may be unknown to the backend until it lists its ports.
+    /// Once the device will not be attached there (`Daemon.settleUnknownAttach`), the backend
+    /// frees a port the attach may have filled. Cleared by an attach that gets there.
+    var unsettled: (vm: String, device: USBDevice)?
 
     struct GuestWait {
         /// The VM whose guest is waited for.
@@ -1073,6 +1078,7 @@ public actor Daemon {
                 logger.debug("\(t.logName): no longer waits for \(w.vm)'s guest (its timer stopped)")
                 endGuestWait(t)
             }
+            await settleUnknownAttach(t)
             // An attachment of the device that was at this port before it (its remove and add
             // handled before this task ran, or found by a rescan) leaves first.
             if let a = t.attachment, a.vm != t.target || !t.present || !a.stands(for: t.device) || t.leaveVia != nil {
@@ -1169,6 +1175,7 @@ public actor Daemon {
                     t.attachment = a
                     leaveThroughIfRetired(t, backend, vm: vm)
                     t.attachRetried = false
+                    t.unsettled = nil
                     if let w = t.guestWait {
                         let once = w.silent ? "once \(vm) answered (\(w.tries) tries before)" : "once its guest took USB devices (\(w.tries) refused before)"
                         logger.info("\(t.logName): attached to \(vm) as \(a.id) in \(ms(since: t.since)), \(once)")
@@ -1178,6 +1185,7 @@ public actor Daemon {
                     }
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
+                    if error.isTimeout, backend.type == .crosvm, case .usb(let d) = attempted { t.unsettled = (vm, d) }
                     if error.isNotRunning, backends[vm] !== backend {
                         // The backend a reload retired meanwhile: its process is gone, which says
                         // nothing of the VM's new socket (before, the VM was taken as down for good).
@@ -1235,6 +1243,7 @@ public actor Daemon {
                             logger.error("\(t.logName): attach to \(vm) failed: \(error)\(then)")
                         }
                     }
+                    await settleUnknownAttach(t)
                     await deauthorizeAfterVM(t, vm: vm)
                     await giveBackDriver(t)
                     return
@@ -1294,6 +1303,18 @@ public actor Daemon {
         }
         t.guestWait = w
         return true
+    }
+
+    /// A crosvm attach killed at its deadline (`Tracked.unsettled`) whose device will not be
+    /// attached there after all (it left the host, goes elsewhere, or failed for good; not while
+    /// it is tried again): the backend frees the port the attach may have filled, so that the
+    /// device is not left in the VM. (Before, it stayed there, and the backend's mark of it could
+    /// make a later device at the same bus and address be taken for it.)
+    func settleUnknownAttach(_ t: Tracked) async {
+        guard let u = t.unsettled, t.guestWait == nil, t.attachment == nil,
+              !t.present || t.failed || t.target != u.vm || t.device != .usb(u.device) else { return }
+        t.unsettled = nil
+        await backends[u.vm]?.abandonAttach(u.device)
     }
 
     /// The device no longer waits for its VM's guest: its timer is cancelled.

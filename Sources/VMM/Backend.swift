@@ -151,6 +151,11 @@ public protocol VMBackend: Actor {
     /// Whether the VM still has the device of `attachment` (after a detach whose wait for
     /// the guest ended without an answer, or an attach that was not answered).
     func holds(_ attachment: Attachment) async throws(VMError) -> Bool
+    /// An attach of `device` that ended without the VM's answer will not be tried again (the
+    /// device left the host, goes elsewhere, or its attach failed for good): what it may have
+    /// put in the VM is taken out. (crosvm: an attach killed at its deadline whose `usb list`
+    /// was killed too; QEMU's attaches are followed by their id instead.)
+    func abandonAttach(_ device: USBDevice) async
     /// The attachment an attach of `device` makes, when it is known without the VM's answer
     /// (QEMU: vhotplug's id); nil when only the VM can tell (crosvm's port).
     nonisolated func attachment(for device: HostDevice) -> Attachment?
@@ -172,6 +177,8 @@ extension VMBackend {
     }
 
     public nonisolated func attachment(for device: HostDevice) -> Attachment? { nil }
+
+    public func abandonAttach(_ device: USBDevice) async {}
 
     public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? { nil }
 

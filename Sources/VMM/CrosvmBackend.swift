@@ -312,6 +312,35 @@ public actor CrosvmBackend: VMBackend {
         }
     }
 
+    /// The device of an attach whose outcome crosvm never told (`attachUnknown`) will not be
+    /// attached here: a port that holds it (its vendor and product, not filled by vhotplug) is
+    /// freed, so that it is not left in the VM; and it is no longer unknown, so that a later
+    /// device at its bus and address is not taken for it. A list that fails leaves the port.
+    public func abandonAttach(_ device: USBDevice) async {
+        let identity = [device.bus, device.devnum]
+        guard attachUnknown.contains(identity) else { return }
+        await lock.acquire()
+        defer { lock.release() }
+        guard attachUnknown.remove(identity) != nil else { return }
+        let listed: [Attachment]
+        do throws(VMError) {
+            listed = try await list()
+        } catch {
+            logger.warning("VM \(name): cannot list its ports to free what an attach of \(device.sysName) killed at its deadline may have left: \(error)")
+            return
+        }
+        let kept = unclaimedPorts(of: device, in: listed)
+        if kept.isEmpty {
+            logger.info("VM \(name): no port holds \(device.sysName) after its attach killed at its deadline; nothing to free")
+            return
+        }
+        let freed = await freeKept(listed.filter { Int($0.id).map(kept.contains) == true },
+                                   why: "since an attach killed at its deadline, and \(device.sysName) will not be attached there")
+        for port in freed.sorted() {
+            logger.info("VM \(name): freed port \(port), which an attach of \(device.sysName) killed at its deadline had filled")
+        }
+    }
+
     /// After `no_available_port`: frees a port crosvm kept for this device
     /// anyway. Returns the ports in use, or nil when listing failed.
     private func reclaimRefusedPort(_ device: USBDevice) async -> Set<Int>? {
@@ -348,15 +377,17 @@ public actor CrosvmBackend: VMBackend {
         }
     }
 
-    /// Detaches `kept`, ports crosvm kept for attaches it refused (the guest was not up).
-    /// Returns the ports freed; those it could not free are in `unfreed` for the next try.
-    private func freeKept(_ kept: [Attachment]) async -> Set<Int> {
+    /// Detaches `kept`, ports crosvm kept for attaches it refused (the guest was not up), or
+    /// (`why`) that an attach killed at its deadline left. Returns the ports freed; those it
+    /// could not free are in `unfreed` for the next try.
+    private func freeKept(_ kept: [Attachment],
+                          why: String = "although it refused the attach (no_available_port, guest not up yet)") async -> Set<Int> {
         var freed: Set<Int> = []
         for a in kept {
             guard let port = Int(a.id) else { continue }
             // (Debug: while the guest boots, each try of the daemon's does this.)
             let what = "\(a.usbVendor.map(hex4) ?? "?"):\(a.usbProduct.map(hex4) ?? "?")"
-            logger.debug("VM \(name): crosvm kept \(what) on port \(port) although it refused the attach (no_available_port, guest not up yet); freeing that port")
+            logger.debug("VM \(name): crosvm kept \(what) on port \(port) \(why); freeing that port")
             do throws(VMError) {
                 let command = "usb detach \(port)"
                 let (answer, result) = try await crosvm(["detach", String(port), socketPath], step: command)

@@ -178,6 +178,35 @@ struct DaemonCrosvmTests {
         #expect(try vm.list() == "devices 1 046d c52b")
     }
 
+    @Test("a device unplugged after its crosvm attach was killed at the deadline, and the usb list after it too: the port that attach filled is freed once crosvm answers (before, the device stayed in the VM)")
+    func killedAttachThenUnplugged() async throws {
+        let tb = await Testbed.make()
+        let vm = try CrosvmVM()
+        let attachHangs = vm.dir + "/attach-hangs", nextListHangs = vm.dir + "/next-list-hangs"
+        // While its flag is there an attach attaches through the double, then hangs until it is
+        // killed; the first list after its flag is made hangs (the flag goes), later ones answer.
+        let config = try vm.configWithWrapper("""
+            if [ "$2" = attach ] && [ -e "\(attachHangs)" ]; then "\(CrosvmVM.double)" "$@"; exec sleep 30; fi
+            if [ "$2" = list ] && [ -e "\(nextListHangs)" ]; then rm -f "\(nextListHangs)"; exec sleep 30; fi
+            exec "\(CrosvmVM.double)" "$@"
+            """)
+        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb, environment: ["VHOTPLUG_CROSVM_TIMEOUT": "2"])
+        try d.waitFor("; listening (")
+        FileManager.default.createFile(atPath: attachHangs, contents: nil)
+        FileManager.default.createFile(atPath: nextListHangs, contents: nil)
+        try tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("crosvm usb attach /dev/bus/usb/001/004 did not finish within 2 s; killed it")
+        #expect(try vm.list() == "devices 1 046d c52b")
+        // Unplugged while the list that should tell whether the attach went through hangs.
+        let mark = d.mark
+        tb.unplug(receiverPath)
+        try d.waitFor("unplugged", from: mark)
+        // (Should the list end before the unplug is seen, the device is tried again, found on port 1 and detached.)
+        let (_, how) = try d.waitFor(anyOf: ["freed port 1, which an attach of 1-2 killed at its deadline had filled",
+                                             "detached from vm2 (1)"], from: mark)
+        #expect(try vm.list() == "devices", "after \(how)")
+    }
+
     /// A crosvm VM whose guest has not started its USB driver, the receiver's rules sending it
     /// there, the daemon started (`-d`) and the receiver plugged: the daemon has begun to wait.
     func receiverForBootingGuest(environment: [String: String] = [:]) async throws -> (Testbed, CrosvmVM, DaemonProcess) {

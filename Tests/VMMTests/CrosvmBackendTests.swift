@@ -110,6 +110,19 @@ func usbDevice(_ n: Int, node: String, vendor: UInt16 = 0x046d, product: UInt16 
               port: n, portPath: [n], vendorId: vendor, productId: product, devnode: node)
 }
 
+/// A crosvm whose control loop hangs while `flag` (made here) is there: an attach attaches
+/// through the double, then hangs until it is killed, and a list hangs. Without the flag it is the double.
+func hungCrosvm(_ vm: CrosvmVM) throws -> (crosvm: String, flag: String) {
+    let flag = vm.dir + "/hung"
+    FileManager.default.createFile(atPath: flag, contents: nil)
+    let crosvm = try script(vm.dir, "slow", """
+        if [ "$2" = attach ] && [ -e "\(flag)" ]; then "\(crosvmDouble)" "$@"; exec sleep 30; fi
+        if [ "$2" = list ] && [ -e "\(flag)" ]; then exec sleep 30; fi
+        exec "\(crosvmDouble)" "$@"
+        """)
+    return (crosvm, flag)
+}
+
 /// A small executable script in `dir`.
 func script(_ dir: String, _ name: String, _ body: String) throws -> String {
     let path = dir + "/" + name
@@ -528,14 +541,7 @@ struct CrosvmBackendTests {
     func killedAttachUnknown() async throws {
         let vm = try CrosvmVM()
         let host = try LoopHost()
-        // Attaches through the double, then hangs until it is killed; its list hangs while the flag file is there.
-        let flag = vm.dir + "/list-hangs"
-        FileManager.default.createFile(atPath: flag, contents: nil)
-        let slow = try script(vm.dir, "slow", """
-            if [ "$2" = attach ]; then "\(crosvmDouble)" "$@"; exec sleep 30; fi
-            if [ "$2" = list ] && [ -e "\(flag)" ]; then exec sleep 30; fi
-            exec "\(crosvmDouble)" "$@"
-            """)
+        let (slow, flag) = try hungCrosvm(vm)
         let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
         let b = backend(vm, host, crosvm: slow, timeout: 0.5)
         let e = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
@@ -546,6 +552,35 @@ struct CrosvmBackendTests {
         let a = try await b.attachUSB(dev)
         #expect(a.id == "1")
         #expect(try vm.cli("list") == "devices 1 046d c52b")
+    }
+
+    @Test("such an attach abandoned (the device left the host): the port it filled is freed; when crosvm cannot list it, the mark goes all the same, and a later device at that bus and address is not taken for it")
+    func killedAttachAbandoned() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        let (slow, flag) = try hungCrosvm(vm)
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
+        let b = backend(vm, host, crosvm: slow, timeout: 0.5)
+        _ = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
+        #expect(try vm.cli("list") == "devices 1 046d c52b")
+        // crosvm answers again; the device has left the host.
+        try FileManager.default.removeItem(atPath: flag)
+        await b.abandonAttach(dev)
+        #expect(try vm.cli("list") == "devices")
+        await b.abandonAttach(dev) // (nothing left to do: no list)
+
+        // Again, with crosvm still hung when the device leaves.
+        FileManager.default.createFile(atPath: flag, contents: nil)
+        _ = await failure { () async throws(VMError) in _ = try await b.attachUSB(dev) }
+        #expect(try vm.cli("list") == "devices 1 046d c52b")
+        await b.abandonAttach(dev) // its list is killed: port 1 stays
+        try FileManager.default.removeItem(atPath: flag)
+        // Another device of the same kind at the same bus and address: attached on a port of its
+        // own, not taken for the one on port 1.
+        let next = usbDevice(2, node: try vm.node("mouse2", vendor: 0x046d, product: 0xc52b), vendor: 0x046d, product: 0xc52b)
+        let a = try await b.attachUSB(next)
+        #expect(a.id == "2")
+        #expect(try vm.cli("list") == "devices 1 046d c52b 2 046d c52b")
     }
 
     @Test("a crosvm that logs more than 1 MiB around its answer: the answer is read, the device taken as attached (not left on a port the backend does not know)",
