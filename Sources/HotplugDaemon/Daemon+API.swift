@@ -42,8 +42,8 @@ extension Daemon: ControlService {
         let file = StateFile(path: general.statePath)
         api.stateFile = file
         api.state = file.load(logger: logger)
-        if !api.state.chosenVms.isEmpty || !api.state.disconnected.isEmpty {
-            logger.info("state \(general.statePath): \(api.state.chosenVms.count) chosen VMs, \(api.state.disconnected.count) devices detached by the user")
+        if !api.state.chosenVms.isEmpty || !api.state.disconnected.isEmpty || !api.state.suspended.isEmpty {
+            logger.info("state \(general.statePath): \(api.state.chosenVms.count) chosen VMs, \(api.state.disconnected.count) devices detached by the user, \(api.state.suspended.count) suspended")
         }
     }
 
@@ -150,6 +150,25 @@ extension Daemon: ControlService {
         if !api.selecting.isEmpty { await lastListenerGone() }
     }
 
+    /// At start: devices a suspend took before vhotplug restarted (the state file) are suspended
+    /// again, so that `-a` leaves them on the host and a resume gives them back; the marks of
+    /// devices no longer connected go, as an unplug's would have.
+    func restoreSuspended(_ found: [HostDevice]) {
+        guard !api.state.suspended.isEmpty else { return }
+        var seen = Set<String>()
+        for device in found {
+            let id = Self.identity(device)
+            guard let vm = api.state.suspended[id], let key = Self.key(device) else { continue }
+            api.suspended[key] = vm
+            seen.insert(id)
+        }
+        let gone = Set(api.state.suspended.keys).subtracting(seen)
+        guard !gone.isEmpty else { return }
+        for id in gone { api.state.suspended[id] = nil }
+        logger.info("\(gone.count) devices suspended before vhotplug restarted are no longer connected: decided afresh when plugged")
+        Task(executorPreference: loop) { await self.saveState() }
+    }
+
     // MARK: Hooks from the engine
 
     /// Where a device that appears (or whose rules changed) should go: nowhere when the
@@ -158,6 +177,11 @@ extension Daemon: ControlService {
     func initialWant(_ key: String, _ t: Tracked) -> String? {
         let candidates = t.decision.candidateVms
         guard let first = t.decision.targetVm ?? candidates.first else { return nil }
+        if let vm = api.suspended[key] {
+            // (Only a device a suspend before a restart of vhotplug took: one unplugged since is not.)
+            logger.info("\(t.logName): suspended (for \(vm)) before vhotplug restarted; stays on the host until resumed")
+            return nil
+        }
         let id = Self.identity(t.device)
         if api.state.disconnected.contains(id) {
             logger.info("\(t.logName): detached by the user earlier; stays on the host until attached through the API")
@@ -471,11 +495,23 @@ extension Daemon: ControlService {
         return APIReply.failed(text)
     }
 
+    /// Marks the device suspended (`vm`: the VM a resume gives it back to) or not (nil), here
+    /// and in the state, by its identity, so that a restart of vhotplug keeps it. True when the
+    /// state changed (the caller saves it).
+    @discardableResult
+    func setSuspended(_ key: String, _ t: Tracked, _ vm: String?) -> Bool {
+        api.suspended[key] = vm
+        let id = Self.identity(t.device)
+        guard api.state.suspended[id] != vm else { return false }
+        api.state.suspended[id] = vm
+        return true
+    }
+
     /// The device goes to `vm` now (an explicit request): no choice or suspension
     /// pending for it any more, and a fresh try.
     func aim(_ key: String, _ t: Tracked, at vm: String) {
         api.selecting.remove(key)
-        api.suspended[key] = nil
+        setSuspended(key, t, nil)
         t.want = vm
         t.failed = false
         t.lastError = nil
@@ -489,7 +525,7 @@ extension Daemon: ControlService {
         for (key, t) in targets {
             api.state.disconnected.insert(Self.identity(t.device))
             api.selecting.remove(key)
-            api.suspended[key] = nil
+            setSuspended(key, t, nil)
             t.want = nil
             t.since = .now()
             t.detachAgain = true
@@ -509,10 +545,11 @@ extension Daemon: ControlService {
     func suspendOrResume(usb: Bool, vm: String?, resume: Bool) async -> JSONText {
         if let vm, configuration.vm(named: vm) == nil { return APIReply.failed("no VM named \(quoted(vm))") }
         var keys: [String] = []
+        var stateChanged = false
         for (key, t) in managed(usb: usb) {
             if resume {
                 guard let target = api.suspended[key], vm == nil || target == vm else { continue }
-                api.suspended[key] = nil
+                stateChanged = setSuspended(key, t, nil) || stateChanged
                 // Only where its rules may send it now (a reload may have changed them).
                 guard t.decision.candidateVms.contains(target) else { continue }
                 t.want = target
@@ -521,13 +558,15 @@ extension Daemon: ControlService {
                 // Where it goes (not where it is): a device whose attach is still running is
                 // suspended too, and one on its way out of its VM (detached by the user) is not.
                 guard let target = t.want, vm == nil || target == vm, !t.decision.options.skipOnSuspend else { continue }
-                api.suspended[key] = target
+                stateChanged = setSuspended(key, t, target) || stateChanged
                 t.want = nil
             }
             t.since = .now()
             keys.append(key)
             reconcile(key)
         }
+        // (Kept across a restart of vhotplug: a resume after it gives them back.)
+        if stateChanged { await saveState() }
         let verb = resume ? "resume" : "suspend"
         logger.info("API: \(verb) \(usb ? "USB" : "PCI")\(vm.map { " of \($0)" } ?? ""): \(resume ? "attaching" : "detaching") \(keys.count) devices")
         await settle(keys)

@@ -447,6 +447,7 @@ public actor Daemon {
         // on the interfaces there were, and its interfaces' events were not waited for: a
         // receiver read with its keyboard interface alone was never taken for the mouse it is.)
         var arriving: [String] = []
+        restoreSuspended(found)
         for device in found {
             guard let key = Self.key(device) else { continue }
             if case .usb = device, reader.usbInterfacesComing(sysPath: key) {
@@ -898,9 +899,11 @@ public actor Daemon {
 
     func deviceRemoved(_ sysPath: String) {
         if let p = pendingUSB.removeValue(forKey: sysPath) { loop.cancel(p.timer) }
-        // What a suspend remembered was of this device: one plugged at the same port later is decided afresh.
-        api.suspended[sysPath] = nil
         guard let t = devices[sysPath] else { return }
+        // What a suspend remembered was of this device: one plugged at the same port later is decided afresh.
+        if api.suspended[sysPath] != nil, setSuspended(sysPath, t, nil) {
+            Task(executorPreference: loop) { await self.saveState() }
+        }
         t.present = false
         t.want = nil
         t.since = .now()

@@ -6,24 +6,34 @@ import Glibc
 #endif
 
 /// What the user decided that outlives the daemon: the VM chosen for a device
-/// a rule lets several VMs take, and devices the user detached ("disconnected").
-/// Keys are device identities (`Daemon.identity`), stable across replugs.
+/// a rule lets several VMs take, devices the user detached ("disconnected"), and
+/// devices a suspend took out of their VM, with that VM (until the resume, or until
+/// they are unplugged). Keys are device identities (`Daemon.identity`), stable across replugs.
 public struct DaemonState: Sendable, Hashable {
     public var chosenVms: [String: String] = [:]
     public var disconnected: Set<String> = []
+    public var suspended: [String: String] = [:]
 
-    public init(chosenVms: [String: String] = [:], disconnected: Set<String> = []) {
+    public init(chosenVms: [String: String] = [:], disconnected: Set<String> = [], suspended: [String: String] = [:]) {
         self.chosenVms = chosenVms
         self.disconnected = disconnected
+        self.suspended = suspended
     }
 
-    /// `{"version": 1, "chosen_vms": {...}, "disconnected": [...]}`, keys sorted.
+    /// `{"version": 1, "chosen_vms": {...}, "disconnected": [...], "suspended": {...}}`, keys
+    /// sorted; `suspended` only when a device is (a file an older vhotplug reads the same).
     public var json: JSONText {
-        .object([
+        var members: [(String, JSONText)] = [
             ("version", .int(1)),
-            ("chosen_vms", .object(chosenVms.keys.sorted().map { ($0, .string(chosenVms[$0] ?? "")) })),
+            ("chosen_vms", Self.object(chosenVms)),
             ("disconnected", .array(disconnected.sorted().map(JSONText.string))),
-        ])
+        ]
+        if !suspended.isEmpty { members.append(("suspended", Self.object(suspended))) }
+        return .object(members)
+    }
+
+    private static func object(_ map: [String: String]) -> JSONText {
+        .object(map.keys.sorted().map { ($0, .string(map[$0] ?? "")) })
     }
 
     /// Parses the file's text; nil with the reason when it is not a state file.
@@ -38,13 +48,14 @@ public struct DaemonState: Sendable, Hashable {
             return .failure(StateFileError("expected \"version\": 1"))
         }
         var state = DaemonState()
-        if let m = top.member("chosen_vms") {
-            guard case .object(let o) = m.value.value else { return .failure(StateFileError("\"chosen_vms\": expected an object")) }
+        for (name, path) in [("chosen_vms", \DaemonState.chosenVms), ("suspended", \DaemonState.suspended)] {
+            guard let m = top.member(name) else { continue }
+            guard case .object(let o) = m.value.value else { return .failure(StateFileError("\"\(name)\": expected an object")) }
             for member in o.members {
                 guard case .string(let vm) = member.value.value else {
-                    return .failure(StateFileError("\"chosen_vms\".\(quoted(member.key)): expected a VM name"))
+                    return .failure(StateFileError("\"\(name)\".\(quoted(member.key)): expected a VM name"))
                 }
-                state.chosenVms[member.key] = vm
+                state[keyPath: path][member.key] = vm
             }
         }
         if let m = top.member("disconnected") {

@@ -496,6 +496,38 @@ struct DaemonAPITests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
+    @Test("what usb suspend took survives a daemon restart (state file): -a leaves it on the host, resume gives it back; one unplugged while vhotplug was down is decided afresh")
+    func restartKeepsSuspend() async throws {
+        let rig = try await APIRig()
+        func stateFile() throws -> String { try String(contentsOfFile: rig.statePath, encoding: .utf8) }
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        var d = try rig.daemon(["-a"])
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        #expect(try rig.cli(["usb", "suspend"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == [])
+        d.stop()
+        #expect(try stateFile().contains(#""suspended": {"#))
+
+        d = try rig.daemon(["-a"])
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": suspended (for vm1) before vhotplug restarted; stays on the host until resumed")
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(try rig.cli(["usb", "resume"]).status == 0)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try !stateFile().contains(#""suspended""#))
+
+        // Suspended again, and unplugged while vhotplug is down: its mark goes, and plugged again it is attached.
+        #expect(try rig.cli(["usb", "suspend"]).status == 0)
+        d.stop()
+        rig.tb.unplug(receiverPath)
+        d = try rig.daemon(["-a"])
+        try d.waitFor("1 devices suspended before vhotplug restarted are no longer connected: decided afresh when plugged")
+        let mark = d.mark
+        try rig.tb.add(record: receiverRecords(1))
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        d.stop()
+        #expect(try !stateFile().contains(#""suspended""#))
+    }
+
     @Test("a reload that changes a suspended device's rules does not attach it before the resume")
     func reloadWhileSuspended() async throws {
         let rig = try await APIRig()

@@ -20,7 +20,8 @@ struct StateFileTests {
         let dir = try stateFolder()
         let file = StateFile(path: dir + "/sub/deeper/vhotplug.state")
         #expect(file.load(logger: logger) == DaemonState())
-        let state = DaemonState(chosenVms: ["usb:046d:c52b:port=1-2": "vm2"], disconnected: ["usb:1234:5678:serial=A\"B"])
+        let state = DaemonState(chosenVms: ["usb:046d:c52b:port=1-2": "vm2"], disconnected: ["usb:1234:5678:serial=A\"B"],
+                                suspended: ["usb:046d:c077:port=1-3": "vm1"])
         try file.save(state)
         #expect(file.load(logger: logger) == state)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/sub/deeper") == ["vhotplug.state"])
@@ -52,6 +53,8 @@ struct StateFileTests {
         }
         #expect(reason(#"{"version": 1, "chosen_vms": {"a": 3}}"#) == #""chosen_vms"."a": expected a VM name"#)
         #expect(reason(#"{"version": 1, "disconnected": "a"}"#) == #""disconnected": expected an array"#)
+        #expect(reason(#"{"version": 1, "suspended": {"a": null}}"#) == #""suspended"."a": expected a VM name"#)
+        #expect(reason(#"{"version": 1, "suspended": []}"#) == #""suspended": expected an object"#)
         #expect(reason("{}") == #"expected "version": 1"#)
         #expect(reason(#"{"version": 1}"#) == nil)
     }
