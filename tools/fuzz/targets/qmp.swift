@@ -1,4 +1,4 @@
-// libFuzzer target: what QMPClient does with bytes from a QMP socket. The input is
+// libFuzzer target: what the VMs say. First, what QMPClient does with bytes from a QMP socket. The input is
 // cut into lines at LF; each line that is not blank is parsed with JSONParser and
 // classified with QMPMessage.from (greeting, reply, error reply, event, or garbage),
 // and the fields the backends read are read; QMPMessage.fastPath, the client's fast
@@ -7,9 +7,13 @@
 @testable import VMM
 import JSONKit
 
+//
+// Then the whole input as the stdout of a `crosvm usb ...` run (`CrosvmAnswer.parse`):
+// a port is 1-255, and a `devices` answer written back out parses to the same ports.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let buffer = UnsafeBufferPointer(start: data, count: size)
+    crosvmAnswer(String(decoding: buffer, as: UTF8.self))
     for line in buffer.split(separator: 0x0A, omittingEmptySubsequences: true) {
         if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { continue }
         var parser = JSONParser(bytes: Array(line))
@@ -65,4 +69,27 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+func crosvmAnswer(_ stdout: String) {
+    let answer = CrosvmAnswer.parse(stdout)
+    switch answer {
+    case .ok(let port):
+        if !(1...255).contains(port) { fatalError("crosvm: port \(port) out of range from \(Array(stdout.utf8))") }
+    case .devices(let entries):
+        let again = "devices" + entries.map { e in
+            " \(e.port) " + String(e.vendor, radix: 16).leftPadded(4) + " " + String(e.product, radix: 16).leftPadded(4)
+        }.joined()
+        guard entries.allSatisfy({ (1...255).contains($0.port) }), CrosvmAnswer.parse(again) == answer else {
+            fatalError("crosvm: devices answer does not read back: \(entries) from \(Array(stdout.utf8))")
+        }
+    case .cliError(let text), .unknown(let text):
+        _ = quoted(text, limit: 300)
+    default:
+        _ = answer.word
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }

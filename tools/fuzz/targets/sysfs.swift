@@ -2,7 +2,8 @@
 // host controls: capability bitmaps and the input kinds computed from them,
 // hex attributes, USB port names and the natural order of device names,
 // mountinfo (with its octal escapes), the quoting of device strings in messages,
-// and the USB `descriptors` file (binary: device and configuration descriptors).
+// the USB `descriptors` file (binary: device and configuration descriptors), and a
+// USB device's `uevent` (the fields an add event carries: BUSNUM, PRODUCT, TYPE, ...).
 //
 // The first byte picks the bus type and the quote limit; the rest is the text.
 // Its lines, in order, are read as the ev/key/rel/abs/sw/properties bitmaps.
@@ -20,6 +21,15 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     // configurations): what a device says of itself, read for unauthorized devices.
     let interfaces = USBDescriptors.firstConfigurationInterfaces(Array(bytes))
     if interfaces.count > 256 { fatalError("more interfaces than a configuration can hold: \(interfaces.count)") }
+
+    // The bytes as a USB device's uevent: what is read back out is what was read.
+    let k = KernelUSBFields(bytes: bytes)
+    if k.isComplete, let b = k.busnum, let d = k.devnum, let v = k.vendorId, let p = k.productId, let r = k.bcdDevice,
+       let c = k.deviceClass, let sc = k.deviceSubclass, let pr = k.deviceProtocol {
+        let hex = { (x: UInt16) in String(x, radix: 16) }
+        let again = KernelUSBFields(uevent: "BUSNUM=\(b)\nDEVNUM=\(d)\nPRODUCT=\(hex(v))/\(hex(p))/\(hex(r))\nTYPE=\(c)/\(sc)/\(pr)\n")
+        if again != k { fatalError("uevent fields do not read back: \(k) -> \(again)") }
+    }
 
     // Whole text as one attribute.
     _ = Bitmap(sysfs: text)
