@@ -178,8 +178,8 @@ extension Daemon: ControlService {
         let candidates = t.decision.candidateVms
         guard let first = t.decision.targetVm ?? candidates.first else { return nil }
         if let vm = api.suspended[key] {
-            // (Only a device a suspend before a restart of vhotplug took: one unplugged since is not.)
-            logger.info("\(t.logName): suspended (for \(vm)) before vhotplug restarted; stays on the host until resumed")
+            // (A device a suspend took before vhotplug restarted: one unplugged since is not.)
+            logger.info("\(t.logName): suspended (for \(vm)); stays on the host until resumed")
             return nil
         }
         let id = Self.identity(t.device)

@@ -329,12 +329,12 @@ public actor CrosvmBackend: VMBackend {
             logger.warning("VM \(name): cannot list its ports to free what an attach of \(device.sysName) killed at its deadline may have left: \(error)")
             return
         }
-        let kept = unclaimedPorts(of: device, in: listed)
-        if kept.isEmpty {
+        // (The first such port, as the attach would have taken it: `takeUnclaimedPort`.)
+        guard let kept = unclaimedPorts(of: device, in: listed).first else {
             logger.info("VM \(name): no port holds \(device.sysName) after its attach killed at its deadline; nothing to free")
             return
         }
-        let freed = await freeKept(listed.filter { Int($0.id).map(kept.contains) == true },
+        let freed = await freeKept(listed.filter { $0.id == String(kept) },
                                    why: "since an attach killed at its deadline, and \(device.sysName) will not be attached there")
         for port in freed.sorted() {
             logger.info("VM \(name): freed port \(port), which an attach of \(device.sysName) killed at its deadline had filled")
@@ -398,7 +398,7 @@ public actor CrosvmBackend: VMBackend {
                 freed.insert(port)
                 unfreed[port] = nil
             } catch {
-                logger.warning("VM \(name): could not free port \(port), which crosvm kept for a refused attach: \(error); tried again at the next attach")
+                logger.warning("VM \(name): could not free port \(port), which crosvm kept \(why): \(error); tried again at the next attach")
                 unfreed[port] = a
             }
         }
