@@ -18,18 +18,18 @@ private func kernelProbes(_ lab: Lab, _ address: String, driver: String = "e1000
 
 @Suite("VFIO: a device just added is rebound only after the kernel's first probe of it", .serialized)
 struct FirstProbeTests {
-    @Test("the device itself: the bind waits for its bind event (quiet window 60 s) and records e1000e as its driver")
+    // (The quiet window is an hour: a bind that waited for it instead of the event fails the time limit.)
+    @Test("the device itself: the bind waits for its bind event (quiet window an hour) and records e1000e as its driver",
+          .timeLimit(.minutes(1)))
     func waitsForOwnProbe() async throws {
-        let lab = try await Lab(records: [nicRecord, freshRecord(group: 13)], natural: [fresh: "e1000e"], probeQuiet: 60)
+        let lab = try await Lab(records: [nicRecord, freshRecord(group: 13)], natural: [fresh: "e1000e"], probeQuiet: 3600)
         defer { lab.stop() }
         await lab.binder.deviceEvent(action: "add", subsystem: "pci", sysPath: freshDevpath)
         let device = try lab.device(fresh)
-        let start = Deadline.now()
         let binder = lab.binder
         let binding = Task { try await binder.bind(device) }
         try kernelProbes(lab, fresh)
         let record = try await binding.value
-        #expect(Deadline.now().seconds(since: start) < 30, "ended by the bind event, not the window")
         #expect(record.members == [.init(address: fresh, originalDriver: "e1000e")], "kernel: \(lab.kernel.log)")
         #expect(lab.driver(fresh) == "vfio-pci")
         #expect(lab.writes.first == "/bus/pci/devices/\(fresh)/driver_override <- vfio-pci")
@@ -106,13 +106,13 @@ struct FirstProbeTests {
         #expect(left.waits == 0 && left.timers == 0)
     }
 
-    @Test("a device whose add the binder never saw (there at start) is not waited for")
+    @Test("a device whose add the binder never saw (there at start) is not waited for", .timeLimit(.minutes(1)))
     func presentAtStartNotWaited() async throws {
-        let lab = try await Lab(records: [nicRecord], probeQuiet: 60)
+        let lab = try await Lab(records: [nicRecord], probeQuiet: 3600)
         defer { lab.stop() }
-        let start = Deadline.now()
+        #expect(await lab.binder.devicesInFirstProbe == 0)
         _ = try await lab.binder.bind(try lab.device(nic))
-        #expect(Deadline.now().seconds(since: start) < 30)
+        #expect(lab.driver(nic) == "vfio-pci")
     }
 
     @Test("give-back of a device recorded with no driver that a driver took meanwhile: left on that driver, no error")
