@@ -35,9 +35,13 @@ release: deps-build
 	$(SWIFT) build -c release --static-swift-stdlib
 
 ## test: every test: unit and umockdev tests (swift test), then the real-kernel lab.
-test: test-unit
-	$(MAKE) test-fuzz
-	$(MAKE) test-lab
+## The time each part took is printed at the end (the whole must stay under 15 minutes).
+test:
+	@start=$$(date +%s); \
+	$(MAKE) test-unit && unit=$$(date +%s) && \
+	$(MAKE) test-fuzz && fuzz=$$(date +%s) && \
+	$(MAKE) test-lab && lab=$$(date +%s) && \
+	echo "make test: passed in $$((lab - start)) s (unit $$((unit - start)) s, fuzz $$((fuzz - unit)) s, lab $$((lab - fuzz)) s)"
 
 ## test-unit: the Swift tests. They run under umockdev's preload: a testbed's
 ## uevents reach other processes (vhotplug, QEMU) only from a preloaded sender.
