@@ -1704,6 +1704,7 @@ public actor Daemon {
             reconcile(key)
         }
         reloadAuthorization(wasActive: authorizationWasActive)
+        logger.debug("reload: every device decided again, USB authorization applied")
         // A VM that is new, or has another socket or type, is looked at afresh: what was known
         // of its old socket says nothing (its new one may be there already, with no inotify event
         // to come).

@@ -285,5 +285,15 @@ extension Daemon {
         guard authorization != nil, t.present, t.attachment == nil, case .usb(let d) = t.device,
               !d.isHub, !hostAllows(d), reader.usbAuthorized(sysPath: d.sysPath) == true else { return }
         await authorizer.set(d, authorized: false, why: "it left \(vm)", logger, on: loop)
+        // The kernel unconfigures the device inside that write, and a reload may come meanwhile:
+        // one that turned USB authorization off, or let a hostAllow entry match the device, saw it
+        // still authorized and left it. It goes back on the host (before, it stayed off until a
+        // replug). A device on its way to a VM again is authorized by its attach.
+        guard t.present, t.attachment == nil, t.device == .usb(d) else { return }
+        let why = authorization == nil ? "USB authorization was turned off during its de-authorization"
+                : hostAllows(d) ? "a hostAllow entry matches it since its de-authorization began" : nil
+        if let why, reader.usbAuthorized(sysPath: d.sysPath) == false {
+            await authorizer.set(d, authorized: true, why: why, logger, on: loop)
+        }
     }
 }

@@ -434,6 +434,38 @@ struct DaemonAuthorizationTests {
         #expect(rig.attribute(receiverDevpath, "authorized") == "1")
     }
 
+    @Test("a reload during a de-authorization's write (the kernel unconfigures the device inside it) that turns the feature off, or lets a hostAllow entry match: once the write is over, the device is authorized again (before, it stayed off the host until a replug)",
+          arguments: [(#"{"enable": false}"#, "USB authorization was turned off during its de-authorization"),
+                      (#"{"enable": true, "hostAllow": [{"vendorId": "046d"}]}"#, "a hostAllow entry matches it since its de-authorization began")])
+    func reloadDuringDeauthorization(auth: String, why: String) async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        // Writes of the receiver's `authorized` are held while the gate file exists (Tests/Doubles/slow-open.c).
+        let gate = rig.qemu.dir + "/gate"
+        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowOpenLibrary() + ":" + umockdevPreload(),
+                                             "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        // A reload that sends it nowhere: it leaves vm1, and its de-authorization is held.
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        var mark = d.mark
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "ffff"}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("slow-open: holding ", from: mark)
+        // The reload under test, while the write is under way: it finds the device still authorized.
+        mark = d.mark
+        try rig.write(auth: auth, allow: #"{"vendorId": "ffff"}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("reload: every device decided again, USB authorization applied", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        #expect(!d.log[mark...].contains { $0.contains("authorized on the host") })
+        // The write ends.
+        try FileManager.default.removeItem(atPath: gate)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host (\(why))", from: mark)
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        #expect(d.log[mark...].contains { $0.contains("de-authorized on the host (it left vm1)") })
+    }
+
     @Test("a failing sysfs write is logged with its path and errno, and stops nothing")
     func failingWriteIsLogged() async throws {
         let rig = try await AuthRig()
