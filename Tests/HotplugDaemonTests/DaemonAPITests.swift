@@ -188,6 +188,31 @@ struct DaemonAPITests {
         #expect(aside.count == 1)
     }
 
+    @Test("the state file is written off the event loop: while its write is held (a slow disk), the daemon answers other requests; the detach that asked for it is answered once it is on disk",
+          .timeLimit(.minutes(1)))
+    func stateWriteOffLoop() async throws {
+        let rig = try await APIRig()
+        // Opens for writing of the state's temporary file are held while the gate exists (Tests/Doubles/slow-open.c).
+        let gate = rig.qemu.dir + "/gate"
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
+                                  environment: ["LD_PRELOAD": try slowOpenLibrary() + ":" + umockdevPreload(),
+                                                "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/.vhotplug.state.tmp"])
+        try d.waitFor("; listening (")
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        let detach = Task.detached { try rig.cli(["usb", "detach", "--tag", "mouse"]) }
+        try d.waitFor("slow-open: holding ")
+        // The loop goes on: the device leaves vm1, and another client is answered.
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)")
+        let listed = try rig.list()
+        #expect(listed.first?["disconnected"] as? Bool == true, "\(listed)")
+        try FileManager.default.removeItem(atPath: gate)
+        let reply = try await detach.value
+        #expect(reply.status == 0, "\(reply)")
+        #expect(try String(contentsOfFile: rig.statePath, encoding: .utf8).contains("usb:046d:c52b:"))
+    }
+
     @Test("allowedVms: no client listening -> the first VM; a listener gets usb_select_vm and chooses; the choice is kept")
     func selectVM() async throws {
         let (rig, vm2, d) = try await APIRig.allowedVMsWithReceiverInVM1()
