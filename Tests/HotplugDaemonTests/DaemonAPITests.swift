@@ -192,17 +192,17 @@ struct DaemonAPITests {
           .timeLimit(.minutes(1)))
     func stateWriteOffLoop() async throws {
         let rig = try await APIRig()
-        // Opens for writing of the state's temporary file are held while the gate exists (Tests/Doubles/slow-open.c).
+        // Opens for writing of the state's temporary file are held while the gate exists (Tests/Doubles/slow-store.c).
         let gate = rig.qemu.dir + "/gate"
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
-                                  environment: ["LD_PRELOAD": try slowOpenLibrary() + ":" + umockdevPreload(),
+                                  environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
                                                 "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/.vhotplug.state.tmp"])
         try d.waitFor("; listening (")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         FileManager.default.createFile(atPath: gate, contents: nil)
         let detach = Task.detached { try rig.cli(["usb", "detach", "--tag", "mouse"]) }
-        try d.waitFor("slow-open: holding ")
+        try d.waitFor("slow-store: holding ")
         // The loop goes on: the device leaves vm1, and another client is answered.
         try d.waitFor("detached from vm1 (vhp-usb-1-2)")
         let listed = try rig.list()

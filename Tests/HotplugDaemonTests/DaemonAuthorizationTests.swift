@@ -64,10 +64,12 @@ struct AuthRig {
     }
 
     /// Plugs the receiver as an unauthorized device arrives: its device record only
-    /// (no interfaces, no driver), `authorized` 0 and no active configuration.
-    func plugUnauthorizedReceiver() throws {
+    /// (no interfaces, no driver), `authorized` 0 and no active configuration. `round`: plugged
+    /// again, at the next address (`receiverRecords`).
+    func plugUnauthorizedReceiver(round: Int = 0) throws {
         let text = try String(contentsOfFile: fixtures + "/logitech-unifying.umockdev", encoding: .utf8)
-        let device = text.components(separatedBy: "\n\n").first { $0.hasPrefix("P: " + receiverDevpath + "\n") }!
+        let device = round == 0 ? text.components(separatedBy: "\n\n").first { $0.hasPrefix("P: " + receiverDevpath + "\n") }!
+                                : try receiverRecords(round, interfaces: false)
         let record = device.split(separator: "\n").filter { !$0.hasPrefix("L: driver=") && !$0.hasPrefix("E: DRIVER=") }
             .joined(separator: "\n")
             .replacingOccurrences(of: "A: authorized=1\\n", with: "A: authorized=0\\n")
@@ -440,9 +442,9 @@ struct DaemonAuthorizationTests {
     func reloadDuringDeauthorization(auth: String, why: String) async throws {
         let rig = try await AuthRig()
         try rig.write(auth: #"{"enable": true}"#)
-        // Writes of the receiver's `authorized` are held while the gate file exists (Tests/Doubles/slow-open.c).
+        // Writes of the receiver's `authorized` are held while the gate file exists (Tests/Doubles/slow-store.c).
         let gate = rig.qemu.dir + "/gate"
-        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowOpenLibrary() + ":" + umockdevPreload(),
+        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
                                              "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
         try rig.plugUnauthorizedReceiver()
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
@@ -451,19 +453,46 @@ struct DaemonAuthorizationTests {
         var mark = d.mark
         try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "ffff"}"#)
         d.signal(SIGHUP)
-        try d.waitFor("slow-open: holding ", from: mark)
+        try d.waitFor("slow-store: holding ", from: mark)
         // The reload under test, while the write is under way: it finds the device still authorized.
         mark = d.mark
         try rig.write(auth: auth, allow: #"{"vendorId": "ffff"}"#)
         d.signal(SIGHUP)
+        // (It found the device authorized: the kernel's file reads 1 during the store; umockdev's, opened with
+        // O_TRUNC by the held write, reads empty, which the daemon takes as authorized too.)
         try d.waitFor("reload: every device decided again, USB authorization applied", from: mark)
-        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
         #expect(!d.log[mark...].contains { $0.contains("authorized on the host") })
         // The write ends.
         try FileManager.default.removeItem(atPath: gate)
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": authorized on the host (\(why))", from: mark)
         #expect(rig.attribute(receiverDevpath, "authorized") == "1")
         #expect(d.log[mark...].contains { $0.contains("de-authorized on the host (it left vm1)") })
+    }
+
+    @Test("replugged while its authorization for vm1 is written (the kernel configures it inside the write): the device there now is attached, at its own address, not the one that left")
+    func repluggedDuringAuthorization() async throws {
+        let rig = try await AuthRig()
+        try rig.write(auth: #"{"enable": true}"#)
+        let gate = rig.qemu.dir + "/gate"
+        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
+                                             "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        let mark = d.mark
+        try rig.plugUnauthorizedReceiver()
+        try d.waitFor("slow-store: holding ", from: mark)
+        // Unplugged and plugged again (address 5) while the write is held.
+        rig.tb.unplug(receiverPath)
+        let unplugged = try d.waitFor("unplugged", from: mark)
+        try rig.plugUnauthorizedReceiver(round: 1)
+        try d.waitFor("stays unauthorized on the host until it is attached to vm1", from: unplugged)
+        try FileManager.default.removeItem(atPath: gate)
+        try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark)
+        // The held write went with the device that left: the new one was authorized on its own.
+        #expect(d.log[mark...].filter { $0.contains("authorized on the host (going to vm1)") }.count == 2, "\(d.log[mark...])")
+        #expect(rig.attribute(receiverDevpath, "authorized") == "1")
+        #expect(d.log[mark...].contains { $0.contains(#""hostbus":1,"hostaddr":5"#) })
+        #expect(!d.log[mark...].contains { $0.contains(#""hostaddr":4"#) }, "\(d.log[mark...])")
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
     @Test("a failing sysfs write is logged with its path and errno, and stops nothing")

@@ -165,18 +165,18 @@ public func spawnAndWait(_ argv: [String], environment: [String: String], output
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-/// `Tests/Doubles/slow-open.c` built as a preload library (once per test process): the
+/// `Tests/Doubles/slow-store.c` built as a preload library (once per test process): the
 /// kernel's slow sysfs stores, held while a gate file exists (see the file). The first C
 /// compiler found is used: cc, gcc, clang, or the Swift toolchain's clang.
-public func slowOpenLibrary() throws -> String {
-    let out = NSTemporaryDirectory() + "/vhotplug-slow-open-\(getpid()).so"
+public func slowStoreLibrary() throws -> String {
+    let out = NSTemporaryDirectory() + "/vhotplug-slow-store-\(getpid()).so"
     if FileManager.default.fileExists(atPath: out) { return out }
     let swiftClang = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/clang"
     let candidates = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang", "/opt/swift/usr/bin/clang", swiftClang]
     guard let compiler = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw TestbedError(message: "no C compiler to build Tests/Doubles/slow-open.c: install the Debian package gcc")
+        throw TestbedError(message: "no C compiler to build Tests/Doubles/slow-store.c: install the Debian package gcc")
     }
-    let r = try run([compiler, "-shared", "-fPIC", "-O1", "-o", out, Repository.root + "/Tests/Doubles/slow-open.c", "-ldl"])
-    guard r.status == 0 else { throw TestbedError(message: "\(compiler) could not build slow-open.c: \(r.stderr)") }
+    let r = try run([compiler, "-shared", "-fPIC", "-O1", "-o", out, Repository.root + "/Tests/Doubles/slow-store.c", "-ldl"])
+    guard r.status == 0 else { throw TestbedError(message: "\(compiler) could not build slow-store.c: \(r.stderr)") }
     return out
 }
