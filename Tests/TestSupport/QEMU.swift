@@ -171,12 +171,15 @@ public func spawnAndWait(_ argv: [String], environment: [String: String], output
 public func slowStoreLibrary() throws -> String {
     let out = NSTemporaryDirectory() + "/vhotplug-slow-store-\(getpid()).so"
     if FileManager.default.fileExists(atPath: out) { return out }
-    let swiftClang = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/clang"
-    let candidates = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang", "/opt/swift/usr/bin/clang", swiftClang]
+    let candidates = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang", "/opt/swift/usr/bin/clang"]
     guard let compiler = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
         throw TestbedError(message: "no C compiler to build Tests/Doubles/slow-store.c: install the Debian package gcc")
     }
-    let r = try run([compiler, "-shared", "-fPIC", "-O1", "-o", out, Repository.root + "/Tests/Doubles/slow-store.c", "-ldl"])
-    guard r.status == 0 else { throw TestbedError(message: "\(compiler) could not build slow-store.c: \(r.stderr)") }
+    // Built aside and renamed: a test that asks meanwhile never loads half a library.
+    let building = out + ".\(UUID().uuidString)"
+    let r = try run([compiler, "-shared", "-fPIC", "-O1", "-o", building, Repository.root + "/Tests/Doubles/slow-store.c", "-ldl"])
+    guard r.status == 0, rename(building, out) == 0 else {
+        throw TestbedError(message: "\(compiler) could not build slow-store.c: \(r.stderr)")
+    }
     return out
 }
