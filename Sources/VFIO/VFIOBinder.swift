@@ -391,12 +391,12 @@ public actor VFIOBinder {
 
     private func moveToVFIO(_ m: BindRecord.Member) async throws(VFIOError) {
         let a = m.address
-        try write(Self.vfioDriver, to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
+        try await write(Self.vfioDriver, to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
         if let driver = m.originalDriver {
-            try write(a, to: driverPath(driver) + "/unbind", device: a, step: .unbind)
+            try await write(a, to: driverPath(driver) + "/unbind", device: a, step: .unbind)
             try await waitForDriver(a, nil, step: .waitForUnbind, seconds: timeout)
         }
-        try write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
+        try await write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
         try await waitForDriver(a, Self.vfioDriver, step: .waitForDriver, seconds: timeout)
     }
 
@@ -424,7 +424,7 @@ public actor VFIOBinder {
 
     private func giveBack(_ m: BindRecord.Member) async throws(VFIOError) {
         let a = m.address
-        try write(m.originalOverride ?? "\n", to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
+        try await write(m.originalOverride ?? "\n", to: devicePath(a) + "/driver_override", device: a, step: .driverOverride)
         let current = try currentDriver(a)
         if current == m.originalDriver { return }
         if let current {
@@ -438,19 +438,25 @@ public actor VFIOBinder {
                 throw VFIOError(device: a, step: .unbind, cause: .refused(
                     "bound to \(current), neither vfio-pci nor its old driver (\(m.originalDriver ?? "none")): left alone"))
             }
-            try write(a, to: driverPath(current) + "/unbind", device: a, step: .unbind)
+            try await write(a, to: driverPath(current) + "/unbind", device: a, step: .unbind)
             try await waitForDriver(a, nil, step: .waitForUnbind, seconds: restoreTimeout)
         }
         if let original = m.originalDriver {
-            try write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
+            try await write(a, to: sysfs.path("/bus/pci/drivers_probe"), device: a, step: .driversProbe)
             try await waitForDriver(a, original, step: .waitForDriver, seconds: restoreTimeout)
         }
     }
 
-    private func write(_ value: String, to path: String, device: String, step: VFIOError.Step) throws(VFIOError) {
-        do { try io.write(value, to: path) } catch {
-            throw VFIOError(device: device, step: step, cause: .system(error))
+    /// One sysfs store, on a thread of its own (`EventLoop.runBlocking`): the kernel runs the
+    /// driver's remove or probe inside the write (a GPU driver's can take seconds, and vfio-pci's
+    /// remove waits for the VM that holds the device), and the loop must go on meanwhile: other
+    /// devices' events, other VMs, the API. The binder's lock keeps its own steps in order.
+    private func write(_ value: String, to path: String, device: String, step: VFIOError.Step) async throws(VFIOError) {
+        let io = self.io
+        let failure = await loop.runBlocking { () -> SysfsIOError? in
+            do throws(SysfsIOError) { try io.write(value, to: path); return nil } catch { return error }
         }
+        if let failure { throw VFIOError(device: device, step: step, cause: .system(failure)) }
         logger.trace("wrote \(quote(value)) to \(path)")
     }
 

@@ -201,6 +201,7 @@ struct DaemonAPITests {
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         FileManager.default.createFile(atPath: gate, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         let detach = Task.detached { try rig.cli(["usb", "detach", "--tag", "mouse"]) }
         try d.waitFor("slow-store: holding ")
         // The loop goes on: the device leaves vm1, and another client is answered.

@@ -450,6 +450,7 @@ struct DaemonAuthorizationTests {
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         // A reload that sends it nowhere: it leaves vm1, and its de-authorization is held.
         FileManager.default.createFile(atPath: gate, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         var mark = d.mark
         try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "ffff"}"#)
         d.signal(SIGHUP)
@@ -477,6 +478,7 @@ struct DaemonAuthorizationTests {
         let d = try rig.daemon(environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
                                              "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
         FileManager.default.createFile(atPath: gate, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         let mark = d.mark
         try rig.plugUnauthorizedReceiver()
         try d.waitFor("slow-store: holding ", from: mark)

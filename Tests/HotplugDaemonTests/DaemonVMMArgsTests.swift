@@ -265,6 +265,39 @@ struct DaemonVMMArgsTests {
         withExtendedLifetime(vm2) {}
     }
 
+    @Test("the VFIO rebind's sysfs stores run off the event loop: while the kernel is inside the GPU driver's unbind (held here), a keyboard plugged meanwhile is sent to vm1; then the rebind goes on",
+          .timeLimit(.minutes(1)))
+    func rebindOffLoop() async throws {
+        let rig = try await VMMArgsRig(pci: true)
+        let qemu = try rig.qemu()
+        // Writes to nouveau's `unbind` are held while the gate exists (Tests/Doubles/slow-store.c): the
+        // kernel runs the driver's remove inside that write, which takes seconds for some GPU drivers.
+        let gate = rig.dir + "/gate"
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
+                                  environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
+                                                "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/nouveau/unbind"])
+        try d.waitFor("; listening (")
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        let kernel = try rig.gpuWithPlayedKernel(probed: true)
+        // (A failed test kills the daemon before the played kernel stops: a daemon whose loop is in a
+        // write to the kernel's FIFOs would wait for a reader that is gone, and the test with it.)
+        defer {
+            kill(d.process.processIdentifier, SIGKILL)
+            try? FileManager.default.removeItem(atPath: gate)
+            kernel.stop()
+        }
+        try d.waitFor("slow-store: holding ")
+        // The loop goes on: the keyboard's event is handled and its device_add goes to vm1.
+        try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
+        try d.waitFor(#""driver":"virtio-input-host-pci","evdev":"/dev/input/event0","id":"vhp-evdev-input0-event0""#)
+        #expect(rig.driver("0000:01:00.0") == "nouveau")
+        // The store ends: the group reaches vfio-pci (vm1 then has no root port for it: they are kept for input devices).
+        try FileManager.default.removeItem(atPath: gate)
+        try kernel.waitFor("bind 0000:01:00.0 to vfio-pci")
+        try d.waitFor("pci 0000:01:00.0 10de:1f06: on vfio-pci (IOMMU group 2, 2 devices)")
+        withExtendedLifetime(qemu) {}
+    }
+
     @Test("a GPU taken as attached to a silent vm1, whose IOMMU group a reload puts in conflict: when vm1's socket goes, the group goes back to its host drivers")
     func conflictFreedWhenVMGoes() async throws {
         let rig = try await VMMArgsRig(pci: true)
