@@ -195,8 +195,7 @@ struct DaemonAPITests {
         // Opens for writing of the state's temporary file are held while the gate exists (Tests/Doubles/slow-store.c).
         let gate = rig.qemu.dir + "/gate"
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
-                                  environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
-                                                "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/.vhotplug.state.tmp"])
+                                  environment: try slowStoreEnvironment(gate: gate, suffix: "/.vhotplug.state.tmp"))
         try d.waitFor("; listening (")
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("attached to vm1 as vhp-usb-1-2")

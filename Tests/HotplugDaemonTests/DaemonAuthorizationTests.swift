@@ -444,8 +444,7 @@ struct DaemonAuthorizationTests {
         try rig.write(auth: #"{"enable": true}"#)
         // Writes of the receiver's `authorized` are held while the gate file exists (Tests/Doubles/slow-store.c).
         let gate = rig.qemu.dir + "/gate"
-        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
-                                             "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
+        let d = try rig.daemon(environment: try slowStoreEnvironment(gate: gate, suffix: "/1-2/authorized"))
         try rig.plugUnauthorizedReceiver()
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         // A reload that sends it nowhere: it leaves vm1, and its de-authorization is held.
@@ -475,8 +474,7 @@ struct DaemonAuthorizationTests {
         let rig = try await AuthRig()
         try rig.write(auth: #"{"enable": true}"#)
         let gate = rig.qemu.dir + "/gate"
-        let d = try rig.daemon(environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
-                                             "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/1-2/authorized"])
+        let d = try rig.daemon(environment: try slowStoreEnvironment(gate: gate, suffix: "/1-2/authorized"))
         FileManager.default.createFile(atPath: gate, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         let mark = d.mark

@@ -274,8 +274,7 @@ struct DaemonVMMArgsTests {
         // kernel runs the driver's remove inside that write, which takes seconds for some GPU drivers.
         let gate = rig.dir + "/gate"
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb,
-                                  environment: ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
-                                                "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": "/nouveau/unbind"])
+                                  environment: try slowStoreEnvironment(gate: gate, suffix: "/nouveau/unbind"))
         try d.waitFor("; listening (")
         FileManager.default.createFile(atPath: gate, contents: nil)
         let kernel = try rig.gpuWithPlayedKernel(probed: true)

@@ -165,10 +165,17 @@ public func spawnAndWait(_ argv: [String], environment: [String: String], output
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-/// `Tests/Doubles/slow-store.c` built as a preload library (once per test process): the
-/// kernel's slow sysfs stores, held while a gate file exists (see the file). The first C
-/// compiler found is used: cc, gcc, clang, or the Swift toolchain's clang.
-public func slowStoreLibrary() throws -> String {
+/// A daemon's environment with the kernel's slow stores played (`Tests/Doubles/slow-store.c`,
+/// before umockdev's preload): a write to a file whose path ends in `suffix` waits while
+/// `gate` exists.
+public func slowStoreEnvironment(gate: String, suffix: String) throws -> [String: String] {
+    ["LD_PRELOAD": try slowStoreLibrary() + ":" + umockdevPreload(),
+     "VHOTPLUG_TEST_SLOW_GATE": gate, "VHOTPLUG_TEST_SLOW_SUFFIX": suffix]
+}
+
+/// `Tests/Doubles/slow-store.c` built as a preload library (once per test process). The
+/// first C compiler found is used: cc, gcc, clang, or the Swift toolchain's clang.
+func slowStoreLibrary() throws -> String {
     let out = NSTemporaryDirectory() + "/vhotplug-slow-store-\(getpid()).so"
     if FileManager.default.fileExists(atPath: out) { return out }
     let candidates = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang", "/opt/swift/usr/bin/clang"]
