@@ -1188,7 +1188,9 @@ public actor Daemon {
                     }
                     announceAttached(t, vm: vm)
                 } catch let error as VMError {
-                    if error.isTimeout, backend.type == .crosvm, case .usb(let d) = attempted { t.unsettled = (vm, d) }
+                    // crosvm killed at its deadline (its VM's control loop busy or hung): it may have attached it.
+                    let crosvmSilent = error.isTimeout && backend.type == .crosvm
+                    if crosvmSilent, case .usb(let d) = attempted { t.unsettled = (vm, d) }
                     if error.isNotRunning, backends[vm] !== backend {
                         // The backend a reload retired meanwhile: its process is gone, which says
                         // nothing of the VM's new socket (before, the VM was taken as down for good).
@@ -1226,10 +1228,9 @@ public actor Daemon {
                         continue
                     } else if error.isGuestNotReady, waitForGuest(key, t, vm: vm) {
                         t.lastError = "\(error); vhotplug tries again while the guest boots"
-                    } else if error.isTimeout, backend.type == .crosvm, waitForGuest(key, t, vm: vm, silent: true) {
-                        // crosvm killed at its deadline (its VM's control loop busy or hung): tried again
-                        // as for a guest that boots; the next try finds the device on a port if this one
-                        // put it there after all. (Before, it failed until something changed.)
+                    } else if crosvmSilent, waitForGuest(key, t, vm: vm, silent: true) {
+                        // Tried again as for a guest that boots; the next try finds the device on a port
+                        // if this one put it there after all. (Before, it failed until something changed.)
                         t.lastError = "\(error); vhotplug tries again"
                     } else {
                         t.failed = true

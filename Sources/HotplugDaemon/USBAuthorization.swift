@@ -161,18 +161,15 @@ struct USBAuthorizer {
         logger.error("USB authorization: cannot write \"\(value)\" to \(path): \(error.errnoText) (errno \(error.errno))")
     }
 
-    /// The same, with the write on a helper thread (`EventLoop.runBlocking`): the
+    /// The same, with the write on a helper thread (`SysfsIO.write(_:to:off:)`): the
     /// kernel configures or unconfigures the device inside it (155-260 ms for a keyboard
     /// in the TCG lab), and the loop must not wait for that.
     @discardableResult
     func set(_ device: USBDevice, authorized: Bool, why: String, _ logger: Logger, on loop: EventLoop) async -> Bool {
         let start = Deadline.now()
-        let io = self.io, value = authorized ? "1" : "0", path = sysfs.path(device.sysPath + "/authorized")
-        let failure = await loop.runBlocking { () -> SysfsIOError? in
-            do throws(SysfsIOError) { try io.write(value, to: path); return nil } catch { return error }
-        }
-        if let failure {
-            Self.logFailure(value, path, failure, logger)
+        let value = authorized ? "1" : "0", path = sysfs.path(device.sysPath + "/authorized")
+        do { try await io.write(value, to: path, off: loop) } catch {
+            Self.logFailure(value, path, error, logger)
             return false
         }
         logSet(device, authorized: authorized, why: why, since: start, logger)

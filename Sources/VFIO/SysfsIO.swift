@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import Reactor
 import Synchronization
 
 /// A sysfs (or /dev) call that failed: which call, on which path, with which
@@ -87,6 +88,18 @@ public protocol SysfsIO: Sendable {
     func linkName(_ path: String) throws(SysfsIOError) -> String?
     /// True when something exists at `path` (links followed); false on `ENOENT`.
     func exists(_ path: String) throws(SysfsIOError) -> Bool
+}
+
+extension SysfsIO {
+    /// `write(_:to:)` on a thread of its own (`EventLoop.runBlocking`): the kernel does the
+    /// store's work inside the write (a driver's remove or probe, a USB device configured or
+    /// unconfigured), and the loop must go on meanwhile.
+    public func write(_ value: String, to path: String, off loop: EventLoop) async throws(SysfsIOError) {
+        let failure = await loop.runBlocking { () -> SysfsIOError? in
+            do throws(SysfsIOError) { try self.write(value, to: path); return nil } catch { return error }
+        }
+        if let failure { throw failure }
+    }
 }
 
 /// The real calls: open/write/close, readlink, access.

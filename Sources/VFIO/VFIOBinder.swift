@@ -447,16 +447,14 @@ public actor VFIOBinder {
         }
     }
 
-    /// One sysfs store, on a thread of its own (`EventLoop.runBlocking`): the kernel runs the
+    /// One sysfs store, on a thread of its own (`SysfsIO.write(_:to:off:)`): the kernel runs the
     /// driver's remove or probe inside the write (a GPU driver's can take seconds, and vfio-pci's
     /// remove waits for the VM that holds the device), and the loop must go on meanwhile: other
     /// devices' events, other VMs, the API. The binder's lock keeps its own steps in order.
     private func write(_ value: String, to path: String, device: String, step: VFIOError.Step) async throws(VFIOError) {
-        let io = self.io
-        let failure = await loop.runBlocking { () -> SysfsIOError? in
-            do throws(SysfsIOError) { try io.write(value, to: path); return nil } catch { return error }
+        do { try await io.write(value, to: path, off: loop) } catch {
+            throw VFIOError(device: device, step: step, cause: .system(error))
         }
-        if let failure { throw VFIOError(device: device, step: step, cause: .system(failure)) }
         logger.trace("wrote \(quote(value)) to \(path)")
     }
 

@@ -336,8 +336,8 @@ public actor CrosvmBackend: VMBackend {
         }
         let freed = await freeKept(listed.filter { $0.id == String(kept) },
                                    why: "since an attach killed at its deadline, and \(device.sysName) will not be attached there")
-        for port in freed.sorted() {
-            logger.info("VM \(name): freed port \(port), which an attach of \(device.sysName) killed at its deadline had filled")
+        if freed.contains(kept) {
+            logger.info("VM \(name): freed port \(kept), which an attach of \(device.sysName) killed at its deadline had filled")
         }
     }
 
