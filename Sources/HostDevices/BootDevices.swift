@@ -87,7 +87,7 @@ public struct BootDevices: Sendable, Hashable {
 
     /// Reads mountinfo and resolves each boot filesystem to the sysfs paths of
     /// its block devices: every member of a btrfs filesystem, an overlay's layers,
-    /// then down through device-mapper and md `slaves` links and NVMe multipath
+    /// then from a partition to its disk, down through device-mapper and md `slaves` links and NVMe multipath
     /// subsystems (to their controllers). One that cannot be resolved (zfs), no `/`
     /// in mountinfo, or mountinfo unreadable, is put in `unresolved`.
     public static func read(sysfs: Sysfs, mountInfoPath: String = "/proc/self/mountinfo", fstabPath: String = "/etc/fstab") -> BootDevices {
@@ -113,6 +113,12 @@ public struct BootDevices: Sendable, Hashable {
         while let next = queue.popLast() {
             guard let real = Sysfs.realPath(next), seen.insert(real).inserted else { continue }
             result.append(relative(real, sysfs))
+            // A partition of a stacked or virtual disk (md126p2 of an IMSM RAID, loop0p1): its disk
+            // has the `slaves` and the `loop` folder, not the partition. A disk's partition lies in
+            // its disk's folder, so the folder above is the disk.
+            if access(real + "/partition", F_OK) == 0, let slash = real.lastIndex(of: "/") {
+                queue.append(String(real[..<slash]))
+            }
             // Stacked devices (LVM, dm-crypt, md): follow them down to the disks.
             for slave in Sysfs.list(real + "/slaves") { queue.append(real + "/slaves/" + slave) }
             // A loop device below them (a live system's device-mapper snapshot over loop devices):

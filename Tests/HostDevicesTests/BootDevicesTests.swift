@@ -197,6 +197,42 @@ struct BootDevicesTests {
         #expect(!boot.isHeld(by: FakeBlockSysfs.sata))
     }
 
+    @Test("a root on a partition of an md RAID (IMSM's md126p2), or LVM on one: the array's disks are held, found through the whole array's slaves (a partition has none)")
+    func partitionedRaid() throws {
+        let sys = try FakeBlockSysfs()
+        let fm = FileManager.default
+        let md = "/devices/virtual/block/md126"
+        try sys.disk("md126", devno: "9:126", at: md, partitions: [2: "259:10", 3: "259:11"], separator: "p")
+        try fm.createDirectory(atPath: sys.root + md + "/slaves", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: sys.root + md + "/slaves/sda", withDestinationPath: "../../../../.." + FakeBlockSysfs.sata + "/ata1/host0/target0:0:0/0:0:0:0/block/sda")
+        try fm.createSymbolicLink(atPath: sys.root + md + "/slaves/sdb", withDestinationPath: "../../../../.." + FakeBlockSysfs.usbDisk + "/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb")
+        let direct = try sys.read(["22 1 259:10 / / rw,relatime shared:1 - ext4 /dev/md126p2 rw"])
+        #expect(direct.isHeld(by: FakeBlockSysfs.usbDisk) && direct.isHeld(by: FakeBlockSysfs.sata) && direct.unresolved.isEmpty, "\(direct)")
+        #expect(!direct.isHeld(by: FakeBlockSysfs.nvme) && !direct.isHeld(by: FakeBlockSysfs.mouse))
+        // LVM on the array's third partition: dm-0's slave is the partition.
+        try sys.disk("dm-0", devno: "253:0", at: "/devices/virtual/block/dm-0", partitions: [:])
+        try fm.createDirectory(atPath: sys.root + "/devices/virtual/block/dm-0/slaves", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: sys.root + "/devices/virtual/block/dm-0/slaves/md126p3", withDestinationPath: "../../md126/md126p3")
+        let lvm = try sys.read(["22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg-root rw"])
+        #expect(lvm.isHeld(by: FakeBlockSysfs.usbDisk) && lvm.isHeld(by: FakeBlockSysfs.sata) && lvm.unresolved.isEmpty, "\(lvm)")
+        #expect(!lvm.isHeld(by: FakeBlockSysfs.nvme))
+    }
+
+    @Test("a root on a partition of a partitioned loop device (losetup -P) whose file is on a USB disk: the disk is held")
+    func partitionedLoop() throws {
+        let sys = try FakeBlockSysfs()
+        let loop = "/devices/virtual/block/loop3"
+        try sys.disk("loop3", devno: "7:3", at: loop, partitions: [1: "259:20"], separator: "p")
+        try FileManager.default.createDirectory(atPath: sys.root + loop + "/loop", withIntermediateDirectories: true)
+        try "/media/stick/disk.img\n".write(toFile: sys.root + loop + "/loop/backing_file", atomically: true, encoding: .utf8)
+        let boot = try sys.read([
+            "22 1 259:20 / / rw,relatime shared:1 - ext4 /dev/loop3p1 rw",
+            "25 22 8:17 / /media/stick rw,relatime shared:5 - vfat /dev/sdb1 rw",
+        ])
+        #expect(boot.isHeld(by: FakeBlockSysfs.usbDisk) && boot.unresolved.isEmpty, "\(boot)")
+        #expect(!boot.isHeld(by: FakeBlockSysfs.sata))
+    }
+
     @Test("a live system's root (overlay over a squashfs on loop0, whose file is on a USB stick): the stick is held")
     func liveSystem() throws {
         let sys = try FakeBlockSysfs()
