@@ -341,7 +341,18 @@ public actor VFIOBinder {
                 throw VFIOError(device: peer, step: .readState, cause: .refused("its class \(quote(classText)) is not a PCI class"))
             }
             if cls >> 16 == 0x06 {
-                logger.debug("\(peer), a bridge in IOMMU group \(group), is left on its driver")
+                // A bridge stays on the host. vfio can take the group only while every device of it
+                // that stays has no driver or one that leaves the IOMMU to its owner (pcieport,
+                // pci-stub): an ISA/LPC bridge on lpc_ich (00:1f.0, with a PCH's audio, SMBus and SPI
+                // flash) makes the group unusable. Refused here, before the SMBus and the flash
+                // controller are taken off the host for a device_add that cannot succeed.
+                let driver = try currentDriver(peer)
+                if let driver, !Self.groupSafeBridgeDrivers.contains(driver) {
+                    throw refuse("IOMMU group \(group) also holds \(peer), a bridge (class 0x\(String(repeating: "0", count: max(0, 6 - String(cls, radix: 16).count)) + String(cls, radix: 16))) "
+                        + "that stays on the host on its driver \(driver): vfio-pci cannot take a group while a host "
+                        + "driver has one of its devices")
+                }
+                logger.debug("\(peer), a bridge in IOMMU group \(group), is left \(driver.map { "on \($0)" } ?? "without a driver")")
                 continue
             }
             if let hold = bootHold(peer) {
@@ -352,6 +363,10 @@ public actor VFIOBinder {
         }
         return (group, members.sorted())
     }
+
+    /// Drivers of a bridge that may stay on the host in a group given to vfio-pci: they leave
+    /// the group's IOMMU to its owner (the kernel's `driver_managed_dma`).
+    static let groupSafeBridgeDrivers: Set<String> = ["pcieport", "pci-stub", vfioDriver]
 
     /// Why a PCI function is kept on the host, or nil: it serves a block device when its
     /// address is a component of the block device's sysfs path (addresses are unique, domain included).

@@ -171,6 +171,36 @@ struct VFIOBinderTests {
         #expect(!lab.writes.contains { $0.contains("0000:05:00.0") })
     }
 
+    @Test("a bridge of the group on a host driver that keeps the IOMMU (an ISA bridge on lpc_ich, with a PCH's audio and SMBus): refused before anything is written (before, the SMBus went to vfio-pci for a device_add that could not succeed); with no driver it is left")
+    func hostBoundBridgeInGroup() async throws {
+        let records = [
+            endpointRecord(address: "0000:00:1f.0", group: 11, driver: "lpc_ich", cls: "0x060100"),
+            endpointRecord(address: "0000:00:1f.3", group: 11, driver: "snd_hda_intel", cls: "0x040300"),
+            endpointRecord(address: "0000:00:1f.4", group: 11, driver: "i801_smbus", cls: "0x0c0500"),
+        ]
+        let lab = try await Lab(records: records)
+        defer { lab.stop() }
+        await #expect(throws: VFIOError.self) { try await lab.binder.bind(try lab.device("0000:00:1f.3")) }
+        do { _ = try await lab.binder.bind(try lab.device("0000:00:1f.3")) } catch {
+            #expect("\(error)".contains("0000:00:1f.0") && "\(error)".contains("lpc_ich") && "\(error)".contains("0x060100"), "\(error)")
+        }
+        #expect(lab.writes.isEmpty, "\(lab.writes)")
+        #expect(lab.driver("0000:00:1f.3") == "snd_hda_intel" && lab.driver("0000:00:1f.4") == "i801_smbus")
+    }
+
+    @Test("the same ISA bridge without a driver does not stand in the way: the group's endpoints move, the bridge is left")
+    func unboundBridgeInGroup() async throws {
+        let lab = try await Lab(records: [
+            endpointRecord(address: "0000:00:1f.0", group: 11, driver: nil, cls: "0x060100"),
+            endpointRecord(address: "0000:00:1f.3", group: 11, driver: "snd_hda_intel", cls: "0x040300"),
+            endpointRecord(address: "0000:00:1f.4", group: 11, driver: "i801_smbus", cls: "0x0c0500"),
+        ])
+        defer { lab.stop() }
+        let record = try await lab.binder.bind(try lab.device("0000:00:1f.3"))
+        #expect(record.members.map(\.address) == ["0000:00:1f.3", "0000:00:1f.4"])
+        #expect(!lab.writes.contains { $0.contains("0000:00:1f.0") })
+    }
+
     @Test("restore after success: every member back on its driver, driver_override empty, /dev/vfio/2 gone")
     func restoreAfterBind() async throws {
         let lab = try await Lab(fixture: "pci-gpu-audio.umockdev")
