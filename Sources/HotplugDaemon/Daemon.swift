@@ -342,7 +342,8 @@ public actor Daemon {
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: crosvmProgram(configuration),
                                                   loop: loop, logger: logger, timeout: crosvmTimeout,
-                                                  recordPath: options.crosvmRecordDirectory + "/" + CrosvmBackend.recordFileName(vm: vm.name, socket: vm.socket))
+                                                  recordPath: options.crosvmRecordDirectory + "/" + CrosvmBackend.recordFileName(vm: vm.name, socket: vm.socket),
+                                                  sysfsRoot: options.sysfsRoot)
                 }
             }
             watcher?.watch(vm.socket)

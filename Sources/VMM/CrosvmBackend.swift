@@ -82,6 +82,8 @@ public actor CrosvmBackend: VMBackend {
     /// Port 16, which `usb list` never shows, was last freed by a detach of this backend (and not
     /// filled by an attach of it since): a USB 3 device can take it with ports 9-15 held.
     private var sixteenFree = false
+    /// The sysfs tree (`/sys`).
+    private let sysfsRoot: String
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
@@ -90,8 +92,10 @@ public actor CrosvmBackend: VMBackend {
     ///   - crosvmPath: the crosvm program (from the configuration; `crosvm` on PATH by default).
     ///   - timeout: seconds for each crosvm run before it is killed.
     ///   - recordPath: where the ports this backend attached are kept for a restarted daemon (nil: not kept).
+    ///   - sysfsRoot: the sysfs tree, where a USB device's descriptors are read (`hasFreePort`).
     public init(name: String, socketPath: String, crosvmPath: String = "crosvm", loop: EventLoop, logger: Logger,
-                timeout: Double = 5, recordPath: String? = nil) {
+                timeout: Double = 5, recordPath: String? = nil, sysfsRoot: String = "/sys") {
+        self.sysfsRoot = sysfsRoot
         self.name = name
         self.socketPath = socketPath
         self.crosvmPath = crosvmPath
@@ -485,11 +489,12 @@ public actor CrosvmBackend: VMBackend {
     }
 
     /// A USB device: whether a port of its kind is free. The kind is crosvm's: USB 3 when the
-    /// device descriptor's bcdUSB has 0x0300 set (its first bytes, read from the device node as
-    /// crosvm reads them), ports 9-16, of which `usb list` never shows 16, taken as held when 9-15
+    /// device descriptor's bcdUSB has 0x0300 set (as crosvm reads it from the device node; read
+    /// here from sysfs's copy, `descriptors`: opening or reading the node takes the device's lock,
+    /// which a reset or an authorization store holds, and wakes a suspended device), ports 9-16, of which `usb list` never shows 16, taken as held when 9-15
     /// are, as an attach refused then is (unless a detach of this backend's freed it since); USB 2 ports 1-8 otherwise. Nil when it cannot tell.
     public func hasFreePort(for device: HostDevice, busPrefix: String?) async -> Bool? {
-        guard case .usb(let d) = device, let bcdUSB = Self.bcdUSB(d.devnode) else { return nil }
+        guard case .usb(let d) = device, let bcdUSB = Self.bcdUSB(sysfsRoot + d.sysPath + "/descriptors") else { return nil }
         await lock.acquire()
         defer { lock.release() }
         guard let listed = try? await list() else { return nil }
@@ -499,7 +504,8 @@ public actor CrosvmBackend: VMBackend {
         return ports.contains { !held.contains($0) } || (usb3 && sixteenFree)
     }
 
-    /// bcdUSB of the device descriptor a USB device node starts with, or nil.
+    /// bcdUSB of the device descriptor a file starts with (a USB device node, or its device's
+    /// `descriptors` in sysfs), or nil.
     static func bcdUSB(_ node: String) -> UInt16? {
         let fd = open(node, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { return nil }

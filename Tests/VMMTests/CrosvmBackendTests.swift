@@ -138,7 +138,7 @@ struct CrosvmBackendTests {
     func backend(_ vm: CrosvmVM, _ host: LoopHost, crosvm: String = crosvmDouble, socket: String? = nil,
                  timeout: Double = 5) -> CrosvmBackend {
         CrosvmBackend(name: "vm1", socketPath: socket ?? vm.socketPath, crosvmPath: crosvm, loop: host.loop,
-                      logger: logger, timeout: timeout)
+                      logger: logger, timeout: timeout, sysfsRoot: vm.dir + "/sys")
     }
 
     func failure(_ body: () async throws(VMError) -> Void) async -> VMError? {
@@ -260,6 +260,9 @@ struct CrosvmBackendTests {
             if a.id == "16" { on16 = a }
         }
         let waiting = usbDevice(19, node: try vm.node("u3-9", vendor: 0x2000, product: 9, bcdUSB: 0x0300), vendor: 0x2000, product: 9)
+        // (Its kind, USB 3, is read from sysfs's copy of its descriptors.)
+        try FileManager.default.createDirectory(atPath: vm.dir + "/sys" + waiting.sysPath, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: waiting.devnode, toPath: vm.dir + "/sys" + waiting.sysPath + "/descriptors")
         let e = await failure { () async throws(VMError) in _ = try await b.attachUSB(waiting) }
         #expect(e?.isPortsFull == true)
         #expect(await b.hasFreePort(for: .usb(waiting), busPrefix: nil) == false)
