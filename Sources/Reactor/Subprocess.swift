@@ -128,6 +128,10 @@ private final class RunningProcess {
     /// closes it then even if it is not at its end.
     private func drain(_ fd: Int32, _ loop: EventLoop, toEnd: Bool = false) {
         var buf = [UInt8](repeating: 0, count: 4096)
+        // What an exited program wrote is in the pipe, which holds a MiB at most (fs.pipe-max-size):
+        // read to the end of that, not on while a child of its own that holds the pipe keeps writing
+        // (the loop would never get back to anything else).
+        var left = Self.limit
         while true {
             let n = read(fd, &buf, buf.count)
             if n > 0 {
@@ -135,8 +139,10 @@ private final class RunningProcess {
                 // Past the limit only the last part is kept (the answer is printed last); the program
                 // runs on: killed, it might have done its work unseen (crosvm, a device attached).
                 if let kept = output[fd], kept.count > 2 * Self.limit { output[fd]?.removeFirst(kept.count - Self.limit) }
-                if toEnd { continue }
-                return
+                if !toEnd { return }
+                left -= n
+                if left > 0 { continue }
+                break
             }
             if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EAGAIN && !toEnd { return }
