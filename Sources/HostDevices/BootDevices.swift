@@ -32,6 +32,19 @@ public struct BootDevices: Sendable, Hashable {
         return nil
     }
 
+    /// These and `other`'s together: what either holds stays held.
+    public func merging(_ other: BootDevices) -> BootDevices {
+        func union(_ a: [String], _ b: [String]) -> [String] { a + b.filter { !a.contains($0) } }
+        return BootDevices(paths: union(paths, other.paths), unresolved: union(unresolved, other.unresolved),
+                           disks: union(disks, other.disks))
+    }
+
+    /// The block devices, by name (`nvme0n1p2 nvme0n1`), and the unresolved filesystems, for a log line.
+    public var summary: String {
+        let names = paths.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
+        return (names.isEmpty ? "none" : names) + (unresolved.isEmpty ? "" : "; unresolved: " + unresolvedText)
+    }
+
     /// The unresolved boot filesystems in one phrase: `/ (zfs rpool/ROOT/pve-1) and /boot (zfs bpool/BOOT/pve)`.
     public var unresolvedText: String {
         unresolved.joined(separator: " and ")

@@ -22,7 +22,8 @@ public final class DeviceReader {
     private let usbIDs: USBIDs?
     /// nil: PCI devices without names (the daemon: its rules and logs use IDs; pci.ids costs 2 MB).
     private let pciNames: PCINames?
-    private let bootDevices: BootDevices
+    /// The devices behind `/` and `/boot`: a device read is held when it holds one (`bootHold`).
+    public var bootDevices: BootDevices
     /// libusb, for interface classes; nil: interfaces come from sysfs interface folders only
     /// (tests reading a testbed without umockdev's preload).
     private let libusb: LibUSBContext?

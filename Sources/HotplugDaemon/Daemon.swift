@@ -33,6 +33,10 @@ public struct DaemonOptions: Sendable {
     /// Where the ports vhotplug attached in each crosvm VM are kept (`/run/vhotplug/crosvm`, a
     /// file a VM and socket): a restarted daemon knows them from ports the user attached by hand.
     public var crosvmRecordDirectory: String = "/run/vhotplug/crosvm"
+    /// Where the boot filesystems are found (`/proc/self/mountinfo`, and `/etc/fstab` for an
+    /// automounted `/boot`). The mount table's changes are followed on `/proc/self/mountinfo`.
+    public var mountInfoPath = "/proc/self/mountinfo"
+    public var fstabPath = "/etc/fstab"
 
     public init(configPath: String, attachConnected: Bool = false, sysfsRoot: String = "/sys",
                 crosvmPath: String = "crosvm", interfaceWait: Double = 5,
@@ -195,6 +199,11 @@ public actor Daemon {
     let reader: DeviceReader
     /// Moves PCI devices (their whole IOMMU group) to vfio-pci and back.
     let binder: VFIOBinder
+    /// The devices behind the host's `/` and `/boot`, never passed through: read at start and at
+    /// each reload; a change of the mount table adds what it mounted there (see `mountsChanged`).
+    var boot: BootDevices
+    /// `/proc/self/mountinfo`, open for its change events (-1: not followed).
+    var mountTable: Int32 = -1
     var monitor: UdevMonitor?
     var watcher: PathWatcher?
     var signals: SignalSource?
@@ -245,20 +254,86 @@ public actor Daemon {
         self.loop = loop
         self.logger = logger
         let sysfs = Sysfs(root: options.sysfsRoot)
-        // The host's boot devices, read from mountinfo once for both users.
-        let boot = BootDevices.read(sysfs: sysfs)
-        if !boot.unresolved.isEmpty {
-            let names = boot.disks.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
-            logger.warning("""
-                the host's \(boot.unresolvedText) cannot be resolved to its disks: every disk there is now \
-                (\(names.isEmpty ? "none" : names)) stays on the host, with its USB device or PCI controller
-                """)
-        }
+        // The host's boot devices, read from mountinfo for both users.
+        let boot = BootDevices.read(sysfs: sysfs, mountInfoPath: options.mountInfoPath, fstabPath: options.fstabPath)
+        self.boot = boot
+        Self.warnUnresolved(boot, logger)
         // No PCI names: rules and log lines use IDs, and libpci's pci.ids list is 2 MB of memory.
         self.reader = DeviceReader(sysfs: sysfs, pciNames: nil, bootDevices: boot, inspectFacts: false)
         self.authorizer = USBAuthorizer(sysfs: sysfs, io: SystemSysfsIO(), recordPath: options.authorizationRecordPath)
         self.binder = VFIOBinder(loop: loop, sysfs: sysfs, bootDevices: boot,
                                  store: BindRecordStore(directory: options.vfioRecordDirectory), logger: logger)
+    }
+
+    static func warnUnresolved(_ boot: BootDevices, _ logger: Logger) {
+        guard !boot.unresolved.isEmpty else { return }
+        let names = boot.disks.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
+        logger.warning("""
+            the host's \(boot.unresolvedText) cannot be resolved to its disks: every disk there is now \
+            (\(names.isEmpty ? "none" : names)) stays on the host, with its USB device or PCI controller
+            """)
+    }
+
+    /// Follows the mount table's changes (a `/boot` mounted after the start, a root moved to
+    /// other disks): `/proc/self/mountinfo` reports each as `EPOLLPRI`.
+    func followMountTable() {
+        let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            logger.warning("cannot open /proc/self/mountinfo (\(String(cString: strerror(errno)))): boot filesystems mounted from now on are found at a reload only")
+            return
+        }
+        let error = loop.watch(fd, events: EPOLLPRI.rawValue) { [self] in
+            Task(executorPreference: self.loop) { await self.mountsChanged() }
+        }
+        guard error == 0 else {
+            close(fd)
+            logger.warning("cannot follow the mount table (epoll: \(String(cString: strerror(error)))): boot filesystems mounted from now on are found at a reload only")
+            return
+        }
+        mountTable = fd
+    }
+
+    /// Reads the boot devices again. `keep`: what was held stays held too (a filesystem unmounted
+    /// for a moment, a disk leaving the root's array, does not send its disk to a VM at once: a
+    /// reload, or a restart, lets it go). Returns whether the held devices changed; the reader, the
+    /// binder and each device followed have them then.
+    func readBootDevices(_ why: String, keep: Bool) -> Bool {
+        let read = BootDevices.read(sysfs: reader.sysfs, mountInfoPath: options.mountInfoPath, fstabPath: options.fstabPath)
+        let fresh = keep ? boot.merging(read) : read
+        guard fresh != boot else {
+            if keep, read != boot { logger.debug("\(why): boot filesystems on \(read.summary); the devices of those gone stay held until a reload") }
+            return false
+        }
+        logger.info("\(why): the host's boot filesystems are on \(fresh.summary) (were on \(boot.summary))")
+        if fresh.unresolved != boot.unresolved { Self.warnUnresolved(fresh, logger) }
+        boot = fresh
+        reader.bootDevices = fresh
+        // (A job queued now runs before any bind the decisions below start.)
+        let binder = self.binder
+        Task(executorPreference: loop) { await binder.setBootDevices(fresh) }
+        for (_, t) in devices where t.present { applyBootHold(t) }
+        return true
+    }
+
+    /// Sets whether a followed device holds a boot filesystem, as a reading of it would now.
+    func applyBootHold(_ t: Tracked) {
+        switch t.device {
+        case .usb(var d):
+            let hold = boot.hold(of: d.sysPath)
+            if hold != d.bootHold { d.bootHold = hold; t.device = .usb(d) }
+        case .pci(var d):
+            let hold = boot.hold(of: d.sysPath)
+            if hold != d.bootHold { d.bootHold = hold; t.device = .pci(d) }
+        case .input:
+            break
+        }
+    }
+
+    /// The mount table changed: boot filesystems mounted since are held, and devices that hold
+    /// one now are decided again (one in a VM leaves it).
+    func mountsChanged() {
+        guard readBootDevices("the mount table changed", keep: true) else { return }
+        decideAgain()
     }
 
     /// Starts: signals, the event monitor (before reading devices, so none is
@@ -295,6 +370,7 @@ public actor Daemon {
         }
         // (Its events wait in its socket until the first pass has read the devices: `followEvents`.)
         self.monitor = monitor
+        followMountTable()
         watcher = try PathWatcher(loop: loop) { [self] path, created in
             Task(executorPreference: self.loop) { await self.socketChanged(path, created: created) }
         }
@@ -1677,8 +1753,31 @@ public actor Daemon {
                 devices[key] = t
             }
         }
+        // The boot filesystems as they are now (what a change of the mount table kept held goes).
+        _ = readBootDevices("reload", keep: false)
         // A reload also follows what events did not say (the daemon was stopped, events were lost).
         rescan()
+        decideAgain(crosvmChanged: crosvmChanged)
+        reloadAuthorization(wasActive: authorizationWasActive)
+        logger.debug("reload: every device decided again, USB authorization applied")
+        // A VM that is new, or has another socket or type, is looked at afresh: what was known
+        // of its old socket says nothing (its new one may be there already, with no inotify event
+        // to come).
+        vmDown.formIntersection(next.vms.map(\.name))
+        for name in fresh {
+            vmDown.remove(name)
+            guard let path = backends[name]?.socketPath, access(path, F_OK) == 0 else { continue }
+            Task(executorPreference: loop) { await self.socketChanged(path, created: true) }
+        }
+        // Last: the API's switch waits (for the old listeners to close), and the rest of a
+        // reload is done without a wait, as one step of the loop.
+        await reloadGeneral(previous: previousGeneral)
+    }
+
+    /// Decides every present device again (the rules, or what they see, changed): one whose
+    /// decision changed moves. `crosvmChanged`: another crosvm program; what failed with the old
+    /// one is tried again.
+    func decideAgain(crosvmChanged: Bool = false) {
         for (key, t) in devices where t.present {
             let decision = decide(t.device)
             if decision != t.decision {
@@ -1705,20 +1804,6 @@ public actor Daemon {
             }
             reconcile(key)
         }
-        reloadAuthorization(wasActive: authorizationWasActive)
-        logger.debug("reload: every device decided again, USB authorization applied")
-        // A VM that is new, or has another socket or type, is looked at afresh: what was known
-        // of its old socket says nothing (its new one may be there already, with no inotify event
-        // to come).
-        vmDown.formIntersection(next.vms.map(\.name))
-        for name in fresh {
-            vmDown.remove(name)
-            guard let path = backends[name]?.socketPath, access(path, F_OK) == 0 else { continue }
-            Task(executorPreference: loop) { await self.socketChanged(path, created: true) }
-        }
-        // Last: the API's switch waits (for the old listeners to close), and the rest of a
-        // reload is done without a wait, as one step of the loop.
-        await reloadGeneral(previous: previousGeneral)
     }
 }
 

@@ -76,6 +76,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var writeWaiters: [Int32: Waiter] = [:]
     /// Persistent handlers (udev monitor, signals, inotify).
     private var handlers: [Int32: () -> Void] = [:]
+    /// The events a handler's fd is registered for, when not `EPOLLIN` (the mount table's `EPOLLPRI`).
+    private var handlerEvents: [Int32: UInt32] = [:]
     /// The events each fd is registered for in epoll; 0 for an fd that stays in the set
     /// disarmed: a one-shot wait's registration after its event (see `updateRegistration`).
     private var registered: [Int32: UInt32] = [:]
@@ -242,7 +244,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private func updateRegistration(_ fd: Int32) -> Int32 {
         let persistent = handlers[fd] != nil
         var want: UInt32 = 0
-        if readWaiters[fd] != nil || persistent { want |= EPOLLIN.rawValue }
+        if readWaiters[fd] != nil { want |= EPOLLIN.rawValue }
+        if persistent { want |= handlerEvents[fd] ?? EPOLLIN.rawValue }
         if writeWaiters[fd] != nil { want |= EPOLLOUT.rawValue }
         if want != 0 && !persistent { want |= EPOLLONESHOT.rawValue }
         let have = registered[fd]
@@ -334,20 +337,31 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             w.continuation.resume(throwing: LoopError.cancelled)
         }
         handlers[fd] = nil
+        handlerEvents[fd] = nil
         // A disarmed fd is left to the `close` that follows (it takes it out of the set).
         if registered[fd] == 0 { registered[fd] = nil }
         updateRegistration(fd)
     }
 
-    /// Calls `handler` on the loop's thread each time `fd` is readable, until `unwatch`.
-    public func watch(_ fd: Int32, _ handler: @escaping () -> Void) {
+    /// Calls `handler` on the loop's thread each time `fd` is readable (or has `events`:
+    /// `EPOLLPRI` for a change of the mount table, whose file is always readable), until `unwatch`.
+    /// Returns 0, or the errno of an `epoll_ctl` that failed (a file epoll cannot watch: EPERM).
+    @discardableResult
+    public func watch(_ fd: Int32, events: UInt32 = EPOLLIN.rawValue, _ handler: @escaping () -> Void) -> Int32 {
         precondition(thread == nil || inLoop, "watch must be called on the loop's thread")
         handlers[fd] = handler
-        updateRegistration(fd)
+        handlerEvents[fd] = events == EPOLLIN.rawValue ? nil : events
+        let error = updateRegistration(fd)
+        if error != 0 {
+            handlers[fd] = nil
+            handlerEvents[fd] = nil
+        }
+        return error
     }
 
     public func unwatch(_ fd: Int32) {
         handlers[fd] = nil
+        handlerEvents[fd] = nil
         updateRegistration(fd)
     }
 

@@ -46,7 +46,7 @@ public actor VFIOBinder {
 
     private let loop: EventLoop
     private let io: any SysfsIO
-    private let bootDevices: BootDevices
+    private var bootDevices: BootDevices
     private let logger: Logger
     private let waits: EventWaits
     private let lock = AsyncLock()
@@ -201,6 +201,12 @@ public actor VFIOBinder {
         do { try store.save(record) } catch {
             logger.warning("\(record.device): cannot keep its VFIO record (\(error)): a restarted vhotplug could not give IOMMU group \(record.group) back to its drivers")
         }
+    }
+
+    /// The devices behind `/` and `/boot` as they are now (the daemon read them again): a group
+    /// holding one is refused from now on.
+    public func setBootDevices(_ devices: BootDevices) {
+        bootDevices = devices
     }
 
     /// Returns once no bind or give-back is running (those asked before this call are over).

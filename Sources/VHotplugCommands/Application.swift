@@ -209,6 +209,9 @@ public struct Application: ParsableCommand {
                                                        "keeps the authorized_default values from before")
         options.crosvmRecordDirectory = absolutePath("VHOTPLUG_CROSVM_RECORDS", options.crosvmRecordDirectory,
                                                      "holds the ports vhotplug attached in crosvm VMs")
+        // Tests give the daemon a mount table of their own (its changes are still the host's).
+        options.mountInfoPath = absolutePath("VHOTPLUG_MOUNTINFO", options.mountInfoPath, "lists the mounts")
+        options.fstabPath = absolutePath("VHOTPLUG_FSTAB", options.fstabPath, "names an automounted /boot's device")
         let daemon = Daemon(options: options, configuration: configuration, loop: loop, logger: logger)
         let failure = StartFailure()
         // On the loop from the first job: the global executor (and its worker-pool
