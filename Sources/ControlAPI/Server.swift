@@ -36,6 +36,12 @@ public struct ServerLimits: Sendable {
     /// Connections at once over each transport (Unix, TCP, vsock); more are refused. Each
     /// transport has its own share: guests over vsock cannot take the host's Unix clients' places.
     public var maxConnections = 64
+    /// Connections at once from one party (a uid, a guest's CID): one client cannot take every
+    /// place of a transport with idle connections and lock the others out.
+    public var maxConnectionsPerParty = 16
+    /// Refused connections of one party are logged once in this many seconds (with how many
+    /// more there were): a guest or user that retries in a loop cannot flood the journal.
+    public var refusalLogInterval: Double = 60
 
     public init() {}
 }
@@ -69,6 +75,8 @@ public actor ControlServer {
     var service: (any ControlService)?
     var listeners: [(fd: Int32, transport: APITransport)] = []
     var connections: [Int32: Connection] = [:]
+    /// When a refused connection of each party was last logged, and how many were refused since.
+    var refusalsLogged: [String: (at: Deadline, more: Int)] = [:]
     /// Group whose members may connect over the Unix socket (besides root and the daemon's user).
     var allowedGroup: UInt32?
     var running = false
@@ -241,24 +249,43 @@ public actor ControlServer {
 
     func admit(_ fd: Int32, _ peer: APIPeer) {
         if let refusal = refusal(peer) {
-            logger.warning("API: refused connection from \(peer): \(refusal)")
-            observer?(peer, "refused: \(refusal)")
-            let line = APIReply.failed("permission denied: \(refusal)").rendered(.python) + "\n"
-            _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-            close(fd)
-            return
+            return refuse(fd, peer, refusal, error: "permission denied: \(refusal)")
         }
         let same = connections.values.reduce(0) { $0 + ($1.peer.transport == peer.transport ? 1 : 0) }
         if same >= limits.maxConnections {
-            logger.warning("API: refused connection from \(peer): already \(same) connections over \(peer.transport)")
-            observer?(peer, "refused: already \(same) connections over \(peer.transport)")
-            close(fd)
-            return
+            return refuse(fd, peer, "already \(same) connections over \(peer.transport)", error: "too many connections over \(peer.transport)")
+        }
+        let party = peer.party
+        let own = connections.values.reduce(0) { $0 + ($1.peer.party == party ? 1 : 0) }
+        if own >= limits.maxConnectionsPerParty {
+            return refuse(fd, peer, "already \(own) connections from \(party)", error: "too many connections from \(party) (\(own))")
         }
         let c = Connection(fd: fd, peer: peer)
         connections[fd] = c
         logger.debug("API: connection from \(peer)")
         Task(executorPreference: loop) { await self.readLoop(c) }
+    }
+
+    /// Refuses a connection: one error line to it, then closed. Logged once per
+    /// `refusalLogInterval` for each party, with the count of those refused meanwhile.
+    func refuse(_ fd: Int32, _ peer: APIPeer, _ why: String, error: String) {
+        observer?(peer, "refused: \(why)")
+        let line = APIReply.failed(error).rendered(.python) + "\n"
+        _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        close(fd)
+        let party = peer.party, now = Deadline.now()
+        if let last = refusalsLogged[party], now.seconds(since: last.at) < limits.refusalLogInterval {
+            refusalsLogged[party]?.more += 1
+            logger.debug("API: refused connection from \(peer): \(why)")
+            return
+        }
+        let more = refusalsLogged[party]?.more ?? 0
+        let earlier = more > 0 ? " (and \(more) more from \(party) before, not logged)" : ""
+        logger.warning("API: refused connection from \(peer): \(why)\(earlier)")
+        if refusalsLogged.count >= 1024 {
+            refusalsLogged = refusalsLogged.filter { now.seconds(since: $0.value.at) < limits.refusalLogInterval }
+        }
+        refusalsLogged[party] = (now, 0)
     }
 
     /// Why a peer may not connect, or nil (for tests and tools).
@@ -283,7 +310,12 @@ public actor ControlServer {
     func readLoop(_ c: Connection) async {
         var chunk = [UInt8](repeating: 0, count: 16384)
         while !c.closed {
-            do { try await loop.readable(c.fd) } catch { return }
+            do { try await loop.readable(c.fd) } catch LoopError.cancelled { return } catch {
+                // (epoll refused the fd: out of memory, max_user_watches.) Before, the connection
+                // stayed, and kept its place, until the daemon stopped.
+                drop(c, reason: "cannot wait for its requests: \(error)")
+                return
+            }
             if c.closed { return }
             let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
             if n == 0 {
@@ -401,7 +433,10 @@ public actor ControlServer {
             } catch LoopError.timeout {
                 drop(c, reason: "it read nothing for \(limits.writeTimeout) s")
                 return
+            } catch LoopError.cancelled {
+                return
             } catch {
+                drop(c, reason: "cannot wait to write to it: \(error)")
                 return
             }
             flush(c)

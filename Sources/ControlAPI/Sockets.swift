@@ -39,6 +39,16 @@ public enum APIPeer: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Who is at the other end, for limits shared by all of its connections: `uid 1000`,
+    /// `CID 3`, `tcp 127.0.0.1` (a pid, or a port, changes from one connection to the next).
+    public var party: String {
+        switch self {
+        case .unix(_, let uid, _): "uid \(uid)"
+        case .tcp(let address): "tcp " + (address.lastIndex(of: ":").map { String(address[..<$0]) } ?? address)
+        case .vsock(let cid, _): "CID \(cid)"
+        }
+    }
+
     public var description: String {
         switch self {
         case .unix(let pid, let uid, let gid): "pid \(pid) uid \(uid) gid \(gid)"

@@ -46,11 +46,12 @@ struct ServerRig {
     let path: String
     let drops = Drops()
 
-    init(limits: ServerLimits = ServerLimits(), settings: (String) -> APISettings = { APISettings(enable: true, unixSocket: $0) }) async throws {
+    init(limits: ServerLimits = ServerLimits(), settings: (String) -> APISettings = { APISettings(enable: true, unixSocket: $0) },
+         log: CapturedLog? = nil) async throws {
         host = try LoopHost()
         let dir = scratchPath("vhp-api")
         path = dir + "/api.sock"
-        let server = ControlServer(settings: settings(path), limits: limits, loop: host.loop, logger: Logger(label: "test"))
+        let server = ControlServer(settings: settings(path), limits: limits, loop: host.loop, logger: log?.logger() ?? Logger(label: "test"))
         self.server = server
         let drops = self.drops
         await server.observeDrops { _, reason in drops.add(reason) }
@@ -221,9 +222,53 @@ struct ServerTests {
         let first = try APIClient(path: rig.path), second = try APIClient(path: rig.path)
         for c in [first, second] { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
         let third = try APIClient(path: rig.path)
-        #expect(try third.readLine(timeout: 10) == nil, "closed at once")
+        #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections over unix"}"#)
+        #expect(try third.readLine(timeout: 10) == nil, "then closed")
         _ = try rig.drops.wait(for: "refused: already 2 connections over unix")
         #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
+        await rig.server.stop()
+    }
+
+    @Test("one party (a uid, a guest's CID) holds 16 connections at most: the next gets an error line and is closed, and the transport's other places stay for others (before, one user's idle connections could take all 64 and lock out root's)")
+    func connectionLimitPerParty() async throws {
+        let port = Int.random(in: 20000...40000)
+        var limits = ServerLimits()
+        limits.maxConnectionsPerParty = 2
+        let rig = try await ServerRig(limits: limits, settings: { APISettings(enable: true, transports: [.unix, .tcp], unixSocket: $0, port: port) })
+        let first = try APIClient(path: rig.path), second = try APIClient(path: rig.path)
+        for c in [first, second] { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
+        let third = try APIClient(path: rig.path)
+        #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections from uid 0 (2)"}"#)
+        #expect(try third.readLine(timeout: 10) == nil, "then closed")
+        _ = try rig.drops.wait(for: "refused: already 2 connections from uid 0")
+        // Another party (TCP from 127.0.0.1 here) still gets in.
+        #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
+        // A place freed is taken again.
+        first.shutdown()
+        _ = try rig.drops.wait(for: "closed")
+        let fourth = try APIClient(path: rig.path)
+        #expect(try fourth.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        await rig.server.stop()
+    }
+
+    @Test("refused connections of one party are logged once a minute, with how many more there were (a client retrying in a loop does not flood the journal)")
+    func refusalsLoggedOnce() async throws {
+        var limits = ServerLimits()
+        limits.maxConnectionsPerParty = 1
+        limits.refusalLogInterval = 3600
+        let log = CapturedLog()
+        let rig = try await ServerRig(limits: limits, log: log)
+        let held = try APIClient(path: rig.path)
+        #expect(try held.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        for _ in 0..<20 {
+            let c = try APIClient(path: rig.path)
+            #expect(try c.readLine(timeout: 10)?.contains("too many connections") == true)
+        }
+        // (A round trip through the server: the last refusal's log line, written after its reply, is in.)
+        #expect(try held.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        let warnings = log.all.filter { $0.hasPrefix("warning API: refused connection") }
+        #expect(warnings.count == 1, "\(warnings)")
+        #expect(log.all.filter { $0.hasPrefix("debug API: refused connection") }.count == 19, "\(log.all)")
         await rig.server.stop()
     }
 
