@@ -223,6 +223,8 @@ public actor Daemon {
     var started = false
     /// A SIGHUP came during the start or during a reload: one more reload follows it.
     var reloadPending = false
+    /// The boot devices changed during the start: every device is decided again once it is over.
+    var decidePending = false
     /// A reload is under way (it waits for the API's listeners): reloads run one at a time.
     var reloading = false
     /// The pending `malloc_trim` (see `trimSoon`).
@@ -333,6 +335,9 @@ public actor Daemon {
     /// one now are decided again (one in a VM leaves it).
     func mountsChanged() {
         guard readBootDevices("the mount table changed", keep: true) else { return }
+        // During the start the devices' attachments are not known yet: decided again once they are
+        // (as a SIGHUP then is; before, a crosvm port could be attached twice, a bind made before its record).
+        guard started else { decidePending = true; return }
         decideAgain()
     }
 
@@ -384,6 +389,10 @@ public actor Daemon {
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         started = true
         onReady?()
+        if decidePending {
+            decidePending = false
+            decideAgain()
+        }
         if reloadPending { await reloadInTurn() }
     }
 
@@ -1251,6 +1260,12 @@ public actor Daemon {
                     // Replugged during the authorization's write (150-260 ms): the new device is
                     // authorized and attached in the next round, not attached unauthorized now.
                     guard t.present, t.device == attempted else { continue }
+                    // Sent elsewhere or nowhere meanwhile (the API's detach, a reload): not attached
+                    // here (before, it was, and detached in the next round).
+                    guard t.target == vm else {
+                        if t.target == nil { await deauthorizeAfterVM(t, vm: vm) }
+                        continue
+                    }
                     guard let a = try await attach(t, to: backend) else { continue }
                     t.attachment = a
                     leaveThroughIfRetired(t, backend, vm: vm)
@@ -1299,6 +1314,14 @@ public actor Daemon {
                         logger.info("\(t.logName): left the host during its attach to \(vm) (\(error))")
                         await deauthorizeAfterVM(t, vm: vm)
                         continue
+                    } else if t.target != vm || backends[vm] !== backend {
+                        // Sent elsewhere while the attach ran (a reload, the API, its IOMMU group), or
+                        // the VM given another process: this failure is not the device's, and the loop
+                        // looks again (before, it was marked failed, and stayed on the host until a replug).
+                        logger.info("\(t.logName): attach to \(vm) failed (\(error)); \(Self.goesNow(t))")
+                        await settleUnknownAttach(t)
+                        if t.target == nil { await deauthorizeAfterVM(t, vm: vm) }
+                        continue
                     } else if error.isPortsFull, portsFreed[vm, default: 0] != freedBefore {
                         // A device left the VM while this attach ran: its port may be free now.
                         logger.info("\(t.logName): \(vm) had no free port, and a device has left it since; attaching again")
@@ -1329,6 +1352,12 @@ public actor Daemon {
                     await giveBackDriver(t)
                     return
                 } catch {
+                    if !t.present || t.device != attempted || t.target != vm {
+                        // (As above: gone, or sent elsewhere, while its bind ran.)
+                        logger.info("\(t.logName): attach to \(vm) failed (\(error)); \(t.present && t.device == attempted ? Self.goesNow(t) : "it left the host meanwhile")")
+                        if t.target == nil { await deauthorizeAfterVM(t, vm: vm) }
+                        continue
+                    }
                     t.failed = true
                     t.lastError = "\(error)"
                     endGuestWait(t)
@@ -1346,6 +1375,11 @@ public actor Daemon {
                 return
             }
         }
+    }
+
+    /// Where a device goes now that its attach elsewhere is over, for a log line.
+    static func goesNow(_ t: Tracked) -> String {
+        t.target.map { "it goes to \($0) now" } ?? "it goes to no VM now"
     }
 
     /// An attach made through `backend` ended after a reload retired it (the VM removed, or

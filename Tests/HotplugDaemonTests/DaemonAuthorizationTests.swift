@@ -469,17 +469,24 @@ struct DaemonAuthorizationTests {
         #expect(d.log[mark...].contains { $0.contains("de-authorized on the host (it left vm1)") })
     }
 
-    @Test("replugged while its authorization for vm1 is written (the kernel configures it inside the write): the device there now is attached, at its own address, not the one that left")
-    func repluggedDuringAuthorization() async throws {
-        let rig = try await AuthRig()
+    /// A daemon whose writes of the receiver's `authorized` are held while `gate` (made here)
+    /// exists, and the receiver plugged for vm1: its authorization's write is held when this returns.
+    func plugWithAuthorizationHeld(_ rig: AuthRig) throws -> (d: DaemonProcess, gate: String, mark: Int) {
         try rig.write(auth: #"{"enable": true}"#)
         let gate = rig.qemu.dir + "/gate"
         let d = try rig.daemon(environment: try slowStoreEnvironment(gate: gate, suffix: "/1-2/authorized"))
         FileManager.default.createFile(atPath: gate, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         let mark = d.mark
         try rig.plugUnauthorizedReceiver()
         try d.waitFor("slow-store: holding ", from: mark)
+        return (d, gate, mark)
+    }
+
+    @Test("replugged while its authorization for vm1 is written (the kernel configures it inside the write): the device there now is attached, at its own address, not the one that left")
+    func repluggedDuringAuthorization() async throws {
+        let rig = try await AuthRig()
+        let (d, gate, mark) = try plugWithAuthorizationHeld(rig)
+        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
         // Unplugged and plugged again (address 5) while the write is held.
         rig.tb.unplug(receiverPath)
         let unplugged = try d.waitFor("unplugged", from: mark)
@@ -493,6 +500,22 @@ struct DaemonAuthorizationTests {
         #expect(d.log[mark...].contains { $0.contains(#""hostbus":1,"hostaddr":5"#) })
         #expect(!d.log[mark...].contains { $0.contains(#""hostaddr":4"#) }, "\(d.log[mark...])")
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+    }
+
+    @Test("a reload that sends the device nowhere while its authorization for vm1 is written: it is not attached to vm1 (before, it was, and detached in the next round), and goes off the host again")
+    func reloadDuringAuthorization() async throws {
+        let rig = try await AuthRig()
+        let (d, gate, mark) = try plugWithAuthorizationHeld(rig)
+        defer { try? FileManager.default.removeItem(atPath: gate) } // (a failed test does not leave the daemon held)
+        // No rule takes it any more.
+        try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "ffff"}"#)
+        d.signal(SIGHUP)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": none: no rule matches", from: mark)
+        try FileManager.default.removeItem(atPath: gate)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": de-authorized on the host", from: mark)
+        #expect(!d.log[mark...].contains { $0.contains(#""execute":"device_add""#) }, "\(d.log[mark...])")
+        #expect(try rig.qemu.attachedIds() == [])
+        #expect(rig.attribute(receiverDevpath, "authorized") == "0")
     }
 
     @Test("a failing sysfs write is logged with its path and errno, and stops nothing")

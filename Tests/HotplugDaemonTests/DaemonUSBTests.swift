@@ -409,6 +409,37 @@ struct DaemonUSBTests {
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
     }
 
+    @Test("a reload sends a device to vm2 while its attach to vm1 runs, and vm1 then refuses it: it goes to vm2 (before, the old attach's failure was taken as the device's: failed, on the host until a replug)")
+    func reloadDuringFailingAttach() async throws {
+        let rig = try await Rig()
+        let other = try QEMUInstance(name: "vm2", testbed: rig.tb)
+        defer { other.stop() }
+        func rules(to vm: String) throws {
+            try """
+                {"usbPassthrough": [{"targetVm": "\(vm)", "allow": [{"interfaceClass": 3, "interfaceProtocol": 2}]}],
+                 "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qemu.qmpPath)"},
+                         {"name": "vm2", "type": "qemu", "socket": "\(other.qmpPath)"}]}
+                """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        }
+        try rules(to: "vm1")
+        let d = try rig.daemon()
+        // QEMU starts libusb lazily (and it then reads the host's devices): one failing add starts it.
+        _ = try rig.qemu.observe("device_add", #"{"driver": "usb-host", "id": "prime", "hostbus": 1, "hostaddr": 127}"#)
+        // vm1's QEMU does not hear of the receiver: its device_add is refused ("failed to find host
+        // usb device"), tried again for about 1.3 s, then by node, which umockdev's nodes refuse.
+        let held = rig.tb.holdListeners(of: rig.qemu.pid)
+        defer { rig.tb.releaseListeners(held) }
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("VM vm1: QEMU does not know 1-2 yet; retrying in")
+        try rules(to: "vm2")
+        let mark = d.mark
+        d.signal(SIGHUP)
+        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": attached to vm2 as vhp-usb-1-2", from: mark)
+        #expect(try other.attachedIds() == ["vhp-usb-1-2"])
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
     @Test("SIGHUP that points a VM that was down at a socket already listening: its devices go there at once")
     func reloadToListeningSocket() async throws {
         let rig = try await Rig()
