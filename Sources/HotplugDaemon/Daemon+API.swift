@@ -62,6 +62,13 @@ extension Daemon: ControlService {
         await stateWritten(upTo: mine)
     }
 
+    /// `saveState` when the state is not `before` any more; otherwise returns once the writes
+    /// asked so far are over (the state on disk is this one then). A client that sends the same
+    /// attach or detach again and again does not cost two fsyncs each time.
+    func saveState(ifChangedFrom before: DaemonState) async {
+        if api.state != before { await saveState() } else { await stateWritten() }
+    }
+
     /// The writer of `saveState`: writes what is queued until nothing is.
     func writeQueuedStates() async {
         while let (file, state) = api.stateQueued {
@@ -463,6 +470,7 @@ extension Daemon: ControlService {
             }
             wanted.append((key, t, target))
         }
+        let before = api.state
         for (key, t, target) in wanted {
             let id = Self.identity(t.device)
             api.state.disconnected.remove(id)
@@ -471,7 +479,7 @@ extension Daemon: ControlService {
             logger.info("\(t.logName): attach to \(target) requested through the API")
             reconcile(key)
         }
-        await saveState()
+        await saveState(ifChangedFrom: before)
         await settle(wanted.map(\.0))
         // (An attach QEMU has not answered yet counts as not done: the daemon asks it later.)
         for (_, t, target) in wanted where t.attachment?.vm != target || t.unanswered != nil {
@@ -522,6 +530,7 @@ extension Daemon: ControlService {
     /// Explicit detach: marks the device "disconnected" (kept across replug and restart).
     func detach(_ targets: [(key: String, t: Tracked)], what: String, bus: String) async -> JSONText {
         guard !targets.isEmpty else { return noMatch(bus, what) }
+        let before = api.state
         for (key, t) in targets {
             api.state.disconnected.insert(Self.identity(t.device))
             api.selecting.remove(key)
@@ -532,7 +541,7 @@ extension Daemon: ControlService {
             logger.info("\(t.logName): detach requested through the API; marked disconnected")
             reconcile(key)
         }
-        await saveState()
+        await saveState(ifChangedFrom: before)
         await settle(targets.map(\.key))
         for (_, t) in targets where t.attachment != nil {
             return failure("detach of \(t.logName) from \(t.attachment?.vm ?? "?")", t)

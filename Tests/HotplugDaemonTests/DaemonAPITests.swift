@@ -159,6 +159,28 @@ struct DaemonAPITests {
         #expect(d.stop() == 0)
     }
 
+    @Test("a detach or attach that changes nothing in the state does not write its file again (before, two fsyncs each time a script sent it)")
+    func unchangedStateNotWritten() async throws {
+        let rig = try await APIRig()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        let d = try rig.daemon(["-a"])
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        func inode() throws -> UInt64 {
+            try #require(FileManager.default.attributesOfItem(atPath: rig.statePath)[.systemFileNumber] as? UInt64)
+        }
+        #expect(try rig.cli(["usb", "detach", "--tag", "mouse"]).status == 0)
+        let written = try inode()
+        #expect(try rig.cli(["usb", "detach", "--tag", "mouse"]).status == 0)
+        #expect(try inode() == written, "the state file was written again (a new file renamed over it)")
+        #expect(try rig.cli(["usb", "attach", "--tag", "mouse"]).status == 0)
+        let again = try inode()
+        #expect(again != written, "the attach cleared the mark: written")
+        #expect(try rig.cli(["usb", "attach", "--tag", "mouse"]).status == 0)
+        #expect(try inode() == again)
+        #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])
+        #expect(d.stop() == 0)
+    }
+
     @Test("the detached mark survives a daemon restart (state file); attach clears it")
     func restartKeepsMark() async throws {
         let rig = try await APIRig()
