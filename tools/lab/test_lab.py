@@ -348,13 +348,18 @@ class Test2VFIO(LabCase):
         m = self.plug("usb-mouse", "m1")
         bus, dev = int(m.guest["busnum"]), int(m.guest["devnum"])
         t = time.monotonic()
-        try:
-            lab.inner_qmp("vm1", "device_add", driver="usb-host", hostbus=bus, hostaddr=dev, id="lab-uh1", bus="xhci.0")
-        except QMPError as e:
-            # QEMU's libusb may learn of the device a moment later (FACTS): one bounded retry
-            self.assertIn("failed to find host usb device", e.desc)
-            time.sleep(1)
-            lab.inner_qmp("vm1", "device_add", driver="usb-host", hostbus=bus, hostaddr=dev, id="lab-uh1", bus="xhci.0")
+        # QEMU's libusb may learn of the device a moment after the guest's udev (FACTS): that
+        # error is tried again, as the daemon does, until QEMU knows it (10 s at most).
+        delay, deadline = 0.005, time.monotonic() + 10
+        while True:
+            try:
+                lab.inner_qmp("vm1", "device_add", driver="usb-host", hostbus=bus, hostaddr=dev, id="lab-uh1", bus="xhci.0")
+                break
+            except QMPError as e:
+                self.assertIn("failed to find host usb device", e.desc)
+                self.assertLess(time.monotonic(), deadline, "QEMU never found the guest's mouse: %s" % e.desc)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
         note("inner VM device_add usb-host", time.monotonic() - t)
         self.assertIn("lab-uh1", lab.inner_usb("vm1"))
         v = self.plug("virtio-keyboard-pci", "vk1")
