@@ -6,6 +6,9 @@ public func hex4(_ v: UInt16) -> String { hexDigits(UInt64(v), count: 4) }
 /// Two lower-case hex digits: `0e`.
 public func hex2(_ v: UInt8) -> String { hexDigits(UInt64(v), count: 2) }
 
+/// Six lower-case hex digits: a PCI class, `060100`.
+public func hex6(_ v: UInt64) -> String { hexDigits(v, count: 6) }
+
 /// The low `count` nibbles of `v` as lower-case hex, written in place (a small string:
 /// no allocation; every log name and attribute list has some).
 func hexDigits(_ v: UInt64, count: Int) -> String {

@@ -41,8 +41,13 @@ public struct BootDevices: Sendable, Hashable {
 
     /// The block devices, by name (`nvme0n1p2 nvme0n1`), and the unresolved filesystems, for a log line.
     public var summary: String {
+        Self.names(paths) + (unresolved.isEmpty ? "" : "; unresolved: " + unresolvedText)
+    }
+
+    /// Block devices' sysfs paths by their names, `sda2 sda`; `none` for none.
+    public static func names(_ paths: [String]) -> String {
         let names = paths.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
-        return (names.isEmpty ? "none" : names) + (unresolved.isEmpty ? "" : "; unresolved: " + unresolvedText)
+        return names.isEmpty ? "none" : names
     }
 
     /// The unresolved boot filesystems in one phrase: `/ (zfs rpool/ROOT/pve-1) and /boot (zfs bpool/BOOT/pve)`.

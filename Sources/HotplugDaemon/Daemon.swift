@@ -202,8 +202,6 @@ public actor Daemon {
     /// The devices behind the host's `/` and `/boot`, never passed through: read at start and at
     /// each reload; a change of the mount table adds what it mounted there (see `mountsChanged`).
     var boot: BootDevices
-    /// `/proc/self/mountinfo`, open for its change events (-1: not followed).
-    var mountTable: Int32 = -1
     var monitor: UdevMonitor?
     var watcher: PathWatcher?
     var signals: SignalSource?
@@ -269,10 +267,9 @@ public actor Daemon {
 
     static func warnUnresolved(_ boot: BootDevices, _ logger: Logger) {
         guard !boot.unresolved.isEmpty else { return }
-        let names = boot.disks.compactMap { $0.split(separator: "/").last }.joined(separator: " ")
         logger.warning("""
             the host's \(boot.unresolvedText) cannot be resolved to its disks: every disk there is now \
-            (\(names.isEmpty ? "none" : names)) stays on the host, with its USB device or PCI controller
+            (\(BootDevices.names(boot.disks))) stays on the host, with its USB device or PCI controller
             """)
     }
 
@@ -292,7 +289,7 @@ public actor Daemon {
             logger.warning("cannot follow the mount table (epoll: \(String(cString: strerror(error)))): boot filesystems mounted from now on are found at a reload only")
             return
         }
-        mountTable = fd
+        // (Open for the daemon's life.)
     }
 
     /// Reads the boot devices again. `keep`: what was held stays held too (a filesystem unmounted

@@ -354,7 +354,7 @@ public actor VFIOBinder {
                 // controller are taken off the host for a device_add that cannot succeed.
                 let driver = try currentDriver(peer)
                 if let driver, !Self.groupSafeBridgeDrivers.contains(driver) {
-                    throw refuse("IOMMU group \(group) also holds \(peer), a bridge (class 0x\(String(repeating: "0", count: max(0, 6 - String(cls, radix: 16).count)) + String(cls, radix: 16))) "
+                    throw refuse("IOMMU group \(group) also holds \(peer), a bridge (class 0x\(hex6(cls))) "
                         + "that stays on the host on its driver \(driver): vfio-pci cannot take a group while a host "
                         + "driver has one of its devices")
                 }

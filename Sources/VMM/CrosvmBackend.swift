@@ -738,11 +738,6 @@ enum CrosvmAnswer: Equatable, Sendable {
     }
 }
 
-private func hex4(_ v: UInt16) -> String {
-    let s = String(v, radix: 16)
-    return String(repeating: "0", count: max(0, 4 - s.count)) + s
-}
-
 private func strerrorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 
 private func seconds(_ s: Double) -> String {
