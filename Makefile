@@ -1,13 +1,14 @@
 # vhotplug: `make demo` and `make test` are the two commands the README shows first.
 SHELL := /bin/bash
-SWIFT ?= swift
+# The Swift toolchain: on PATH, or else where the README's install step puts it.
+SWIFT ?= $(shell command -v swift 2>/dev/null || { [ -x /opt/swift/usr/bin/swift ] && echo /opt/swift/usr/bin/swift; } || echo swift)
 # What building vhotplug needs (and, of it, usb.ids and pci.ids at run time) ...
 BUILD_PACKAGES := libudev-dev libusb-1.0-0-dev libpci-dev usb.ids pci.ids
 # ... and what its tests, the lab and the demo need besides.
 DEB_PACKAGES := $(BUILD_PACKAGES) pciutils usbutils hwdata \
 	umockdev libumockdev-dev gir1.2-umockdev-1.0 socat qemu-system-x86 udev busybox-static cpio python3
 
-.PHONY: all build release deps deps-build test test-unit test-lab demo bench clean
+.PHONY: all build release deps deps-build test test-unit test-lab demo clean
 
 all: build
 
@@ -28,11 +29,17 @@ install-packages:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-build: deps-build
-	$(SWIFT) build
+## build, release: vhotplug alone (the benchmarks and test tools need umockdev, which a host has no use for).
+build: deps-build swift-check
+	$(SWIFT) build --product vhotplug
 
-release: deps-build
-	$(SWIFT) build -c release --static-swift-stdlib
+release: deps-build swift-check
+	$(SWIFT) build -c release --static-swift-stdlib --product vhotplug
+
+## swift-check: a Swift toolchain (6.2 or later) must be on PATH, or in /opt/swift (see the README).
+.PHONY: swift-check
+swift-check:
+	@command -v $(SWIFT) >/dev/null || { echo "make: no Swift toolchain: '$(SWIFT)' is not on PATH. Install Swift 6.2 or later for Debian 12 from https://www.swift.org/install/linux/ (e.g. unpacked in /opt/swift, then export PATH=/opt/swift/usr/bin:\$$PATH), or set SWIFT=/path/to/swift" >&2; exit 2; }
 
 ## test: every test: unit and umockdev tests (swift test), then the real-kernel lab.
 ## The time each part took is printed at the end (the whole must stay under 15 minutes).
@@ -45,7 +52,7 @@ test:
 
 ## test-unit: the Swift tests. They run under umockdev's preload: a testbed's
 ## uevents reach other processes (vhotplug, QEMU) only from a preloaded sender.
-test-unit: deps
+test-unit: deps swift-check
 	$(SWIFT) build --build-tests
 	@# umockdev's fake netlink holds few datagrams by default (a socket's queue, set when it is
 	@# made), and umockdev's sender aborts the test process on a full one: the storm test sends
@@ -57,11 +64,11 @@ test-unit: deps
 	@# Two processes side by side, one test at a time in each (tools/test-unit.sh says why).
 	SWIFT="$(SWIFT)" tools/test-unit.sh
 
-test-lab: deps
+test-lab: deps swift-check
 	$(SWIFT) build
 	python3 tools/lab/test_lab.py
 
-demo: deps
+demo: deps swift-check
 	$(SWIFT) build
 	python3 tools/lab/lab.py demo
 
@@ -71,10 +78,10 @@ demo: deps
 .PHONY: fuzz test-fuzz
 FUZZ_SECONDS ?= 300
 FUZZ_TEST_SECONDS ?= 5
-fuzz: deps
+fuzz: deps swift-check
 	tools/fuzz/run.sh $(FUZZ_SECONDS)
 
-test-fuzz: deps
+test-fuzz: deps swift-check
 	@# Built without optimization: 27 s to build instead of 92 here, for about a quarter of
 	@# the executions a second (thousands in 5 s). `make fuzz` builds with -O.
 	FUZZ_OPT=-Onone tools/fuzz/run.sh $(FUZZ_TEST_SECONDS)

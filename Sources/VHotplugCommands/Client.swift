@@ -282,6 +282,14 @@ struct USBCommand: ParsableCommand {
         commandName: "vhotplug usb", abstract: "List, attach, detach, suspend and resume USB devices through the daemon's API",
         subcommands: [DeviceList<USBKind>.self, DeviceAttach<USBKind>.self, DeviceDetach<USBKind>.self,
                       DeviceSuspend<USBKind>.self, DeviceResume<USBKind>.self])
+
+    /// No action: bad usage (before, the help and exit 0: a script's empty `$ACTION` passed).
+    func run() throws { throw missingAction("list, attach, detach, suspend or resume") }
+}
+
+/// The error of a command group given no action (exit 64, with the usage).
+func missingAction(_ actions: String) -> ValidationError {
+    ValidationError("missing action: \(actions)")
 }
 
 /// `vhotplug pci ...`.
@@ -290,6 +298,8 @@ struct PCICommand: ParsableCommand {
         commandName: "vhotplug pci", abstract: "List, attach, detach, suspend and resume PCI devices through the daemon's API",
         subcommands: [DeviceList<PCIKind>.self, DeviceAttach<PCIKind>.self, DeviceDetach<PCIKind>.self,
                       DeviceSuspend<PCIKind>.self, DeviceResume<PCIKind>.self])
+
+    func run() throws { throw missingAction("list, attach, detach, suspend or resume") }
 }
 
 /// What differs between `usb` and `pci`: action prefix, list key, selectors, one-line names.
@@ -470,9 +480,19 @@ struct DeviceAttach<Kind: DeviceKind>: OneRequest {
     }
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var selector: Selector
-    @Option(help: "The VM to attach to") var vm: String?
+    @Option(help: "The VM to attach to (not sent with --tag: the API takes no VM with a tag)") var vm: String?
     @Flag(help: "Print the reply as JSON") var json = false
-    var request: JSONText { VHotplugCommands.request("\(Kind.prefix)_attach", selector.fields + [("vm", vm.map(JSONText.string))]) }
+
+    func validate() throws {
+        if selector.tag != nil, vm != nil {
+            writeStderr("vhotplug: --vm \(vm ?? "") is not sent with --tag (the API takes no VM with a tag; vhotplugcli leaves it out too)\n")
+        }
+    }
+
+    /// With `--tag`, no `vm`: the reference client leaves it out, and scripts that give both keep working.
+    var request: JSONText {
+        VHotplugCommands.request("\(Kind.prefix)_attach", selector.fields + [("vm", selector.tag == nil ? vm.map(JSONText.string) : nil)])
+    }
 }
 
 struct DeviceDetach<Kind: DeviceKind>: OneRequest {
@@ -594,6 +614,8 @@ struct VMMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhotplug vmm", abstract: "Ask the daemon for a VM's start arguments",
         subcommands: [VMMArgs.self])
+
+    func run() throws { throw missingAction("args") }
 }
 
 /// `vhotplug vmm args --vm V`: the arguments that give a VM about to start its PCI and

@@ -33,6 +33,17 @@ struct ClientUsageTests {
         #expect(refusal(Listen.self, ["--retry", "nan"]) == "--retry must be a finite number of seconds above 0, not nan")
     }
 
+    @Test("usb, pci or vmm with no action: exit 64 naming the actions (before, the help and exit 0, so a script's empty action passed)")
+    func missingActionExit() throws {
+        for (group, actions) in [("usb", "list, attach, detach, suspend or resume"), ("pci", "list, attach, detach, suspend or resume"), ("vmm", "args")] {
+            let r = try client([group])
+            #expect(r.status == 64, "\(group): \(r.status) \(r.stderr)")
+            #expect(r.stderr.contains("missing action: \(actions)"), "\(group): \(r.stderr)")
+        }
+        // Help asked for is still help.
+        #expect(try client(["usb", "--help"]).status == 0)
+    }
+
     @Test("listen --retry nan: exit 64 with the message (before, it polled every 50 ms forever)")
     func retryExit() throws {
         let r = try client(["listen", "-u", scratchPath("none") + ".sock", "--retry", "nan"])
