@@ -295,6 +295,15 @@ struct ConfigValidator {
 
     mutating func pattern(_ view: ObjectView, _ key: String) -> NamePattern? {
         guard let source = string(view, key), let m = view.member(key) else { return nil }
+        if source.isEmpty {
+            self.error(m.value, path: appendingKey(view.path, key),
+                       "an empty pattern would match every device with a name: give part of the name, or leave \(quoted(key)) out")
+            return nil
+        }
+        if let risk = NamePattern.backtrackingRisk(source) {
+            self.error(m.value, path: appendingKey(view.path, key), "regular expression \(quoted(source)) \(risk)")
+            return nil
+        }
         do {
             return try NamePattern(source)
         } catch {

@@ -317,6 +317,29 @@ struct FormatValidationTests {
         #expect(vendor.path == "$.usbPassthrough[0].allow[0].vendorName")
     }
 
+    @Test("a pattern that repeats a repeating group is refused (its match can take exponential time on a name a device chooses); other patterns are kept")
+    func nestedRepetition() throws {
+        let d = try singleError(Sample.usbEntry(#"{"productName": "^(\\w+\\s?)*$"}"#))
+        #expect(d.message.hasPrefix(#"regular expression "^(\\w+\\s?)*$" repeats a group that itself repeats without bound ((\w+\s?)*)"#), "\(d.message)")
+        #expect(d.position == "4:21")
+        #expect(d.path == "$.usbPassthrough[0].allow[0].productName")
+        for risky in [#"(a+)+b"#, #"(?:x*y?)*"#, #"((ab)*c)+"#, #"(a|b+){1,}"#, #"(\d+){5}"#, #"([a-z]+ ?){2,10}"#, #"(a+)*?"#, #"(a{2,})+"#] {
+            #expect(NamePattern.backtrackingRisk(risky) != nil, "\(risky)")
+        }
+        for fine in [#"(ab)+"#, #"(a+)?"#, #"(a+){2}"#, #"\(a+\)*"#, #"[(a+)]*"#, #"(?:usb|hid)+ mouse"#, #"a+b*c+"#,
+                     #"(\N{LATIN SMALL LETTER A}x)+"#, #"([+*])+"#, #"(a{2})+"#, #"^Logitech"#] {
+            #expect(NamePattern.backtrackingRisk(fine) == nil, "\(fine)")
+        }
+        // (Swift's Regex on the refused pattern: 24 letters and a stop took seconds, or more.)
+    }
+
+    @Test("an empty name pattern is refused: it would match every device with a name")
+    func emptyPattern() throws {
+        let d = try singleError(Sample.usbEntry(#"{"productName": "", "description": "camera"}"#))
+        #expect(d.message == #"an empty pattern would match every device with a name: give part of the name, or leave "productName" out"#)
+        #expect(d.path == "$.usbPassthrough[0].allow[0].productName")
+    }
+
     @Test("a character name that names no character is an error, not a pattern that never matches")
     func unknownCharacterName() throws {
         // JSON "\\N{NOPE}" is the pattern \N{NOPE}, which Swift's Regex compiles and never matches.
