@@ -562,7 +562,8 @@ struct PCIAddressProblem: Error {
     var message: String
 }
 
-/// `dddd:bb:dd.f` or `bb:dd.f` (hex) -> canonical lower-case `dddd:bb:dd.f`.
+/// `dddd:bb:dd.f` or `bb:dd.f` (hex) -> canonical lower-case `dddd:bb:dd.f`, as the kernel names
+/// devices (`%04x`: a domain past ffff, such as Intel VMD's 10000, has more digits).
 func parsePCIAddress(_ text: String) -> Result<String, PCIAddressProblem> {
     let format = PCIAddressProblem(message: "expected \"dddd:bb:dd.f\" or \"bb:dd.f\" in hex, like \"0000:00:14.3\"")
     let parts = text.split(separator: ":", omittingEmptySubsequences: false)
@@ -575,7 +576,7 @@ func parsePCIAddress(_ text: String) -> Result<String, PCIAddressProblem> {
         guard (1...maxDigits).contains(s.utf8.count), s.utf8.allSatisfy(isHexDigit) else { return nil }
         return UInt32(s, radix: 16)
     }
-    guard let domain = field(domainText, maxDigits: 4), let bus = field(busText, maxDigits: 2),
+    guard let domain = field(domainText, maxDigits: 8), let bus = field(busText, maxDigits: 2),
           let device = field(slotParts[0], maxDigits: 2), let function = field(slotParts[1], maxDigits: 1)
     else { return .failure(format) }
     if device > 0x1F {

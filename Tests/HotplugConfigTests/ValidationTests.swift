@@ -275,6 +275,13 @@ struct FormatValidationTests {
         #expect(config.pciPassthrough.first?.allow.first?.address == "0000:3b:00.1")
     }
 
+    @Test("a PCI domain past ffff (Intel VMD's 10000 and up) is taken as the kernel names it")
+    func pciAddressWideDomain() throws {
+        #expect(try parsePCIAddress("10000:E0:06.0").get() == "10000:e0:06.0")
+        #expect(try parsePCIAddress("00000:00:14.3").get() == "0000:00:14.3")
+        #expect(try parsePCIAddress("ffffffff:00:00.0").get() == "ffffffff:00:00.0")
+    }
+
     @Test("malformed PCI addresses")
     func pciAddressMalformed() throws {
         let format = #"expected "dddd:bb:dd.f" or "bb:dd.f" in hex, like "0000:00:14.3""#
@@ -283,7 +290,7 @@ struct FormatValidationTests {
             ("00:14.8", "function 8 is out of range: expected 0 to 7"),
             ("00:14", format),
             ("14.3", format),
-            ("00000:00:14.3", format),
+            ("100000000:00:14.3", format),
             ("0000:100:00.0", format),
             ("0000:00:14.3.1", format),
             ("0:0:0:0.0", format),
