@@ -46,7 +46,7 @@ struct ConnectionOptions: ParsableArguments {
         return withUnsafeMutablePointer(to: &cid) { ioctl(fd, 0x7B9, $0) } == 0 ? cid : nil
     }
 
-    @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IPv4 address, or localhost)")
+    @Option(name: [.customShort("s", allowingJoined: true), .long], help: "TCP host (an IPv4 address, or a name with one)")
     var host: String = "127.0.0.1"
 
     @Option(name: [.customShort("p", allowingJoined: true), .customLong("api-port"), .customLong("net-port")],
@@ -66,17 +66,38 @@ struct ConnectionOptions: ParsableArguments {
         if let problem = addressProblem { throw ValidationError(problem) }
     }
 
-    /// `--host` as an IPv4 address (`localhost` is 127.0.0.1); nil when it is not one.
+    /// `--host` as an IPv4 address written out; nil when it is not one.
     var ipv4Host: in_addr? {
         var a = in_addr()
-        return inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &a) == 1 ? a : nil
+        return inet_pton(AF_INET, host, &a) == 1 ? a : nil
+    }
+
+    /// `--host` is a name (not digits and dots, not an IPv6 address): looked up when connecting.
+    var hostIsName: Bool {
+        !host.isEmpty && !host.contains(":") && !host.unicodeScalars.allSatisfy { $0 == "." || ("0"..."9").contains($0) }
+    }
+
+    /// `--host`'s IPv4 address: written out, or the first a lookup of the name gives
+    /// (`localhost`, /etc/hosts, DNS), as vhotplugcli's socket.connect does.
+    func resolvedHost() throws(ClientError) -> in_addr {
+        if let a = ipv4Host { return a }
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, nil, &hints, &list)
+        defer { if let list { freeaddrinfo(list) } }
+        guard rc == 0, let first = list, let sa = first.pointee.ai_addr, first.pointee.ai_family == AF_INET else {
+            throw ClientError("cannot find an IPv4 address for --host \(quoted(host)): \(rc == 0 ? "none" : String(cString: gai_strerror(rc)))")
+        }
+        return sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
     }
 
     /// What is wrong with `--host` and `--api-port` for the transport in use (bad usage), or nil.
     var addressProblem: String? {
         switch transport {
         case "tcp":
-            if ipv4Host == nil { return "--host must be an IPv4 address (or localhost), not \(quoted(host))" }
+            if ipv4Host == nil && !hostIsName { return "--host must be an IPv4 address or a host name, not \(quoted(host))" }
             if !(1...65535).contains(port) { return "--api-port must be from 1 to 65535 over TCP, not \(port)" }
         case "vsock":
             if !(0...0xFFFF_FFFF).contains(port) { return "--api-port must be from 0 to 4294967295 over vsock, not \(port)" }
@@ -101,11 +122,12 @@ struct ConnectionOptions: ParsableArguments {
         let fd: Int32
         switch transport {
         case "tcp":
+            let host = try resolvedHost()
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
             a.sin_port = in_port_t(UInt16(clamping: port).bigEndian)
-            a.sin_addr = ipv4Host ?? in_addr()
+            a.sin_addr = host
             try Self.connect(fd, &a, MemoryLayout<sockaddr_in>.size, address)
         case "vsock":
             fd = socket(40, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -87,18 +87,31 @@ struct ClientUsageTests {
         }
     }
 
-    @Test("-s/--host: an IPv4 address or localhost over TCP")
+    @Test("-s/--host: an IPv4 address or a host name over TCP")
     func hostValues() {
-        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", "1.2.3"]) == #"--host must be an IPv4 address (or localhost), not "1.2.3""#)
-        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "--host", "::1"]) == #"--host must be an IPv4 address (or localhost), not "::1""#)
-        for ok in ["127.0.0.1", "localhost", "10.0.0.2"] { #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", ok]) == nil, "\(ok)") }
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", "1.2.3"]) == #"--host must be an IPv4 address or a host name, not "1.2.3""#)
+        #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "--host", "::1"]) == #"--host must be an IPv4 address or a host name, not "::1""#)
+        for ok in ["127.0.0.1", "localhost", "10.0.0.2", "vhotplug-host.example"] {
+            #expect(refusal(ConnectionOptions.self, ["-t", "tcp", "-s", ok]) == nil, "\(ok)")
+        }
+    }
+
+    @Test("-s with a name is looked up, as vhotplugcli's socket.connect does (before, only an IPv4 address or localhost was taken): localhost gives 127.0.0.1; a name with no address is an error naming it, exit 1")
+    func hostNames() throws {
+        let local = try ConnectionOptions.parse(["-t", "tcp", "-s", "localhost"])
+        #expect(try local.resolvedHost().s_addr == inet_addr("127.0.0.1"))
+        // (A machine whose DNS server does not answer says so within a second: RES_OPTIONS.)
+        let r = try run(["/usr/bin/env", "RES_OPTIONS=timeout:1 attempts:1", "/usr/bin/timeout", "-s", "KILL", "10", Repository.vhotplug,
+                         "-t", "tcp", "-s", "no-such-host.invalid", "usb", "list"])
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains(#"cannot find an IPv4 address for --host "no-such-host.invalid""#), "\(r.stderr)")
     }
 
     @Test("a bad host or port, the global options first as vhotplugcli takes them: exit 64 and the message, no connection tried")
     func addressExit() throws {
         let host = try client(["-t", "tcp", "-s", "1.2.3", "usb", "list"])
         #expect(host.status == 64, "\(host.stderr)")
-        #expect(host.stderr.contains(#"--host must be an IPv4 address (or localhost), not "1.2.3""#), "\(host.stderr)")
+        #expect(host.stderr.contains(#"--host must be an IPv4 address or a host name, not "1.2.3""#), "\(host.stderr)")
         let port = try client(["-t", "tcp", "-p", "67537", "usb", "list"])
         #expect(port.status == 64, "\(port.stderr)")
         #expect(port.stderr.contains("--api-port must be from 1 to 65535 over TCP, not 67537"), "\(port.stderr)")
