@@ -89,22 +89,13 @@ struct DaemonVMMArgsTests {
         let rig = try await VMMArgsRig()
         try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         // The launcher first: nothing listens yet, it keeps trying.
-        let launcher = Process()
-        launcher.executableURL = URL(fileURLWithPath: Repository.vhotplug)
-        launcher.arguments = ["vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "ep", "--qemu-bus-start-index", "2",
-                              "--timeout", "30", "--path", rig.socket]
-        let out = Pipe(), err = Pipe()
-        launcher.standardOutput = out
-        launcher.standardError = err
-        try launcher.run()
-        var said = Data()
-        while !said.contains(0x0A), case let chunk = err.fileHandleForReading.availableData, !chunk.isEmpty { said.append(chunk) }
-        #expect(String(decoding: said, as: UTF8.self) == "vhotplug: waiting up to 30.0 s for the daemon at \(rig.socket)\n")
+        let launcher = try ChildProcess([Repository.vhotplug, "vmm", "args", "--vm", "vm1", "--qemu-bus-prefix", "ep",
+                                         "--qemu-bus-start-index", "2", "--timeout", "30", "--path", rig.socket])
+        #expect(launcher.stderrLine() == "vhotplug: waiting up to 30.0 s for the daemon at \(rig.socket)")
         let d = try rig.daemon()
         #expect(d.log.contains { $0.contains("VM vm1 is not running") })
-        let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        launcher.waitUntilExit()
-        #expect(launcher.terminationStatus == 0)
+        let printed = launcher.stdout()
+        #expect(launcher.wait() == 0)
         // The reference prints the arguments joined by spaces, with no newline.
         #expect(printed == "-device virtio-input-host-pci,evdev=/dev/input/event0,id=vhp-evdev-input0-event0,bus=ep2")
         try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": for vm1 from its start (vmm_args)")

@@ -165,6 +165,71 @@ public func spawnAndWait(_ argv: [String], environment: [String: String], output
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
+/// A program started with its stdout and stderr in pipes, read here, and reaped with waitpid.
+/// (Not Foundation's Process: its waitUntilExit once waited for good for a program that had
+/// ended, the termination lost, and the test suite hung with it.)
+public final class ChildProcess {
+    public let pid: pid_t
+    private let outFd: Int32
+    private let errFd: Int32
+
+    public init(_ argv: [String]) throws {
+        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+        guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw TestbedError(message: "pipe: errno \(errno)") }
+        // (Kept from other children; dup2 gives this one its copies without the flag.)
+        for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+        close(outPipe[1])
+        close(errPipe[1])
+        guard rc == 0 else {
+            close(outPipe[0]); close(errPipe[0])
+            throw TestbedError(message: "cannot start \(argv[0]): errno \(rc)")
+        }
+        self.pid = pid
+        outFd = outPipe[0]
+        errFd = errPipe[0]
+    }
+
+    deinit {
+        close(outFd)
+        close(errFd)
+    }
+
+    /// The next line of its stderr (without the newline), or what came before its end.
+    public func stderrLine() -> String {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while read(errFd, &byte, 1) == 1, byte != 0x0A { line.append(byte) }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    /// All of its stdout, to its end.
+    public func stdout() -> String {
+        var out: [UInt8] = [], buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(outFd, &buf, buf.count)
+            if n > 0 { out += buf[0..<n] } else if n < 0 && errno == EINTR { continue } else { break }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Its exit status (128 + the signal when one ended it), once it has ended.
+    public func wait() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
+
 /// A daemon's environment with the kernel's slow stores played (`Tests/Doubles/slow-store.c`,
 /// before umockdev's preload): a write to a file whose path ends in `suffix` waits while
 /// `gate` exists.
