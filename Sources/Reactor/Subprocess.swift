@@ -72,7 +72,8 @@ extension EventLoop {
         }
     }
 
-    static func exitCode(_ status: Int32) -> Int32 {
+    /// A `waitpid` status as an exit status: the program's own, or 128 + the signal that ended it.
+    public static func exitCode(_ status: Int32) -> Int32 {
         let sig = status & 0x7f
         return sig == 0 ? (status >> 8) & 0xff : 128 + sig
     }

@@ -215,28 +215,23 @@ struct ServerTests {
 
     @Test("each transport has its own connection limit: Unix clients up to it are refused more, while a TCP client is still served")
     func connectionLimitPerTransport() async throws {
-        let port = Int.random(in: 20000...40000)
         var limits = ServerLimits()
         limits.maxConnections = 2
-        let rig = try await ServerRig(limits: limits, settings: { APISettings(enable: true, transports: [.unix, .tcp], unixSocket: $0, port: port) })
-        let first = try APIClient(path: rig.path), second = try APIClient(path: rig.path)
-        for c in [first, second] { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
+        let (rig, port, clients) = try await twoClientsServed(limits)
         let third = try APIClient(path: rig.path)
         #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections over unix"}"#)
         #expect(try third.readLine(timeout: 10) == nil, "then closed")
         _ = try rig.drops.wait(for: "refused: already 2 connections over unix")
         #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
+        withExtendedLifetime(clients) {}
         await rig.server.stop()
     }
 
     @Test("one party (a uid, a guest's CID) holds 16 connections at most: the next gets an error line and is closed, and the transport's other places stay for others (before, one user's idle connections could take all 64 and lock out root's)")
     func connectionLimitPerParty() async throws {
-        let port = Int.random(in: 20000...40000)
         var limits = ServerLimits()
         limits.maxConnectionsPerParty = 2
-        let rig = try await ServerRig(limits: limits, settings: { APISettings(enable: true, transports: [.unix, .tcp], unixSocket: $0, port: port) })
-        let first = try APIClient(path: rig.path), second = try APIClient(path: rig.path)
-        for c in [first, second] { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
+        let (rig, port, clients) = try await twoClientsServed(limits)
         let third = try APIClient(path: rig.path)
         #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections from uid 0 (2)"}"#)
         #expect(try third.readLine(timeout: 10) == nil, "then closed")
@@ -244,10 +239,11 @@ struct ServerTests {
         // Another party (TCP from 127.0.0.1 here) still gets in.
         #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
         // A place freed is taken again.
-        first.shutdown()
+        clients[0].shutdown()
         _ = try rig.drops.wait(for: "closed")
         let fourth = try APIClient(path: rig.path)
         #expect(try fourth.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
+        withExtendedLifetime(clients) {}
         await rig.server.stop()
     }
 
@@ -270,6 +266,16 @@ struct ServerTests {
         #expect(warnings.count == 1, "\(warnings)")
         #expect(log.all.filter { $0.hasPrefix("debug API: refused connection") }.count == 19, "\(log.all)")
         await rig.server.stop()
+    }
+
+    /// A server over Unix and TCP (a random port) with `limits`, and two Unix clients it has
+    /// answered (connected while the caller holds them).
+    func twoClientsServed(_ limits: ServerLimits) async throws -> (ServerRig, port: Int, clients: [APIClient]) {
+        let port = Int.random(in: 20000...40000)
+        let rig = try await ServerRig(limits: limits, settings: { APISettings(enable: true, transports: [.unix, .tcp], unixSocket: $0, port: port) })
+        let clients = [try APIClient(path: rig.path), try APIClient(path: rig.path)]
+        for c in clients { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
+        return (rig, port, clients)
     }
 
     /// `usb_list` over TCP to 127.0.0.1:`port`: the reply's first read.

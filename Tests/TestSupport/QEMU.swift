@@ -1,5 +1,6 @@
 import CLinux
 import Foundation
+import Reactor
 
 /// A real QEMU (TCG, paused, no disk) with a QMP socket, for tests. Started with
 /// `-daemonize`: QEMU's parent exits only once the monitor sockets exist, so the
@@ -160,9 +161,14 @@ public func spawnAndWait(_ argv: [String], environment: [String: String], output
     var pid: pid_t = 0
     let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, cEnv)
     guard rc == 0 else { throw TestbedError(message: "cannot start \(argv[0]): errno \(rc)") }
+    return waitForExit(pid)
+}
+
+/// Waits for the child `pid` to end and reaps it; its exit status (128 + the signal that ended it).
+public func waitForExit(_ pid: pid_t) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return EventLoop.exitCode(status)
 }
 
 /// A program started with its stdout and stderr in pipes, read here, and reaped with waitpid.
@@ -223,11 +229,7 @@ public final class ChildProcess {
     }
 
     /// Its exit status (128 + the signal when one ended it), once it has ended.
-    public func wait() -> Int32 {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    }
+    public func wait() -> Int32 { waitForExit(pid) }
 }
 
 /// A daemon's environment with the kernel's slow stores played (`Tests/Doubles/slow-store.c`,

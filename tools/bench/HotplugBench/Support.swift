@@ -425,11 +425,10 @@ final class Daemon: @unchecked Sendable {
     /// Waits for the process to end by itself; returns the exit status.
     @discardableResult
     func waitExit() -> Int32 {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = waitForExit(pid)
         stopped = true
         Daemon.running.removeAll { $0 === self }
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return status
     }
 
     /// Every daemon not yet stopped (stopped by `stopAll` when the benchmark fails).
@@ -458,12 +457,11 @@ final class Daemon: @unchecked Sendable {
         Daemon.running.removeAll { $0 === self }
         for c in Daemon.children(of: pid) { kill(c, SIGTERM) }
         kill(pid, SIGTERM)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = waitForExit(pid)
         cond.lock()
         while !ended { cond.wait() }
         cond.unlock()
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return status
     }
 }
 
