@@ -340,6 +340,24 @@ struct FormatValidationTests {
         // (Swift's Regex on the refused pattern: 24 letters and a stop took seconds, or more.)
     }
 
+    @Test("a repeated choice whose alternatives can begin with the same character is refused: it can take exponential time")
+    func overlappingChoice() throws {
+        let d = try singleError(Sample.usbEntry(#"{"productName": "(.|\\s)*Keyboard"}"#))
+        #expect(d.message.hasPrefix(#"regular expression "(.|\\s)*Keyboard" repeats a choice whose alternatives . and \s both match a space ((.|\s)*)"#), "\(d.message)")
+        #expect(d.position == "4:21")
+        #expect(d.path == "$.usbPassthrough[0].allow[0].productName")
+        // Each can split a name that almost matches in exponentially many ways.
+        for risky in [#"^(\w|_)+$"#, #"(a|A)*b"#, #"(?:x|[a-z])+!"#, #"((\d|[0-9])z)*"#, #"(?<n>é|\p{L}){4,}"#, #"(ab|a)*c"#,
+                      #"(?i:\s|\N{U+A0})+"#, #"(?:y|\x{79})+"#] {
+            #expect(NamePattern.backtrackingRisk(risky) != nil, "\(risky)")
+        }
+        for fine in [#"(\w|-)+"#, #"([a-z]|[0-9])+"#, #"(?:usb|hid)+ mouse"#, #"(.|\n)*"#, #"(a|a)"#, #"(a|a){2}"#,
+                     #"(\ba|a)+"#, #"(^a|a)*"#, #"((a)|a)*"#, #"(?=a|a)b"#, #"(?i)(x|y)+"#, #"[(a|a)]*"#, #"\(a|a\)*"#,
+                     #"(?#a|a)x*"#, #"(?<a>x|y)+\k<a>"#] {
+            #expect(NamePattern.backtrackingRisk(fine) == nil, "\(fine)")
+        }
+    }
+
     @Test("an empty name pattern is refused: it would match every device with a name")
     func emptyPattern() throws {
         let d = try singleError(Sample.usbEntry(#"{"productName": "", "description": "camera"}"#))
