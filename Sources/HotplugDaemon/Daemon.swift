@@ -237,6 +237,9 @@ public actor Daemon {
     var pciAttachTimeout = 60.0
     /// Seconds for each other QMP exchange (`VHOTPLUG_QMP_TIMEOUT`, 5).
     var qmpTimeout = 5.0
+    /// Seconds after its connect a QMP connection may be passed on to the VM's next operation
+    /// when that one is already waiting (`VHOTPLUG_QMP_BATCH_HOLD`, 0.25).
+    var qmpBatchHold = 0.25
     /// Seconds each run of crosvm's command line may take before it is killed (`VHOTPLUG_CROSVM_TIMEOUT`, 5).
     var crosvmTimeout = 5.0
     /// The longest wait between two looks at an operation the VM did not answer in time.
@@ -356,6 +359,9 @@ public actor Daemon {
         unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
+        qmpBatchHold = environment("VHOTPLUG_QMP_BATCH_HOLD", expected: "seconds from 0 to 3600") {
+            Double($0).flatMap { (0...3600).contains($0) ? $0 : nil }
+        } ?? qmpBatchHold
         crosvmTimeout = environmentSeconds("VHOTPLUG_CROSVM_TIMEOUT") ?? crosvmTimeout
         guestWaitLimit = environmentSeconds("VHOTPLUG_GUEST_WAIT") ?? guestWaitLimit
         // How long a USB device whose add event came before its interfaces waits for them (5 s).
@@ -419,7 +425,8 @@ public actor Daemon {
                 switch vm.type {
                 case .qemu:
                     next[vm.name] = QEMUBackend(name: vm.name, socketPath: vm.socket, loop: loop, logger: logger,
-                                                timeout: qmpTimeout, unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout)
+                                                timeout: qmpTimeout, unplugTimeout: unplugTimeout, pciTimeout: pciAttachTimeout,
+                                                batchHold: qmpBatchHold)
                 case .crosvm:
                     next[vm.name] = CrosvmBackend(name: vm.name, socketPath: vm.socket,
                                                   crosvmPath: crosvmProgram(configuration),

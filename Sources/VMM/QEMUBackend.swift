@@ -24,7 +24,7 @@ public actor QEMUBackend: VMBackend {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
     public init(name: String, socketPath: String, loop: EventLoop, logger: Logger,
-                timeout: Double = 5, unplugTimeout: Double = 10, pciTimeout: Double = 60) {
+                timeout: Double = 5, unplugTimeout: Double = 10, pciTimeout: Double = 60, batchHold: Double = 0.25) {
         self.name = name
         self.socketPath = socketPath
         self.loop = loop
@@ -32,6 +32,7 @@ public actor QEMUBackend: VMBackend {
         self.timeout = timeout
         self.unplugTimeout = unplugTimeout
         self.pciTimeout = pciTimeout
+        self.batchHold = batchHold
     }
 
     /// A connection opened ahead of an operation (`prepare`): connected, its
@@ -40,10 +41,10 @@ public actor QEMUBackend: VMBackend {
     private var prepared: (client: QMPClient, timer: TimerToken, handedOver: Bool)?
     /// How long a prepared connection waits for its operation.
     static let preparedLinger = 0.05
-    /// How long after its connect a connection may still be passed on to a waiting
+    /// Seconds after its connect a connection may still be passed on to a waiting
     /// operation: a batch holds the socket this long at most before the VM's other
     /// clients (its manager), waiting in the listen backlog, get their turn.
-    static let batchHold = 0.25
+    let batchHold: Double
 
     /// Runs `body` on a fresh connection, after the operations queued before it.
     /// The connection is made and `qmp_capabilities` sent at once; the first command
@@ -74,7 +75,7 @@ public actor QEMUBackend: VMBackend {
         let result = try await body(client)
         // Only a connection whose exchanges all ended well (after a timeout or an error
         // an answer may still be on its way, and the client has closed it), and not for ever.
-        keep = lock.queued > 0 && client.isOpen && Deadline.now().seconds(since: client.connectedAt) < Self.batchHold
+        keep = lock.queued > 0 && client.isOpen && Deadline.now().seconds(since: client.connectedAt) < batchHold
         return result
     }
 
