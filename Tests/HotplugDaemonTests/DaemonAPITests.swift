@@ -386,7 +386,7 @@ struct DaemonAPITests {
     func acceptFailuresBackOff() async throws {
         let rig = try await APIRig()
         let d = try rig.daemon()
-        let pid = d.process.processIdentifier
+        let pid = d.pid
         func limitDescriptors(_ n: Int) throws {
             let r = try run(["prlimit", "--pid", "\(pid)", "--nofile=\(n):\(max(n, 4096))"])   // util-linux
             try #require(r.status == 0, "prlimit: \(r.stderr)")

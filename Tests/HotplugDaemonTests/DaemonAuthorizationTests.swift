@@ -28,8 +28,8 @@ struct AuthRig {
         try write(auth: #"{"enable": true}"#)
         let first = try daemon()
         try first.waitFor("USB authorization: new USB devices are not authorized on the host")
-        kill(first.process.processIdentifier, SIGKILL)
-        first.process.waitUntilExit()
+        first.signal(SIGKILL)
+        _ = first.process.wait()
     }
 
     func write(auth: String, allow: String = #"{"interfaceClass": 3, "interfaceProtocol": 2, "description": "HID mouse"}"#) throws {
@@ -170,7 +170,7 @@ struct DaemonAuthorizationTests {
             .replacingOccurrences(of: "bus/usb/001/", with: "bus/usb/003/").replacingOccurrences(of: "BUSNUM=001", with: "BUSNUM=003")
             .replacingOccurrences(of: "A: busnum=1\\n", with: "A: busnum=3\\n")
             .replacingOccurrences(of: "A: authorized_default=1\\n", with: "A: authorized_default=0\\n")
-        let held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        let held = rig.tb.holdListeners(of: d.pid)
         try rig.tb.add(record: usb3 + "\n")
         rig.tb.releaseListeners(held)
         #expect(!d.log.contains { $0.contains("usb usb3") })
@@ -199,8 +199,7 @@ struct DaemonAuthorizationTests {
             """.write(toFile: rig.config, atomically: true, encoding: .utf8)
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-a"], testbed: rig.tb)
         try d.waitFor("vhotplug: cannot start: \(socket) exists and is not a socket")
-        d.process.waitUntilExit()
-        #expect(d.process.terminationStatus == 1)
+        #expect(d.process.wait() == 1)
         #expect(rig.attribute(AuthRig.usb1, "authorized_default") == "1")
         #expect(rig.attribute(AuthRig.usb2, "authorized_default") == "1")
         #expect(!d.log.contains { $0.contains("USB authorization") || $0.contains("attach") }, "\(d.log)")

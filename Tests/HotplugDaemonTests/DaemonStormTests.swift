@@ -91,7 +91,7 @@ struct DaemonStormTests {
         let all = Set(mice.map { "\(vmOf($0)):\(id($0))" })
         try await waitUntil("all 50 mice attached by -a", timeout: 120) { try Self.held(qemus) == all }
         phase("all attached")
-        let pid = d.process.processIdentifier
+        let pid = d.pid
 
         // One storm: mouse k is unplugged and plugged again 10 times (20 events); the
         // second half once more unplugged (21 events): 1025 events, about 0.2 ms each.

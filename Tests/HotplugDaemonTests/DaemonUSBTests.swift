@@ -362,7 +362,7 @@ struct DaemonUSBTests {
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
 
         // The daemon's uevent sockets (its monitor's and its libusb's) hear nothing; QEMU's do.
-        var held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        var held = rig.tb.holdListeners(of: d.pid)
         #expect(held.count == 2)
         rig.unplugReceiver()
         try rig.replugReceiver(1)             // port 2 again, a new address (5)
@@ -378,7 +378,7 @@ struct DaemonUSBTests {
         let addr = try rig.qemu.observe("qom-get", #"{"path": "/machine/peripheral/vhp-usb-1-2", "property": "hostaddr"}"#)
         #expect(addr["return"] as? Int == 5)
 
-        held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        held = rig.tb.holdListeners(of: d.pid)
         rig.tb.unplug("/sys/devices/pci0000:00/0000:00:14.0/usb1/1-3")
         rig.tb.releaseListeners(held)
         mark = d.mark
@@ -705,7 +705,7 @@ struct DaemonUSBTests {
         // Neither the daemon's monitor nor its libusb hears the receiver go and a USB disk come
         // at another port with the same address (a controller registered again starts its
         // addresses over; a bus's addresses wrap after 127 plugs).
-        let held = rig.tb.holdListeners(of: d.process.processIdentifier)
+        let held = rig.tb.holdListeners(of: d.pid)
         #expect(held.count == 2)
         rig.unplugReceiver()
         let text = try String(contentsOfFile: fixtures + "/usb-disk.umockdev", encoding: .utf8)

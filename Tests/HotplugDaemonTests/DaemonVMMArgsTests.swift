@@ -272,7 +272,7 @@ struct DaemonVMMArgsTests {
         // (A failed test kills the daemon before the played kernel stops: a daemon whose loop is in a
         // write to the kernel's FIFOs would wait for a reader that is gone, and the test with it.)
         defer {
-            kill(d.process.processIdentifier, SIGKILL)
+            kill(d.pid, SIGKILL)
             try? FileManager.default.removeItem(atPath: gate)
             kernel.stop()
         }

@@ -4,7 +4,9 @@ import Foundation
 /// given one), its log followed line by line so a test waits for what it
 /// says — an event, not a clock.
 public final class DaemonProcess: @unchecked Sendable {
-    public let process = Process()
+    /// The daemon, its stdout and stderr in one pipe (a `ChildProcess`, not Foundation's
+    /// Process, whose waitUntilExit once waited for good for a program that had ended).
+    public let process: ChildProcess
     private let lock = NSCondition()
     private var lines: [String] = []
     private var ended = false
@@ -29,30 +31,28 @@ public final class DaemonProcess: @unchecked Sendable {
             env["VHOTPLUG_CROSVM_RECORDS"] = testbed.root + "/vhotplug-crosvm"
         }
         for (k, v) in extra { env[k] = v }
-        process.executableURL = URL(fileURLWithPath: Repository.vhotplug)
-        process.arguments = arguments
-        process.environment = env
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        process.standardInput = FileHandle.nullDevice
-        let handle = pipe.fileHandleForReading
+        process = try ChildProcess([Repository.vhotplug] + arguments, environment: env, mergingStderr: true)
+        let fd = process.takeOutput()
         let box = LineBox()
+        // The pipe's reader owns its end: it reads to the end of the daemon's output (and of any
+        // program of its own that kept a copy), then closes it.
         reader = Thread {
-            var pending = Data()
+            var pending: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
             while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
+                let n = read(fd, &buf, buf.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                pending += buf[0..<n]
                 while let nl = pending.firstIndex(of: 0x0A) {
-                    box.deliver(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
-                    pending.removeSubrange(pending.startIndex...nl)
+                    box.deliver(String(decoding: pending[..<nl], as: UTF8.self))
+                    pending.removeSubrange(...nl)
                 }
             }
+            close(fd)
             box.deliver(nil)
         }
         box.owner = self
-        try process.run()
         reader.start()
     }
 
@@ -105,22 +105,22 @@ public final class DaemonProcess: @unchecked Sendable {
     /// The number of log lines so far (a mark for `waitFor(from:)`).
     public var mark: Int { log.count }
 
-    public func signal(_ signo: Int32) { kill(process.processIdentifier, signo) }
+    public func signal(_ signo: Int32) { process.signal(signo) }
+
+    /// Its process id.
+    public var pid: pid_t { process.pid }
 
     /// Stops it (SIGTERM) and waits for its exit; returns the exit status.
     @discardableResult
     public func stop() -> Int32 {
-        if process.isRunning {
-            signal(SIGTERM)
-            process.waitUntilExit()
-        }
-        return process.terminationStatus
+        if process.isRunning { signal(SIGTERM) }
+        return process.wait()
     }
 
     deinit {
         if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            signal(SIGKILL)
+            _ = process.wait()
         }
     }
 }

@@ -174,30 +174,38 @@ public func waitForExit(_ pid: pid_t) -> Int32 {
 /// A program started with its stdout and stderr in pipes, read here, and reaped with waitpid.
 /// (Not Foundation's Process: its waitUntilExit once waited for good for a program that had
 /// ended, the termination lost, and the test suite hung with it.)
-public final class ChildProcess {
+public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
-    private let outFd: Int32
-    private let errFd: Int32
+    private var outFd: Int32
+    private var errFd: Int32
+    private let lock = NSLock()
+    /// Its exit status once reaped.
+    private var status: Int32?
 
-    public init(_ argv: [String]) throws {
+    /// `environment`: the program's whole environment (nil: this process's).
+    /// `mergingStderr`: its stderr goes to the stdout pipe (`takeOutput`).
+    public init(_ argv: [String], environment: [String: String]? = nil, mergingStderr: Bool = false) throws {
         var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
-        guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw TestbedError(message: "pipe: errno \(errno)") }
+        guard pipe(&outPipe) == 0, mergingStderr || pipe(&errPipe) == 0 else { throw TestbedError(message: "pipe: errno \(errno)") }
         // (Kept from other children; dup2 gives this one its copies without the flag.)
-        for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        for fd in outPipe + errPipe where fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        posix_spawn_file_actions_adddup2(&actions, mergingStderr ? outPipe[1] : errPipe[1], 2)
         let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
+        let cEnv = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer {
+            cArgs.forEach { free($0) }
+            cEnv?.forEach { free($0) }
+        }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
-        close(outPipe[1])
-        close(errPipe[1])
+        let rc = cEnv.map { posix_spawn(&pid, argv[0], &actions, nil, cArgs, $0) } ?? posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+        for fd in [outPipe[1], errPipe[1]] where fd >= 0 { close(fd) }
         guard rc == 0 else {
-            close(outPipe[0]); close(errPipe[0])
+            for fd in [outPipe[0], errPipe[0]] where fd >= 0 { close(fd) }
             throw TestbedError(message: "cannot start \(argv[0]): errno \(rc)")
         }
         self.pid = pid
@@ -206,8 +214,13 @@ public final class ChildProcess {
     }
 
     deinit {
-        close(outFd)
-        close(errFd)
+        for fd in [outFd, errFd] where fd >= 0 { close(fd) }
+    }
+
+    /// The read end of its stdout pipe, for the caller to read and close (it is no longer this one's).
+    public func takeOutput() -> Int32 {
+        defer { outFd = -1 }
+        return outFd
     }
 
     /// The next line of its stderr (without the newline), or what came before its end.
@@ -229,7 +242,32 @@ public final class ChildProcess {
     }
 
     /// Its exit status (128 + the signal when one ended it), once it has ended.
-    public func wait() -> Int32 { waitForExit(pid) }
+    public func wait() -> Int32 {
+        lock.lock()
+        defer { lock.unlock() }
+        if let status { return status }
+        let s = waitForExit(pid)
+        status = s
+        return s
+    }
+
+    /// True until it has ended (reaped here when it has).
+    public var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard status == nil else { return false }
+        var raw: Int32 = 0
+        guard waitpid(pid, &raw, WNOHANG) == pid else { return true }
+        status = EventLoop.exitCode(raw)
+        return false
+    }
+
+    /// Sends it `signo` unless it has been reaped (its pid may be another's by then).
+    public func signal(_ signo: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        if status == nil { kill(pid, signo) }
+    }
 }
 
 /// A daemon's environment with the kernel's slow stores played (`Tests/Doubles/slow-store.c`,
