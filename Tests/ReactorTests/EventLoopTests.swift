@@ -330,7 +330,10 @@ struct EventLoopTests {
         let text = try String(contentsOfFile: pidFile, encoding: .utf8)
         let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)))
         let pidfd = vh_pidfd_open(pid)
-        guard pidfd >= 0 else { return } // gone (and reaped) already
+        guard pidfd >= 0 else {
+            #expect(errno == ESRCH, "pidfd_open: errno \(errno)") // gone (and reaped) already
+            return
+        }
         defer { close(pidfd) }
         var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
         let gone = poll(&p, 1, 10_000) == 1

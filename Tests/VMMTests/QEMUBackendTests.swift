@@ -587,7 +587,10 @@ struct QMPLineTests {
             #expect(name == parsedName)
             #expect(flat(data) == flat(parsedData), "\(text)")
         }
-        guard case .event(_, let data)? = QMPMessage.fastPath(Array(deleted.utf8)) else { return }
+        guard case .event(_, let data)? = QMPMessage.fastPath(Array(deleted.utf8)) else {
+            Issue.record("DEVICE_DELETED without its CR missed the fast path")
+            return
+        }
         #expect(data?["device"]?.stringValue == "vhp-usb-1-2" && data?["path"]?.stringValue == "/machine/peripheral/vhp-usb-1-2")
         // Anything else goes to the parser.
         for text in [#"{"return": {"a": 1}, "id": 1}"#, #"{"event": "DEVICE_DELETED", "data": {"device": "x"}}"#, #"{"QMP": 1}"#, "\r", "",
