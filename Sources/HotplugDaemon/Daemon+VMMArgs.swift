@@ -95,6 +95,7 @@ extension Daemon {
             t.busy = false
             reconciled(key)
             reconcile(key)
+            noteIfIdle()
         }
         do {
             let record = try await bindToVFIO(t, d)

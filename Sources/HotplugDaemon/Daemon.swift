@@ -397,6 +397,15 @@ public actor Daemon {
             decideAgain()
         }
         if reloadPending { await reloadInTurn() }
+        noteIfIdle()
+    }
+
+    /// At debug level, says so when no device operation is in flight and no start or reload is
+    /// under way (after the line that began one, what it started is over when this comes): tests
+    /// wait for it before they check that something did not happen. (Not looked at otherwise.)
+    func noteIfIdle() {
+        guard logger.logLevel <= .debug, started, !reloading, !devices.values.contains(where: \.busy) else { return }
+        logger.debug("idle: no device operation in flight")
     }
 
     // MARK: Configuration and VMs
@@ -1098,6 +1107,7 @@ public actor Daemon {
         }
         reconciled(key)
         trimSoon()
+        noteIfIdle()
     }
 
     /// A device left `vm`: the first device whose attach there failed for want of a free port,
@@ -1759,6 +1769,7 @@ public actor Daemon {
             await reload()
         } while reloadPending && !stopping
         reloading = false
+        noteIfIdle()
     }
 
     /// SIGHUP: a valid new configuration replaces the old; devices whose

@@ -591,6 +591,7 @@ struct DaemonAPITests {
         let mark = d.mark
         d.signal(SIGHUP)
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": suspended; stays on the host until resumed", from: mark)
+        try d.waitForIdle(from: try d.waitFor("configuration reloaded", from: mark))
         #expect(!d.log[mark...].contains { $0.contains("attached to vm1") }, "\(d.log)")
         #expect(try rig.qemu.attachedIds() == [])
         #expect(try rig.cli(["usb", "resume"]).status == 0)

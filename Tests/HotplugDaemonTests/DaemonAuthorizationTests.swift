@@ -325,8 +325,10 @@ struct DaemonAuthorizationTests {
         let mark = d.mark
         try rig.write(auth: #"{"enable": true}"#, allow: #"{"vendorId": "1234"}"#)
         d.signal(SIGHUP)
-        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
-        try d.waitFor("de-authorized on the host (it left vm1)", from: mark)
+        let detached = try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark)
+        let deauthorized = try d.waitFor("de-authorized on the host (it left vm1)", from: mark)
+        // (The test's barrier, `waitForIdle`, comes after what the detach's task did next.)
+        #expect(try d.waitForIdle(from: detached) > deauthorized)
         #expect(rig.attribute(receiverDevpath, "authorized") == "0")
         #expect(try rig.qemu.attachedIds() == [])
 
@@ -336,7 +338,7 @@ struct DaemonAuthorizationTests {
         d.signal(SIGHUP)
         try d.waitFor("attached to vm1 as vhp-usb-1-2", from: mark2)
         rig.tb.unplug("/sys" + receiverDevpath)
-        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark2)
+        try d.waitForIdle(from: try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: mark2))
         #expect(!d.log[mark2...].contains { $0.contains("de-authorized") })
     }
 

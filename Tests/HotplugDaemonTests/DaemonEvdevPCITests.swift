@@ -28,7 +28,7 @@ struct DaemonEvdevPCITests {
         // ...and does not try again: after a later event (a reload), still one attempt.
         let mark = d.mark
         d.signal(SIGHUP)
-        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitForIdle(from: try d.waitFor("configuration reloaded", from: mark))
         #expect(d.log.filter { $0.contains(#""evdev":"/dev/input/event0""#) }.count == 1)
         #expect(try qemu.attachedIds() == [])
     }

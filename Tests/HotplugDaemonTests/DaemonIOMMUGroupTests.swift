@@ -19,7 +19,7 @@ struct DaemonIOMMUGroupTests {
              "vms": [{"name": "vm1", "type": "qemu", "socket": "\(qemu.qmpPath)"},
                      {"name": "vm2", "type": "qemu", "socket": "\(qemu.dir)/vm2.sock"}]}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: ["-c", config], testbed: tb)
+        let d = try DaemonProcess(arguments: ["-c", config, "-d"], testbed: tb)
         try d.waitFor("; listening (")
         try tb.addProbed(file: fixtures + "/pci-gpu-audio.umockdev")
         return (tb, qemu, d)
@@ -68,7 +68,7 @@ struct DaemonIOMMUGroupTests {
         try d.waitFor("\(Self.gpu): attach to vm1 failed: ")
         let mark = d.mark
         d.signal(SIGHUP)
-        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitForIdle(from: try d.waitFor("configuration reloaded", from: mark))
         #expect(!d.log.contains { $0.contains(Self.audio) && $0.contains("attach") }, "\(d.log)")
         #expect(!d.log.contains { $0.contains("pciIommuAddAll") })
         #expect(try qemu.attachedIds() == [])
@@ -87,7 +87,7 @@ struct DaemonIOMMUGroupTests {
         try d.waitFor("\(Self.audio): vm2 (rule set 1 \"Audio\", allow[0])")
         let mark = d.mark
         d.signal(SIGHUP)
-        try d.waitFor("configuration reloaded", from: mark)
+        try d.waitForIdle(from: try d.waitFor("configuration reloaded", from: mark))
         #expect(d.log.filter { $0.contains("pciIommuAddAll: IOMMU group 2") }.count == 1)
         #expect(!d.log.contains { $0.contains("attach to") || $0.contains("on vfio-pci") || $0.contains("device_add") }, "\(d.log)")
         #expect(try qemu.attachedIds() == [])

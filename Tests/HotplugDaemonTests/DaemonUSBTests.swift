@@ -179,6 +179,7 @@ struct DaemonUSBTests {
         let rig = try await Rig()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let d = try rig.daemon()
+        try d.waitForIdleAfterStart()
         #expect(try rig.qemu.attachedIds() == [])
         #expect(!d.log.contains { $0.contains("attached to") })
     }
@@ -239,6 +240,7 @@ struct DaemonUSBTests {
         try d.waitFor("attached to vm1 as vhp-usb-1-2")
         d.stop()
         d = try rig.daemon()
+        try d.waitForIdleAfterStart()
         #expect(d.log.contains { $0.contains("found in VM vm1 as vhp-usb-1-2") })
         #expect(!d.log.contains { $0.contains("attached to") })
         #expect(try rig.qemu.attachedIds() == ["vhp-usb-1-2"])

@@ -140,7 +140,7 @@ struct DaemonVMMArgsTests {
         try rig.tb.add(file: fixtures + "/ps2-keyboard.umockdev")
         let qemu = try rig.qemu(["-device", "virtio-keyboard-pci,id=vhp-evdev-event0,bus=ep2"])
         let d = try rig.daemon()
-        try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-event0")
+        try d.waitForIdle(from: try d.waitFor("input event0 \"AT Translated Set 2 keyboard\": found in VM vm1 as vhp-evdev-event0"))
         #expect(!d.log.contains { $0.contains("device_del") || $0.contains("device_add") }, "\(d.log)")
         withExtendedLifetime(qemu) {}
     }

@@ -102,6 +102,19 @@ public final class DaemonProcess: @unchecked Sendable {
         throw TestbedError(message: "vhotplug never logged \(wanted); its log:\n" + lines.joined(separator: "\n"))
     }
 
+    /// Waits until the daemon (run with `-d`) says that no device operation is in flight and no
+    /// start or reload is under way, after line `from`: what the event logged there started is
+    /// over. A check that something did not happen comes after this.
+    @discardableResult
+    public func waitForIdle(from: Int, timeout: Double = 20) throws -> Int {
+        try waitFor("idle: no device operation in flight", from: from + 1, timeout: timeout)
+    }
+
+    /// `waitForIdle` after the start: what the first pass started is over.
+    public func waitForIdleAfterStart() throws {
+        try waitForIdle(from: try waitFor("; listening ("))
+    }
+
     /// The number of log lines so far (a mark for `waitFor(from:)`).
     public var mark: Int { log.count }
 

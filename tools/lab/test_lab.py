@@ -652,6 +652,17 @@ class DaemonCase(LabCase):
         note(what or "daemon: start -> \"listening\" (spawn + first pass)", time.monotonic() - t)
         return mark
 
+    def wait_idle(self, since):
+        """Waits for the daemon's (-d) word that no device operation is in flight and no start
+        or reload is under way, after offset `since` of the whole log: what the event logged
+        before `since` started is over, and a check that something did not happen can follow."""
+        return self.lab.wait_log(r"idle: no device operation in flight", since=since)
+
+    def wait_idle_after(self, pattern, since=None):
+        """wait_idle after the line matching `pattern` (from `since`, default this run)."""
+        m = self.lab.wait_log(pattern, since=self.mark if since is None else since)
+        return self.wait_idle(m.end())
+
     def log(self):
         return self.lab.vhotplug_log(since=self.mark)
 
@@ -830,8 +841,7 @@ class Test5Daemon(DaemonCase):
         self.assertEqual(self.vhp(), {vid})
         # a new daemon finds it, and does not attach it again (-d shows its QMP traffic)
         self.start("-a", what="daemon: restart with a device attached -> \"listening\"")
-        self.assertLog(r"usb %s [^\n]*: found in VM vm1 as %s" % (re.escape(name), re.escape(vid)))
-        time.sleep(0.5)
+        self.wait_idle_after(r"usb %s [^\n]*: found in VM vm1 as %s" % (re.escape(name), re.escape(vid)))
         self.assertNotLog(r'"execute":"device_add"')
         self.assertNotLog(r"attached to vm1")
         self.assertEqual(self.vhp(), {vid})
@@ -853,7 +863,7 @@ class Test5Daemon(DaemonCase):
         want = {"vhp-usb-" + p.guest["name"] for p in plugged}
         # without -a connected devices stay where they are
         self.start()
-        time.sleep(0.5)
+        self.wait_idle_after(r"; listening \(")
         self.assertEqual(self.vhp(), set())
         self.assertNotLog(r"attached to vm1")
         lab.stop_vhotplug()
@@ -1172,7 +1182,7 @@ class Test6DaemonPCIEvdev(DaemonCase):
         self.start("-a", config=PCI_RULES, what="daemon: restart with the e1000e in vm1 -> \"listening\"")
         self.assertLog(r"pci %s [^\n]*: found in VM vm1 as %s" % (re.escape(addr), re.escape(vid)))
         # a reload reconciles every device again: still no second attach
-        self.reload(PCI_RULES)
+        self.wait_idle_after(r"configuration reloaded", since=self.reload(PCI_RULES))
         self.assertNotLog(r'"execute":"device_add"')
         self.assertNotLog(r"attached to vm1")
         self.assertInVM1(vid, 0x8086, 0x10d3)
@@ -1666,7 +1676,7 @@ class Test7USBAuthorization(DaemonCase):
         # an unplug is no de-authorization (the device is gone)
         mark = lab.vhotplug_log_mark()
         lab.unplug("k1")
-        lab.wait_log(r"usb %s [^\n]*: detached from vm1" % re.escape(name), since=mark, timeout=10)
+        self.wait_idle_after(r"usb %s [^\n]*: detached from vm1" % re.escape(name), since=mark)
         self.assertNotLog(r"usb %s [^\n]*: de-authorized" % re.escape(name), since=mark)
 
     def test_3_leaving_vm1_deauthorizes_and_a_stopped_daemon_restores_the_defaults(self):
