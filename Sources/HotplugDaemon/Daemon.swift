@@ -132,6 +132,10 @@ final class Tracked: @unchecked Sendable {
     var present = true
     /// A reconcile task is running for it.
     var busy = false
+    /// On vfio-pci from an earlier run while a VM that may hold it has not been listed
+    /// (`unlisted`): not given back to its driver (the kernel's unbind would wait for that VM
+    /// without end, or pull the device out of its guest) until every VM has been.
+    var placementUnknown = false
     /// `reconcile` was asked while the task ran: it looks at the device once more before it ends
     /// (the task may be past the point where it would have seen the change).
     var again = false
@@ -190,6 +194,11 @@ public actor Daemon {
     var backends: [String: any VMBackend] = [:]
     /// VMs known to be down (their socket refuses): devices wait for the socket to appear.
     var vmDown: Set<String> = []
+    /// VMs whose devices could not be listed (no answer in time, an error: not a VM that is down),
+    /// with the delay before the next time they are asked and its timer (`relistLater`). Until
+    /// every VM has been listed, a PCI device an earlier run left on vfio-pci stays there
+    /// (`placementUnknown`): one of them may hold it.
+    var unlisted: [String: (delay: Double, timer: TimerToken?)] = [:]
     /// How many times a device left each VM (a port may have freed): an attach refused for want
     /// of a port while this moved is tried again at once.
     var portsFreed: [String: Int] = [:]
@@ -574,6 +583,7 @@ public actor Daemon {
                 group.addTask(executorPreference: self.loop) { await self.resync(vm: vm) }
             }
         }
+        if unlisted.isEmpty { placementsKnown() }
         for key in devices.keys.sorted() { reconcile(key) }
         for key in arriving where devices[key] == nil { deviceAdded(key, at: now) }
     }
@@ -644,6 +654,7 @@ public actor Daemon {
                 continue
             }
             t.vfio = record
+            t.placementUnknown = true // (until the VMs are listed)
             let drivers = record.members.map { "\($0.address) from \($0.originalDriver ?? "no driver")" }.joined(separator: ", ")
             // Where a device connected now goes: the user's detach and choice of VM (the state file)
             // count. (Before, the rule's first VM: a device the user had detached, or put in another
@@ -686,11 +697,18 @@ public actor Daemon {
             if error.isNotRunning {
                 vmDown.insert(vm)
                 logger.info("VM \(vm) is not running; its devices will follow when it starts")
+                listedOrDown(vm)
             } else {
-                logger.warning("VM \(vm): cannot list its devices: \(error)")
+                // Asked again later: until then what it holds is not known (before, it was taken
+                // to hold nothing, for good: a device it had, sent elsewhere by the rules, stayed
+                // in it, and one on vfio-pci was given back to its driver from under it).
+                let delay = relistLater(vm)
+                logger.warning("VM \(vm): cannot list its devices: \(error); asking again in \(Self.seconds(delay))")
             }
             return error
         }
+        if unlisted[vm] != nil { logger.info("VM \(vm): its devices listed") }
+        defer { listedOrDown(vm) }
         for a in listed {
             if let t = owner(of: a, in: vm) {
                 if t.attachment == nil {
@@ -721,6 +739,51 @@ public actor Daemon {
             }
         }
         return nil
+    }
+
+    /// Asks `vm` for its devices again after a delay that doubles each time (0.5 s to 5 minutes),
+    /// unless that is on its way already; returns the delay.
+    func relistLater(_ vm: String) -> Double {
+        if let entry = unlisted[vm], entry.timer != nil { return entry.delay }
+        let delay = unlisted[vm].map { min($0.delay * 2, 300) } ?? 0.5
+        let timer = loop.schedule(at: .after(delay)) { [self] in
+            assumeIsolated { daemon in
+                daemon.unlisted[vm]?.timer = nil
+                Task(executorPreference: daemon.loop) { await daemon.relist(vm) }
+            }
+        }
+        unlisted[vm] = (delay, timer)
+        return delay
+    }
+
+    /// A VM that could not be listed is asked again; once it answers, what it has moves as the
+    /// rules say (and what it lacks goes to it).
+    func relist(_ vm: String) async {
+        guard !stopping, unlisted[vm] != nil else { return }
+        guard started else {
+            _ = relistLater(vm) // (the start decides every device once it has listed the VMs)
+            return
+        }
+        guard await resync(vm: vm) == nil else { return }
+        for (key, t) in devices where t.attachment?.vm == vm || t.want == vm { reconcile(key) }
+    }
+
+    /// `vm` was listed, or found down: it is no longer to be asked again. Once every VM is
+    /// listed, the PCI devices an earlier run left on vfio-pci are known to be where the
+    /// listings found them, and decided (during the start, the first pass does that).
+    func listedOrDown(_ vm: String) {
+        if let entry = unlisted.removeValue(forKey: vm), let timer = entry.timer { loop.cancel(timer) }
+        if unlisted.isEmpty && started { placementsKnown() }
+    }
+
+    /// Every VM listed: the devices held back for one of them go where the rules say.
+    func placementsKnown() {
+        for (key, t) in devices where t.placementUnknown {
+            t.placementUnknown = false
+            t.failed = false // (an attach elsewhere that the group's unknown holder may have refused)
+            t.lastError = nil
+            if started { reconcile(key) }
+        }
     }
 
     /// A stale PCI or input device asked to leave `vm` (`resync`, not waited for) holds its root
@@ -1661,6 +1724,13 @@ public actor Daemon {
             await passOn(record, leaving: t)
             return
         }
+        if t.placementUnknown && !unlisted.isEmpty {
+            let vms = unlisted.keys.sorted().joined(separator: ", ")
+            let why = "stays on vfio-pci until \(vms) can be listed: an earlier run left it there, and \(unlisted.count == 1 ? "that VM" : "one of them") may hold it"
+            if t.lastError != why { logger.warning("\(t.logName): \(why)") }
+            t.lastError = why
+            return
+        }
         // The group goes back as a whole: not while another of its devices is in a VM
         // (or on its way to one), which would lose the device from under that VM.
         if let mate = groupMateInUse(t) {
@@ -1813,6 +1883,8 @@ public actor Daemon {
         // of its old socket says nothing (its new one may be there already, with no inotify event
         // to come).
         vmDown.formIntersection(next.vms.map(\.name))
+        // A VM no longer configured is not asked again (nor waited for).
+        for vm in unlisted.keys where !next.vms.contains(where: { $0.name == vm }) { listedOrDown(vm) }
         for name in fresh {
             vmDown.remove(name)
             guard let path = backends[name]?.socketPath, access(path, F_OK) == 0 else { continue }

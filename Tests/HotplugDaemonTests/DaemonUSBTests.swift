@@ -174,6 +174,30 @@ struct DaemonUSBTests {
         #expect(connections == 4, "\(d.log.joined(separator: "\n"))")
     }
 
+    @Test("a VM that does not answer at the start is asked again: the device it has, which the rules now send nowhere, leaves it once it answers")
+    func unlistedVMAskedAgain() async throws {
+        let rig = try await Rig()
+        var d = try rig.daemon()
+        try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
+        try d.waitFor("attached to vm1 as vhp-usb-1-2")
+        d.stop()
+        // The rules change while the daemon is down, and QEMU stops answering (its manager holds
+        // the socket, or it is busy) while the daemon starts again.
+        _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.qmpPath, allow: #"{"vendorId": "1234"}"#)
+        kill(rig.qemu.pid, SIGSTOP)
+        var stopped = true
+        defer { if stopped { kill(rig.qemu.pid, SIGCONT) } }
+        d = try rig.daemon(environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
+        try d.waitFor("VM vm1: cannot list its devices: VM vm1: no answer to greeting in time; asking again in 0.5 s")
+        kill(rig.qemu.pid, SIGCONT)
+        stopped = false
+        // Before, it was never asked again: the receiver stayed in vm1 for good.
+        let listed = try d.waitFor("VM vm1: its devices listed")
+        try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": found in VM vm1 as vhp-usb-1-2", from: listed)
+        try d.waitFor("detached from vm1 (vhp-usb-1-2)", from: listed)
+        #expect(try rig.qemu.attachedIds() == [])
+    }
+
     @Test("without -a, a connected device stays on the host")
     func noAttachConnected() async throws {
         let rig = try await Rig()

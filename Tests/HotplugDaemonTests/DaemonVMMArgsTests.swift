@@ -413,6 +413,39 @@ struct DaemonVMMArgsTests {
         #expect(!d.log.contains { $0.contains("still for vm1") || $0.contains("vm1 is not running; waiting") }, "\(d.log)")
     }
 
+    @Test("a start with the GPU on vfio-pci from an earlier run, for no VM now, while vm1 does not answer: it stays on vfio-pci until vm1 has been listed, then goes back to nouveau")
+    func adoptedRecordWaitsForListing() async throws {
+        let rig = try await VMMArgsRig()
+        let kernel = try rig.gpuWithPlayedKernel()
+        defer { kernel.stop() }
+        let gpu = "0000:01:00.0", audio = "0000:01:00.1"
+        try """
+            {"pciPassthrough": [{"targetVm": "vm1", "allow": [{"vendorId": "10de", "deviceId": "9999"}]}],
+             "vms": [{"name": "vm1", "type": "qemu", "socket": "\(rig.qmpPath)"}, {"name": "vm2", "type": "qemu", "socket": "\(rig.dir)/vm2.qmp"}],
+             "general": {"api": {"unixSocket": "\(rig.socket)"}, "persistency": false}}
+            """.write(toFile: rig.config, atomically: true, encoding: .utf8)
+        try BindRecordStore(directory: rig.tb.root + "/vhotplug-vfio").save(BindRecord(
+            device: gpu, group: 2,
+            members: [.init(address: gpu, originalDriver: "nouveau"), .init(address: audio, originalDriver: "snd_hda_intel")],
+            groupNode: "/dev/vfio/2"))
+        for (address, driver) in [(gpu, "nouveau"), (audio, "snd_hda_intel")] { try rig.moveToVFIO(address, from: driver, kernel) }
+        // vm1 runs (an earlier run may have given it the GPU) and does not answer.
+        let qemu = try rig.qemu()
+        kill(qemu.pid, SIGSTOP)
+        var stopped = true
+        defer { if stopped { kill(qemu.pid, SIGCONT) } }
+        let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
+        try d.waitFor("pci \(gpu) 10de:1f06: on vfio-pci from an earlier run (\(gpu) from nouveau, \(audio) from snd_hda_intel); no VM takes it now")
+        // Before, it went back to nouveau at once: the kernel's unbind waits for the VM that holds it.
+        try d.waitFor("pci \(gpu) 10de:1f06: stays on vfio-pci until vm1 can be listed: an earlier run left it there, and that VM may hold it")
+        #expect(rig.driver(gpu) == "vfio-pci" && rig.driver(audio) == "vfio-pci", "kernel: \(kernel.log)")
+        kill(qemu.pid, SIGCONT)
+        stopped = false
+        let listed = try d.waitFor("VM vm1: its devices listed")
+        try d.waitFor("pci \(gpu) 10de:1f06: back on its host driver", from: listed)
+        #expect(rig.driver(gpu) == "nouveau" && rig.driver(audio) == "snd_hda_intel", "kernel: \(kernel.log)")
+    }
+
     @Test("pciIommuAddAll: the GPU and its audio function both fail to attach to vm1 (QEMU refuses them): the group goes back to its host drivers, none of it stays on vfio-pci")
     func groupBackWhenAllFail() async throws {
         let rig = try await VMMArgsRig()
