@@ -246,6 +246,9 @@ public actor Daemon {
     var pciAttachTimeout = 60.0
     /// Seconds for each other QMP exchange (`VHOTPLUG_QMP_TIMEOUT`, 5).
     var qmpTimeout = 5.0
+    /// Seconds a stop waits for a VFIO bind or give-back, and for the state file (`VHOTPLUG_STOP_WAIT`,
+    /// 4: both within systemd's TimeoutStopSec of 10 s).
+    var stopWait = 4.0
     /// Seconds after its connect a QMP connection may be passed on to the VM's next operation
     /// when that one is already waiting (`VHOTPLUG_QMP_BATCH_HOLD`, 0.25).
     var qmpBatchHold = 0.25
@@ -368,6 +371,7 @@ public actor Daemon {
         unplugTimeout = environmentSeconds("VHOTPLUG_UNPLUG_TIMEOUT") ?? unplugTimeout
         pciAttachTimeout = environmentSeconds("VHOTPLUG_PCI_ATTACH_TIMEOUT") ?? pciAttachTimeout
         qmpTimeout = environmentSeconds("VHOTPLUG_QMP_TIMEOUT") ?? qmpTimeout
+        stopWait = environmentSeconds("VHOTPLUG_STOP_WAIT") ?? stopWait
         qmpBatchHold = environment("VHOTPLUG_QMP_BATCH_HOLD", expected: "seconds from 0 to 3600") {
             Double($0).flatMap { (0...3600).contains($0) ? $0 : nil }
         } ?? qmpBatchHold
@@ -1817,12 +1821,33 @@ public actor Daemon {
             logger.info("vhotplug: stopping (signal \(signo)); attached devices stay with their VMs")
             stopping = true
             // A bind or give-back in progress finishes first: cut between a device's unbind and its
-            // probe, it would be left with no driver. (Each step has its own deadline.)
-            await binder.quiesce()
+            // probe, it would be left with no driver. Not for ever: a sysfs store the kernel does not
+            // end (an unbind waits for the VM that holds the device to let go) kept the daemon from
+            // stopping, and the host's USB authorization from being given back, until systemd killed
+            // it. A bind or give-back cut short keeps its record, and the next start finishes it.
+            if await !finishes(within: stopWait, { await self.binder.quiesce() }) {
+                logger.error("vhotplug: a VFIO bind or give-back still runs after \(Self.seconds(stopWait)) (the kernel has not ended its sysfs store); stopping without it: its record is kept for the next start")
+            }
             await stopAPI()
-            await stateWritten() // (a user's choice made just before is not lost)
+            // (A user's choice made just before is not lost; a disk that does not answer is not waited for.)
+            if await !finishes(within: stopWait, { await self.stateWritten() }) {
+                logger.error("vhotplug: the state file is still being written after \(Self.seconds(stopWait)); stopping without it")
+            }
             authorizer.release(logger)
             loop.stop()
+        }
+    }
+
+    /// Runs `operation` in a task of its own and waits for it at most `seconds`: false when it was
+    /// still running then (it goes on; its end is not waited for).
+    func finishes(within seconds: Double, _ operation: @escaping @Sendable () async -> Void) async -> Bool {
+        let wait = BoundedWait(loop: loop)
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            wait.start(c, seconds: seconds)
+            Task(executorPreference: loop) {
+                await operation()
+                wait.end(true)
+            }
         }
     }
 
@@ -1969,5 +1994,27 @@ extension HostDevice {
         case .input(let d):
             return "input \(d.sysName) \(quoted(d.name ?? "", limit: 40))"
         }
+    }
+}
+
+/// `Daemon.finishes(within:)`: the waiter resumed once, by the operation's end or by the timer,
+/// both on the loop's thread.
+private final class BoundedWait: @unchecked Sendable {
+    private let loop: EventLoop
+    private var continuation: CheckedContinuation<Bool, Never>?
+    private var timer: TimerToken?
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func start(_ c: CheckedContinuation<Bool, Never>, seconds: Double) {
+        continuation = c
+        timer = loop.schedule(at: .after(seconds)) { [self] in end(false) }
+    }
+
+    func end(_ finished: Bool) {
+        if let timer { loop.cancel(timer) }
+        timer = nil
+        continuation?.resume(returning: finished)
+        continuation = nil
     }
 }
