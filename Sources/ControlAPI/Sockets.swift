@@ -229,8 +229,29 @@ enum Sockets {
                 }
             }
             let address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            probeWhenIdle(fd)
             return (fd, .tcp(address + ":\(port)"))
         }
+    }
+
+    /// Seconds of silence before the kernel probes a TCP client, between its probes, and the probes
+    /// unanswered before it drops the connection; milliseconds sent data may stay unacknowledged.
+    static let tcpKeepIdle: Int32 = 60, tcpKeepInterval: Int32 = 10, tcpKeepCount: Int32 = 3, tcpUserTimeout: Int32 = 90_000
+
+    /// A TCP client whose host vanished (powered off, its network changed: no FIN, no RST) is found
+    /// by the kernel's keepalive probes within about 90 s and dropped, with no timer in the daemon.
+    /// Before, its connection stayed for the daemon's life: it kept one of its party's places, and,
+    /// had it asked for notifications, devices waited for its choice of VM.
+    static func probeWhenIdle(_ fd: Int32) {
+        func set(_ level: Int32, _ option: Int32, _ value: Int32) {
+            var v = value
+            _ = setsockopt(fd, level, option, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+        set(SOL_SOCKET, SO_KEEPALIVE, 1)
+        set(Int32(IPPROTO_TCP), TCP_KEEPIDLE, tcpKeepIdle)
+        set(Int32(IPPROTO_TCP), TCP_KEEPINTVL, tcpKeepInterval)
+        set(Int32(IPPROTO_TCP), TCP_KEEPCNT, tcpKeepCount)
+        set(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, tcpUserTimeout)
     }
 
     /// The supplementary groups of a process (`Groups:` of /proc/PID/status).

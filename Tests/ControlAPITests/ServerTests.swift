@@ -213,6 +213,37 @@ struct ServerTests {
         await rig.server.stop()
     }
 
+    @Test("a TCP client is probed by the kernel when idle (keepalive, a user timeout): one whose host vanished is dropped, with no timer in the daemon")
+    func tcpKeepalive() async throws {
+        let port = Int.random(in: 20000...40000)
+        let rig = try await ServerRig(settings: { APISettings(enable: true, transports: [.tcp], unixSocket: $0, port: port) })
+        let client = try tcpConnect(port: port)
+        defer { close(client) }
+        // Answered: the server has accepted it.
+        #expect(try tcpUSBList(client).hasPrefix(#"{"result": "ok""#))
+        // The server's end: the socket of this process whose peer is the client's address.
+        var mine = sockaddr_in(), size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &mine) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(client, $0, &size) } }
+        let accepted = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap(Int32.init).first { fd in
+            var peer = sockaddr_in(), n = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &n) } } == 0
+            return ok && fd != client && peer.sin_family == sa_family_t(AF_INET) && peer.sin_port == mine.sin_port
+                && peer.sin_addr.s_addr == mine.sin_addr.s_addr
+        }
+        let fd = try #require(accepted, "the server's end of the connection")
+        func option(_ level: Int32, _ name: Int32) -> Int32 {
+            var v: Int32 = -1, n = socklen_t(MemoryLayout<Int32>.size)
+            _ = getsockopt(fd, level, name, &v, &n)
+            return v
+        }
+        #expect(option(SOL_SOCKET, SO_KEEPALIVE) == 1)
+        #expect(option(Int32(IPPROTO_TCP), TCP_KEEPIDLE) == 60)
+        #expect(option(Int32(IPPROTO_TCP), TCP_KEEPINTVL) == 10)
+        #expect(option(Int32(IPPROTO_TCP), TCP_KEEPCNT) == 3)
+        #expect(option(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT) == 90_000)
+        withExtendedLifetime(rig) {}
+    }
+
     @Test("each transport has its own connection limit: Unix clients up to it are refused more, while a TCP client is still served")
     func connectionLimitPerTransport() async throws {
         var limits = ServerLimits()
@@ -278,16 +309,30 @@ struct ServerTests {
         return (rig, port, clients)
     }
 
-    /// `usb_list` over TCP to 127.0.0.1:`port`: the reply's first read.
-    func tcpUSBList(port: Int) throws -> String {
+    /// A TCP connection to 127.0.0.1:`port`.
+    func tcpConnect(port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = in_port_t(UInt16(port).bigEndian)
         a.sin_addr.s_addr = inet_addr("127.0.0.1")
         let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        try #require(r == 0)
+        guard r == 0 else {
+            close(fd)
+            throw TestbedError(message: "cannot connect to 127.0.0.1:\(port): errno \(errno)")
+        }
+        return fd
+    }
+
+    /// `usb_list` over TCP to 127.0.0.1:`port`: the reply's first read.
+    func tcpUSBList(port: Int) throws -> String {
+        let fd = try tcpConnect(port: port)
+        defer { close(fd) }
+        return try tcpUSBList(fd)
+    }
+
+    /// `usb_list` over the connection `fd`: the reply's first read.
+    func tcpUSBList(_ fd: Int32) throws -> String {
         let line = #"{"action": "usb_list"}"# + "\n"
         _ = line.withCString { write(fd, $0, strlen($0)) }
         var buf = [UInt8](repeating: 0, count: 4096)
