@@ -164,8 +164,15 @@ public actor VFIOBinder {
         let recorded = members.map { m in previous?.members.first { $0.address == m.address && !$0.wasOnVFIO } ?? m }
         let record = BindRecord(device: device.address, group: group, members: recorded, groupNode: groupNode(group))
         // Kept before anything moves: a daemon killed in the middle (or a rollback that does
-        // not finish) leaves a record of what each member had.
-        save(record)
+        // not finish) leaves a record of what each member had. Nothing moves without it (before,
+        // the group moved all the same, and a restarted daemon found it on vfio-pci with no record
+        // of its drivers: it stayed there for good).
+        if let store {
+            do { try store.save(record) } catch {
+                throw VFIOError(device: device.address, step: .check, cause: .refused(
+                    "its VFIO record cannot be kept (\(error)), and without it a restarted vhotplug could not give IOMMU group \(group) back to its drivers; nothing was moved"))
+            }
+        }
         if let previous, previous.device != record.device { forget(previous) }
         var touched: [BindRecord.Member] = []
         do throws(VFIOError) {

@@ -509,6 +509,20 @@ struct VFIORestartTests {
         #expect(dir.files("/vfio") == [], "the record outlives its restore")
     }
 
+    @Test("a bind whose record cannot be kept moves nothing: a restarted daemon could not give the group back")
+    func unsavableRecordRefused() async throws {
+        let dir = try TempFolder()
+        defer { dir.done() }
+        // The records' folder is a file: every save fails.
+        FileManager.default.createFile(atPath: dir.path + "/vfio", contents: Data("x".utf8))
+        let lab = try await Lab(fixture: "pci-gpu-audio.umockdev", store: BindRecordStore(directory: dir.path + "/vfio"))
+        defer { lab.stop() }
+        let error = await #expect(throws: VFIOError.self) { try await lab.binder.bind(try lab.device(gpu)) }
+        #expect(error?.step == .check && "\(error.map { "\($0)" } ?? "")".contains("its VFIO record cannot be kept"), "\(String(describing: error))")
+        #expect(lab.writes.isEmpty, "\(lab.writes)")
+        #expect(lab.driver(gpu) == "nouveau" && lab.driver(audio) == "snd_hda_intel")
+    }
+
     @Test("the device whose bind moved its group leaves the host: its record goes over to a mate still here, which gives the group back")
     func handOverToMate() async throws {
         let dir = try TempFolder()
