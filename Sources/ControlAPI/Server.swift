@@ -223,6 +223,8 @@ public actor ControlServer {
                     let backOff = Self.acceptBackOff(afterFailures: failures)
                     if failures == 0 {
                         logger.error("API: \(error); trying again in \(backOff) s, then less often (said again when it works)")
+                    } else {
+                        logger.debug("API: accept failed again (\(failures + 1) in a row); trying again in \(backOff) s")
                     }
                     failures += 1
                     await loop.sleep(backOff)

@@ -396,10 +396,12 @@ struct DaemonAPITests {
         let mark = d.mark
         let client = try APIClient(path: rig.socket)     // waits in the backlog: each accept fails
         try d.waitFor("API: accept", from: mark)
-        // The condition lasts a while (before, an error line every 0.1 s: about 10 here).
-        try await Task.sleep(for: .seconds(1))
+        // The condition lasts a while: three more tries fail, 0.1, 0.2 and 0.4 s apart (before the
+        // back-off, an error line every 0.1 s), said at debug level only.
+        try d.waitFor("API: accept failed again (4 in a row); trying again in 0.8 s", from: mark)
         try limitDescriptors(4096)
-        try d.waitFor("API: accepting connections again after ", from: mark)
+        let again = try d.waitFor("API: accepting connections again after ", from: mark)
+        #expect(d.log[again].hasSuffix("after 4 failed tries") || d.log[again].hasSuffix("after 5 failed tries"), "\(d.log[again])")
         #expect(try client.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok")
         let failures = d.log[mark...].filter { $0.contains("error vhotplug") && $0.contains("API: ") }
         #expect(failures.count == 1, "\(failures)")
