@@ -48,11 +48,13 @@ public final class DeviceReader {
 
     /// Every device of the given kinds, sorted by kind then name; a device that
     /// cannot be read yields its error in `failures` and does not stop the others.
-    public func enumerate(_ kinds: DeviceKinds = .all) -> (devices: [HostDevice], failures: [DeviceReadError]) {
+    /// Throws when a bus or class folder cannot be listed (nothing is known then).
+    public func enumerate(_ kinds: DeviceKinds = .all) throws(DeviceReadError) -> (devices: [HostDevice], failures: [DeviceReadError]) {
         var devices: [HostDevice] = []
         var failures: [DeviceReadError] = []
+        let links = try links(kinds)
         let snapshot = kinds.contains(.usb) ? libusb?.snapshot() : nil
-        for (subsystem, link) in links(kinds) {
+        for (subsystem, link) in links {
             let r = Result { () throws(DeviceReadError) -> HostDevice in
                 let path = try devicePath(link)
                 switch subsystem {
@@ -71,22 +73,23 @@ public final class DeviceReader {
 
     /// The sysfs paths (below the sysfs root) of the connected devices of the given kinds,
     /// in `enumerate`'s order, without reading them; one that vanishes meanwhile is left out.
-    public func connected(_ kinds: DeviceKinds = .all) -> [(subsystem: String, sysPath: String)] {
-        links(kinds).compactMap { (subsystem, link) in (try? devicePath(link)).map { (subsystem, $0) } }
+    /// Throws as `enumerate` does.
+    public func connected(_ kinds: DeviceKinds = .all) throws(DeviceReadError) -> [(subsystem: String, sysPath: String)] {
+        try links(kinds).compactMap { (subsystem, link) in (try? devicePath(link)).map { (subsystem, $0) } }
     }
 
     /// The bus and class links of the devices of the given kinds, sorted by kind then name.
-    private func links(_ kinds: DeviceKinds) -> [(subsystem: String, link: String)] {
+    private func links(_ kinds: DeviceKinds) throws(DeviceReadError) -> [(subsystem: String, link: String)] {
         var out: [(String, String)] = []
         if kinds.contains(.usb) {
-            let names = Sysfs.list(sysfs.path("/bus/usb/devices")).filter { !$0.contains(":") }
+            let names = try Sysfs.entries(sysfs.path("/bus/usb/devices")).filter { !$0.contains(":") }
             out += names.sorted(by: Self.naturalOrder).map { ("usb", "/bus/usb/devices/" + $0) }
         }
         if kinds.contains(.pci) {
-            out += Sysfs.list(sysfs.path("/bus/pci/devices")).sorted().map { ("pci", "/bus/pci/devices/" + $0) }
+            out += try Sysfs.entries(sysfs.path("/bus/pci/devices")).sorted().map { ("pci", "/bus/pci/devices/" + $0) }
         }
         if kinds.contains(.input) {
-            let events = Sysfs.list(sysfs.path("/class/input")).filter { $0.hasPrefix("event") }
+            let events = try Sysfs.entries(sysfs.path("/class/input")).filter { $0.hasPrefix("event") }
             out += events.sorted(by: Self.naturalOrder).map { ("input", "/class/input/" + $0) }
         }
         return out

@@ -116,7 +116,18 @@ public struct Sysfs: Sendable {
 
     /// Entries of a folder, without `.` and `..`; empty when it cannot be read.
     public static func list(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
+        (try? entries(path)) ?? []
+    }
+
+    /// Entries of a folder, without `.` and `..`; empty when there is no such folder; an error
+    /// when it is there and cannot be read (out of descriptors or memory, not a folder): a
+    /// listing of the devices must not take such a failure for "none".
+    public static func entries(_ path: String) throws(DeviceReadError) -> [String] {
+        guard let dir = opendir(path) else {
+            let code = errno
+            if code == ENOENT { return [] }
+            throw DeviceReadError(device: path, attribute: "listing", reason: String(cString: strerror(code)) + " (errno \(code))")
+        }
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {

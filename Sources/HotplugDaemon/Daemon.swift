@@ -400,7 +400,7 @@ public actor Daemon {
         makeBackends()
         loadState()
         try await openAPI()
-        await firstPass()
+        try await firstPass()
         await serveAPI()
         logger.info("vhotplug \(configuration.summary); following \(devices.count) devices; listening (\(monitor.source) events)")
         started = true
@@ -547,11 +547,19 @@ public actor Daemon {
 
     /// Reads every connected device, finds what the VMs already have from an
     /// earlier run (their ids), removes stale ids, and with `-a` attaches the rest.
-    func firstPass() async {
+    func firstPass() async throws {
         // New devices off the host before the connected ones are read: one plugged meanwhile is
         // read with them (and de-authorized by `deauthorizeUnmatched`), or arrives unauthorized.
         if authorization != nil && !stopping { authorizer.engage(logger) }
-        let (found, failures) = reader.enumerate(followedKinds)
+        let found: [HostDevice], failures: [DeviceReadError]
+        do {
+            (found, failures) = try reader.enumerate(followedKinds)
+        } catch {
+            // Nothing is known of the devices (out of descriptors or memory): the start stops here,
+            // before any VM record or id is taken as stale. (Before, an empty listing.)
+            authorizer.release(logger)
+            throw error
+        }
         for f in failures { logger.warning("cannot read \(f)") }
         let now = Deadline.now()
         // USB devices the kernel is still configuring (plugged as the daemon starts): decided
@@ -1096,7 +1104,14 @@ public actor Daemon {
         let now = Deadline.now()
         var seen = Set<String>()
         // Every kind is listed: input devices followed while evdev passthrough was on are still there.
-        for (subsystem, sysPath) in reader.connected(.all) {
+        let connected: [(subsystem: String, sysPath: String)]
+        do { connected = try reader.connected(.all) } catch {
+            // Not taken for "no devices": each followed one would be taken as gone (detached from its
+            // VM, and a PCI device's record forgotten with its group on vfio-pci).
+            logger.error("cannot list the devices (\(error)): the rescan is skipped, nothing is taken as gone")
+            return
+        }
+        for (subsystem, sysPath) in connected {
             seen.insert(sysPath)
             if pendingUSB[sysPath] != nil {
                 checkPending(sysPath)
@@ -1888,8 +1903,15 @@ public actor Daemon {
         if matcher.decidesInputDevices && !followedInput {
             // evdev passthrough turned on: input events from now on, and the input devices already there.
             monitor?.setSubsystems(eventSubsystems)
-            let (found, failures) = reader.enumerate(.input)
-            for f in failures { logger.warning("cannot read \(f)") }
+            let found: [HostDevice]
+            do {
+                let listed = try reader.enumerate(.input)
+                for f in listed.failures { logger.warning("cannot read \(f)") }
+                found = listed.devices
+            } catch {
+                logger.error("cannot list the input devices (\(error)): those there now are followed from their next event")
+                found = []
+            }
             let now = Deadline.now()
             for device in found {
                 guard let key = Self.key(device), devices[key] == nil else { continue }

@@ -36,7 +36,7 @@ struct Inspect: ParsableCommand {
         if input { kinds.insert(.input) }
         if kinds.isEmpty { kinds = .all }
         let reader = DeviceReader()
-        var (devices, failures) = reader.enumerate(kinds)
+        var (devices, failures) = try reader.enumerate(kinds)
         let read = devices
         if !sysNames.isEmpty {
             let wanted = Set(sysNames.map { $0.hasPrefix("/dev/input/") ? String($0.dropFirst(11)) : $0 })

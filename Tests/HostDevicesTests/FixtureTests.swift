@@ -74,7 +74,7 @@ struct FixtureTests {
         let boot = FileManager.default.fileExists(atPath: mountInfo)
             ? BootDevices.read(sysfs: sysfs, mountInfoPath: mountInfo) : BootDevices(paths: [])
         let reader = DeviceReader(sysfs: sysfs, usbIDs: USBIDs(), bootDevices: boot, useLibUSB: false)
-        let (devices, failures) = reader.enumerate()
+        let (devices, failures) = try reader.enumerate()
         #expect(failures.isEmpty, "\(failures)")
         Fixtures.compare(expected: try Fixtures.expected(name), actual: try Fixtures.actual(devices), fixture: name)
     }
@@ -87,7 +87,7 @@ struct FixtureTests {
         let boot = BootDevices.read(sysfs: sysfs, mountInfoPath: "\(Fixtures.dir)/pci-nvme-boot.mountinfo")
         #expect(!boot.paths.isEmpty)
         let reader = DeviceReader(sysfs: sysfs, usbIDs: nil, bootDevices: boot, useLibUSB: false)
-        let pci = reader.enumerate(.pci).devices.compactMap { d -> PCIDevice? in
+        let pci = try reader.enumerate(.pci).devices.compactMap { d -> PCIDevice? in
             if case .pci(let p) = d { return p }
             return nil
         }
@@ -126,7 +126,7 @@ struct FixtureTests {
         defer { try? FileManager.default.removeItem(atPath: mountInfo) }
         let reader = DeviceReader(sysfs: sysfs, usbIDs: nil, bootDevices: BootDevices.read(sysfs: sysfs, mountInfoPath: mountInfo),
                                   useLibUSB: false)
-        let disks = reader.enumerate(.usb).devices.compactMap { d -> USBDevice? in
+        let disks = try reader.enumerate(.usb).devices.compactMap { d -> USBDevice? in
             if case .usb(let u) = d, u.interfaces.contains(where: { $0.interfaceClass == 8 }) { return u }
             return nil
         }

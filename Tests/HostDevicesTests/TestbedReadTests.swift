@@ -1,4 +1,7 @@
 import DeviceModel
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import HostDevices
 import Testing
 import VHotplugTestSupport
@@ -29,13 +32,30 @@ struct TestbedReadTests {
         tb.setAttribute(bad, "product", bytes: [0x4d, 0xff, 0xfe, 0x00, 0x41])
         tb.addDevice(subsystem: "usb", name: "1-4", attributes: usbAttributes(devnum: "999"),
                      properties: [("DEVTYPE", "usb_device")])
-        let (devices, failures) = reader(tb).enumerate(.usb)
+        let (devices, failures) = try reader(tb).enumerate(.usb)
         #expect(devices.map(\.sysName) == ["1-1"])
         #expect(failures.count == 3)
         let text = failures.map(\.description).joined(separator: "\n")
         #expect(text.contains("1-2: idVendor: expected a hex number"))
         #expect(text.contains("1-3: product: not valid UTF-8 text"))
         #expect(text.contains("1-4: devnum: expected a number up to 255"))
+    }
+
+    @Test("a bus folder that is there and cannot be listed is an error, not \"no devices\"; one that is not there is none")
+    func unlistableBus() throws {
+        let root = scratchPath("vhp-unlistable")
+        for folder in [root, root + "/bus", root + "/bus/usb"] { try #require(mkdir(folder, 0o755) == 0) }
+        close(open(root + "/bus/usb/devices", O_CREAT | O_WRONLY | O_CLOEXEC, 0o644))  // a file: opendir fails (ENOTDIR)
+        defer {
+            unlink(root + "/bus/usb/devices")
+            for folder in [root + "/bus/usb", root + "/bus", root] { rmdir(folder) }
+        }
+        let reader = DeviceReader(sysfs: Sysfs(root: root), usbIDs: nil, bootDevices: BootDevices(paths: []), useLibUSB: false)
+        let error = #expect(throws: DeviceReadError.self) { try reader.enumerate(.usb) }
+        #expect(error?.description == root + "/bus/usb/devices: listing: Not a directory (errno 20)", "\(String(describing: error))")
+        #expect(throws: DeviceReadError.self) { try reader.connected(.all) }
+        // No PCI bus at all (no such folder): no PCI devices.
+        #expect(try reader.enumerate(.pci).devices.isEmpty)
     }
 
     @Test("a classic Bluetooth keyboard below a USB Bluetooth adapter is not a USB device's input: evdev rules decide it; a USB keyboard's input is")
@@ -115,7 +135,7 @@ struct TestbedReadTests {
             L: driver=../../../../../../bus/usb/drivers/usbhid
 
             """)
-        let (devices, failures) = reader(tb).enumerate(.usb)
+        let (devices, failures) = try reader(tb).enumerate(.usb)
         #expect(failures.isEmpty)
         guard case .usb(let d)? = devices.first else { Issue.record("no USB device"); return }
         #expect(d.sysName == "1-1" && d.bus == 1 && d.devnum == 3 && d.port == 1 && d.portPath == [1])
@@ -131,7 +151,7 @@ struct TestbedReadTests {
         // The daemon's reader leaves the drivers and the speed out, and only them.
         let daemonReader = DeviceReader(sysfs: Sysfs(root: tb.sysRoot), usbIDs: USBIDs(), bootDevices: BootDevices(paths: []),
                                         useLibUSB: false, inspectFacts: false)
-        guard case .usb(var without)? = daemonReader.enumerate(.usb).devices.first else { Issue.record("no USB device"); return }
+        guard case .usb(var without)? = try daemonReader.enumerate(.usb).devices.first else { Issue.record("no USB device"); return }
         #expect(without.interfaces.map(\.driver) == [nil] && without.speed == nil)
         without.interfaces[0].driver = "usbhid"
         without.speed = "1.5"
