@@ -30,10 +30,10 @@ install-packages:
 	fi
 
 ## build, release: vhotplug alone (the benchmarks and test tools need umockdev, which a host has no use for).
-build: deps-build swift-check
+build: swift-check deps-build
 	$(SWIFT) build --product vhotplug
 
-release: deps-build swift-check
+release: swift-check deps-build
 	$(SWIFT) build -c release --static-swift-stdlib --product vhotplug
 
 ## swift-check: a Swift toolchain (6.2 or later) must be on PATH, or in /opt/swift (see the README).
@@ -52,7 +52,7 @@ test:
 
 ## test-unit: the Swift tests. They run under umockdev's preload: a testbed's
 ## uevents reach other processes (vhotplug, QEMU) only from a preloaded sender.
-test-unit: deps swift-check
+test-unit: swift-check deps
 	$(SWIFT) build --build-tests
 	@# umockdev's fake netlink holds few datagrams by default (a socket's queue, set when it is
 	@# made), and umockdev's sender aborts the test process on a full one: the storm test sends
@@ -64,11 +64,11 @@ test-unit: deps swift-check
 	@# Two processes side by side, one test at a time in each (tools/test-unit.sh says why).
 	SWIFT="$(SWIFT)" tools/test-unit.sh
 
-test-lab: deps swift-check
+test-lab: swift-check deps
 	$(SWIFT) build
 	python3 tools/lab/test_lab.py
 
-demo: deps swift-check
+demo: swift-check deps
 	$(SWIFT) build
 	python3 tools/lab/lab.py demo
 
@@ -78,10 +78,10 @@ demo: deps swift-check
 .PHONY: fuzz test-fuzz
 FUZZ_SECONDS ?= 300
 FUZZ_TEST_SECONDS ?= 5
-fuzz: deps swift-check
+fuzz: swift-check deps
 	tools/fuzz/run.sh $(FUZZ_SECONDS)
 
-test-fuzz: deps swift-check
+test-fuzz: swift-check deps
 	@# Built without optimization: 27 s to build instead of 92 here, for about a quarter of
 	@# the executions a second (thousands in 5 s). `make fuzz` builds with -O.
 	FUZZ_OPT=-Onone tools/fuzz/run.sh $(FUZZ_TEST_SECONDS)

@@ -155,7 +155,7 @@ public struct Application: ParsableCommand {
               vhotplug check -c <config>
               vhotplug usb list|attach|detach|suspend|resume [options]   (the control API's client)
               vhotplug pci list|attach|detach|suspend|resume [options]
-              vhotplug listen [--json]
+              vhotplug listen [--json] [--retry <s>]
               vhotplug vmm args --vm <vm> [--qemu-bus-prefix <p>] [--qemu-bus-start-index <n>] [--require-pci] [--timeout <s>] [--json]
             """,
         discussion: """
