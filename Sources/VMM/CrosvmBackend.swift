@@ -264,7 +264,7 @@ public actor CrosvmBackend: VMBackend {
         case .noSuchDevice:
             throw failure(command, "no_such_device",
                           "crosvm could not use \(node) as a USB device (no_such_device): the device is gone, "
-                          + "or the node is not a USB device node")
+                          + "the node is not a USB device node, or crosvm cannot set the device up")
         case .failedToOpenDevice:
             throw failure(command, "failed_to_open_device",
                           "crosvm could not start using \(node) for \(what) (failed_to_open_device)")
@@ -588,9 +588,17 @@ public actor CrosvmBackend: VMBackend {
         logger.debug("VM \(name): crosvm \(step) -> \(quoted(answer.text, limit: 300)) (exit \(result.status), \(ms) ms)")
         if case .cliError(let text) = answer, text == "socket failed" {
             let why = logLine(result.stderr, containing: "socket at") ?? lastLine(result.stderr)
-            if why.contains("failed to connect") {
+            // Refused, or no socket: the VM is down. Any other error (permission denied, a stream
+            // socket such as a QMP one: "Protocol wrong type for socket") is the configuration's,
+            // and says so (before, it too was taken for a VM that is not running, and waited for).
+            let down = ["(os error \(ECONNREFUSED))", "(os error \(ENOENT))"].contains { why.contains($0) }
+            if why.contains("failed to connect") && down {
                 logger.info("VM \(name): crosvm cannot connect to \(socketPath): \(why)")
                 throw .notRunning(vm: name, reason: "crosvm cannot connect to \(socketPath): \(why)")
+            }
+            if why.contains("failed to connect") {
+                logger.error("VM \(name): crosvm cannot connect to \(socketPath): \(why): is it this VM's crosvm control socket, and may vhotplug use it?")
+                throw .protocolError(vm: name, detail: "crosvm cannot connect to \(socketPath): \(why)")
             }
             logger.warning("VM \(name): crosvm \(step) lost the connection to the VM: \(why)")
             throw .protocolError(vm: name, detail: "crosvm \(step): the VM's socket failed: \(why)")

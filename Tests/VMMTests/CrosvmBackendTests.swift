@@ -449,7 +449,7 @@ struct CrosvmBackendTests {
         #expect(e?.description.contains("Is a directory") == true)
     }
 
-    @Test("crosvm cannot use the opened device: failed_to_open_device; cannot set it up: failed_to_init_host_device")
+    @Test("crosvm cannot use the opened device: failed_to_open_device; cannot set it up: no_such_device, as current crosvm answers (older crosvm said failed_to_init_host_device, which is still understood)")
     func deviceRefusedByVM() async throws {
         let vm = try CrosvmVM()
         let host = try LoopHost()
@@ -460,7 +460,8 @@ struct CrosvmBackendTests {
         #expect(errorClass(e1) == "failed_to_open_device")
         let broken = try vm.node("broken", vendor: 1, product: 3, configurations: 0)
         let e2 = await failure { () async throws(VMError) in _ = try await b.attachUSB(usbDevice(3, node: broken, vendor: 1, product: 3)) }
-        #expect(errorClass(e2) == "failed_to_init_host_device")
+        #expect(errorClass(e2) == "no_such_device")
+        #expect(e2?.description.contains("or crosvm cannot set the device up") == true, "\(String(describing: e2))")
         #expect(try vm.cli("list") == "devices")
     }
 
@@ -493,6 +494,26 @@ struct CrosvmBackendTests {
         let e = await failure { () async throws(VMError) in _ = try await backend(vm, host).listAttached() }
         #expect(e?.isNotRunning == true)
         #expect(e?.description.contains("Connection refused") == true)
+    }
+
+    @Test("a socket crosvm cannot use for another reason (a stream socket, such as a QMP one, in its place): a configuration problem, said so, not a VM that is down")
+    func wrongKindOfSocket() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        vm.kill()
+        unlink(vm.socketPath)
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in vm.socketPath.utf8.enumerated() { raw[i] = b }
+        }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try #require(bound == 0 && listen(listener, 4) == 0)
+        let e = await failure { () async throws(VMError) in _ = try await backend(vm, host).listAttached() }
+        #expect(e?.isNotRunning == false, "\(String(describing: e))")
+        #expect(e?.description.contains("Protocol wrong type for socket") == true, "\(String(describing: e))")
     }
 
     @Test("crosvm binary missing: says which and how to fix it")
