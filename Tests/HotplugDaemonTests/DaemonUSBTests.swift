@@ -169,9 +169,10 @@ struct DaemonUSBTests {
 
     @Test("-a with three receivers and no batch hold: each attach has a connection of its own (the socket is not held past the hold)")
     func batchHoldBoundsSharing() async throws {
-        let (_, d, connections) = try await threeReceiversAttached(hold: "0")
+        let (rig, d, connections) = try await threeReceiversAttached(hold: "0")
         // One connection for the start's listing, one for each attach.
         #expect(connections == 4, "\(d.log.joined(separator: "\n"))")
+        withExtendedLifetime(rig) {} // (its QEMU runs until the daemon stops)
     }
 
     @Test("a VM that does not answer at the start is asked again: the device it has, which the rules now send nowhere, leaves it once it answers")
