@@ -769,7 +769,8 @@ public actor Daemon {
     }
 
     /// A VM that could not be listed is asked again; once it answers, what it has moves as the
-    /// rules say (and what it lacks goes to it).
+    /// rules say, and what it lacks goes to it: a device whose attach failed while the VM did not
+    /// answer is tried again (before, it waited for a replug).
     func relist(_ vm: String) async {
         guard !stopping, unlisted[vm] != nil else { return }
         guard started else {
@@ -777,7 +778,14 @@ public actor Daemon {
             return
         }
         guard await resync(vm: vm) == nil else { return }
-        for (key, t) in devices where t.attachment?.vm == vm || t.want == vm { reconcile(key) }
+        for (key, t) in devices where t.attachment?.vm == vm || t.want == vm {
+            if t.want == vm && t.failed && t.present {
+                logger.info("\(t.logName): \(vm) answers again; attaching again")
+                t.failed = false
+                t.since = .now()
+            }
+            reconcile(key)
+        }
     }
 
     /// `vm` was listed, or found down: it is no longer to be asked again. Once every VM is

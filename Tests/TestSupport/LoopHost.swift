@@ -37,8 +37,6 @@ public final class FakeQMPServer: @unchecked Sendable {
         case closeAtOnce
         /// Sends the greeting, then this text in reply to the first command, then closes.
         case greetThenReply(String)
-        /// Never accepts (the connection waits in the backlog).
-        case neverAccept
         /// Sends the greeting, then for each line received the next of these texts (each
         /// may hold several lines, or none: a stall), then keeps the connection open.
         case replies([String])
@@ -75,10 +73,6 @@ public final class FakeQMPServer: @unchecked Sendable {
         guard listen(s, 4) == 0, rename(path, final) == 0 else { throw TestbedError(message: "fake QMP server: listen failed") }
         fd = s
         self.path = final
-        if case .neverAccept = behaviour {
-            thread = nil
-            return
-        }
         let log = self.log
         thread = Thread {
             let c = accept(s, nil, nil)
@@ -148,8 +142,6 @@ public final class FakeQMPServer: @unchecked Sendable {
                 }
                 var byte: UInt8 = 0
                 while read(c, &byte, 1) > 0 {}
-            case .neverAccept:
-                break
             }
             close(c)
         }

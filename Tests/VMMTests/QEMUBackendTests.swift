@@ -37,17 +37,23 @@ struct QMPPeerTests {
         #expect(e?.description.contains("No such file or directory") == true)
     }
 
-    @Test("a socket that never greets: timeout, not a hang")
+    @Test("a QEMU that never greets (stopped: the kernel takes the connection, nobody answers): timeout, not a hang")
     func silent() async throws {
-        let server = try FakeQMPServer(.silent)
-        let e = try await open(server.path)
+        let qemu = try QEMUInstance()
+        kill(qemu.pid, SIGSTOP)
+        defer { kill(qemu.pid, SIGCONT) }
+        let e = try await open(qemu.qmpPath)
         #expect(e == .timeout(vm: "vm1", step: "greeting"))
     }
 
-    @Test("a busy socket (QEMU serving another client): timeout")
+    @Test("a busy socket (QEMU serving another client, its monitor serves one at a time): timeout")
     func neverAccepts() async throws {
-        let server = try FakeQMPServer(.neverAccept)
-        #expect(try await open(server.path) == .timeout(vm: "vm1", step: "greeting"))
+        let qemu = try QEMUInstance()
+        // The other client: greeted, and kept connected.
+        let other = try APIClient(path: qemu.qmpPath)
+        _ = try other.readLine()
+        #expect(try await open(qemu.qmpPath) == .timeout(vm: "vm1", step: "greeting"))
+        withExtendedLifetime(other) {}
     }
 
     @Test("garbage instead of a reply: a protocol error")
