@@ -35,8 +35,13 @@ public enum AtomicFile {
         if let folderMode { try makeFolders(folder, mode: folderMode) }
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let temporary = (folder == "/" ? "" : folder) + "/." + name + ".tmp"
+        // Made afresh, never opened through a link: a temporary file left by a crash, or a link
+        // planted in a folder others can write, is removed first (the link, not its target),
+        // and O_EXCL | O_NOFOLLOW refuse one put back meanwhile. (Before, a link there made
+        // root truncate and write whatever file it named.)
+        unlink(temporary)
         var fd: Int32
-        repeat { fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) } while fd < 0 && errno == EINTR
+        repeat { fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) } while fd < 0 && errno == EINTR
         guard fd >= 0 else { throw FileWriteError(call: "open", path: temporary, errno: errno) }
         func fail(_ call: String) -> FileWriteError {
             let e = errno

@@ -24,7 +24,8 @@ public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
         case .notRunning(let vm, let reason): "VM \(vm) is not running (\(reason))"
         case .timeout(let vm, let step): "VM \(vm): no answer to \(step) in time"
         case .protocolError(let vm, let detail): "VM \(vm): protocol error: \(detail)"
-        case .commandFailed(let vm, let command, let cls, let message): "VM \(vm): \(command) failed: \(cls): \(quoted(message, limit: 200))"
+        case .commandFailed(let vm, let command, let cls, let message):
+            "VM \(vm): \(command) failed: \(plainOrQuoted(cls)): \(quoted(message, limit: 200))"
         case .unsupported(let vm, let detail): "VM \(vm): \(detail)"
         case .guestNotReady(let vm, let detail): "VM \(vm): \(detail)"
         }
@@ -210,11 +211,24 @@ public enum DeviceIds {
         let rest = id.dropFirst(prefix.count)
         for kind in [AttachmentKind.usb, .pci, .evdev] where rest.hasPrefix(kind.rawValue + "-") {
             let key = String(rest.dropFirst(kind.rawValue.count + 1))
-            guard !key.isEmpty else { return nil }
+            // Only what vhotplug's own ids hold (port paths, PCI addresses, input names): an id a
+            // VM lists with anything else (a newline, in the log) is not vhotplug's.
+            guard !key.isEmpty, key.unicodeScalars.allSatisfy(isIdCharacter) else { return nil }
             return (kind, kind == .pci ? key.restoringColons() : key)
         }
         return nil
     }
+}
+
+/// A name a VM gave (an error class, a port's id) as it is when it is printable ASCII with no
+/// space, quoted otherwise: a log line stays one line, whatever the VM sent.
+func plainOrQuoted(_ text: String) -> String {
+    text.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value < 0x7F } ? text : quoted(text, limit: 60)
+}
+
+/// ASCII letters, digits, `.`, `-`, `_`.
+private func isIdCharacter(_ c: Unicode.Scalar) -> Bool {
+    ("a"..."z").contains(c) || ("A"..."Z").contains(c) || ("0"..."9").contains(c) || c == "." || c == "-" || c == "_"
 }
 
 extension String {

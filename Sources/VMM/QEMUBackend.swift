@@ -398,7 +398,8 @@ public actor QEMUBackend: VMBackend {
             return free
         }
         let described = ports.sorted().map { p in
-            used.contains("/machine/peripheral/\(p)/\(p)") ? "\(p) (in use)" : keptForEvdev(p) ? "\(p) (kept for input devices)" : p
+            let name = plainOrQuoted(p)
+            return used.contains("/machine/peripheral/\(p)/\(p)") ? "\(name) (in use)" : keptForEvdev(p) ? "\(name) (kept for input devices)" : name
         }
         throw .unsupported(vm: name, detail: VMError.noFreeRootPort + (prefix.map { " with an id starting with \"\($0)\"" } ?? "")
                            + " for \(what); its root ports: " + (described.isEmpty ? "none" : described.joined(separator: ", ")))

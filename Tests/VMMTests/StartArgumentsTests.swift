@@ -32,6 +32,13 @@ struct StartArgumentsTests {
         let args = StartArguments.qemu(pci: [nic], evdev: [kbd], busPrefix: nil, busStartIndex: 0)
         let ids = args.compactMap { $0.split(separator: ",").first { $0.hasPrefix("id=") }.map { String($0.dropFirst(3)) } }
         #expect(ids.compactMap(DeviceIds.parse).map { "\($0.0):\($0.1)" } == ["pci:0000:01:00.0", "evdev:input5-event3"])
+        #expect(DeviceIds.parse("vhp-usb-1-2.3")?.1 == "1-2.3")
+        // What a VM lists with anything else is not vhotplug's id (its name would go to the log).
+        for foreign in ["vhp-usb-1-2\nerror vhotplug: forged", "vhp-usb-1 2", "vhp-pci-0000-01-00.0;x", "vhp-evdev-éa", "vhp-usb-"] {
+            #expect(DeviceIds.parse(foreign) == nil, "\(foreign)")
+        }
+        #expect(VMError.commandFailed(vm: "vm1", command: "device_add", errorClass: "Generic\nError", message: "m").description
+                == #"VM vm1: device_add failed: "Generic\nError": "m""#)
     }
 
     @Test("crosvm: --vfio with the sysfs path and the virtual IOMMU, --input evdev[path=...]")
