@@ -2,6 +2,9 @@ import DeviceModel
 import HotplugConfig
 import JSONKit
 import Reactor
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What went wrong talking to a VM. Every case names the VM.
 public enum VMError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -215,6 +218,40 @@ public enum DeviceIds {
             // VM lists with anything else (a newline, in the log) is not vhotplug's.
             guard !key.isEmpty, key.unicodeScalars.allSatisfy(isIdCharacter) else { return nil }
             return (kind, kind == .pci ? key.restoringColons() : key)
+        }
+        return nil
+    }
+}
+
+/// Whether a VM's socket can be trusted to be its VM's. vhotplug runs as root and hands what it
+/// sends there to whoever listens: QEMU's commands and, through crosvm, open USB devices. A
+/// socket in a folder any user can write may be anyone's: one there is trusted only when the
+/// folder is sticky (`/tmp`: nobody replaces another's file) and the socket is root's or the
+/// folder owner's. (Two system calls, each time a connection is made.)
+public enum SocketTrust {
+    /// Why the socket at `path` is not trusted, or nil (also when it is not there: the
+    /// connection then says so).
+    public static func problem(_ path: String) -> String? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        var socketPath = path
+        if st.st_mode & S_IFMT == S_IFLNK {
+            guard let real = realpath(path, nil) else { return nil }
+            socketPath = String(cString: real)
+            free(real)
+            guard stat(socketPath, &st) == 0 else { return nil }
+        }
+        let slash = socketPath.lastIndex(of: "/")
+        let folder = slash.map { $0 == socketPath.startIndex ? "/" : String(socketPath[..<$0]) } ?? "."
+        var fs = stat()
+        guard stat(folder, &fs) == 0, fs.st_mode & S_IWOTH != 0 else { return nil }
+        let fix = "put it in a folder that only root or the VM's user can write"
+        if fs.st_mode & S_ISVTX == 0 {
+            return "it is in \(folder), which any user can write, and anyone could put a socket of their own in its place; \(fix)"
+        }
+        if st.st_uid != 0 && st.st_uid != fs.st_uid {
+            return "it belongs to uid \(st.st_uid), in \(folder), which any user can write: anyone could have made it while the VM was down; "
+                + "vhotplug trusts a socket there only when it is root's, or \(fix)"
         }
         return nil
     }

@@ -617,6 +617,11 @@ public actor CrosvmBackend: VMBackend {
         guard st.st_mode & S_IFMT == S_IFSOCK else {
             throw .notRunning(vm: name, reason: "\(socketPath) is not a socket")
         }
+        // crosvm opens the USB device as root and passes it to whoever listens there.
+        if let problem = SocketTrust.problem(socketPath) {
+            logger.error("VM \(name): its socket \(socketPath) is not used: \(problem)")
+            throw .unsupported(vm: name, detail: "its socket \(socketPath) is not used: \(problem)")
+        }
     }
 
     private func missingProgram(_ code: Int32) -> String {

@@ -210,6 +210,9 @@ public final class QMPClient {
     /// trip is saved and the negotiation goes on while the caller does other work.
     public func start() throws(VMError) {
         guard fd < 0 else { return }
+        if let problem = SocketTrust.problem(path) {
+            throw .unsupported(vm: vm, detail: "its socket \(path) is not used: \(problem)")
+        }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw .notRunning(vm: vm, reason: "socket: \(String(cString: strerror(errno)))") }
         var addr = sockaddr_un()

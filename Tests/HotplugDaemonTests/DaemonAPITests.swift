@@ -414,7 +414,7 @@ struct DaemonAPITests {
         let vm2 = try #require(rig.qemu2)
         // Connected before QEMU's libusb starts (at its first usb-host): QEMU finds it when it runs.
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d", "-a"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
         let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
@@ -532,7 +532,7 @@ struct DaemonAPITests {
         // A QMP exchange waits as long as QEMU is stopped (no deadline during the test).
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "600"])
         try d.waitFor("; listening (")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         let mark = d.mark
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")

@@ -185,7 +185,7 @@ struct DaemonUSBTests {
         // The rules change while the daemon is down, and QEMU stops answering (its manager holds
         // the socket, or it is busy) while the daemon starts again.
         _ = try writeConfig(rig.qemu.dir, socket: rig.qemu.qmpPath, allow: #"{"vendorId": "1234"}"#)
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         var stopped = true
         defer { if stopped { kill(rig.qemu.pid, SIGCONT) } }
         d = try rig.daemon(environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
@@ -304,7 +304,7 @@ struct DaemonUSBTests {
         let rig = try await Rig()
         let next = try QEMUInstance(name: "vm1b", testbed: rig.tb)
         let d = try rig.daemon(environment: ["VHOTPLUG_QMP_TIMEOUT": "10"])
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0")
         _ = try writeConfig(rig.qemu.dir, socket: next.qmpPath)
@@ -349,7 +349,7 @@ struct DaemonUSBTests {
         // vm1's socket goes (the VM stopped, as the daemon sees it) and comes back from a QEMU
         // that does not answer yet but has the receiver, as a VM started with it would.
         let away = rig.qemu.dir + "/away.qmp"
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         #expect(rename(rig.qemu.qmpPath, away) == 0)
         try d.waitFor("VM vm1: socket removed")
@@ -367,7 +367,7 @@ struct DaemonUSBTests {
     func sighupDuringStart() async throws {
         let rig = try await Rig()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d", "-a"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
         try d.waitFor("usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\": vm1 (rule set 0")
@@ -604,7 +604,7 @@ struct DaemonUSBTests {
         let rig = try await Rig()
         // A second QEMU, stopped: the kernel takes connections into its listen backlog, nobody answers.
         let stopped = try QEMUInstance(name: "slow", testbed: rig.tb)
-        kill(stopped.pid, SIGSTOP)
+        try stopped.pause()
         defer { kill(stopped.pid, SIGCONT) }
         let config = rig.qemu.dir + "/two.conf"
         try """
@@ -639,7 +639,7 @@ struct DaemonUSBTests {
         let rig = try await Rig()
         // Connected before QEMU's libusb starts (at its first usb-host): QEMU finds it when it runs.
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         let d = try rig.daemon(["-a"], environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])
         let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
@@ -694,7 +694,7 @@ struct DaemonUSBTests {
     func unpluggedDuringUnansweredAttach() async throws {
         let rig = try await Rig()
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         defer { kill(rig.qemu.pid, SIGCONT) }
         let d = try rig.daemon(["-a"], environment: ["VHOTPLUG_QMP_TIMEOUT": "2"])
         let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
@@ -719,7 +719,7 @@ struct DaemonUSBTests {
         try rig.tb.add(file: fixtures + "/logitech-unifying.umockdev")
         let name = "usb 1-2 046d:c52b \"Logitech\" \"USB Receiver\""
         try d.waitFor("\(name): attached to vm1 as vhp-usb-1-2")
-        kill(rig.qemu.pid, SIGSTOP)
+        try rig.qemu.pause()
         let mark = d.mark
         rig.unplugReceiver()
         let failed = try d.waitFor("\(name): detach from vm1 failed: VM vm1: no answer to ", from: mark)

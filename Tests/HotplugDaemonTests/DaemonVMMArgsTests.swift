@@ -262,7 +262,7 @@ struct DaemonVMMArgsTests {
                                   environment: ["VHOTPLUG_QMP_TIMEOUT": "2", "VHOTPLUG_PCI_ATTACH_TIMEOUT": "1"])
         try d.waitFor("; listening (")
         // vm1 does not answer: the GPU's attach stays on its way there for the QMP deadline.
-        kill(vm1.pid, SIGSTOP)
+        try vm1.pause()
         defer { kill(vm1.pid, SIGCONT) }
         let kernel = try rig.gpuWithPlayedKernel(probed: true)
         defer { kernel.stop() }
@@ -458,7 +458,7 @@ struct DaemonVMMArgsTests {
         for (address, driver) in [(gpu, "nouveau"), (audio, "snd_hda_intel")] { try rig.moveToVFIO(address, from: driver, kernel) }
         // vm1 runs (an earlier run may have given it the GPU) and does not answer.
         let qemu = try rig.qemu()
-        kill(qemu.pid, SIGSTOP)
+        try qemu.pause()
         var stopped = true
         defer { if stopped { kill(qemu.pid, SIGCONT) } }
         let d = try DaemonProcess(arguments: ["-c", rig.config, "-d"], testbed: rig.tb, environment: ["VHOTPLUG_QMP_TIMEOUT": "0.5"])

@@ -62,6 +62,23 @@ public final class QEMUInstance: @unchecked Sendable {
         pid = p
     }
 
+    /// Stops QEMU (SIGSTOP: the kernel still takes connections into its listen backlog, nobody
+    /// answers) and returns once the kernel shows it stopped: `kill` returns before a running
+    /// process has stopped, and a QEMU still running for a moment could greet a connection.
+    public func pause() throws {
+        kill(pid, SIGSTOP)
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            // /proc/PID/stat: "PID (comm) STATE ...": T once stopped.
+            if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+               let close = stat.lastIndex(of: ")"), stat[close...].dropFirst(2).first == "T" { return }
+        }
+        throw TestbedError(message: "QEMU (pid \(pid)) did not stop within 10 s of SIGSTOP")
+    }
+
+    /// Lets a paused QEMU run again.
+    public func resume() { kill(pid, SIGCONT) }
+
     /// Kills QEMU at once (a VM that dies) and removes its sockets.
     public func stop() {
         guard pid > 0 else { return }

@@ -516,6 +516,19 @@ struct CrosvmBackendTests {
         #expect(e?.description.contains("Protocol wrong type for socket") == true, "\(String(describing: e))")
     }
 
+    @Test("a socket in a folder any user can write is not used (crosvm would hand the opened USB device to whoever listens there): nothing reaches the VM")
+    func untrustedFolder() async throws {
+        let vm = try CrosvmVM()
+        let host = try LoopHost()
+        let folder = String(vm.socketPath[..<vm.socketPath.lastIndex(of: "/")!])
+        chmod(folder, 0o777)
+        defer { chmod(folder, 0o755) }
+        let dev = usbDevice(2, node: try vm.node("mouse", vendor: 0x046d, product: 0xc52b))
+        let e = await failure { () async throws(VMError) in _ = try await backend(vm, host).attachUSB(dev) }
+        #expect(e?.description.contains("which any user can write") == true, "\(String(describing: e))")
+        #expect(try vm.cli("list") == "devices")
+    }
+
     @Test("crosvm binary missing: says which and how to fix it")
     func binaryMissing() async throws {
         let vm = try CrosvmVM()

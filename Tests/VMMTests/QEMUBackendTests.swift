@@ -40,10 +40,30 @@ struct QMPPeerTests {
     @Test("a QEMU that never greets (stopped: the kernel takes the connection, nobody answers): timeout, not a hang")
     func silent() async throws {
         let qemu = try QEMUInstance()
-        kill(qemu.pid, SIGSTOP)
+        try qemu.pause()
         defer { kill(qemu.pid, SIGCONT) }
         let e = try await open(qemu.qmpPath)
         #expect(e == .timeout(vm: "vm1", step: "greeting"))
+    }
+
+    @Test("a socket in a folder any user can write is not used, unless the folder is sticky and the socket root's: anyone could have put it there")
+    func untrustedFolder() async throws {
+        let qemu = try QEMUInstance()
+        defer { chmod(qemu.dir, 0o755) }
+        // Any user may write there, and replace the socket: refused before any connection.
+        chmod(qemu.dir, 0o777)
+        let e = try await open(qemu.qmpPath)
+        #expect(e == .unsupported(vm: "vm1", detail: "its socket \(qemu.qmpPath) is not used: it is in \(qemu.dir), which any user can write, "
+            + "and anyone could put a socket of their own in its place; put it in a folder that only root or the VM's user can write"))
+        // Sticky (as /tmp): root's socket is used; another user's is not.
+        chmod(qemu.dir, 0o1777)
+        #expect(try await open(qemu.qmpPath) == nil)
+        try #require(chown(qemu.qmpPath, 65534, 65534) == 0)
+        let other = try await open(qemu.qmpPath)
+        #expect(other?.description.contains("it belongs to uid 65534, in \(qemu.dir), which any user can write") == true, "\(String(describing: other))")
+        // In a folder only its owner writes, whoever's socket it is.
+        chmod(qemu.dir, 0o755)
+        #expect(try await open(qemu.qmpPath) == nil)
     }
 
     @Test("a busy socket (QEMU serving another client, its monitor serves one at a time): timeout")
