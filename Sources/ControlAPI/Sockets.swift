@@ -101,13 +101,15 @@ enum Sockets {
             close(fd)
             throw SocketError("bind", path, errno: code)
         }
-        // Owner and mode before listen(): no connection is possible before they are set.
-        if uid != nil || gid != nil, chown(path, uid ?? UInt32.max, gid ?? UInt32.max) != 0 {
+        // Owner and mode before listen(): no connection is possible before they are set. Never
+        // through a link: one swapped in for the socket after bind() (in a folder others can
+        // write) would give its target to the socket's user and group.
+        if uid != nil || gid != nil, lchown(path, uid ?? UInt32.max, gid ?? UInt32.max) != 0 {
             let code = errno
             close(fd)
             throw SocketError("chown", path, errno: code)
         }
-        guard chmod(path, mode_t(mode)) == 0 else {
+        guard fchmodat(AT_FDCWD, path, mode_t(mode), AT_SYMLINK_NOFOLLOW) == 0 else {
             let code = errno
             close(fd)
             throw SocketError("chmod", path, errno: code)
