@@ -249,10 +249,7 @@ struct ServerTests {
         var limits = ServerLimits()
         limits.maxConnections = 2
         let (rig, port, clients) = try await twoClientsServed(limits)
-        let third = try APIClient(path: rig.path)
-        #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections over unix"}"#)
-        #expect(try third.readLine(timeout: 10) == nil, "then closed")
-        _ = try rig.drops.wait(for: "refused: already 2 connections over unix")
+        try thirdRefused(rig, error: "too many connections over unix", logged: "refused: already 2 connections over unix")
         #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
         withExtendedLifetime(clients) {}
         await rig.server.stop()
@@ -263,10 +260,7 @@ struct ServerTests {
         var limits = ServerLimits()
         limits.maxConnectionsPerParty = 2
         let (rig, port, clients) = try await twoClientsServed(limits)
-        let third = try APIClient(path: rig.path)
-        #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "too many connections from uid 0 (2)"}"#)
-        #expect(try third.readLine(timeout: 10) == nil, "then closed")
-        _ = try rig.drops.wait(for: "refused: already 2 connections from uid 0")
+        try thirdRefused(rig, error: "too many connections from uid 0 (2)", logged: "refused: already 2 connections from uid 0")
         // Another party (TCP from 127.0.0.1 here) still gets in.
         #expect(try tcpUSBList(port: port) == #"{"result": "ok", "usb_devices": []}"# + "\n")
         // A place freed is taken again.
@@ -307,6 +301,14 @@ struct ServerTests {
         let clients = [try APIClient(path: rig.path), try APIClient(path: rig.path)]
         for c in clients { #expect(try c.request(#"{"action": "usb_list"}"#)["result"] as? String == "ok") }
         return (rig, port, clients)
+    }
+
+    /// A third Unix client gets one `failed` line saying `error` and is closed, and the server says `logged`.
+    func thirdRefused(_ rig: ServerRig, error: String, logged: String) throws {
+        let third = try APIClient(path: rig.path)
+        #expect(try third.readLine(timeout: 10) == #"{"result": "failed", "error": "\#(error)"}"#)
+        #expect(try third.readLine(timeout: 10) == nil, "then closed")
+        _ = try rig.drops.wait(for: logged)
     }
 
     /// A TCP connection to 127.0.0.1:`port`.
