@@ -250,7 +250,7 @@ public actor ControlServer {
     }
 
     func admit(_ fd: Int32, _ peer: APIPeer) {
-        if let refusal = refusal(peer) {
+        if let refusal = refusal(peer, groups: { pid in Sockets.peerGroups(fd) ?? Sockets.supplementaryGroups(pid: pid) }) {
             return refuse(fd, peer, refusal, error: "permission denied: \(refusal)")
         }
         let same = connections.values.reduce(0) { $0 + ($1.peer.transport == peer.transport ? 1 : 0) }
@@ -290,15 +290,17 @@ public actor ControlServer {
         refusalsLogged[party] = (now, 0)
     }
 
-    /// Why a peer may not connect, or nil (for tests and tools).
-    public func refusalText(_ peer: APIPeer) -> String? { refusal(peer) }
+    /// Why a peer may not connect, or nil (for tests and tools: a Unix peer's supplementary
+    /// groups are read from /proc).
+    public func refusalText(_ peer: APIPeer) -> String? { refusal(peer, groups: Sockets.supplementaryGroups(pid:)) }
 
-    /// Why a peer may not connect, or nil.
-    func refusal(_ peer: APIPeer) -> String? {
+    /// Why a peer may not connect, or nil. `groups`: a Unix peer's supplementary groups, asked for
+    /// only when its uid and primary group do not decide.
+    func refusal(_ peer: APIPeer, groups: (Int32) -> [UInt32]) -> String? {
         switch peer {
         case .unix(let pid, let uid, let gid):
             if uid == 0 || uid == geteuid() { return nil }
-            if let g = allowedGroup, gid == g || Sockets.supplementaryGroups(pid: pid).contains(g) { return nil }
+            if let g = allowedGroup, gid == g || groups(pid).contains(g) { return nil }
             return allowedGroup.map { "uid \(uid) is not root and not in group \($0)" } ?? "uid \(uid) is not root (no unixSocketGroup is configured)"
         case .vsock(let cid, _):
             return settings.allowedCids.contains(cid) ? nil : "CID \(cid) is not in allowedCids"

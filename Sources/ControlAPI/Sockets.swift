@@ -256,6 +256,24 @@ enum Sockets {
         set(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, tcpUserTimeout)
     }
 
+    /// The supplementary groups the peer of a connected Unix socket had when it connected
+    /// (SO_PEERGROUPS, Linux 4.13); nil when the kernel cannot say. Read at connect time, as
+    /// SO_PEERCRED's uid and gid are: /proc/PID/status says what the process with that pid has
+    /// now, which may be another process by then.
+    static func peerGroups(_ fd: Int32) -> [UInt32]? {
+        let soPeerGroups: Int32 = 59
+        var groups = [UInt32](repeating: 0, count: 64)
+        var size = socklen_t(groups.count * MemoryLayout<UInt32>.size)
+        var rc = getsockopt(fd, SOL_SOCKET, soPeerGroups, &groups, &size)
+        if rc != 0 && errno == ERANGE {
+            groups = [UInt32](repeating: 0, count: Int(size) / MemoryLayout<UInt32>.size + 1)
+            size = socklen_t(groups.count * MemoryLayout<UInt32>.size)
+            rc = getsockopt(fd, SOL_SOCKET, soPeerGroups, &groups, &size)
+        }
+        guard rc == 0 else { return nil }
+        return Array(groups.prefix(Int(size) / MemoryLayout<UInt32>.size))
+    }
+
     /// The supplementary groups of a process (`Groups:` of /proc/PID/status).
     static func supplementaryGroups(pid: Int32) -> [UInt32] {
         let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)

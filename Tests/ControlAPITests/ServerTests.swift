@@ -347,6 +347,29 @@ struct ServerTests {
 
 @Suite("ControlAPI: who may connect")
 struct PeerCheckTests {
+    @Test("a real unprivileged peer (setpriv): served when one of its supplementary groups is unixSocketGroup, refused otherwise")
+    func realPeerGroups() async throws {
+        let setpriv = try requireProgram("setpriv", package: "util-linux")
+        let python = "/usr/bin/python3"
+        try #require(access(python, X_OK) == 0, "install the Debian package python3")
+        // Mode 0666: the file's permissions let anyone connect, so the server's check alone decides.
+        let rig = try await ServerRig(settings: { APISettings(enable: true, unixSocket: $0, unixSocketGroup: "4321", unixSocketMode: 0o666) })
+        chmod(String(rig.path[..<rig.path.lastIndex(of: "/")!]), 0o755)
+        /// The first line the server sends to uid 65534 with these supplementary groups.
+        func reply(groups: String) throws -> String {
+            let client = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('\(rig.path)'); "
+                + "s.sendall(b'{\"action\": \"usb_list\"}\\n'); print(s.makefile().readline(), end='')"
+            let p = try ChildProcess([setpriv, "--reuid=65534", "--regid=65534", "--groups=\(groups)", python, "-c", client])
+            let out = p.stdout()
+            let status = p.wait()
+            #expect(status == 0, "\(p.stderrLine())")
+            return out
+        }
+        #expect(try reply(groups: "1111,4321").hasPrefix(#"{"result": "ok""#))
+        #expect(try reply(groups: "1111") == #"{"result": "failed", "error": "permission denied: uid 65534 is not root and not in group 4321"}"# + "\n")
+        withExtendedLifetime(rig) {}
+    }
+
     @Test("Unix peers: root and the daemon's user pass, others need the group; vsock peers need an allowed CID")
     func refusals() async throws {
         let host = try LoopHost()
