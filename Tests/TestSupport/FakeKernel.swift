@@ -99,17 +99,21 @@ public final class FakeKernel: @unchecked Sendable {
         }
     }
 
-    /// Ends every serving thread (each blocked in `open` is released by an
-    /// empty write) and waits for them.
+    /// Ends every serving thread and waits for them. Each blocked in `open` is released by an
+    /// empty write: opened without blocking (a FIFO nobody reads refuses it at once), and again
+    /// until every thread has ended. (Before, one blocking open a FIFO: when the code under
+    /// test wrote to that FIFO at the same moment, the thread read its write, went back to
+    /// `open`, and nothing released it again: the test hung in `stop`, seen once in a clean-clone run.)
     public func stop() {
         guard !stopped else { return }
         stopped = true
         stopping.store(true, ordering: .releasing)
-        for path in fifos {
-            let fd = vh_open_direct(path, O_WRONLY | O_CLOEXEC)
-            if fd >= 0 { close(fd) }
-        }
-        done.wait()
+        repeat {
+            for path in fifos {
+                let fd = vh_open_direct(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+                if fd >= 0 { close(fd) }
+            }
+        } while done.wait(timeout: .now() + 0.05) == .timedOut
     }
 
     /// What the kernel did, in order (for failure messages).
@@ -160,6 +164,7 @@ public final class FakeKernel: @unchecked Sendable {
             for address in addresses {
                 handle(path, address, events)
             }
+            if stopping.load(ordering: .acquiring) { return }
         }
     }
 
