@@ -85,10 +85,7 @@ public struct StateFile: Sendable {
 
     public init(path: String) { self.path = path }
 
-    var directory: String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
+    var directory: String { parentFolder(path) }
 
     /// The saved state. Missing: empty. Unreadable or corrupt: moved aside to
     /// `PATH.corrupt-<unix time>` with a warning, and empty.

@@ -25,13 +25,20 @@ public struct FileWriteError: Error, Sendable, Hashable, CustomStringConvertible
 
 /// Files that a crash leaves whole: the old content or the new one, never half of either.
 /// The daemon's records (VFIO binds, USB authorization defaults, crosvm ports) and its state.
+/// The folder of `path`: `/` for `/name`, `.` for a name alone (a path relative to the working folder).
+public func parentFolder(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    guard slash != path.startIndex else { return "/" }
+    return String(path[..<slash])
+}
+
 public enum AtomicFile {
     /// Writes `bytes` to `path`: a temporary file in the same folder (`.NAME.tmp`, hidden),
     /// `fsync`, `rename` over `path`, `fsync` of the folder (best effort: usually a tmpfs).
     /// `folderMode`: the folder, and each missing one above it, is made first with that mode.
     public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644, folderMode: mode_t? = nil) throws(FileWriteError) {
         let slash = path.lastIndex(of: "/")
-        let folder = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let folder = parentFolder(path)
         if let folderMode { try makeFolders(folder, mode: folderMode) }
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let temporary = (folder == "/" ? "" : folder) + "/." + name + ".tmp"

@@ -120,12 +120,6 @@ public final class PathWatcher {
         }
     }
 
-    /// The folder of `path`; `.` for a name alone (a path relative to the working folder).
-    private func parentFolder(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        guard slash != path.startIndex else { return "/" }
-        return String(path[..<slash])
-    }
 
     private func drain() {
         var buf = [UInt8](repeating: 0, count: 8192)

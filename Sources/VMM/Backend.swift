@@ -241,8 +241,7 @@ public enum SocketTrust {
             free(real)
             guard stat(socketPath, &st) == 0 else { return nil }
         }
-        let slash = socketPath.lastIndex(of: "/")
-        let folder = slash.map { $0 == socketPath.startIndex ? "/" : String(socketPath[..<$0]) } ?? "."
+        let folder = parentFolder(socketPath)
         var fs = stat()
         guard stat(folder, &fs) == 0, fs.st_mode & S_IWOTH != 0 else { return nil }
         let fix = "put it in a folder that only root or the VM's user can write"
